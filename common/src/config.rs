@@ -1,0 +1,286 @@
+//! Configuration: built-in defaults, layered with a TOML file and then with
+//! `FRAMEWISE_<SECTION>__<KEY>` environment variables (figment), so every key
+//! can be set per machine without editing files.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// A configuration that cannot be used, naming the file and key.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("config {file}: {source}")]
+    Invalid { file: String, source: Box<figment::Error> },
+    #[error("config {file}: {key}: {why}")]
+    Value { file: String, key: &'static str, why: String },
+}
+
+/// Everything one process may need; each file fills the sections its role uses.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub coordinator: CoordinatorConfig,
+    pub worker: WorkerConfig,
+    pub embedded: EmbeddedConfig,
+}
+
+/// The coordinator: where it listens, where it keeps state, how leases behave.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// gRPC listen address (JobService + WorkerService).
+    pub grpc_addr: String,
+    /// Directory of the sled database holding jobs, tasks and leases.
+    pub data_dir: PathBuf,
+    /// Where Segment outputs go (one file per attempt), as an absolute path.
+    pub work_dir: PathBuf,
+    /// A lease not renewed by a heartbeat within this time expires and its task is requeued.
+    pub lease_ttl_ms: u64,
+    /// How often workers send heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// A task failing on this many attempts fails its job with the collected errors.
+    pub max_attempts: u32,
+    /// Default length of a Segment task in seconds of video.
+    pub segment_seconds: f64,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "127.0.0.1:50051".into(),
+            data_dir: PathBuf::from("/var/lib/framewise"),
+            work_dir: PathBuf::from("/var/lib/framewise/work"),
+            lease_ttl_ms: 30_000,
+            heartbeat_interval_ms: 2_000,
+            max_attempts: 3,
+            segment_seconds: 2.0,
+        }
+    }
+}
+
+/// A worker: the model it runs, the runtime library, threads and encoder settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// gRPC URL of the coordinator, e.g. http://10.0.0.4:50051.
+    pub coordinator_url: String,
+    /// Stable id of this worker; empty = hostname + random suffix.
+    pub worker_id: String,
+    /// Path of libonnxruntime.so (loaded at run time); ORT_DYLIB_PATH overrides it.
+    pub onnxruntime_lib: PathBuf,
+    /// ONNX Runtime intra-op threads per worker; 0 = cores / local workers.
+    pub intra_threads: usize,
+    pub model: ModelConfig,
+    pub encoder: EncoderConfig,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            coordinator_url: "http://127.0.0.1:50051".into(),
+            worker_id: String::new(),
+            onnxruntime_lib: PathBuf::from(".deps/onnxruntime/libonnxruntime.so.1.32.0"),
+            intra_threads: 0,
+            model: ModelConfig::default(),
+            encoder: EncoderConfig::default(),
+        }
+    }
+}
+
+/// Any image-to-image ONNX model with an NCHW float input can be described here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The .onnx file.
+    pub path: PathBuf,
+    /// Name of the image input ([1,3,H,W] float).
+    pub input: String,
+    /// Name of the image output ([1,3,H,W] float).
+    pub output: String,
+    /// Pixel values the model expects and returns: [low, high] maps to 0..255.
+    pub value_range: [f32; 2],
+    /// H and W are padded (reflect) to a multiple of this and cropped back after.
+    pub pad_multiple: u32,
+    /// Input that receives the job's style weights; empty = the model has none.
+    pub style_input: String,
+    /// Number of styles the style input takes.
+    pub style_count: usize,
+    /// Constant float inputs fed on every run (name -> values, shape [len]).
+    pub extra_inputs: BTreeMap<String, Vec<f32>>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("models/multistyle26.onnx"),
+            input: "image".into(),
+            output: "stylized".into(),
+            value_range: [0.0, 1.0],
+            pad_multiple: 4,
+            style_input: "style_weights".into(),
+            style_count: 26,
+            extra_inputs: BTreeMap::new(),
+        }
+    }
+}
+
+/// H.264 output settings; all segments of a job must share them to be stitched.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncoderConfig {
+    /// x264 constant quality (lower is better; 18-23 is visually good).
+    pub crf: u32,
+    /// x264 speed preset: ultrafast, superfast, veryfast, faster, fast, medium, ...
+    pub preset: String,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self { crf: 20, preset: "superfast".into() }
+    }
+}
+
+/// `framewise run`: coordinator and workers in one process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// Local workers started in the process.
+    pub workers: usize,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        Self { workers: 1 }
+    }
+}
+
+const PRESETS: &[&str] =
+    &["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"];
+
+impl Config {
+    /// Defaults, then `file` (if given; it must exist), then `FRAMEWISE_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        let name = match file {
+            Some(f) => {
+                if !f.is_file() {
+                    return Err(ConfigError::Missing(f.to_path_buf()));
+                }
+                fig = fig.merge(Toml::file(f));
+                f.display().to_string()
+            }
+            None => "(defaults)".to_string(),
+        };
+        // FRAMEWISE_LOG is the log filter, not a config key.
+        fig = fig.merge(Env::prefixed("FRAMEWISE_").ignore(&["LOG"]).split("__"));
+        let cfg: Config = fig.extract().map_err(|e| ConfigError::Invalid { file: name.clone(), source: Box::new(e) })?;
+        cfg.validate(&name)?;
+        Ok(cfg)
+    }
+
+    /// Checks values serde cannot: ranges and enumerations.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let err = |key, why: String| Err(ConfigError::Value { file: file.to_string(), key, why });
+        let c = &self.coordinator;
+        if c.lease_ttl_ms < 1000 {
+            return err("coordinator.lease_ttl_ms", format!("must be at least 1000, got {}", c.lease_ttl_ms));
+        }
+        if c.heartbeat_interval_ms == 0 || c.heartbeat_interval_ms * 2 > c.lease_ttl_ms {
+            return err(
+                "coordinator.heartbeat_interval_ms",
+                format!("must be > 0 and at most half of lease_ttl_ms ({}), got {}", c.lease_ttl_ms, c.heartbeat_interval_ms),
+            );
+        }
+        if c.max_attempts == 0 {
+            return err("coordinator.max_attempts", "must be at least 1".into());
+        }
+        if !(c.segment_seconds.is_finite() && c.segment_seconds > 0.0) {
+            return err("coordinator.segment_seconds", format!("must be > 0, got {}", c.segment_seconds));
+        }
+        let w = &self.worker;
+        if w.model.pad_multiple == 0 {
+            return err("worker.model.pad_multiple", "must be at least 1".into());
+        }
+        if w.model.value_range[0] >= w.model.value_range[1] {
+            return err("worker.model.value_range", format!("low must be below high, got {:?}", w.model.value_range));
+        }
+        if w.encoder.crf > 51 {
+            return err("worker.encoder.crf", format!("must be 0 to 51, got {}", w.encoder.crf));
+        }
+        if !PRESETS.contains(&w.encoder.preset.as_str()) {
+            return err("worker.encoder.preset", format!("{:?} is not one of {}", w.encoder.preset, PRESETS.join(", ")));
+        }
+        if self.embedded.workers == 0 || self.embedded.workers > 64 {
+            return err("embedded.workers", format!("must be 1 to 64, got {}", self.embedded.workers));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(text: &str) -> (tempdir::Dir, PathBuf) {
+        let d = tempdir::Dir::new();
+        let p = d.0.join("c.toml");
+        std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+        (d, p)
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Self {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let p = std::env::temp_dir().join(format!("fw-cfg-{}-{n}", std::process::id()));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn shipped_configs_load() {
+        for f in ["embedded.toml", "coordinator.toml", "worker.toml"] {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config").join(f);
+            Config::load(Some(&p)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+    }
+
+    #[test]
+    fn file_values_override_defaults() {
+        let (_d, p) = write("[coordinator]\nsegment_seconds = 0.5\n[worker.encoder]\ncrf = 30\n");
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.coordinator.segment_seconds, 0.5);
+        assert_eq!(c.worker.encoder.crf, 30);
+        assert_eq!(c.worker.encoder.preset, "superfast");
+    }
+
+    #[test]
+    fn bad_values_name_file_and_key() {
+        let (_d, p) = write("[worker.encoder]\npreset = \"warp\"\n");
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("worker.encoder.preset") && e.contains("warp"), "{e}");
+        let (_d, p) = write("[coordinator]\nlease_ttl = 5\n");
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("lease_ttl"), "{e}");
+        let (_d, p) = write("[coordinator]\nmax_attempts = \"three\"\n");
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("max_attempts"), "{e}");
+        let e = Config::load(Some(Path::new("/nope/x.toml"))).unwrap_err().to_string();
+        assert!(e.contains("/nope/x.toml") && e.contains("does not exist"), "{e}");
+    }
+}

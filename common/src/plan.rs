@@ -1,0 +1,105 @@
+//! Splitting a video's frames into Segment tasks. Plain functions so the
+//! coordinator's planning can be tested without media or a network.
+
+use std::ops::Range;
+
+/// Contiguous frame ranges covering `0..frame_count` exactly once, each about
+/// `segment_seconds` long, starting at a source keyframe where one lies within a
+/// quarter segment of the ideal boundary (cheap seeks), else at the exact frame.
+pub fn plan_segments(frame_count: u64, fps: f64, keyframes: &[u64], segment_seconds: f64) -> Vec<Range<u64>> {
+    if frame_count == 0 {
+        return Vec::new();
+    }
+    let target = if fps.is_finite() && fps > 0.0 && segment_seconds.is_finite() && segment_seconds > 0.0 {
+        ((segment_seconds * fps).round() as u64).max(1)
+    } else {
+        frame_count
+    };
+    let slack = target / 4;
+    let mut out = Vec::new();
+    let mut start = 0u64;
+    loop {
+        let ideal = start + target;
+        if ideal + slack >= frame_count {
+            out.push(start..frame_count);
+            return out;
+        }
+        let lo = ideal.saturating_sub(slack).max(start + 1);
+        let hi = ideal + slack;
+        let snapped = keyframes
+            .iter()
+            .copied()
+            .filter(|k| (lo..=hi).contains(k))
+            .min_by_key(|k| k.abs_diff(ideal))
+            .unwrap_or(ideal);
+        out.push(start..snapped);
+        start = snapped;
+    }
+}
+
+/// The keyframe to seek to before decoding from `frame`: the last keyframe at or before it.
+pub fn keyframe_at_or_before(keyframes: &[u64], frame: u64) -> u64 {
+    keyframes.iter().copied().filter(|k| *k <= frame).max().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_covers(ranges: &[Range<u64>], n: u64) {
+        assert_eq!(ranges.first().map(|r| r.start), Some(0));
+        assert_eq!(ranges.last().map(|r| r.end), Some(n));
+        for w in ranges.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+        }
+        assert!(ranges.iter().all(|r| r.start < r.end));
+    }
+
+    #[test]
+    fn exact_split_without_keyframes() {
+        let r = plan_segments(100, 25.0, &[0], 1.0);
+        assert_covers(&r, 100);
+        assert_eq!(r, vec![0..25, 25..50, 50..75, 75..100]);
+    }
+
+    #[test]
+    fn snaps_to_nearby_keyframes() {
+        let r = plan_segments(100, 25.0, &[0, 23, 52, 90], 1.0);
+        assert_covers(&r, 100);
+        assert_eq!(r, vec![0..23, 23..52, 52..77, 77..100]);
+    }
+
+    #[test]
+    fn short_tail_is_merged() {
+        let r = plan_segments(103, 25.0, &[0], 1.0);
+        assert_covers(&r, 103);
+        assert_eq!(r.last(), Some(&(75..103)));
+    }
+
+    #[test]
+    fn degenerate_inputs() {
+        assert!(plan_segments(0, 25.0, &[], 1.0).is_empty());
+        assert_eq!(plan_segments(10, 0.0, &[], 1.0), vec![0..10]);
+        assert_eq!(plan_segments(1, 25.0, &[0], 0.01), vec![0..1]);
+        let r = plan_segments(7, 25.0, &[], 0.01);
+        assert_covers(&r, 7);
+        assert_eq!(r.len(), 7);
+    }
+
+    #[test]
+    fn every_frame_exactly_once_for_many_shapes() {
+        for n in 1..300u64 {
+            for seg in [0.04, 0.3, 1.0, 2.5] {
+                let kf: Vec<u64> = (0..n).step_by(12).collect();
+                assert_covers(&plan_segments(n, 25.0, &kf, seg), n);
+            }
+        }
+    }
+
+    #[test]
+    fn seek_keyframe() {
+        assert_eq!(keyframe_at_or_before(&[0, 25, 50], 49), 25);
+        assert_eq!(keyframe_at_or_before(&[0, 25, 50], 50), 50);
+        assert_eq!(keyframe_at_or_before(&[], 10), 0);
+    }
+}

@@ -1,0 +1,140 @@
+//! Conversions between wire (proto) and domain types, kept apart so the
+//! scheduler never touches generated code.
+
+use crate::manager::JobView;
+use crate::model::{JobState, Media, Params, TaskKind, TaskState};
+use crate::scheduler::{Completion, Grant, Work};
+use framewise_common::proto as pb;
+
+pub fn params_from(p: Option<pb::JobParams>) -> Params {
+    let p = p.unwrap_or_default();
+    Params { style_weights: p.style_weights, segment_seconds: p.segment_seconds, max_size: p.max_size, crf: p.crf }
+}
+
+pub fn params_to(p: &Params) -> pb::JobParams {
+    pb::JobParams { style_weights: p.style_weights.clone(), segment_seconds: p.segment_seconds, max_size: p.max_size, crf: p.crf }
+}
+
+pub fn media_from(m: pb::MediaInfo) -> Media {
+    Media {
+        width: m.width,
+        height: m.height,
+        fps_num: m.fps_num,
+        fps_den: m.fps_den,
+        duration_ns: m.duration_ns,
+        video_codec: m.video_codec,
+        audio_streams: m.audio_streams,
+        container: m.container,
+        frame_pts: m.frame_pts,
+        keyframes: m.keyframes,
+    }
+}
+
+/// The wire form of media facts; `with_pts` = include per-frame timestamps.
+pub fn media_to(m: &Media, with_pts: bool) -> pb::MediaInfo {
+    pb::MediaInfo {
+        width: m.width,
+        height: m.height,
+        fps_num: m.fps_num,
+        fps_den: m.fps_den,
+        frame_count: m.frame_pts.len() as u64,
+        duration_ns: m.duration_ns,
+        video_codec: m.video_codec.clone(),
+        audio_streams: m.audio_streams,
+        frame_pts: if with_pts { m.frame_pts.clone() } else { Vec::new() },
+        keyframes: if with_pts { m.keyframes.clone() } else { Vec::new() },
+        container: m.container.clone(),
+    }
+}
+
+fn state_to(s: JobState) -> pb::JobState {
+    match s {
+        JobState::Queued => pb::JobState::Queued,
+        JobState::Probing => pb::JobState::Probing,
+        JobState::Running => pb::JobState::Running,
+        JobState::Assembling => pb::JobState::Assembling,
+        JobState::Succeeded => pb::JobState::Succeeded,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Cancelled => pb::JobState::Cancelled,
+    }
+}
+
+pub fn job_to(v: &JobView) -> pb::Job {
+    let j = &v.job;
+    let segs: Vec<_> = v.tasks.iter().filter(|t| matches!(t.kind, TaskKind::Segment { .. })).collect();
+    pb::Job {
+        job_id: j.id.clone(),
+        spec: Some(pb::JobSpec { input_url: j.input_url.clone(), output_url: j.output_url.clone(), params: Some(params_to(&j.params)) }),
+        state: state_to(j.state) as i32,
+        frames_total: j.media.as_ref().map(|m| m.frame_pts.len() as u64).unwrap_or(0),
+        frames_done: v.frames_done,
+        segments_total: j.segments,
+        segments_done: segs.iter().filter(|t| t.state == TaskState::Done).count() as u32,
+        error: j.error.clone(),
+        created_unix_ms: j.created_ms,
+        finished_unix_ms: j.finished_ms,
+        media: j.media.as_ref().map(|m| media_to(m, false)),
+        tasks: v
+            .tasks
+            .iter()
+            .map(|t| {
+                let (start, end) = match t.kind {
+                    TaskKind::Segment { start, end } => (start, end),
+                    _ => (0, 0),
+                };
+                pb::TaskInfo {
+                    index: t.index,
+                    kind: t.kind_name().into(),
+                    state: format!("{:?}", t.state).to_lowercase(),
+                    start_frame: start,
+                    end_frame: end,
+                    attempts: t.attempts,
+                    worker_id: t.lease.as_ref().map(|l| l.worker_id.clone()).unwrap_or_else(|| t.worker_id.clone()),
+                    frames_done: t.frames_done,
+                }
+            })
+            .collect(),
+    }
+}
+
+pub fn grant_to(g: Grant, ttl_ms: u64) -> pb::LeaseTaskResponse {
+    use pb::lease_task_response::Task;
+    let task = match g.work {
+        Work::Probe { input_url } => Task::Probe(pb::ProbeTask { input_url }),
+        Work::Segment { input_url, start, end, frame_pts, seek_ns, output_url, params, media } => Task::Segment(pb::SegmentTask {
+            input_url,
+            start_frame: start,
+            end_frame: end,
+            frame_pts,
+            seek_ns,
+            output_url,
+            params: Some(params_to(&params)),
+            media: Some(media_to(&media, false)),
+        }),
+        Work::Assemble { input_url, segments, output_url, media } => Task::Assemble(pb::AssembleTask {
+            input_url,
+            segments: segments
+                .into_iter()
+                .map(|(url, start_frame, end_frame)| pb::SegmentOutput { url, start_frame, end_frame })
+                .collect(),
+            output_url,
+            media: Some(media_to(&media, true)),
+        }),
+    };
+    pb::LeaseTaskResponse {
+        job_id: g.job_id,
+        task_index: g.index,
+        lease: Some(pb::Lease { lease_id: g.lease_id, epoch: g.epoch, ttl_ms }),
+        task: Some(task),
+        retry_after_ms: 0,
+    }
+}
+
+pub fn completion_from(r: pb::complete_task_request::Result) -> Completion {
+    use pb::complete_task_request::Result as R;
+    match r {
+        R::Probe(m) => Completion::Probe(media_from(m)),
+        R::Segment(s) => Completion::Segment { output_url: s.output_url, frames: s.frames },
+        R::Assemble(a) => Completion::Assemble { output_url: a.output_url, frames: a.frames },
+    }
+}

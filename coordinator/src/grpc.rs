@@ -1,0 +1,157 @@
+//! Thin tonic handlers: validate the request, send a message to the
+//! JobManager actor, convert the reply.
+
+use crate::convert::{completion_from, grant_to, job_to, params_from};
+use crate::manager::{self, CoordError, JobManager, WorkerInfo};
+use actix::{Addr, MailboxError};
+use framewise_common::proto as pb;
+use framewise_common::storage::local_path;
+use tonic::{Request, Response, Status};
+
+/// Serves JobService and WorkerService from one actor address.
+#[derive(Clone)]
+pub struct Services {
+    pub manager: Addr<JobManager>,
+    pub lease_ttl_ms: u64,
+    pub heartbeat_interval_ms: u64,
+}
+
+fn status(e: CoordError) -> Status {
+    match e {
+        CoordError::NotFound(_) => Status::not_found(e.to_string()),
+        CoordError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        CoordError::Store(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+fn mailbox(e: MailboxError) -> Status {
+    Status::unavailable(format!("coordinator is shutting down ({e})"))
+}
+
+/// Checks a job spec, naming the field at fault.
+pub fn validate_spec(spec: &pb::JobSpec) -> Result<(), String> {
+    let input = local_path(&spec.input_url).map_err(|e| format!("spec.input_url: {e}"))?;
+    let output = local_path(&spec.output_url).map_err(|e| format!("spec.output_url: {e}"))?;
+    if input == output {
+        return Err("spec.output_url: must differ from the input".into());
+    }
+    let p = spec.params.clone().unwrap_or_default();
+    if !p.style_weights.is_empty() {
+        if p.style_weights.iter().any(|w| !w.is_finite() || *w < 0.0) || p.style_weights.iter().sum::<f32>() <= 0.0 {
+            return Err("params.style_weights: must be non-negative and not all zero".into());
+        }
+        if p.style_weights.len() > 4096 {
+            return Err(format!("params.style_weights: at most 4096 values, got {}", p.style_weights.len()));
+        }
+    }
+    if !p.segment_seconds.is_finite() || p.segment_seconds < 0.0 {
+        return Err(format!("params.segment_seconds: must be >= 0, got {}", p.segment_seconds));
+    }
+    if p.max_size != 0 && p.max_size < 16 {
+        return Err(format!("params.max_size: must be 0 (off) or at least 16, got {}", p.max_size));
+    }
+    if p.crf > 51 {
+        return Err(format!("params.crf: must be 0 to 51, got {}", p.crf));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl pb::job_service_server::JobService for Services {
+    async fn submit_job(&self, req: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let r = req.into_inner();
+        let spec = r.spec.ok_or_else(|| Status::invalid_argument("spec: missing"))?;
+        validate_spec(&spec).map_err(Status::invalid_argument)?;
+        if r.idempotency_key.len() > 256 {
+            return Err(Status::invalid_argument("idempotency_key: at most 256 bytes"));
+        }
+        let (job_id, existing) = self
+            .manager
+            .send(manager::Submit {
+                input_url: spec.input_url,
+                output_url: spec.output_url,
+                params: params_from(spec.params),
+                idempotency_key: r.idempotency_key,
+            })
+            .await
+            .map_err(mailbox)?
+            .map_err(status)?;
+        Ok(Response::new(pb::SubmitJobResponse { job_id, existing }))
+    }
+
+    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let v = self.manager.send(manager::GetJob(req.into_inner().job_id)).await.map_err(mailbox)?.map_err(status)?;
+        Ok(Response::new(job_to(&v)))
+    }
+
+    async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let all = self.manager.send(manager::ListJobs).await.map_err(mailbox)?;
+        Ok(Response::new(pb::ListJobsResponse { jobs: all.iter().map(job_to).collect() }))
+    }
+
+    async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let v = self.manager.send(manager::Cancel(req.into_inner().job_id)).await.map_err(mailbox)?.map_err(status)?;
+        Ok(Response::new(job_to(&v)))
+    }
+}
+
+fn need_worker(id: &str) -> Result<(), Status> {
+    if id.is_empty() || id.len() > 256 {
+        return Err(Status::invalid_argument("worker_id: must be 1 to 256 bytes"));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl pb::worker_service_server::WorkerService for Services {
+    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let r = req.into_inner();
+        need_worker(&r.worker_id)?;
+        let info = WorkerInfo { hostname: r.hostname, gpu: r.gpu, threads: r.cpu_threads, last_seen_ms: manager::now_ms() };
+        self.manager.send(manager::Register { worker_id: r.worker_id, info }).await.map_err(mailbox)?;
+        Ok(Response::new(pb::RegisterResponse { heartbeat_interval_ms: self.heartbeat_interval_ms }))
+    }
+
+    async fn lease_task(&self, req: Request<pb::LeaseTaskRequest>) -> Result<Response<pb::LeaseTaskResponse>, Status> {
+        let r = req.into_inner();
+        need_worker(&r.worker_id)?;
+        let grant = self.manager.send(manager::LeaseTask { worker_id: r.worker_id }).await.map_err(mailbox)?.map_err(status)?;
+        Ok(Response::new(match grant {
+            Some(g) => grant_to(g, self.lease_ttl_ms),
+            None => pb::LeaseTaskResponse { retry_after_ms: 250, ..Default::default() },
+        }))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        let keep_going = self
+            .manager
+            .send(manager::Heartbeat { worker_id: r.worker_id, lease_id: r.lease_id, epoch: r.epoch, frames_done: r.frames_done })
+            .await
+            .map_err(mailbox)?;
+        Ok(Response::new(pb::HeartbeatResponse { keep_going }))
+    }
+
+    async fn complete_task(&self, req: Request<pb::CompleteTaskRequest>) -> Result<Response<pb::CompleteTaskResponse>, Status> {
+        let r = req.into_inner();
+        let result = r.result.ok_or_else(|| Status::invalid_argument("result: missing"))?;
+        let accepted = self
+            .manager
+            .send(manager::Complete { lease_id: r.lease_id, epoch: r.epoch, result: completion_from(result) })
+            .await
+            .map_err(mailbox)?
+            .map_err(status)?;
+        Ok(Response::new(pb::CompleteTaskResponse { accepted }))
+    }
+
+    async fn fail_task(&self, req: Request<pb::FailTaskRequest>) -> Result<Response<pb::FailTaskResponse>, Status> {
+        let r = req.into_inner();
+        let error: String = r.error.chars().take(4000).collect();
+        self.manager
+            .send(manager::Fail { lease_id: r.lease_id, epoch: r.epoch, error, permanent: r.permanent })
+            .await
+            .map_err(mailbox)?
+            .map_err(status)?;
+        Ok(Response::new(pb::FailTaskResponse {}))
+    }
+}

@@ -1,0 +1,277 @@
+//! The JobManager actor: owns the scheduler state and the sled store, the
+//! only writer of either. gRPC handlers send it messages and await replies.
+
+use crate::model::{Job, Params, Task};
+use crate::scheduler::{garbage_path, Changes, Completion, Grant, Rules, State};
+use crate::store::{Store, StoreError};
+use actix::prelude::*;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+use tracing::{info, warn};
+
+/// Errors the coordinator returns to callers.
+#[derive(Debug, Error)]
+pub enum CoordError {
+    #[error("job {0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A job with its tasks and progress, as callers see it.
+#[derive(Debug, Clone)]
+pub struct JobView {
+    pub job: Job,
+    pub tasks: Vec<Task>,
+    pub frames_done: u64,
+}
+
+/// A registered worker.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    pub hostname: String,
+    pub gpu: bool,
+    pub threads: u32,
+    pub last_seen_ms: u64,
+}
+
+/// Owns jobs, tasks, leases and workers.
+pub struct JobManager {
+    state: State,
+    store: Store,
+    rules: Rules,
+    workers: HashMap<String, WorkerInfo>,
+}
+
+impl JobManager {
+    /// Loads the stored state; leases that were live get one TTL for their workers to come back.
+    pub fn new(store: Store, rules: Rules) -> Result<Self, StoreError> {
+        let (jobs, tasks) = store.load()?;
+        let (state, ch) = State::restore(jobs, tasks, now_ms(), &rules);
+        store.persist(&state, &ch)?;
+        let active = state.jobs.values().filter(|j| !j.state.is_terminal()).count();
+        info!(jobs = state.jobs.len(), active, "coordinator state loaded");
+        Ok(Self { state, store, rules, workers: HashMap::new() })
+    }
+
+    fn commit(&self, ch: &Changes) -> Result<(), CoordError> {
+        self.store.persist(&self.state, ch)?;
+        for url in &ch.garbage {
+            if let Some(p) = garbage_path(url) {
+                if let Err(e) = std::fs::remove_file(&p) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        warn!(path = %p.display(), error = %e, "could not delete an unused segment");
+                    }
+                }
+            }
+        }
+        for id in &ch.jobs {
+            if let Some(j) = self.state.jobs.get(id) {
+                info!(job_id = %id, state = ?j.state, error = %j.error, "job state");
+                if j.state.is_terminal() {
+                    let _ = std::fs::remove_dir(self.rules.work_dir.join(id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn view(&self, id: &str) -> Result<JobView, CoordError> {
+        let job = self.state.jobs.get(id).ok_or_else(|| CoordError::NotFound(id.to_string()))?;
+        Ok(JobView {
+            job: job.clone(),
+            tasks: self.state.tasks_of(id).into_iter().cloned().collect(),
+            frames_done: self.state.frames_done(id),
+        })
+    }
+}
+
+impl Actor for JobManager {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let every = Duration::from_millis((self.rules.lease_ttl_ms / 4).clamp(100, 1000));
+        ctx.run_interval(every, |act, _| {
+            let ch = act.state.expire(now_ms(), &act.rules);
+            if !ch.is_empty() {
+                warn!(tasks = ch.tasks.len(), "leases expired; tasks requeued");
+                if let Err(e) = act.commit(&ch) {
+                    warn!(error = %e, "could not persist expired leases");
+                }
+            }
+        });
+    }
+}
+
+/// Accept a job.
+#[derive(Message)]
+#[rtype(result = "Result<(String, bool), CoordError>")]
+pub struct Submit {
+    pub input_url: String,
+    pub output_url: String,
+    pub params: Params,
+    pub idempotency_key: String,
+}
+
+impl Handler<Submit> for JobManager {
+    type Result = Result<(String, bool), CoordError>;
+    fn handle(&mut self, m: Submit, _: &mut Context<Self>) -> Self::Result {
+        let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let (id, existing, ch) =
+            self.state.submit(id, &m.idempotency_key, m.input_url, m.output_url, m.params, now_ms(), &self.rules);
+        self.commit(&ch)?;
+        if !existing {
+            info!(job_id = %id, "job accepted");
+        }
+        Ok((id, existing))
+    }
+}
+
+/// Read one job.
+#[derive(Message)]
+#[rtype(result = "Result<JobView, CoordError>")]
+pub struct GetJob(pub String);
+
+impl Handler<GetJob> for JobManager {
+    type Result = Result<JobView, CoordError>;
+    fn handle(&mut self, m: GetJob, _: &mut Context<Self>) -> Self::Result {
+        self.view(&m.0)
+    }
+}
+
+/// Read every job.
+#[derive(Message)]
+#[rtype(result = "Vec<JobView>")]
+pub struct ListJobs;
+
+impl Handler<ListJobs> for JobManager {
+    type Result = Vec<JobView>;
+    fn handle(&mut self, _: ListJobs, _: &mut Context<Self>) -> Self::Result {
+        let ids: Vec<String> = self.state.jobs.keys().cloned().collect();
+        ids.iter().filter_map(|id| self.view(id).ok()).collect()
+    }
+}
+
+/// Cancel a job.
+#[derive(Message)]
+#[rtype(result = "Result<JobView, CoordError>")]
+pub struct Cancel(pub String);
+
+impl Handler<Cancel> for JobManager {
+    type Result = Result<JobView, CoordError>;
+    fn handle(&mut self, m: Cancel, _: &mut Context<Self>) -> Self::Result {
+        let ch = self.state.cancel(&m.0, now_ms()).ok_or_else(|| CoordError::NotFound(m.0.clone()))?;
+        self.commit(&ch)?;
+        self.view(&m.0)
+    }
+}
+
+/// A worker announces itself.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Register {
+    pub worker_id: String,
+    pub info: WorkerInfo,
+}
+
+impl Handler<Register> for JobManager {
+    type Result = ();
+    fn handle(&mut self, m: Register, _: &mut Context<Self>) {
+        info!(worker_id = %m.worker_id, hostname = %m.info.hostname, threads = m.info.threads, "worker registered");
+        self.workers.insert(m.worker_id, m.info);
+    }
+}
+
+/// A worker asks for work.
+#[derive(Message)]
+#[rtype(result = "Result<Option<Grant>, CoordError>")]
+pub struct LeaseTask {
+    pub worker_id: String,
+}
+
+impl Handler<LeaseTask> for JobManager {
+    type Result = Result<Option<Grant>, CoordError>;
+    fn handle(&mut self, m: LeaseTask, _: &mut Context<Self>) -> Self::Result {
+        let now = now_ms();
+        if let Some(w) = self.workers.get_mut(&m.worker_id) {
+            w.last_seen_ms = now;
+        }
+        let lease_id = format!("lease-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        match self.state.lease(&m.worker_id, lease_id, now, &self.rules) {
+            Some((grant, ch)) => {
+                self.commit(&ch)?;
+                info!(job_id = %grant.job_id, task = grant.index, worker_id = %m.worker_id, lease_id = %grant.lease_id, epoch = grant.epoch, "lease granted");
+                Ok(Some(grant))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// A worker renews its lease.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Heartbeat {
+    pub worker_id: String,
+    pub lease_id: String,
+    pub epoch: u64,
+    pub frames_done: u64,
+}
+
+impl Handler<Heartbeat> for JobManager {
+    type Result = bool;
+    fn handle(&mut self, m: Heartbeat, _: &mut Context<Self>) -> bool {
+        let now = now_ms();
+        if let Some(w) = self.workers.get_mut(&m.worker_id) {
+            w.last_seen_ms = now;
+        }
+        self.state.heartbeat(&m.lease_id, m.epoch, m.frames_done, now, &self.rules).0
+    }
+}
+
+/// A worker commits its result.
+#[derive(Message)]
+#[rtype(result = "Result<bool, CoordError>")]
+pub struct Complete {
+    pub lease_id: String,
+    pub epoch: u64,
+    pub result: Completion,
+}
+
+impl Handler<Complete> for JobManager {
+    type Result = Result<bool, CoordError>;
+    fn handle(&mut self, m: Complete, _: &mut Context<Self>) -> Self::Result {
+        let (ok, ch) = self.state.complete(&m.lease_id, m.epoch, m.result, now_ms(), &self.rules);
+        self.commit(&ch)?;
+        if !ok {
+            warn!(lease_id = %m.lease_id, epoch = m.epoch, "result refused: lease not current");
+        }
+        Ok(ok)
+    }
+}
+
+/// A worker reports a failed attempt.
+#[derive(Message)]
+#[rtype(result = "Result<(), CoordError>")]
+pub struct Fail {
+    pub lease_id: String,
+    pub epoch: u64,
+    pub error: String,
+    pub permanent: bool,
+}
+
+impl Handler<Fail> for JobManager {
+    type Result = Result<(), CoordError>;
+    fn handle(&mut self, m: Fail, _: &mut Context<Self>) -> Self::Result {
+        let (_, ch) = self.state.fail(&m.lease_id, m.epoch, &m.error, m.permanent, now_ms(), &self.rules);
+        self.commit(&ch)
+    }
+}

@@ -1,0 +1,163 @@
+//! The coordinator's domain records, as stored in sled (serde JSON with a
+//! version field, so a later release can read what an earlier one wrote).
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the stored record layout.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Where a job is in its life; only the scheduler moves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Queued,
+    Probing,
+    Running,
+    Assembling,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    /// Finished one way or another: no more leases are handed out for it.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+/// What a job asks for beyond its input and output.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    pub style_weights: Vec<f32>,
+    pub segment_seconds: f64,
+    pub max_size: u32,
+    pub crf: u32,
+}
+
+/// The facts a Probe task found; segments are planned from them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Media {
+    pub width: u32,
+    pub height: u32,
+    pub fps_num: i32,
+    pub fps_den: i32,
+    pub duration_ns: u64,
+    pub video_codec: String,
+    pub audio_streams: u32,
+    pub container: String,
+    pub frame_pts: Vec<u64>,
+    pub keyframes: Vec<u64>,
+}
+
+impl Media {
+    pub fn fps(&self) -> f64 {
+        if self.fps_num > 0 && self.fps_den > 0 {
+            self.fps_num as f64 / self.fps_den as f64
+        } else if self.duration_ns > 0 {
+            self.frame_pts.len() as f64 * 1e9 / self.duration_ns as f64
+        } else {
+            0.0
+        }
+    }
+}
+
+/// One accepted job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub v: u32,
+    pub id: String,
+    pub idempotency_key: String,
+    pub input_url: String,
+    pub output_url: String,
+    pub params: Params,
+    pub state: JobState,
+    /// Why it failed, naming the file and the problem.
+    pub error: String,
+    pub created_ms: u64,
+    pub finished_ms: u64,
+    pub media: Option<Media>,
+    /// Number of Segment tasks once planned.
+    pub segments: u32,
+}
+
+/// What a task does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TaskKind {
+    Probe,
+    Segment { start: u64, end: u64 },
+    Assemble,
+}
+
+/// Where a task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    Pending,
+    Leased,
+    Done,
+    Failed,
+}
+
+/// A task's current lease: the only attempt whose results are accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: String,
+    pub worker_id: String,
+    pub deadline_ms: u64,
+}
+
+/// One unit of work of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub v: u32,
+    pub job_id: String,
+    pub index: u32,
+    pub kind: TaskKind,
+    pub state: TaskState,
+    /// Incremented at every lease; a result must carry the current epoch.
+    pub epoch: u64,
+    pub attempts: u32,
+    pub lease: Option<Lease>,
+    /// "worker: error" for every failed attempt.
+    pub errors: Vec<String>,
+    /// The committed output of the attempt that won (Segment tasks).
+    pub output_url: String,
+    /// Frames finished by the current attempt (from heartbeats) or in total once done.
+    pub frames_done: u64,
+    /// Worker that committed the result.
+    pub worker_id: String,
+}
+
+impl Task {
+    pub fn new(job_id: &str, index: u32, kind: TaskKind) -> Self {
+        Task {
+            v: SCHEMA_VERSION,
+            job_id: job_id.to_string(),
+            index,
+            kind,
+            state: TaskState::Pending,
+            epoch: 0,
+            attempts: 0,
+            lease: None,
+            errors: Vec::new(),
+            output_url: String::new(),
+            frames_done: 0,
+            worker_id: String::new(),
+        }
+    }
+
+    /// Frames this task covers (0 for Probe and Assemble).
+    pub fn frames(&self) -> u64 {
+        match self.kind {
+            TaskKind::Segment { start, end } => end - start,
+            _ => 0,
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            TaskKind::Probe => "probe",
+            TaskKind::Segment { .. } => "segment",
+            TaskKind::Assemble => "assemble",
+        }
+    }
+}

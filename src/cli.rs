@@ -1,0 +1,137 @@
+//! Command-line definitions (clap).
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// framewise: style-transfer whole videos on a fleet of workers that may come and go.
+#[derive(Parser, Debug)]
+#[command(name = "framewise", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Stylize one video with an embedded coordinator and local workers (all in this process).
+    Run(RunArgs),
+    /// Run a coordinator (gRPC JobService + WorkerService).
+    Coordinator {
+        /// Config file (TOML); keys can be overridden by FRAMEWISE_* variables.
+        #[arg(short, long, default_value = "config/coordinator.toml")]
+        config: PathBuf,
+    },
+    /// Run a worker that pulls tasks from a coordinator.
+    Worker {
+        #[arg(short, long, default_value = "config/worker.toml")]
+        config: PathBuf,
+        /// Coordinator URL, e.g. http://10.0.0.4:50051 (overrides the config).
+        #[arg(long)]
+        coordinator: Option<String>,
+    },
+    /// Submit a job to a running coordinator and print its id.
+    Submit(SubmitArgs),
+    /// Show jobs (or one job) of a running coordinator.
+    Status {
+        job: Option<String>,
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        coordinator: String,
+    },
+    /// Measure inference alone (no decode or encode): the ceiling end-to-end speed is compared with.
+    BenchModel(BenchArgs),
+    /// List the styles of the configured model.
+    Styles {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// How to pick the style.
+#[derive(Args, Debug, Clone)]
+pub struct StyleArgs {
+    /// One of the model's styles (0-based).
+    #[arg(long, conflicts_with = "style_mix")]
+    pub style: Option<i64>,
+    /// A blend of styles, e.g. 3:0.5,7:0.5.
+    #[arg(long)]
+    pub style_mix: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Input video file.
+    pub input: PathBuf,
+    /// Output MP4 file (written under a temporary name, renamed when complete and verified).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub style: StyleArgs,
+    /// Local workers (default: embedded.workers from the config).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Seconds of video per Segment task.
+    #[arg(long)]
+    pub segment_seconds: Option<f64>,
+    /// Stylize a copy scaled so its longer side is at most this many pixels, then scale back (faster on CPU).
+    #[arg(long)]
+    pub max_size: Option<u32>,
+    /// x264 quality (0-51, lower is better).
+    #[arg(long)]
+    pub crf: Option<u32>,
+    /// Config file (default: config/embedded.toml if present).
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// Keep coordinator state here instead of a temporary directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// No progress bar (logs and the summary line only).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// Input video (absolute path or file:// URL as the workers see it).
+    pub input: String,
+    /// Output location (absolute path or file:// URL).
+    #[arg(long)]
+    pub out: String,
+    #[command(flatten)]
+    pub style: StyleArgs,
+    #[arg(long, default_value_t = 0.0)]
+    pub segment_seconds: f64,
+    #[arg(long, default_value_t = 0)]
+    pub max_size: u32,
+    /// Retrying with the same key returns the same job instead of a new one.
+    #[arg(long, default_value = "")]
+    pub idempotency_key: String,
+    /// Number of styles the workers' model takes.
+    #[arg(long, default_value_t = 26)]
+    pub style_count: usize,
+    /// Follow the job with a progress bar until it ends.
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub coordinator: String,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Take frames from this video (default: a synthetic 1280x720 gradient).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Synthetic frame size when no input is given, WxH.
+    #[arg(long, default_value = "1280x720")]
+    pub size: String,
+    /// Frames to time (after one warm-up frame).
+    #[arg(long, default_value_t = 10)]
+    pub frames: usize,
+    /// ONNX Runtime intra-op threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Scale like --max-size in `run`.
+    #[arg(long, default_value_t = 0)]
+    pub max_size: u32,
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+}

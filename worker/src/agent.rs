@@ -1,0 +1,385 @@
+//! The worker's lease loop: register, pull a task, run it on a blocking
+//! thread while a heartbeat keeps the lease alive, report the result, repeat.
+
+use crate::error::{MediaError, ModelError};
+use crate::inference::{runtime, Stylizer};
+use crate::media::assemble::{assemble, SegmentFile};
+use crate::media::encode::EncoderSettings;
+use crate::media::probe::{frame_duration_ns, probe, Probe};
+use crate::segment::{run_segment, SegmentError, SegmentSpec};
+use framewise_common::config::WorkerConfig;
+use framewise_common::proto::{self, lease_task_response::Task, worker_service_client::WorkerServiceClient};
+use framewise_common::storage::local_path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(300);
+const ASSEMBLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A worker that cannot start (its model or runtime is unusable).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Media(#[from] MediaError),
+    #[error("coordinator {url}: {detail}")]
+    Coordinator { url: String, detail: String },
+}
+
+/// A worker ready to take leases: the model is loaded and checked before any lease is taken.
+pub struct Worker {
+    cfg: WorkerConfig,
+    id: String,
+    threads: usize,
+    model: Arc<Mutex<Stylizer>>,
+}
+
+/// How a task ended, as reported to the coordinator.
+enum Outcome {
+    Done(proto::complete_task_request::Result),
+    Failed { error: String, permanent: bool },
+}
+
+impl Worker {
+    /// Loads the runtime and the model; `threads` = ONNX Runtime intra-op threads.
+    pub fn new(cfg: WorkerConfig, id: String, threads: usize) -> Result<Self, AgentError> {
+        crate::media::init()?;
+        let env = runtime(&cfg.onnxruntime_lib)?;
+        let model = Stylizer::load(env, &cfg.model, threads)?;
+        Ok(Self { cfg, id, threads, model: Arc::new(Mutex::new(model)) })
+    }
+
+    /// Points the worker at a coordinator (the embedded one's port is known only after it starts).
+    pub fn set_coordinator(&mut self, url: &str) {
+        self.cfg.coordinator_url = url.to_string();
+    }
+
+    /// This worker's id as the coordinator knows it.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Takes and runs tasks until `shutdown` turns true; reconnects with backoff when the coordinator is away.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+        let url = self.cfg.coordinator_url.clone();
+        let mut backoff = Duration::from_millis(100);
+        let mut client = loop {
+            match WorkerServiceClient::connect(url.clone()).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    warn!(worker_id = %self.id, %url, error = %e, "coordinator not reachable; retrying");
+                    if wait_or_shutdown(&mut shutdown, backoff).await {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let reg = client
+            .register(proto::RegisterRequest {
+                worker_id: self.id.clone(),
+                hostname: hostname(),
+                gpu: false,
+                cpu_threads: self.threads as u32,
+            })
+            .await
+            .map_err(|e| AgentError::Coordinator { url: url.clone(), detail: e.message().to_string() })?
+            .into_inner();
+        let hb_every = Duration::from_millis(reg.heartbeat_interval_ms.max(100));
+        info!(worker_id = %self.id, threads = self.threads, "worker registered");
+        backoff = Duration::from_millis(100);
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let resp = match client.lease_task(proto::LeaseTaskRequest { worker_id: self.id.clone() }).await {
+                Ok(r) => r.into_inner(),
+                Err(e) => {
+                    warn!(worker_id = %self.id, error = %e.message(), "lease request failed; retrying");
+                    if wait_or_shutdown(&mut shutdown, backoff).await {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            let (Some(task), Some(lease)) = (resp.task.clone(), resp.lease.clone()) else {
+                let wait = Duration::from_millis(resp.retry_after_ms.clamp(20, 2000));
+                if wait_or_shutdown(&mut shutdown, wait).await {
+                    return Ok(());
+                }
+                continue;
+            };
+            let outcome = self.execute(&mut client, &resp.job_id, resp.task_index, task, &lease, hb_every).await;
+            self.report(&mut client, &lease, outcome).await;
+        }
+    }
+
+    async fn execute(
+        &self,
+        client: &mut WorkerServiceClient<Channel>,
+        job_id: &str,
+        task_index: u32,
+        task: Task,
+        lease: &proto::Lease,
+        hb_every: Duration,
+    ) -> Outcome {
+        let progress = Arc::new(AtomicU64::new(0));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (p, c) = (progress.clone(), cancel.clone());
+        let model = self.model.clone();
+        let settings = EncoderSettings { crf: self.cfg.encoder.crf, preset: self.cfg.encoder.preset.clone() };
+        let lease_id = lease.lease_id.clone();
+        info!(worker_id = %self.id, job_id, task_index, lease_id = %lease_id, kind = kind(&task), "task leased");
+        let work = tokio::task::spawn_blocking(move || run_task(task, &model, &settings, &lease_id, &p, &c));
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval(hb_every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                r = &mut work => {
+                    return r.unwrap_or_else(|e| Outcome::Failed { error: format!("worker task panicked: {e}"), permanent: false });
+                }
+                _ = tick.tick() => {
+                    let hb = proto::HeartbeatRequest {
+                        worker_id: self.id.clone(),
+                        lease_id: lease.lease_id.clone(),
+                        epoch: lease.epoch,
+                        frames_done: progress.load(Ordering::Relaxed),
+                    };
+                    match client.heartbeat(hb).await {
+                        Ok(r) if !r.get_ref().keep_going => {
+                            warn!(worker_id = %self.id, job_id, task_index, "lease lost; stopping the task");
+                            cancel.store(true, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!(worker_id = %self.id, job_id, error = %e.message(), "heartbeat failed"),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn report(&self, client: &mut WorkerServiceClient<Channel>, lease: &proto::Lease, outcome: Outcome) {
+        for attempt in 0..5u32 {
+            let r = match &outcome {
+                Outcome::Done(result) => client
+                    .complete_task(proto::CompleteTaskRequest {
+                        worker_id: self.id.clone(),
+                        lease_id: lease.lease_id.clone(),
+                        epoch: lease.epoch,
+                        result: Some(result.clone()),
+                    })
+                    .await
+                    .map(|r| {
+                        if !r.get_ref().accepted {
+                            warn!(worker_id = %self.id, lease_id = %lease.lease_id, "result refused (stale lease)");
+                        }
+                    }),
+                Outcome::Failed { error, permanent } => {
+                    warn!(worker_id = %self.id, lease_id = %lease.lease_id, %error, permanent, "task failed");
+                    client
+                        .fail_task(proto::FailTaskRequest {
+                            worker_id: self.id.clone(),
+                            lease_id: lease.lease_id.clone(),
+                            epoch: lease.epoch,
+                            error: error.clone(),
+                            permanent: *permanent,
+                        })
+                        .await
+                        .map(|_| ())
+                }
+            };
+            match r {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(worker_id = %self.id, error = %e.message(), attempt, "reporting failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+    }
+}
+
+fn kind(t: &Task) -> &'static str {
+    match t {
+        Task::Probe(_) => "probe",
+        Task::Segment(_) => "segment",
+        Task::Assemble(_) => "assemble",
+    }
+}
+
+fn run_task(
+    task: Task,
+    model: &Mutex<Stylizer>,
+    settings: &EncoderSettings,
+    lease_id: &str,
+    progress: &AtomicU64,
+    cancel: &AtomicBool,
+) -> Outcome {
+    use proto::complete_task_request::Result as R;
+    let url_err = |e: framewise_common::storage::UrlError| Outcome::Failed { error: e.to_string(), permanent: true };
+    match task {
+        Task::Probe(p) => {
+            let path = match local_path(&p.input_url) {
+                Ok(p) => p,
+                Err(e) => return url_err(e),
+            };
+            match probe(&path, PROBE_TIMEOUT) {
+                Ok(pr) => Outcome::Done(R::Probe(to_media_info(&pr))),
+                Err(e) => media_failure(e),
+            }
+        }
+        Task::Segment(s) => {
+            let (input, output) = match (local_path(&s.input_url), local_path(&s.output_url)) {
+                (Ok(i), Ok(o)) => (i, o),
+                (Err(e), _) | (_, Err(e)) => return url_err(e),
+            };
+            let media = s.media.unwrap_or_default();
+            let params = s.params.unwrap_or_default();
+            if let Some(dir) = output.parent() {
+                if let Err(e) = std::fs::create_dir_all(dir) {
+                    return Outcome::Failed { error: format!("{}: {e}", dir.display()), permanent: false };
+                }
+            }
+            let settings = if params.crf > 0 { EncoderSettings { crf: params.crf, ..settings.clone() } } else { settings.clone() };
+            let spec = SegmentSpec {
+                input: &input,
+                output: &output,
+                frame_pts: &s.frame_pts,
+                seek_ns: s.seek_ns,
+                size: (media.width, media.height),
+                fps: (media.fps_num, media.fps_den),
+                frame_duration_ns: frame_duration_ns(media.fps_num, media.fps_den, &media.frame_pts),
+                max_size: params.max_size,
+                style: &params.style_weights,
+                encoder: &settings,
+            };
+            let mut m = model.lock().unwrap_or_else(|p| p.into_inner());
+            match run_segment(&spec, &mut m, progress, cancel) {
+                Ok(frames) => Outcome::Done(R::Segment(proto::SegmentResult { output_url: s.output_url, frames })),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&output);
+                    let permanent = match &e {
+                        SegmentError::Media(m) => m.is_permanent(),
+                        _ => false,
+                    };
+                    Outcome::Failed { error: e.to_string(), permanent }
+                }
+            }
+        }
+        Task::Assemble(a) => run_assemble(a, lease_id),
+    }
+}
+
+fn run_assemble(a: proto::AssembleTask, lease_id: &str) -> Outcome {
+    use proto::complete_task_request::Result as R;
+    let media = a.media.unwrap_or_default();
+    let (input, output) = match (local_path(&a.input_url), local_path(&a.output_url)) {
+        (Ok(i), Ok(o)) => (i, o),
+        (Err(e), _) | (_, Err(e)) => return Outcome::Failed { error: e.to_string(), permanent: true },
+    };
+    let mut segs = Vec::with_capacity(a.segments.len());
+    for s in &a.segments {
+        let path = match local_path(&s.url) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Failed { error: e.to_string(), permanent: true },
+        };
+        let Some(offset) = media.frame_pts.get(s.start_frame as usize) else {
+            return Outcome::Failed { error: format!("segment start {} outside the video", s.start_frame), permanent: true };
+        };
+        segs.push(SegmentFile { path, offset_ns: *offset, frames: s.end_frame - s.start_frame });
+    }
+    let tmp = partial_path(&output, lease_id);
+    let result = assemble(&input, &segs, media.audio_streams, &tmp, ASSEMBLE_TIMEOUT).and_then(|frames| {
+        // Verify before the output becomes visible: every frame and every audio stream is there.
+        let check = probe(&tmp, PROBE_TIMEOUT)?;
+        if check.frame_pts.len() as u64 != media.frame_count || frames != media.frame_count {
+            return Err(MediaError::Corrupt {
+                path: tmp.clone(),
+                detail: format!("assembled {} frames, the source has {}", check.frame_pts.len(), media.frame_count),
+            });
+        }
+        if check.audio_streams != media.audio_streams {
+            return Err(MediaError::Corrupt {
+                path: tmp.clone(),
+                detail: format!("assembled {} audio streams, the source has {}", check.audio_streams, media.audio_streams),
+            });
+        }
+        std::fs::rename(&tmp, &output).map_err(|e| MediaError::Write { path: output.clone(), detail: e.to_string() })?;
+        Ok(check)
+    });
+    match result {
+        Ok(check) => Outcome::Done(R::Assemble(proto::AssembleResult {
+            output_url: a.output_url,
+            frames: check.frame_pts.len() as u64,
+            duration_ns: check.duration_ns,
+        })),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            // A bad segment is the coordinator's to redo; a bad source or output location is permanent.
+            let permanent = matches!(e, MediaError::Write { .. }) || (e.is_permanent() && !is_segment_error(&e, &segs));
+            Outcome::Failed { error: e.to_string(), permanent }
+        }
+    }
+}
+
+fn is_segment_error(e: &MediaError, segs: &[SegmentFile]) -> bool {
+    let p = match e {
+        MediaError::NotFound(p) | MediaError::Empty(p) => p,
+        MediaError::Corrupt { path, .. } | MediaError::NotMedia { path, .. } => path,
+        _ => return false,
+    };
+    segs.iter().any(|s| &s.path == p)
+}
+
+/// The hidden temporary name the output is written under until it is complete and verified.
+pub fn partial_path(output: &Path, lease_id: &str) -> PathBuf {
+    let name = output.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "output".into());
+    output.with_file_name(format!(".{name}.{lease_id}.partial"))
+}
+
+fn media_failure(e: MediaError) -> Outcome {
+    Outcome::Failed { permanent: e.is_permanent(), error: e.to_string() }
+}
+
+/// The wire form of a probe result.
+pub fn to_media_info(p: &Probe) -> proto::MediaInfo {
+    proto::MediaInfo {
+        width: p.width,
+        height: p.height,
+        fps_num: p.fps_num,
+        fps_den: p.fps_den,
+        frame_count: p.frame_pts.len() as u64,
+        duration_ns: p.duration_ns,
+        video_codec: p.video_codec.clone(),
+        audio_streams: p.audio_streams,
+        frame_pts: p.frame_pts.clone(),
+        keyframes: p.keyframes.clone(),
+        container: p.container.clone(),
+    }
+}
+
+async fn wait_or_shutdown(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *shutdown.borrow(),
+        r = shutdown.changed() => r.is_err() || *shutdown.borrow(),
+    }
+}
+
+/// This machine's name, for worker ids and the dashboard.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -1,0 +1,220 @@
+//! Inference with ONNX Runtime (loaded at run time from the library that
+//! scripts/bootstrap.sh installs): RGB frame → padded NCHW float → model →
+//! RGB frame of the original size.
+
+use crate::error::ModelError;
+use crate::media::Frame;
+use framewise_common::config::ModelConfig;
+use ort::session::{Session, SessionInputValue};
+use ort::value::TensorRef;
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+static RUNTIME: OnceLock<ort::environment::Environment> = OnceLock::new();
+static RUNTIME_INIT: Mutex<()> = Mutex::new(());
+
+/// Loads libonnxruntime once per process (ORT_DYLIB_PATH wins over `lib`).
+pub fn runtime(lib: &Path) -> Result<&'static ort::environment::Environment, ModelError> {
+    if let Some(env) = RUNTIME.get() {
+        return Ok(env);
+    }
+    let _guard = RUNTIME_INIT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(env) = RUNTIME.get() {
+        return Ok(env);
+    }
+    let lib: PathBuf = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or_else(|| lib.to_path_buf());
+    let rt_err = |detail: String| ModelError::Runtime { path: lib.clone(), detail };
+    if !lib.is_file() {
+        return Err(rt_err("file not found".into()));
+    }
+    let env = ort::init_from(&lib)
+        .map_err(|e| rt_err(e.to_string()))?
+        .with_name("framewise")
+        .build()
+        .map_err(|e| rt_err(e.to_string()))?;
+    Ok(RUNTIME.get_or_init(|| env))
+}
+
+/// One loaded model, ready to stylize frames of any size.
+pub struct Stylizer {
+    session: Session,
+    cfg: ModelConfig,
+    input_buf: Vec<f32>,
+}
+
+impl Stylizer {
+    /// Loads and checks the model: the configured inputs and outputs must exist with usable shapes.
+    pub fn load(env: &ort::environment::Environment, cfg: &ModelConfig, threads: usize) -> Result<Self, ModelError> {
+        let path = &cfg.path;
+        if !path.is_file() {
+            return Err(ModelError::NotFound(path.clone()));
+        }
+        let load = |e: &dyn std::fmt::Display| ModelError::Load { path: path.clone(), detail: e.to_string() };
+        let session = Session::builder(env)
+            .map_err(|e| load(&e))?
+            .with_intra_threads(threads.max(1))
+            .map_err(|e| load(&e))?
+            .with_inter_threads(1)
+            .map_err(|e| load(&e))?
+            .commit_from_file(path)
+            .map_err(|e| load(&e))?;
+        check_shapes(&session, cfg)?;
+        Ok(Self { session, cfg: cfg.clone(), input_buf: Vec::new() })
+    }
+
+    /// Runs the model on one frame with the given style weights (ignored if the model has no style input).
+    pub fn stylize(&mut self, frame: &Frame, style: &[f32]) -> Result<Frame, ModelError> {
+        let (w, h) = (frame.width as usize, frame.height as usize);
+        let m = self.cfg.pad_multiple.max(1) as usize;
+        let (pw, ph) = (w.div_ceil(m) * m, h.div_ceil(m) * m);
+        let [lo, hi] = self.cfg.value_range;
+        to_nchw_padded(&frame.data, w, h, pw, ph, lo, hi, &mut self.input_buf);
+        let run_err = |e: &dyn std::fmt::Display| ModelError::Run { path: self.cfg.path.clone(), detail: e.to_string() };
+
+        let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(2 + self.cfg.extra_inputs.len());
+        let image = TensorRef::from_array_view(([1usize, 3, ph, pw], self.input_buf.as_slice())).map_err(|e| run_err(&e))?;
+        inputs.push((Cow::Borrowed(self.cfg.input.as_str()), image.into()));
+        if !self.cfg.style_input.is_empty() {
+            if style.len() != self.cfg.style_count {
+                return Err(run_err(&format!("{} style weights given, the model takes {}", style.len(), self.cfg.style_count)));
+            }
+            let s = TensorRef::from_array_view(([style.len()], style)).map_err(|e| run_err(&e))?;
+            inputs.push((Cow::Borrowed(self.cfg.style_input.as_str()), s.into()));
+        }
+        for (name, values) in &self.cfg.extra_inputs {
+            let v = TensorRef::from_array_view(([values.len()], values.as_slice())).map_err(|e| run_err(&e))?;
+            inputs.push((Cow::Borrowed(name.as_str()), v.into()));
+        }
+        let outputs = self.session.run(inputs).map_err(|e| run_err(&e))?;
+        let out = outputs
+            .get(&self.cfg.output)
+            .ok_or_else(|| run_err(&format!("no output named {:?}", self.cfg.output)))?;
+        let (shape, data) = out.try_extract_tensor::<f32>().map_err(|e| run_err(&e))?;
+        if shape.len() != 4 || shape[1] != 3 || shape[2] as usize != ph || shape[3] as usize != pw {
+            return Err(run_err(&format!("output shape {:?}, expected [1, 3, {ph}, {pw}]", &shape[..])));
+        }
+        let mut rgb = vec![0u8; w * h * 3];
+        from_nchw_cropped(data, w, h, pw, ph, lo, hi, &mut rgb);
+        Ok(Frame { pts: frame.pts, width: frame.width, height: frame.height, data: rgb })
+    }
+}
+
+fn check_shapes(session: &Session, cfg: &ModelConfig) -> Result<(), ModelError> {
+    let shape_err = |detail: String| ModelError::Shape { path: cfg.path.clone(), detail };
+    let names = |v: &[ort::value::Outlet]| v.iter().map(|o| o.name().to_string()).collect::<Vec<_>>().join(", ");
+    let find = |list: &[ort::value::Outlet], name: &str, what: &str| -> Result<Vec<i64>, ModelError> {
+        let o = list
+            .iter()
+            .find(|o| o.name() == name)
+            .ok_or_else(|| shape_err(format!("no {what} named {name:?} (it has: {})", names(list))))?;
+        o.dtype()
+            .tensor_shape()
+            .map(|s| s.to_vec())
+            .ok_or_else(|| shape_err(format!("{what} {name:?} is not a tensor")))
+    };
+    let image_ok = |s: &[i64]| s.len() == 4 && (s[0] == 1 || s[0] < 0) && (s[1] == 3 || s[1] < 0);
+    let i = find(session.inputs(), &cfg.input, "input")?;
+    if !image_ok(&i) {
+        return Err(shape_err(format!("input {:?} has shape {i:?}, expected [1, 3, H, W]", cfg.input)));
+    }
+    let o = find(session.outputs(), &cfg.output, "output")?;
+    if !image_ok(&o) {
+        return Err(shape_err(format!("output {:?} has shape {o:?}, expected [1, 3, H, W]", cfg.output)));
+    }
+    if !cfg.style_input.is_empty() {
+        let s = find(session.inputs(), &cfg.style_input, "input")?;
+        if s.len() != 1 || (s[0] >= 0 && s[0] as usize != cfg.style_count) {
+            return Err(shape_err(format!(
+                "style input {:?} has shape {s:?}, expected [{}]",
+                cfg.style_input, cfg.style_count
+            )));
+        }
+    }
+    for name in cfg.extra_inputs.keys() {
+        find(session.inputs(), name, "input")?;
+    }
+    Ok(())
+}
+
+/// Reflect index (numpy's "reflect": the edge pixel is not repeated).
+#[inline]
+fn reflect(i: usize, n: usize) -> usize {
+    if i < n || n < 2 {
+        i.min(n - 1)
+    } else {
+        (2 * (n - 1)).saturating_sub(i)
+    }
+}
+
+/// Packed RGB bytes → planar float in the model's range, reflect-padded to pw x ph.
+#[allow(clippy::too_many_arguments)]
+pub fn to_nchw_padded(rgb: &[u8], w: usize, h: usize, pw: usize, ph: usize, lo: f32, hi: f32, out: &mut Vec<f32>) {
+    let plane = pw * ph;
+    out.resize(3 * plane, 0.0);
+    let scale = (hi - lo) / 255.0;
+    let lut: Vec<f32> = (0..256).map(|v| v as f32 * scale + lo).collect();
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for y in 0..ph {
+        let sy = reflect(y, h);
+        let row = &rgb[sy * w * 3..(sy + 1) * w * 3];
+        let o = y * pw;
+        for (x, px) in row.chunks_exact(3).enumerate() {
+            r[o + x] = lut[px[0] as usize];
+            g[o + x] = lut[px[1] as usize];
+            b[o + x] = lut[px[2] as usize];
+        }
+        for x in w..pw {
+            let sx = reflect(x, w) * 3;
+            r[o + x] = lut[row[sx] as usize];
+            g[o + x] = lut[row[sx + 1] as usize];
+            b[o + x] = lut[row[sx + 2] as usize];
+        }
+    }
+}
+
+/// Planar float in the model's range → packed RGB bytes, cropped to w x h.
+#[allow(clippy::too_many_arguments)]
+pub fn from_nchw_cropped(data: &[f32], w: usize, h: usize, pw: usize, ph: usize, lo: f32, hi: f32, out: &mut [u8]) {
+    let plane = pw * ph;
+    let scale = 255.0 / (hi - lo);
+    for y in 0..h {
+        let o = y * pw;
+        for x in 0..w {
+            let d = (y * w + x) * 3;
+            for c in 0..3 {
+                let v = (data[c * plane + o + x] - lo) * scale;
+                out[d + c] = v.round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pad_and_crop_round_trip() {
+        let (w, h) = (5usize, 3usize);
+        let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 256) as u8).collect();
+        let mut f = Vec::new();
+        to_nchw_padded(&rgb, w, h, 8, 4, 0.0, 1.0, &mut f);
+        assert_eq!(f.len(), 3 * 8 * 4);
+        // reflect: column 5 mirrors column 3, row 3 mirrors row 1
+        assert_eq!(f[5], f[3]);
+        assert_eq!(f[3 * 8], f[8]);
+        let mut back = vec![0u8; w * h * 3];
+        from_nchw_cropped(&f, w, h, 8, 4, 0.0, 1.0, &mut back);
+        assert_eq!(back, rgb);
+    }
+
+    #[test]
+    fn value_range_is_applied() {
+        let rgb = vec![255u8, 0, 51];
+        let mut f = Vec::new();
+        to_nchw_padded(&rgb, 1, 1, 1, 1, 0.0, 255.0, &mut f);
+        assert_eq!(f, vec![255.0, 0.0, 51.0]);
+    }
+}

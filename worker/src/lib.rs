@@ -1,0 +1,8 @@
+//! The framewise worker: GStreamer media, ONNX Runtime inference, the segment
+//! pipeline and the lease loop that talks to the coordinator.
+
+pub mod agent;
+pub mod error;
+pub mod inference;
+pub mod media;
+pub mod segment;

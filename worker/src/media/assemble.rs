@@ -1,0 +1,198 @@
+//! Stitching: the segments' H.264 access units are concatenated into one MP4
+//! (no re-encode), re-timed onto the source timeline, and the source's audio
+//! streams are linked straight into the same muxer, so they are copied unchanged.
+
+use super::{check_input, make, set_state, Stopper};
+use crate::error::MediaError;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// One encoded segment and where its first frame sits on the source timeline.
+#[derive(Debug, Clone)]
+pub struct SegmentFile {
+    pub path: PathBuf,
+    /// Source timestamp of the segment's first frame (ns).
+    pub offset_ns: u64,
+    /// Frames the segment must contain.
+    pub frames: u64,
+}
+
+/// Writes `out` from `segments` (in order) plus every audio stream of `source`.
+/// Returns the number of video frames written.
+/// `audio_streams` is the probe's count: the muxer starts once that many audio pads are linked.
+pub fn assemble(source: &Path, segments: &[SegmentFile], audio_streams: u32, out: &Path, timeout: Duration) -> Result<u64, MediaError> {
+    check_input(source)?;
+    super::init()?;
+    let err = |e: &dyn std::fmt::Display| MediaError::Pipeline {
+        path: out.into(),
+        what: "building the assembly pipeline",
+        detail: e.to_string(),
+    };
+    let deadline = super::deadline(timeout.as_secs());
+    let pipeline = gst::Pipeline::new();
+    let _stop = Stopper(pipeline.clone());
+    let vsrc = gst_app::AppSrc::builder().format(gst::Format::Time).block(true).max_bytes(8 << 20).build();
+    let parse = make("h264parse")?;
+    let vqueue = make("queue")?;
+    let mux = make("mp4mux")?;
+    let sink = make("filesink")?;
+    sink.set_property("location", out.to_string_lossy().as_ref());
+    let fsrc = make("filesrc")?;
+    fsrc.set_property("location", source.to_string_lossy().as_ref());
+    let pbin = make("parsebin")?;
+    pipeline.add_many([vsrc.upcast_ref(), &parse, &vqueue, &mux, &sink, &fsrc, &pbin]).map_err(|e| err(&e))?;
+    gst::Element::link_many([vsrc.upcast_ref(), &parse, &vqueue]).map_err(|e| err(&e))?;
+    let mux_video = mux.request_pad_simple("video_%u").ok_or_else(|| err(&"the muxer has no video input"))?;
+    vqueue.static_pad("src").ok_or_else(|| err(&"queue without src"))?.link(&mux_video).map_err(|e| err(&e))?;
+    mux.link(&sink).map_err(|e| err(&e))?;
+    fsrc.link(&pbin).map_err(|e| err(&e))?;
+
+    // Audio pads go straight into the muxer; the source's video is discarded.
+    let (pads_tx, pads_rx) = mpsc::channel::<Result<bool, String>>();
+    let weak = pipeline.downgrade();
+    let mux_w = mux.downgrade();
+    let tx = pads_tx;
+    pbin.connect_pad_added(move |_, pad| {
+        let (Some(pipeline), Some(mux)) = (weak.upgrade(), mux_w.upgrade()) else { return };
+        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+        let is_audio = caps.structure(0).is_some_and(|s| s.name().starts_with("audio/"));
+        let r = (|| -> Result<bool, String> {
+            if is_audio {
+                let q = gst::ElementFactory::make("queue").build().map_err(|e| e.to_string())?;
+                pipeline.add(&q).map_err(|e| e.to_string())?;
+                q.sync_state_with_parent().map_err(|e| e.to_string())?;
+                let mp = mux.request_pad_simple("audio_%u").ok_or("the muxer refused an audio stream")?;
+                pad.link(&q.static_pad("sink").ok_or("queue without sink")?).map_err(|e| e.to_string())?;
+                q.static_pad("src").ok_or("queue without src")?.link(&mp).map_err(|e| format!("audio {caps}: {e}"))?;
+            } else {
+                let f = gst::ElementFactory::make("fakesink")
+                    .property("sync", false)
+                    .property("async", false)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                pipeline.add(&f).map_err(|e| e.to_string())?;
+                f.sync_state_with_parent().map_err(|e| e.to_string())?;
+                pad.link(&f.static_pad("sink").ok_or("fakesink without sink")?).map_err(|e| e.to_string())?;
+            }
+            Ok(is_audio)
+        })();
+        let _ = tx.send(r);
+    });
+
+    set_state(&pipeline, out, gst::State::Playing, "starting assembly")?;
+    // Push video only once every audio pad is linked: the muxer takes no new pads after it starts.
+    let (mut audio, mut video) = (0u32, false);
+    while audio < audio_streams || !video {
+        if let Some(e) = super::bus_error(&pipeline, source, "reading the source audio") {
+            return Err(e);
+        }
+        match pads_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(true)) => audio += 1,
+            Ok(Ok(false)) => video = true,
+            Ok(Err(e)) => return Err(MediaError::Pipeline { path: out.into(), what: "linking audio", detail: e }),
+            Err(mpsc::RecvTimeoutError::Timeout) if std::time::Instant::now() < deadline => continue,
+            Err(_) => return Err(MediaError::Timeout { path: source.into(), secs: timeout.as_secs(), what: "opening the source" }),
+        }
+    }
+
+    let mut caps_set: Option<gst::Caps> = None;
+    let mut written = 0u64;
+    for seg in segments {
+        let n = read_segment(seg, deadline, &mut |sample_caps, mut buf| {
+            match &caps_set {
+                None => {
+                    vsrc.set_caps(Some(sample_caps));
+                    caps_set = Some(sample_caps.clone());
+                }
+                Some(c) if c != sample_caps => {
+                    return Err(MediaError::Corrupt {
+                        path: seg.path.clone(),
+                        detail: "segment was encoded with other settings than the first segment".into(),
+                    })
+                }
+                Some(_) => {}
+            }
+            {
+                let b = buf.make_mut();
+                if let Some(p) = b.pts() {
+                    b.set_pts(p + gst::ClockTime::from_nseconds(seg.offset_ns));
+                }
+                if let Some(d) = b.dts() {
+                    b.set_dts(d + gst::ClockTime::from_nseconds(seg.offset_ns));
+                }
+            }
+            vsrc.push_buffer(buf).map_err(|e| {
+                super::bus_error(&pipeline, out, "muxing")
+                    .unwrap_or(MediaError::Write { path: out.into(), detail: e.to_string() })
+            })?;
+            Ok(())
+        })?;
+        if n != seg.frames {
+            return Err(MediaError::Corrupt {
+                path: seg.path.clone(),
+                detail: format!("segment holds {n} frames, expected {}", seg.frames),
+            });
+        }
+        written += n;
+    }
+    vsrc.end_of_stream().map_err(|e| MediaError::Write { path: out.into(), detail: e.to_string() })?;
+    super::wait_eos(&pipeline, out, "writing the output", deadline).map_err(|e| super::with_secs(e, timeout.as_secs()))?;
+    Ok(written)
+}
+
+/// Hands every H.264 access unit of a segment file to `f`, returning the count.
+fn read_segment(
+    seg: &SegmentFile,
+    deadline: std::time::Instant,
+    f: &mut dyn FnMut(&gst::Caps, gst::Buffer) -> Result<(), MediaError>,
+) -> Result<u64, MediaError> {
+    let path = seg.path.as_path();
+    check_input(path)?;
+    let err = |e: &dyn std::fmt::Display| MediaError::Pipeline {
+        path: path.into(),
+        what: "reading a segment",
+        detail: e.to_string(),
+    };
+    let pipeline = gst::Pipeline::new();
+    let _stop = Stopper(pipeline.clone());
+    let src = make("filesrc")?;
+    src.set_property("location", path.to_string_lossy().as_ref());
+    let demux = make("qtdemux")?;
+    let parse = make("h264parse")?;
+    let caps = gst::Caps::builder("video/x-h264").field("stream-format", "avc").field("alignment", "au").build();
+    let sink = gst_app::AppSink::builder().caps(&caps).sync(false).max_buffers(16).build();
+    pipeline.add_many([&src, &demux, &parse, sink.upcast_ref()]).map_err(|e| err(&e))?;
+    src.link(&demux).map_err(|e| err(&e))?;
+    parse.link(&sink).map_err(|e| err(&e))?;
+    let psink = parse.static_pad("sink");
+    demux.connect_pad_added(move |_, pad| {
+        if let Some(ps) = psink.as_ref() {
+            if !ps.is_linked() {
+                let _ = pad.link(ps);
+            }
+        }
+    });
+    set_state(&pipeline, path, gst::State::Playing, "reading a segment")?;
+    let mut n = 0u64;
+    loop {
+        if let Some(e) = super::bus_error(&pipeline, path, "reading a segment") {
+            return Err(e);
+        }
+        match sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
+            Some(sample) => {
+                let (Some(c), Some(b)) = (sample.caps_owned(), sample.buffer_owned()) else { continue };
+                f(&c, b)?;
+                n += 1;
+            }
+            None if sink.is_eos() => return Ok(n),
+            None if std::time::Instant::now() > deadline => {
+                return Err(MediaError::Timeout { path: path.into(), secs: 0, what: "reading a segment" })
+            }
+            None => {}
+        }
+    }
+}

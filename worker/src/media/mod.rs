@@ -1,0 +1,142 @@
+//! GStreamer media: probing a container, decoding an exact frame range to RGB,
+//! encoding stylized frames to an H.264 segment, and stitching segments with
+//! the source's audio copied unchanged.
+
+pub mod assemble;
+pub mod decode;
+pub mod encode;
+pub mod probe;
+
+use crate::error::MediaError;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// One decoded or stylized picture: tightly packed RGB rows (width * 3 bytes each).
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Presentation timestamp in ns (source timeline).
+    pub pts: u64,
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+/// Initialises GStreamer once; safe to call from any thread.
+pub fn init() -> Result<(), MediaError> {
+    gst::init().map_err(|e| MediaError::Pipeline {
+        path: Path::new("gstreamer").into(),
+        what: "initialising GStreamer",
+        detail: e.to_string(),
+    })
+}
+
+/// Checks that an input exists and is not empty before any pipeline touches it.
+pub(crate) fn check_input(path: &Path) -> Result<(), MediaError> {
+    match std::fs::metadata(path) {
+        Err(_) => Err(MediaError::NotFound(path.into())),
+        Ok(m) if m.is_dir() => Err(MediaError::NotMedia { path: path.into(), detail: "is a directory".into() }),
+        Ok(m) if m.len() == 0 => Err(MediaError::Empty(path.into())),
+        Ok(_) => Ok(()),
+    }
+}
+
+pub(crate) fn make(factory: &str) -> Result<gst::Element, MediaError> {
+    gst::ElementFactory::make(factory).build().map_err(|_| MediaError::Pipeline {
+        path: Path::new(factory).into(),
+        what: "creating element",
+        detail: format!("GStreamer element {factory} is not installed (run scripts/bootstrap.sh)"),
+    })
+}
+
+/// Maps a GStreamer error message about `path` to the framewise error it means.
+pub(crate) fn classify(path: &Path, what: &'static str, msg: &gst::message::Error) -> MediaError {
+    let err = msg.error();
+    let detail = match msg.debug() {
+        Some(d) => format!("{}; {}", err.message(), d.lines().next().unwrap_or("")),
+        None => err.message().to_string(),
+    };
+    if let Some(e) = err.kind::<gst::StreamError>() {
+        return match e {
+            gst::StreamError::TypeNotFound | gst::StreamError::WrongType => {
+                MediaError::NotMedia { path: path.into(), detail: err.message().to_string() }
+            }
+            gst::StreamError::CodecNotFound => {
+                MediaError::UnsupportedCodec { path: path.into(), codec: err.message().to_string() }
+            }
+            gst::StreamError::Demux | gst::StreamError::Decode | gst::StreamError::Format => {
+                MediaError::Corrupt { path: path.into(), detail }
+            }
+            _ => MediaError::Pipeline { path: path.into(), what, detail },
+        };
+    }
+    if let Some(gst::ResourceError::NotFound) = err.kind::<gst::ResourceError>() {
+        return MediaError::NotFound(path.into());
+    }
+    MediaError::Pipeline { path: path.into(), what, detail }
+}
+
+/// Sets a pipeline to NULL when dropped, so no error path leaks a running pipeline.
+pub(crate) struct Stopper(pub gst::Pipeline);
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        let _ = self.0.set_state(gst::State::Null);
+    }
+}
+
+pub(crate) fn set_state(p: &gst::Pipeline, path: &Path, state: gst::State, what: &'static str) -> Result<(), MediaError> {
+    match p.set_state(state) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(bus_error(p, path, what).unwrap_or(MediaError::Pipeline {
+            path: path.into(),
+            what,
+            detail: format!("could not change state to {state:?}"),
+        })),
+    }
+}
+
+/// The first error waiting on the bus, if any.
+pub(crate) fn bus_error(p: &gst::Pipeline, path: &Path, what: &'static str) -> Option<MediaError> {
+    let bus = p.bus()?;
+    while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
+        if let gst::MessageView::Error(e) = msg.view() {
+            return Some(classify(path, what, &e));
+        }
+    }
+    None
+}
+
+/// Waits for EOS (or an error, or the deadline) on the pipeline's bus.
+pub(crate) fn wait_eos(p: &gst::Pipeline, path: &Path, what: &'static str, deadline: Instant) -> Result<(), MediaError> {
+    let bus = p.bus().ok_or_else(|| MediaError::Pipeline { path: path.into(), what, detail: "no bus".into() })?;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(MediaError::Timeout { path: path.into(), secs: 0, what });
+        }
+        let msg = bus.timed_pop_filtered(
+            gst::ClockTime::from_mseconds(left.as_millis().min(500) as u64),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        );
+        match msg.as_ref().map(|m| m.view()) {
+            Some(gst::MessageView::Eos(_)) => return Ok(()),
+            Some(gst::MessageView::Error(e)) => return Err(classify(path, what, &e)),
+            _ => {}
+        }
+    }
+}
+
+/// A deadline `secs` from now, with the number kept for the error message.
+pub(crate) fn deadline(secs: u64) -> Instant {
+    Instant::now() + Duration::from_secs(secs)
+}
+
+/// Fills in the seconds of a Timeout error.
+pub(crate) fn with_secs(e: MediaError, secs: u64) -> MediaError {
+    match e {
+        MediaError::Timeout { path, what, .. } => MediaError::Timeout { path, secs, what },
+        other => other,
+    }
+}

@@ -1,0 +1,186 @@
+//! Probing: demux (no decode) the whole input once to learn the exact frame
+//! count, every frame's timestamp, the keyframes, and the audio streams.
+
+use super::{check_input, make, set_state, Stopper};
+use crate::error::MediaError;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a worker learned about an input; the coordinator plans segments from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    pub width: u32,
+    pub height: u32,
+    pub fps_num: i32,
+    pub fps_den: i32,
+    /// Every frame's presentation timestamp, sorted (ns).
+    pub frame_pts: Vec<u64>,
+    /// Indices into `frame_pts` of keyframes.
+    pub keyframes: Vec<u64>,
+    /// From the first frame's start to the last frame's end (ns).
+    pub duration_ns: u64,
+    /// Caps name of the video stream, e.g. video/x-h264.
+    pub video_codec: String,
+    pub audio_streams: u32,
+    pub container: String,
+}
+
+impl Probe {
+    /// Nominal frame duration (ns) from the frame rate, or from the timestamps when the rate is unknown.
+    pub fn frame_duration_ns(&self) -> u64 {
+        frame_duration_ns(self.fps_num, self.fps_den, &self.frame_pts)
+    }
+}
+
+/// Frame duration from a rate, falling back to the median timestamp step.
+pub fn frame_duration_ns(fps_num: i32, fps_den: i32, pts: &[u64]) -> u64 {
+    if fps_num > 0 && fps_den > 0 {
+        return (1_000_000_000u64 * fps_den as u64) / fps_num as u64;
+    }
+    let mut steps: Vec<u64> = pts.windows(2).map(|w| w[1] - w[0]).collect();
+    steps.sort_unstable();
+    steps.get(steps.len() / 2).copied().unwrap_or(40_000_000)
+}
+
+#[derive(Default)]
+struct Found {
+    video: Option<gst::Caps>,
+    audio: u32,
+    samples: Vec<(u64, bool)>,
+    missing_pts: u64,
+    container: String,
+}
+
+/// Reads the container of `path`; fails with a clear error for anything that is not a decodable video.
+pub fn probe(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
+    check_input(path)?;
+    super::init()?;
+    let pipeline = gst::Pipeline::new();
+    let _stop = Stopper(pipeline.clone());
+    let src = make("filesrc")?;
+    src.set_property("location", path.to_string_lossy().as_ref());
+    let parse = make("parsebin")?;
+    pipeline.add_many([&src, &parse]).map_err(|e| pipe(path, e))?;
+    src.link(&parse).map_err(|e| pipe(path, e))?;
+
+    let found = Arc::new(Mutex::new(Found::default()));
+    let weak = pipeline.downgrade();
+    let f = found.clone();
+    parse.connect_pad_added(move |_, pad| {
+        let Some(pipeline) = weak.upgrade() else { return };
+        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+        let name = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
+        let mut st = f.lock().unwrap_or_else(|p| p.into_inner());
+        if name.starts_with("video/") && st.video.is_none() {
+            st.video = Some(caps.clone());
+            let f2 = f.clone();
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                if let Some(buf) = info.buffer() {
+                    let mut st = f2.lock().unwrap_or_else(|p| p.into_inner());
+                    match buf.pts().or(buf.dts()) {
+                        Some(t) => st.samples.push((t.nseconds(), !buf.flags().contains(gst::BufferFlags::DELTA_UNIT))),
+                        None => st.missing_pts += 1,
+                    }
+                }
+                gst::PadProbeReturn::Ok
+            });
+        } else if name.starts_with("audio/") {
+            st.audio += 1;
+        }
+        let Ok(sink) = gst::ElementFactory::make("fakesink").property("sync", false).property("async", false).build() else {
+            return;
+        };
+        drop(st);
+        if pipeline.add(&sink).is_ok() {
+            let _ = sink.sync_state_with_parent();
+            if let Some(sp) = sink.static_pad("sink") {
+                let _ = pad.link(&sp);
+            }
+        }
+    });
+    // The container name, from the typefinder inside parsebin.
+    let f = found.clone();
+    parse.connect("element-added", false, move |args| {
+        if let Ok(el) = args[1].get::<gst::Element>() {
+            if let Some(fac) = el.factory() {
+                if fac.has_type(gst::ElementFactoryType::DEMUXER) {
+                    f.lock().unwrap_or_else(|p| p.into_inner()).container = fac.name().to_string();
+                }
+            }
+        }
+        None
+    });
+
+    set_state(&pipeline, path, gst::State::Playing, "reading the container")?;
+    let deadline = Instant::now() + timeout;
+    super::wait_eos(&pipeline, path, "reading the container", deadline)
+        .map_err(|e| super::with_secs(e, timeout.as_secs()))?;
+    let _ = pipeline.set_state(gst::State::Null);
+
+    let st = std::mem::take(&mut *found.lock().unwrap_or_else(|p| p.into_inner()));
+    let caps = st.video.ok_or_else(|| MediaError::NoVideo(path.into()))?;
+    let s = caps.structure(0).ok_or_else(|| MediaError::NoVideo(path.into()))?;
+    let codec = s.name().to_string();
+    if !decoder_exists(&caps) {
+        return Err(MediaError::UnsupportedCodec { path: path.into(), codec });
+    }
+    let width = s.get::<i32>("width").unwrap_or(0);
+    let height = s.get::<i32>("height").unwrap_or(0);
+    if width <= 0 || height <= 0 {
+        return Err(MediaError::Corrupt { path: path.into(), detail: format!("video stream has no size ({codec})") });
+    }
+    if st.missing_pts > 0 {
+        return Err(MediaError::Corrupt {
+            path: path.into(),
+            detail: format!("{} video packets carry no timestamp", st.missing_pts),
+        });
+    }
+    let (fps_num, fps_den) = match s.get::<gst::Fraction>("framerate") {
+        Ok(f) if f.numer() > 0 && f.denom() > 0 => (f.numer(), f.denom()),
+        _ => (0, 1),
+    };
+    let mut samples = st.samples;
+    if samples.is_empty() {
+        return Err(MediaError::Corrupt { path: path.into(), detail: "video stream has no frames".into() });
+    }
+    samples.sort_unstable_by_key(|s| s.0);
+    if samples.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(MediaError::Corrupt { path: path.into(), detail: "two video frames share one timestamp".into() });
+    }
+    let frame_pts: Vec<u64> = samples.iter().map(|s| s.0).collect();
+    let mut keyframes: Vec<u64> = samples.iter().enumerate().filter(|(_, s)| s.1).map(|(i, _)| i as u64).collect();
+    if keyframes.first() != Some(&0) {
+        keyframes.insert(0, 0);
+    }
+    let fd = frame_duration_ns(fps_num, fps_den, &frame_pts);
+    let duration_ns = frame_pts[frame_pts.len() - 1] - frame_pts[0] + fd;
+    Ok(Probe {
+        width: width as u32,
+        height: height as u32,
+        fps_num,
+        fps_den,
+        frame_pts,
+        keyframes,
+        duration_ns,
+        video_codec: codec,
+        audio_streams: st.audio,
+        container: st.container,
+    })
+}
+
+fn decoder_exists(caps: &gst::Caps) -> bool {
+    if caps.structure(0).is_some_and(|s| s.name() == "video/x-raw") {
+        return true;
+    }
+    gst::ElementFactory::factories_with_type(gst::ElementFactoryType::DECODER, gst::Rank::MARGINAL)
+        .iter()
+        .any(|f| f.can_sink_any_caps(caps))
+}
+
+fn pipe(path: &Path, e: impl std::fmt::Display) -> MediaError {
+    MediaError::Pipeline { path: path.into(), what: "building the probe pipeline", detail: e.to_string() }
+}
+
