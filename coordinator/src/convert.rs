@@ -27,6 +27,7 @@ pub fn media_from(m: pb::MediaInfo) -> Media {
         container: m.container,
         frame_pts: m.frame_pts,
         keyframes: m.keyframes,
+        running_offset_ns: m.running_offset_ns,
     }
 }
 
@@ -44,6 +45,7 @@ pub fn media_to(m: &Media, with_pts: bool) -> pb::MediaInfo {
         frame_pts: if with_pts { m.frame_pts.clone() } else { Vec::new() },
         keyframes: if with_pts { m.keyframes.clone() } else { Vec::new() },
         container: m.container.clone(),
+        running_offset_ns: m.running_offset_ns,
     }
 }
 

@@ -47,6 +47,8 @@ pub struct Media {
     pub container: String,
     pub frame_pts: Vec<u64>,
     pub keyframes: Vec<u64>,
+    #[serde(default)]
+    pub running_offset_ns: i64,
 }
 
 impl Media {

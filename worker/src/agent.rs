@@ -295,7 +295,9 @@ fn run_assemble(a: proto::AssembleTask, lease_id: &str) -> Outcome {
         let Some(offset) = media.frame_pts.get(s.start_frame as usize) else {
             return Outcome::Failed { error: format!("segment start {} outside the video", s.start_frame), permanent: true };
         };
-        segs.push(SegmentFile { path, offset_ns: *offset, frames: s.end_frame - s.start_frame });
+        // Frames go onto the source's playback timeline, where its audio also sits.
+        let offset_ns = (*offset as i64 + media.running_offset_ns).max(0) as u64;
+        segs.push(SegmentFile { path, offset_ns, frames: s.end_frame - s.start_frame });
     }
     let tmp = partial_path(&output, lease_id);
     let result = assemble(&input, &segs, media.audio_streams, &tmp, ASSEMBLE_TIMEOUT).and_then(|frames| {
@@ -364,6 +366,7 @@ pub fn to_media_info(p: &Probe) -> proto::MediaInfo {
         frame_pts: p.frame_pts.clone(),
         keyframes: p.keyframes.clone(),
         container: p.container.clone(),
+        running_offset_ns: p.running_offset_ns,
     }
 }
 

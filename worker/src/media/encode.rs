@@ -93,7 +93,19 @@ impl SegmentEncoder {
 
     /// Queues one frame; blocks while the encoder is busy (bounded memory).
     pub fn push(&self, frame: &Frame, pts_ns: u64, duration_ns: u64) -> Result<(), MediaError> {
-        let mut buf = gst::Buffer::from_slice(frame.data.clone());
+        // GStreamer's RGB rows are padded to 4 bytes; frames are tightly packed.
+        let row = frame.width as usize * 3;
+        let stride = (row + 3) & !3;
+        let data = if stride == row {
+            frame.data.clone()
+        } else {
+            let mut d = vec![0u8; stride * frame.height as usize];
+            for (dst, src) in d.chunks_exact_mut(stride).zip(frame.data.chunks_exact(row)) {
+                dst[..row].copy_from_slice(src);
+            }
+            d
+        };
+        let mut buf = gst::Buffer::from_mut_slice(data);
         {
             let b = buf.get_mut().ok_or_else(|| self.fail("buffer not writable"))?;
             b.set_pts(gst::ClockTime::from_nseconds(pts_ns));

@@ -26,6 +26,8 @@ pub struct Probe {
     pub video_codec: String,
     pub audio_streams: u32,
     pub container: String,
+    /// Playback (running) time minus buffer timestamp of the video frames.
+    pub running_offset_ns: i64,
 }
 
 impl Probe {
@@ -52,6 +54,7 @@ struct Found {
     samples: Vec<(u64, bool)>,
     missing_pts: u64,
     container: String,
+    running_offset: Option<i64>,
 }
 
 /// Reads the container of `path`; fails with a clear error for anything that is not a decodable video.
@@ -77,9 +80,18 @@ pub fn probe(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
         if name.starts_with("video/") && st.video.is_none() {
             st.video = Some(caps.clone());
             let f2 = f.clone();
-            pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
                 if let Some(buf) = info.buffer() {
                     let mut st = f2.lock().unwrap_or_else(|p| p.into_inner());
+                    if st.running_offset.is_none() {
+                        if let (Some(pts), Some(ev)) = (buf.pts(), pad.sticky_event::<gst::event::Segment>(0)) {
+                            if let Some(seg) = ev.segment().downcast_ref::<gst::ClockTime>() {
+                                if let Some(rt) = seg.to_running_time(pts) {
+                                    st.running_offset = Some(rt.nseconds() as i64 - pts.nseconds() as i64);
+                                }
+                            }
+                        }
+                    }
                     match buf.pts().or(buf.dts()) {
                         Some(t) => st.samples.push((t.nseconds(), !buf.flags().contains(gst::BufferFlags::DELTA_UNIT))),
                         None => st.missing_pts += 1,
@@ -168,6 +180,7 @@ pub fn probe(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
         video_codec: codec,
         audio_streams: st.audio,
         container: st.container,
+        running_offset_ns: st.running_offset.unwrap_or(0),
     })
 }
 

@@ -1,0 +1,105 @@
+//! Every bad input gets one clear error line naming the file and the problem,
+//! a non-zero exit code, and no file (partial or not) at the output path.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+fn expect_failure(input: &Path, env: &[(&str, &str)], needles: &[&str]) {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out.mp4");
+    let o = framewise(&["run", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--quiet"], env);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "must fail: {err}");
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line in: {err}"));
+    for n in needles {
+        assert!(line.contains(n), "error line {line:?} should mention {n:?}");
+    }
+    assert!(!out.exists(), "no output file on failure");
+    assert!(partial_files(d.path()).is_empty(), "no partial files left");
+}
+
+#[test]
+fn missing_file() {
+    expect_failure(Path::new("/nonexistent/clip.mp4"), &[], &["/nonexistent/clip.mp4", "not found"]);
+}
+
+#[test]
+fn empty_file() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("empty.mp4");
+    std::fs::write(&p, b"").unwrap();
+    expect_failure(&p, &[], &["empty.mp4", "empty"]);
+}
+
+#[test]
+fn text_file_is_not_a_video() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("notes.mp4");
+    std::fs::write(&p, "these are not the frames you are looking for\n".repeat(200)).unwrap();
+    expect_failure(&p, &[], &["notes.mp4", "not a video"]);
+}
+
+#[test]
+fn truncated_file() {
+    let d = tempfile::tempdir().unwrap();
+    let full = d.path().join("full.mp4");
+    make_clip(&full, 160, 96, 25, true);
+    let bytes = std::fs::read(&full).unwrap();
+    let p = d.path().join("truncated.mp4");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    expect_failure(&p, &[], &["truncated.mp4"]);
+}
+
+#[test]
+fn audio_only_file_has_no_video() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("tone.m4a");
+    run_pipeline(&format!(
+        "audiotestsrc num-buffers=20 ! audio/x-raw,rate=48000,channels=2 ! avenc_aac ! aacparse ! mp4mux ! filesink location={}",
+        p.display()
+    ));
+    expect_failure(&p, &[], &["tone.m4a", "no video stream"]);
+}
+
+#[test]
+fn missing_model() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("in.mp4");
+    make_clip(&p, 64, 48, 5, false);
+    expect_failure(&p, &[("FRAMEWISE_WORKER__MODEL__PATH", "/nonexistent/model.onnx")], &["/nonexistent/model.onnx", "not found"]);
+}
+
+#[test]
+fn model_of_the_wrong_shape() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("in.mp4");
+    make_clip(&p, 64, 48, 5, false);
+    // The style predictor of the same package: another input, a [1,100] output.
+    expect_failure(&p, &[("FRAMEWISE_WORKER__MODEL__PATH", "models/arbitrary_predict.onnx")], &["arbitrary_predict.onnx", "wrong shape"]);
+}
+
+#[test]
+fn bad_arguments_name_the_flag() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("in.mp4");
+    make_clip(&p, 64, 48, 5, false);
+    let out = d.path().join("o.mp4");
+    for (args, needle) in [
+        (vec!["--style", "26"], "0 to 25, got 26"),
+        (vec!["--style-mix", "3:x"], "--style-mix"),
+        (vec!["--workers", "0"], "--workers"),
+        (vec!["--segment-seconds=-1"], "--segment-seconds"),
+    ] {
+        let mut a = vec!["run", p.to_str().unwrap(), "-o", out.to_str().unwrap()];
+        a.extend(args);
+        let o = framewise(&a, &[]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
+    }
+    let o = framewise(&["run", p.to_str().unwrap(), "-o", p.to_str().unwrap()], &[]);
+    assert!(stderr(&o).contains("must not overwrite the input"), "{}", stderr(&o));
+    let o = framewise(&["run", p.to_str().unwrap(), "-o", "/nonexistent/dir/o.mp4"], &[]);
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    assert!(!out.exists());
+}
