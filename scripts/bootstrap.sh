@@ -26,7 +26,7 @@ sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
 
 # --- Debian packages ------------------------------------------------------
 debs=(
-  pkg-config ca-certificates unzip python3-pip protobuf-compiler
+  gcc libc6-dev pkg-config ca-certificates unzip python3-pip protobuf-compiler
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-plugins-base-apps
