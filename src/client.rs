@@ -25,8 +25,12 @@ pub fn style_weights(a: &StyleArgs, count: usize) -> Result<Vec<f32>> {
     })
 }
 
-pub fn connect_blocking(rt: &tokio::runtime::Runtime, url: &str) -> Result<JobServiceClient<Channel>> {
-    rt.block_on(JobServiceClient::connect(url.to_string())).map_err(|e| anyhow!("coordinator {url}: {e}"))
+pub fn connect_blocking(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+) -> Result<JobServiceClient<Channel>> {
+    rt.block_on(JobServiceClient::connect(url.to_string()))
+        .map_err(|e| anyhow!("coordinator {url}: {e}"))
 }
 
 fn state_name(s: i32) -> &'static str {
@@ -50,38 +54,64 @@ pub fn is_terminal(s: i32) -> bool {
 }
 
 /// Polls a job until it ends, drawing frames done, frames/s and ETA.
-pub async fn follow(client: &mut JobServiceClient<Channel>, job_id: &str, show_bar: bool) -> Result<pb::Job> {
-    let bar = ProgressBar::with_draw_target(Some(0), if show_bar { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
+pub async fn follow(
+    client: &mut JobServiceClient<Channel>,
+    job_id: &str,
+    show_bar: bool,
+) -> Result<pb::Job> {
+    let bar = ProgressBar::with_draw_target(
+        Some(0),
+        if show_bar {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg:<10} [{bar:30}] {pos}/{len} frames  {per_sec}  ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} {msg:<10} [{bar:30}] {pos}/{len} frames  {per_sec}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
+    // WatchJob streams every change; if the coordinator goes away (a restart), watch again.
     let mut failures = 0u32;
     loop {
-        match client.get_job(pb::GetJobRequest { job_id: job_id.to_string() }).await {
-            Ok(r) => {
-                failures = 0;
-                let job = r.into_inner();
-                if job.frames_total > 0 {
-                    bar.set_length(job.frames_total);
-                }
-                bar.set_position(job.frames_done);
-                bar.set_message(state_name(job.state));
-                if is_terminal(job.state) {
-                    bar.finish_and_clear();
-                    return Ok(job);
+        let err = match client
+            .watch_job(pb::GetJobRequest {
+                job_id: job_id.to_string(),
+            })
+            .await
+        {
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(job)) => {
+                            failures = 0;
+                            if job.frames_total > 0 {
+                                bar.set_length(job.frames_total);
+                            }
+                            bar.set_position(job.frames_done);
+                            bar.set_message(state_name(job.state));
+                            if is_terminal(job.state) {
+                                bar.finish_and_clear();
+                                return Ok(job);
+                            }
+                        }
+                        Ok(None) => break "the stream ended early".to_string(),
+                        Err(e) => break e.message().to_string(),
+                    }
                 }
             }
             Err(e) if e.code() == tonic::Code::NotFound => bail!("job {job_id} not found"),
-            Err(e) => {
-                failures += 1;
-                if failures > 40 {
-                    bar.abandon();
-                    bail!("lost the coordinator while following job {job_id}: {}", e.message());
-                }
-            }
+            Err(e) => e.message().to_string(),
+        };
+        failures += 1;
+        if failures > 40 {
+            bar.abandon();
+            bail!("lost the coordinator while following job {job_id}: {err}");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -89,16 +119,26 @@ pub async fn follow(client: &mut JobServiceClient<Channel>, job_id: &str, show_b
 
 pub fn submit(a: SubmitArgs) -> Result<ExitCode> {
     let weights = style_weights(&a.style, a.style_count)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut client = connect_blocking(&rt, &a.coordinator)?;
     let spec = pb::JobSpec {
         input_url: a.input.clone(),
         output_url: a.out.clone(),
-        params: Some(pb::JobParams { style_weights: weights, segment_seconds: a.segment_seconds, max_size: a.max_size, crf: 0 }),
+        params: Some(pb::JobParams {
+            style_weights: weights,
+            segment_seconds: a.segment_seconds,
+            max_size: a.max_size,
+            crf: 0,
+        }),
     };
     let started = Instant::now();
     let resp = rt
-        .block_on(client.submit_job(pb::SubmitJobRequest { spec: Some(spec), idempotency_key: a.idempotency_key.clone() }))
+        .block_on(client.submit_job(pb::SubmitJobRequest {
+            spec: Some(spec),
+            idempotency_key: a.idempotency_key.clone(),
+        }))
         .map_err(|e| anyhow!("submit refused: {}", e.message()))?
         .into_inner();
     println!("{}", resp.job_id);
@@ -111,7 +151,11 @@ pub fn submit(a: SubmitArgs) -> Result<ExitCode> {
 
 /// Prints the one-line outcome of a finished job; the exit code says whether it succeeded.
 pub fn report(job: &pb::Job, wall: Duration) -> ExitCode {
-    let out = job.spec.as_ref().map(|s| s.output_url.trim_start_matches("file://").to_string()).unwrap_or_default();
+    let out = job
+        .spec
+        .as_ref()
+        .map(|s| s.output_url.trim_start_matches("file://").to_string())
+        .unwrap_or_default();
     match pb::JobState::try_from(job.state) {
         Ok(pb::JobState::Succeeded) => {
             let secs = wall.as_secs_f64();
@@ -128,28 +172,56 @@ pub fn report(job: &pb::Job, wall: Duration) -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("error: job {} {}: {}", job.job_id, state_name(job.state), job.error);
+            eprintln!(
+                "error: job {} {}: {}",
+                job.job_id,
+                state_name(job.state),
+                job.error
+            );
             ExitCode::FAILURE
         }
     }
 }
 
 pub fn status(url: &str, job: Option<&str>) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut client = connect_blocking(&rt, url)?;
     match job {
         Some(id) => {
-            let j = rt.block_on(client.get_job(pb::GetJobRequest { job_id: id.to_string() })).map_err(|e| anyhow!("{}", e.message()))?.into_inner();
+            let j = rt
+                .block_on(client.get_job(pb::GetJobRequest {
+                    job_id: id.to_string(),
+                }))
+                .map_err(|e| anyhow!("{}", e.message()))?
+                .into_inner();
             print_job(&j);
-            println!("{:>5} {:<9} {:<10} {:>15} {:>8} {:>9} worker", "task", "kind", "state", "frames", "done", "attempts");
+            println!(
+                "{:>5} {:<9} {:<10} {:>15} {:>8} {:>9} worker",
+                "task", "kind", "state", "frames", "done", "attempts"
+            );
             for t in &j.tasks {
-                let range = if t.kind == "segment" { format!("{}..{}", t.start_frame, t.end_frame) } else { "-".into() };
-                println!("{:>5} {:<9} {:<10} {:>15} {:>8} {:>9} {}", t.index, t.kind, t.state, range, t.frames_done, t.attempts, t.worker_id);
+                let range = if t.kind == "segment" {
+                    format!("{}..{}", t.start_frame, t.end_frame)
+                } else {
+                    "-".into()
+                };
+                println!(
+                    "{:>5} {:<9} {:<10} {:>15} {:>8} {:>9} {}",
+                    t.index, t.kind, t.state, range, t.frames_done, t.attempts, t.worker_id
+                );
             }
         }
         None => {
-            let all = rt.block_on(client.list_jobs(pb::ListJobsRequest {})).map_err(|e| anyhow!("{}", e.message()))?.into_inner();
-            println!("{:<18} {:<11} {:>15} {:>9}  output", "job", "state", "frames", "segments");
+            let all = rt
+                .block_on(client.list_jobs(pb::ListJobsRequest {}))
+                .map_err(|e| anyhow!("{}", e.message()))?
+                .into_inner();
+            println!(
+                "{:<18} {:<11} {:>15} {:>9}  output",
+                "job", "state", "frames", "segments"
+            );
             for j in &all.jobs {
                 let out = j.spec.as_ref().map(|s| s.output_url.as_str()).unwrap_or("");
                 println!(

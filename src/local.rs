@@ -20,16 +20,26 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
-    Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
 }
 
 fn worker_id(cfg: &WorkerConfig, n: usize) -> String {
     if !cfg.worker_id.is_empty() {
-        return if n == 0 { cfg.worker_id.clone() } else { format!("{}-{n}", cfg.worker_id) };
+        return if n == 0 {
+            cfg.worker_id.clone()
+        } else {
+            format!("{}-{n}", cfg.worker_id)
+        };
     }
     format!("{}-{}-{n}", hostname(), std::process::id())
 }
@@ -44,17 +54,36 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         Ok(_) => {}
     }
     let output = absolute(&a.output)?;
-    let out_dir = output.parent().ok_or_else(|| anyhow!("{}: not a file path", a.output.display()))?;
+    let out_dir = output
+        .parent()
+        .ok_or_else(|| anyhow!("{}: not a file path", a.output.display()))?;
     if !out_dir.is_dir() {
-        bail!("{}: output directory {} does not exist", a.output.display(), out_dir.display());
+        bail!(
+            "{}: output directory {} does not exist",
+            a.output.display(),
+            out_dir.display()
+        );
     }
     if output == input || output.canonicalize().ok() == input.canonicalize().ok() {
-        bail!("{}: output must not overwrite the input", a.output.display());
+        bail!(
+            "{}: output must not overwrite the input",
+            a.output.display()
+        );
     }
     if output.is_dir() {
-        bail!("{}: is a directory; give an output file name", a.output.display());
+        bail!(
+            "{}: is a directory; give an output file name",
+            a.output.display()
+        );
     }
-    let weights = style_weights(&a.style, if cfg.worker.model.style_input.is_empty() { 0 } else { cfg.worker.model.style_count })?;
+    let weights = style_weights(
+        &a.style,
+        if cfg.worker.model.style_input.is_empty() {
+            0
+        } else {
+            cfg.worker.model.style_count
+        },
+    )?;
     let workers = a.workers.unwrap_or(cfg.embedded.workers);
     if workers == 0 || workers > 64 {
         bail!("--workers: must be 1 to 64, got {workers}");
@@ -78,7 +107,10 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     }
 
     // State lives in a fresh temporary directory unless the user wants to keep it.
-    let tmp = tempfile::Builder::new().prefix("framewise-run-").tempdir().context("creating a temporary directory")?;
+    let tmp = tempfile::Builder::new()
+        .prefix("framewise-run-")
+        .tempdir()
+        .context("creating a temporary directory")?;
     let data = match &a.data_dir {
         Some(d) => absolute(d)?,
         None => tmp.path().to_path_buf(),
@@ -88,15 +120,26 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     cfg.coordinator.grpc_addr = "127.0.0.1:0".into();
 
     // Load the model once per worker before anything starts, so a bad model is one clear error.
-    let threads = if cfg.worker.intra_threads > 0 { cfg.worker.intra_threads } else { (cores() / workers).max(1) };
+    let threads = if cfg.worker.intra_threads > 0 {
+        cfg.worker.intra_threads
+    } else {
+        (cores() / workers).max(1)
+    };
     let mut ws = Vec::with_capacity(workers);
     for n in 0..workers {
-        ws.push(Worker::new(cfg.worker.clone(), worker_id(&cfg.worker, n), threads)?);
+        ws.push(Worker::new(
+            cfg.worker.clone(),
+            worker_id(&cfg.worker, n),
+            threads,
+        )?);
     }
 
     let coord = framewise_coordinator::start(&cfg.coordinator)?;
     let url = coord.url();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut handles = Vec::new();
     for mut w in ws {
@@ -106,7 +149,9 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
 
     let started = Instant::now();
     let result = rt.block_on(async {
-        let mut client = JobServiceClient::connect(url.clone()).await.map_err(|e| anyhow!("embedded coordinator {url}: {e}"))?;
+        let mut client = JobServiceClient::connect(url.clone())
+            .await
+            .map_err(|e| anyhow!("embedded coordinator {url}: {e}"))?;
         let spec = pb::JobSpec {
             input_url: file_url(&input),
             output_url: file_url(&output),
@@ -118,12 +163,28 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
             }),
         };
         let id = client
-            .submit_job(pb::SubmitJobRequest { spec: Some(spec), idempotency_key: String::new() })
+            .submit_job(pb::SubmitJobRequest {
+                spec: Some(spec),
+                idempotency_key: String::new(),
+            })
             .await
             .map_err(|e| anyhow!("{}", e.message()))?
             .into_inner()
             .job_id;
-        follow(&mut client, &id, !a.quiet).await
+        // Ctrl-C cancels the job: workers stop at their next heartbeat and remove partial files.
+        let mut canceller = client.clone();
+        let cancel_id = id.clone();
+        let ctrl_c = tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("framewise: cancelling job {cancel_id}");
+                let _ = canceller
+                    .cancel_job(pb::CancelJobRequest { job_id: cancel_id })
+                    .await;
+            }
+        });
+        let job = follow(&mut client, &id, !a.quiet).await;
+        ctrl_c.abort();
+        job
     });
     let _ = stop_tx.send(true);
     rt.block_on(async {
@@ -143,9 +204,16 @@ pub fn worker(config: &Path, coordinator: Option<String>) -> Result<ExitCode> {
     if let Some(u) = coordinator {
         cfg.worker.coordinator_url = u;
     }
-    let threads = if cfg.worker.intra_threads > 0 { cfg.worker.intra_threads } else { cores() };
+    let threads = if cfg.worker.intra_threads > 0 {
+        cfg.worker.intra_threads
+    } else {
+        cores()
+    };
     let w = Worker::new(cfg.worker.clone(), worker_id(&cfg.worker, 0), threads)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     rt.spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -160,10 +228,19 @@ fn synthetic(w: u32, h: u32) -> Frame {
     let mut data = Vec::with_capacity((w * h * 3) as usize);
     for y in 0..h {
         for x in 0..w {
-            data.extend_from_slice(&[(x * 255 / w.max(1)) as u8, (y * 255 / h.max(1)) as u8, ((x + y) % 256) as u8]);
+            data.extend_from_slice(&[
+                (x * 255 / w.max(1)) as u8,
+                (y * 255 / h.max(1)) as u8,
+                ((x + y) % 256) as u8,
+            ]);
         }
     }
-    Frame { pts: 0, width: w, height: h, data }
+    Frame {
+        pts: 0,
+        width: w,
+        height: h,
+        data,
+    }
 }
 
 /// `framewise bench-model`: inference alone on frames already in memory.
@@ -176,7 +253,13 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
             let size = inference_size((p.width, p.height), a.max_size);
             let want = &p.frame_pts[..p.frame_pts.len().min(a.frames + 1)];
             let mut out = Vec::new();
-            let req = DecodeRequest { path, frame_pts: want, seek_ns: 0, size: (size != (p.width, p.height)).then_some(size), stall_timeout: Duration::from_secs(60) };
+            let req = DecodeRequest {
+                path,
+                frame_pts: want,
+                seek_ns: 0,
+                size: (size != (p.width, p.height)).then_some(size),
+                stall_timeout: Duration::from_secs(60),
+            };
             decode_range(&req, &mut |f| {
                 out.push(f);
                 true
@@ -184,7 +267,11 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
             out
         }
         None => {
-            let (w, h) = a.size.split_once('x').and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?))).ok_or_else(|| anyhow!("--size: use WxH, e.g. 1280x720"))?;
+            let (w, h) = a
+                .size
+                .split_once('x')
+                .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+                .ok_or_else(|| anyhow!("--size: use WxH, e.g. 1280x720"))?;
             let (w, h) = inference_size((w, h), a.max_size);
             (0..=a.frames).map(|_| synthetic(w, h)).collect()
         }
@@ -194,7 +281,17 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
     }
     let env = runtime(&cfg.worker.onnxruntime_lib)?;
     let mut model = Stylizer::load(env, &cfg.worker.model, threads)?;
-    let style = style_weights(&crate::cli::StyleArgs { style: None, style_mix: None }, if cfg.worker.model.style_input.is_empty() { 0 } else { cfg.worker.model.style_count })?;
+    let style = style_weights(
+        &crate::cli::StyleArgs {
+            style: None,
+            style_mix: None,
+        },
+        if cfg.worker.model.style_input.is_empty() {
+            0
+        } else {
+            cfg.worker.model.style_count
+        },
+    )?;
     model.stylize(&frames[0], &style)?; // warm-up
     let t = Instant::now();
     for f in &frames[1..] {

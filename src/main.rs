@@ -15,7 +15,14 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet_default = matches!(cli.command, Command::Run(_) | Command::Submit(_) | Command::Status { .. } | Command::BenchModel(_) | Command::Styles { .. });
+    let quiet_default = matches!(
+        cli.command,
+        Command::Run(_)
+            | Command::Submit(_)
+            | Command::Status { .. }
+            | Command::BenchModel(_)
+            | Command::Styles { .. }
+    );
     init_logs(if quiet_default { "warn" } else { "info" });
     match dispatch(cli.command) {
         Ok(code) => code,
@@ -27,13 +34,19 @@ fn main() -> ExitCode {
 }
 
 fn init_logs(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FRAMEWISE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FRAMEWISE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// The config file to use: the one given, else `fallback` if it exists, else built-in defaults.
 pub(crate) fn load_config(given: Option<&Path>, fallback: &str) -> Result<Config> {
-    let path: Option<PathBuf> = given.map(Path::to_path_buf).or_else(|| Some(PathBuf::from(fallback)).filter(|p| p.is_file()));
+    let path: Option<PathBuf> = given
+        .map(Path::to_path_buf)
+        .or_else(|| Some(PathBuf::from(fallback)).filter(|p| p.is_file()));
     Ok(Config::load(path.as_deref())?)
 }
 
@@ -51,12 +64,17 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
         #[cfg(feature = "worker")]
         Command::Run(a) => local::run(a),
         #[cfg(feature = "worker")]
-        Command::Worker { config, coordinator } => local::worker(&config, coordinator),
+        Command::Worker {
+            config,
+            coordinator,
+        } => local::worker(&config, coordinator),
         #[cfg(feature = "worker")]
         Command::BenchModel(a) => local::bench_model(a),
         #[cfg(feature = "worker")]
         Command::Styles { config } => local::styles(config.as_deref()),
         #[cfg(not(feature = "worker"))]
-        _ => anyhow::bail!("this framewise binary was built without the worker feature (GStreamer, ONNX Runtime)"),
+        _ => anyhow::bail!(
+            "this framewise binary was built without the worker feature (GStreamer, ONNX Runtime)"
+        ),
     }
 }

@@ -8,10 +8,22 @@ use std::path::Path;
 fn expect_failure(input: &Path, env: &[(&str, &str)], needles: &[&str]) {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("out.mp4");
-    let o = framewise(&["run", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--quiet"], env);
+    let o = framewise(
+        &[
+            "run",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--quiet",
+        ],
+        env,
+    );
     let err = stderr(&o);
     assert!(!o.status.success(), "must fail: {err}");
-    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line in: {err}"));
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line in: {err}"));
     for n in needles {
         assert!(line.contains(n), "error line {line:?} should mention {n:?}");
     }
@@ -21,7 +33,11 @@ fn expect_failure(input: &Path, env: &[(&str, &str)], needles: &[&str]) {
 
 #[test]
 fn missing_file() {
-    expect_failure(Path::new("/nonexistent/clip.mp4"), &[], &["/nonexistent/clip.mp4", "not found"]);
+    expect_failure(
+        Path::new("/nonexistent/clip.mp4"),
+        &[],
+        &["/nonexistent/clip.mp4", "not found"],
+    );
 }
 
 #[test]
@@ -36,7 +52,11 @@ fn empty_file() {
 fn text_file_is_not_a_video() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("notes.mp4");
-    std::fs::write(&p, "these are not the frames you are looking for\n".repeat(200)).unwrap();
+    std::fs::write(
+        &p,
+        "these are not the frames you are looking for\n".repeat(200),
+    )
+    .unwrap();
     expect_failure(&p, &[], &["notes.mp4", "not a video"]);
 }
 
@@ -67,7 +87,11 @@ fn missing_model() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("in.mp4");
     make_clip(&p, 64, 48, 5, false);
-    expect_failure(&p, &[("FRAMEWISE_WORKER__MODEL__PATH", "/nonexistent/model.onnx")], &["/nonexistent/model.onnx", "not found"]);
+    expect_failure(
+        &p,
+        &[("FRAMEWISE_WORKER__MODEL__PATH", "/nonexistent/model.onnx")],
+        &["/nonexistent/model.onnx", "not found"],
+    );
 }
 
 #[test]
@@ -76,7 +100,14 @@ fn model_of_the_wrong_shape() {
     let p = d.path().join("in.mp4");
     make_clip(&p, 64, 48, 5, false);
     // The style predictor of the same package: another input, a [1,100] output.
-    expect_failure(&p, &[("FRAMEWISE_WORKER__MODEL__PATH", "models/arbitrary_predict.onnx")], &["arbitrary_predict.onnx", "wrong shape"]);
+    expect_failure(
+        &p,
+        &[(
+            "FRAMEWISE_WORKER__MODEL__PATH",
+            "models/arbitrary_predict.onnx",
+        )],
+        &["arbitrary_predict.onnx", "wrong shape"],
+    );
 }
 
 #[test]
@@ -97,9 +128,19 @@ fn bad_arguments_name_the_flag() {
         assert!(!o.status.success());
         assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
     }
-    let o = framewise(&["run", p.to_str().unwrap(), "-o", p.to_str().unwrap()], &[]);
-    assert!(stderr(&o).contains("must not overwrite the input"), "{}", stderr(&o));
-    let o = framewise(&["run", p.to_str().unwrap(), "-o", "/nonexistent/dir/o.mp4"], &[]);
+    let o = framewise(
+        &["run", p.to_str().unwrap(), "-o", p.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        stderr(&o).contains("must not overwrite the input"),
+        "{}",
+        stderr(&o)
+    );
+    let o = framewise(
+        &["run", p.to_str().unwrap(), "-o", "/nonexistent/dir/o.mp4"],
+        &[],
+    );
     assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
     assert!(!out.exists());
 }

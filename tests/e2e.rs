@@ -8,24 +8,49 @@ use std::path::Path;
 
 /// Runs `framewise run` and checks everything a user relies on.
 fn check_run(input: &Path, out: &Path, args: &[&str], style: usize) {
-    let mut full = vec!["run", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--quiet", "--style"];
+    let mut full = vec![
+        "run",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--style",
+    ];
     let s = style.to_string();
     full.push(&s);
     full.extend_from_slice(args);
     let o = framewise(&full, &[]);
     assert!(o.status.success(), "framewise run failed: {}", stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains(out.to_str().unwrap()) && stdout.contains("frames/s"), "summary line: {stdout}");
+    assert!(
+        stdout.contains(out.to_str().unwrap()) && stdout.contains("frames/s"),
+        "summary line: {stdout}"
+    );
 
     let src = probe_ok(input);
     let dst = probe_ok(out);
-    assert_eq!(dst.frame_pts.len(), src.frame_pts.len(), "every frame exactly once");
+    assert_eq!(
+        dst.frame_pts.len(),
+        src.frame_pts.len(),
+        "every frame exactly once"
+    );
     assert_eq!((dst.width, dst.height), (src.width, src.height));
     let fd = src.frame_duration_ns() as i64;
-    assert!((dst.duration_ns as i64 - src.duration_ns as i64).abs() <= fd, "duration {} vs {}", dst.duration_ns, src.duration_ns);
+    assert!(
+        (dst.duration_ns as i64 - src.duration_ns as i64).abs() <= fd,
+        "duration {} vs {}",
+        dst.duration_ns,
+        src.duration_ns
+    );
     for (a, b) in src.frame_pts.iter().zip(&dst.frame_pts) {
-        let (a, b) = (*a as i64 + src.running_offset_ns, *b as i64 + dst.running_offset_ns);
-        assert!((a - b).abs() <= fd / 2, "playback timestamps kept: {a} vs {b}");
+        let (a, b) = (
+            *a as i64 + src.running_offset_ns,
+            *b as i64 + dst.running_offset_ns,
+        );
+        assert!(
+            (a - b).abs() <= fd / 2,
+            "playback timestamps kept: {a} vs {b}"
+        );
     }
     assert_eq!(dst.audio_streams, src.audio_streams, "audio streams kept");
     let (sa, da) = (audio_packets(input), audio_packets(out));
@@ -34,32 +59,67 @@ fn check_run(input: &Path, out: &Path, args: &[&str], style: usize) {
 
     // A frame from the middle really went through the model.
     let mid = src.frame_pts.len() / 2;
-    let max_size: Option<u32> = args.windows(2).find(|w| w[0] == "--max-size").map(|w| w[1].parse().unwrap());
+    let max_size: Option<u32> = args
+        .windows(2)
+        .find(|w| w[0] == "--max-size")
+        .map(|w| w[1].parse().unwrap());
     let got = frame_at(out, mid, None);
     let source = frame_at(input, mid, None);
     let want = match max_size {
         None => stylize_direct(&source, style),
         Some(m) => {
             // Inference on the scaled-down copy, scaled back like the product does.
-            let small = frame_at(input, mid, Some(framewise_worker::segment::inference_size((src.width, src.height), m)));
+            let small = frame_at(
+                input,
+                mid,
+                Some(framewise_worker::segment::inference_size(
+                    (src.width, src.height),
+                    m,
+                )),
+            );
             let styled = stylize_direct(&small, style);
             common_scale(&styled, src.width, src.height)
         }
     };
     let p_model = psnr(&got, &want);
     let p_source = psnr(&got, &source);
-    eprintln!("{}: luma PSNR vs model applied directly {p_model:.1} dB, vs source {p_source:.1} dB", input.display());
-    assert!(p_model >= 30.0, "output vs model applied directly: {p_model:.1} dB");
-    assert!(p_source < 20.0, "output must clearly differ from the source: {p_source:.1} dB");
+    eprintln!(
+        "{}: luma PSNR vs model applied directly {p_model:.1} dB, vs source {p_source:.1} dB",
+        input.display()
+    );
+    assert!(
+        p_model >= 30.0,
+        "output vs model applied directly: {p_model:.1} dB"
+    );
+    assert!(
+        p_source < 20.0,
+        "output must clearly differ from the source: {p_source:.1} dB"
+    );
     assert!(partial_files(out.parent().unwrap()).is_empty());
 }
 
 /// Scales a frame with GStreamer's videoscale (what the encoder does for --max-size).
-fn common_scale(f: &framewise_worker::media::Frame, w: u32, h: u32) -> framewise_worker::media::Frame {
+fn common_scale(
+    f: &framewise_worker::media::Frame,
+    w: u32,
+    h: u32,
+) -> framewise_worker::media::Frame {
     use framewise_worker::media::encode::{EncoderSettings, Geometry, SegmentEncoder};
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("one.mp4");
-    let enc = SegmentEncoder::create(&p, Geometry { in_size: (f.width, f.height), out_size: (w, h), fps: (25, 1) }, &EncoderSettings { crf: 0, preset: "ultrafast".into() }).unwrap();
+    let enc = SegmentEncoder::create(
+        &p,
+        Geometry {
+            in_size: (f.width, f.height),
+            out_size: (w, h),
+            fps: (25, 1),
+        },
+        &EncoderSettings {
+            crf: 0,
+            preset: "ultrafast".into(),
+        },
+    )
+    .unwrap();
     enc.push(f, 0, 40_000_000).unwrap();
     enc.finish(std::time::Duration::from_secs(30)).unwrap();
     frame_at(&p, 0, None)
@@ -94,5 +154,17 @@ fn real_demo_clip_scaled_down() {
     let d = tempfile::tempdir().unwrap();
     let o = d.path().join("bunny.mp4");
     let i = repo().join("media/bigbuckbunny.mp4");
-    check_run(&i, &o, &["--workers", "2", "--max-size", "160", "--segment-seconds", "1"], 19);
+    check_run(
+        &i,
+        &o,
+        &[
+            "--workers",
+            "2",
+            "--max-size",
+            "160",
+            "--segment-seconds",
+            "1",
+        ],
+        19,
+    );
 }

@@ -15,9 +15,16 @@ pub enum ConfigError {
     #[error("config file {0} does not exist")]
     Missing(PathBuf),
     #[error("config {file}: {source}")]
-    Invalid { file: String, source: Box<figment::Error> },
+    Invalid {
+        file: String,
+        source: Box<figment::Error>,
+    },
     #[error("config {file}: {key}: {why}")]
-    Value { file: String, key: &'static str, why: String },
+    Value {
+        file: String,
+        key: &'static str,
+        why: String,
+    },
 }
 
 /// Everything one process may need; each file fills the sections its role uses.
@@ -141,7 +148,10 @@ pub struct EncoderConfig {
 
 impl Default for EncoderConfig {
     fn default() -> Self {
-        Self { crf: 20, preset: "superfast".into() }
+        Self {
+            crf: 20,
+            preset: "superfast".into(),
+        }
     }
 }
 
@@ -159,8 +169,18 @@ impl Default for EmbeddedConfig {
     }
 }
 
-const PRESETS: &[&str] =
-    &["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"];
+const PRESETS: &[&str] = &[
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+];
 
 impl Config {
     /// Defaults, then `file` (if given; it must exist), then `FRAMEWISE_*` variables.
@@ -178,45 +198,79 @@ impl Config {
         };
         // FRAMEWISE_LOG is the log filter, not a config key.
         fig = fig.merge(Env::prefixed("FRAMEWISE_").ignore(&["LOG"]).split("__"));
-        let cfg: Config = fig.extract().map_err(|e| ConfigError::Invalid { file: name.clone(), source: Box::new(e) })?;
+        let cfg: Config = fig.extract().map_err(|e| ConfigError::Invalid {
+            file: name.clone(),
+            source: Box::new(e),
+        })?;
         cfg.validate(&name)?;
         Ok(cfg)
     }
 
     /// Checks values serde cannot: ranges and enumerations.
     pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        let err = |key, why: String| Err(ConfigError::Value { file: file.to_string(), key, why });
+        let err = |key, why: String| {
+            Err(ConfigError::Value {
+                file: file.to_string(),
+                key,
+                why,
+            })
+        };
         let c = &self.coordinator;
         if c.lease_ttl_ms < 1000 {
-            return err("coordinator.lease_ttl_ms", format!("must be at least 1000, got {}", c.lease_ttl_ms));
+            return err(
+                "coordinator.lease_ttl_ms",
+                format!("must be at least 1000, got {}", c.lease_ttl_ms),
+            );
         }
         if c.heartbeat_interval_ms == 0 || c.heartbeat_interval_ms * 2 > c.lease_ttl_ms {
             return err(
                 "coordinator.heartbeat_interval_ms",
-                format!("must be > 0 and at most half of lease_ttl_ms ({}), got {}", c.lease_ttl_ms, c.heartbeat_interval_ms),
+                format!(
+                    "must be > 0 and at most half of lease_ttl_ms ({}), got {}",
+                    c.lease_ttl_ms, c.heartbeat_interval_ms
+                ),
             );
         }
         if c.max_attempts == 0 {
             return err("coordinator.max_attempts", "must be at least 1".into());
         }
         if !(c.segment_seconds.is_finite() && c.segment_seconds > 0.0) {
-            return err("coordinator.segment_seconds", format!("must be > 0, got {}", c.segment_seconds));
+            return err(
+                "coordinator.segment_seconds",
+                format!("must be > 0, got {}", c.segment_seconds),
+            );
         }
         let w = &self.worker;
         if w.model.pad_multiple == 0 {
             return err("worker.model.pad_multiple", "must be at least 1".into());
         }
         if w.model.value_range[0] >= w.model.value_range[1] {
-            return err("worker.model.value_range", format!("low must be below high, got {:?}", w.model.value_range));
+            return err(
+                "worker.model.value_range",
+                format!("low must be below high, got {:?}", w.model.value_range),
+            );
         }
         if w.encoder.crf > 51 {
-            return err("worker.encoder.crf", format!("must be 0 to 51, got {}", w.encoder.crf));
+            return err(
+                "worker.encoder.crf",
+                format!("must be 0 to 51, got {}", w.encoder.crf),
+            );
         }
         if !PRESETS.contains(&w.encoder.preset.as_str()) {
-            return err("worker.encoder.preset", format!("{:?} is not one of {}", w.encoder.preset, PRESETS.join(", ")));
+            return err(
+                "worker.encoder.preset",
+                format!(
+                    "{:?} is not one of {}",
+                    w.encoder.preset,
+                    PRESETS.join(", ")
+                ),
+            );
         }
         if self.embedded.workers == 0 || self.embedded.workers > 64 {
-            return err("embedded.workers", format!("must be 1 to 64, got {}", self.embedded.workers));
+            return err(
+                "embedded.workers",
+                format!("must be 1 to 64, got {}", self.embedded.workers),
+            );
         }
         Ok(())
     }
@@ -230,7 +284,10 @@ mod tests {
     fn write(text: &str) -> (tempdir::Dir, PathBuf) {
         let d = tempdir::Dir::new();
         let p = d.0.join("c.toml");
-        std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         (d, p)
     }
 
@@ -255,7 +312,9 @@ mod tests {
     #[test]
     fn shipped_configs_load() {
         for f in ["embedded.toml", "coordinator.toml", "worker.toml"] {
-            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config").join(f);
+            let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../config")
+                .join(f);
             Config::load(Some(&p)).unwrap_or_else(|e| panic!("{f}: {e}"));
         }
     }
@@ -273,14 +332,22 @@ mod tests {
     fn bad_values_name_file_and_key() {
         let (_d, p) = write("[worker.encoder]\npreset = \"warp\"\n");
         let e = Config::load(Some(&p)).unwrap_err().to_string();
-        assert!(e.contains("c.toml") && e.contains("worker.encoder.preset") && e.contains("warp"), "{e}");
+        assert!(
+            e.contains("c.toml") && e.contains("worker.encoder.preset") && e.contains("warp"),
+            "{e}"
+        );
         let (_d, p) = write("[coordinator]\nlease_ttl = 5\n");
         let e = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("c.toml") && e.contains("lease_ttl"), "{e}");
         let (_d, p) = write("[coordinator]\nmax_attempts = \"three\"\n");
         let e = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("max_attempts"), "{e}");
-        let e = Config::load(Some(Path::new("/nope/x.toml"))).unwrap_err().to_string();
-        assert!(e.contains("/nope/x.toml") && e.contains("does not exist"), "{e}");
+        let e = Config::load(Some(Path::new("/nope/x.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/nope/x.toml") && e.contains("does not exist"),
+            "{e}"
+        );
     }
 }

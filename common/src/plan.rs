@@ -6,15 +6,21 @@ use std::ops::Range;
 /// Contiguous frame ranges covering `0..frame_count` exactly once, each about
 /// `segment_seconds` long, starting at a source keyframe where one lies within a
 /// quarter segment of the ideal boundary (cheap seeks), else at the exact frame.
-pub fn plan_segments(frame_count: u64, fps: f64, keyframes: &[u64], segment_seconds: f64) -> Vec<Range<u64>> {
+pub fn plan_segments(
+    frame_count: u64,
+    fps: f64,
+    keyframes: &[u64],
+    segment_seconds: f64,
+) -> Vec<Range<u64>> {
     if frame_count == 0 {
         return Vec::new();
     }
-    let target = if fps.is_finite() && fps > 0.0 && segment_seconds.is_finite() && segment_seconds > 0.0 {
-        ((segment_seconds * fps).round() as u64).max(1)
-    } else {
-        frame_count
-    };
+    let target =
+        if fps.is_finite() && fps > 0.0 && segment_seconds.is_finite() && segment_seconds > 0.0 {
+            ((segment_seconds * fps).round() as u64).max(1)
+        } else {
+            frame_count
+        };
     let slack = target / 4;
     let mut out = Vec::new();
     let mut start = 0u64;
@@ -39,7 +45,12 @@ pub fn plan_segments(frame_count: u64, fps: f64, keyframes: &[u64], segment_seco
 
 /// The keyframe to seek to before decoding from `frame`: the last keyframe at or before it.
 pub fn keyframe_at_or_before(keyframes: &[u64], frame: u64) -> u64 {
-    keyframes.iter().copied().filter(|k| *k <= frame).max().unwrap_or(0)
+    keyframes
+        .iter()
+        .copied()
+        .filter(|k| *k <= frame)
+        .max()
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

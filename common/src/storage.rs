@@ -38,10 +38,19 @@ mod tests {
 
     #[test]
     fn urls_round_trip() {
-        assert_eq!(local_path("file:///a/b.mp4").unwrap(), PathBuf::from("/a/b.mp4"));
+        assert_eq!(
+            local_path("file:///a/b.mp4").unwrap(),
+            PathBuf::from("/a/b.mp4")
+        );
         assert_eq!(local_path("/a/b.mp4").unwrap(), PathBuf::from("/a/b.mp4"));
         assert_eq!(file_url(Path::new("/x/y")), "file:///x/y");
-        assert!(matches!(local_path("az://acct/c/x"), Err(UrlError::Unsupported(_))));
-        assert!(matches!(local_path("rel/x.mp4"), Err(UrlError::Relative(_))));
+        assert!(matches!(
+            local_path("az://acct/c/x"),
+            Err(UrlError::Unsupported(_))
+        ));
+        assert!(matches!(
+            local_path("rel/x.mp4"),
+            Err(UrlError::Relative(_))
+        ));
     }
 }

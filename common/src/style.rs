@@ -24,13 +24,22 @@ pub fn single(index: i64, count: usize) -> Result<Vec<f32>, StyleError> {
 
 /// A blend such as `3:0.5,7:0.5` (a bare index means weight 1), normalised to sum 1.
 pub fn mix(spec: &str, count: usize) -> Result<Vec<f32>, StyleError> {
-    let bad = |why: &str| StyleError::BadMix { spec: spec.to_string(), why: why.to_string() };
+    let bad = |why: &str| StyleError::BadMix {
+        spec: spec.to_string(),
+        why: why.to_string(),
+    };
     let mut w = vec![0.0f32; count];
     let mut any = false;
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (idx, wt) = part.split_once(':').unwrap_or((part, "1"));
-        let idx: i64 = idx.trim().parse().map_err(|_| bad(&format!("{idx:?} is not a style index")))?;
-        let wt: f32 = wt.trim().parse().map_err(|_| bad(&format!("{wt:?} is not a weight")))?;
+        let idx: i64 = idx
+            .trim()
+            .parse()
+            .map_err(|_| bad(&format!("{idx:?} is not a style index")))?;
+        let wt: f32 = wt
+            .trim()
+            .parse()
+            .map_err(|_| bad(&format!("{wt:?} is not a weight")))?;
         if !wt.is_finite() || wt < 0.0 {
             return Err(StyleError::Zero);
         }
@@ -55,7 +64,10 @@ pub fn normalise(mut w: Vec<f32>) -> Result<Vec<f32>, StyleError> {
 
 fn check(index: i64, count: usize) -> Result<usize, StyleError> {
     if index < 0 || index as usize >= count {
-        return Err(StyleError::OutOfRange { got: index, max: count.saturating_sub(1) });
+        return Err(StyleError::OutOfRange {
+            got: index,
+            max: count.saturating_sub(1),
+        });
     }
     Ok(index as usize)
 }
@@ -82,11 +94,17 @@ mod tests {
 
     #[test]
     fn bad_specs_name_the_problem() {
-        assert_eq!(single(26, 26), Err(StyleError::OutOfRange { got: 26, max: 25 }));
+        assert_eq!(
+            single(26, 26),
+            Err(StyleError::OutOfRange { got: 26, max: 25 })
+        );
         assert!(matches!(mix("3:x", 26), Err(StyleError::BadMix { .. })));
         assert!(matches!(mix("", 26), Err(StyleError::BadMix { .. })));
         assert_eq!(mix("3:0", 26), Err(StyleError::Zero));
         assert_eq!(mix("3:-1", 26), Err(StyleError::Zero));
-        assert!(mix("40:1", 26).unwrap_err().to_string().contains("0 to 25, got 40"));
+        assert!(mix("40:1", 26)
+            .unwrap_err()
+            .to_string()
+            .contains("0 to 25, got 40"));
     }
 }

@@ -8,11 +8,21 @@ use framewise_common::proto as pb;
 
 pub fn params_from(p: Option<pb::JobParams>) -> Params {
     let p = p.unwrap_or_default();
-    Params { style_weights: p.style_weights, segment_seconds: p.segment_seconds, max_size: p.max_size, crf: p.crf }
+    Params {
+        style_weights: p.style_weights,
+        segment_seconds: p.segment_seconds,
+        max_size: p.max_size,
+        crf: p.crf,
+    }
 }
 
 pub fn params_to(p: &Params) -> pb::JobParams {
-    pb::JobParams { style_weights: p.style_weights.clone(), segment_seconds: p.segment_seconds, max_size: p.max_size, crf: p.crf }
+    pb::JobParams {
+        style_weights: p.style_weights.clone(),
+        segment_seconds: p.segment_seconds,
+        max_size: p.max_size,
+        crf: p.crf,
+    }
 }
 
 pub fn media_from(m: pb::MediaInfo) -> Media {
@@ -42,8 +52,16 @@ pub fn media_to(m: &Media, with_pts: bool) -> pb::MediaInfo {
         duration_ns: m.duration_ns,
         video_codec: m.video_codec.clone(),
         audio_streams: m.audio_streams,
-        frame_pts: if with_pts { m.frame_pts.clone() } else { Vec::new() },
-        keyframes: if with_pts { m.keyframes.clone() } else { Vec::new() },
+        frame_pts: if with_pts {
+            m.frame_pts.clone()
+        } else {
+            Vec::new()
+        },
+        keyframes: if with_pts {
+            m.keyframes.clone()
+        } else {
+            Vec::new()
+        },
         container: m.container.clone(),
         running_offset_ns: m.running_offset_ns,
     }
@@ -63,12 +81,24 @@ fn state_to(s: JobState) -> pb::JobState {
 
 pub fn job_to(v: &JobView) -> pb::Job {
     let j = &v.job;
-    let segs: Vec<_> = v.tasks.iter().filter(|t| matches!(t.kind, TaskKind::Segment { .. })).collect();
+    let segs: Vec<_> = v
+        .tasks
+        .iter()
+        .filter(|t| matches!(t.kind, TaskKind::Segment { .. }))
+        .collect();
     pb::Job {
         job_id: j.id.clone(),
-        spec: Some(pb::JobSpec { input_url: j.input_url.clone(), output_url: j.output_url.clone(), params: Some(params_to(&j.params)) }),
+        spec: Some(pb::JobSpec {
+            input_url: j.input_url.clone(),
+            output_url: j.output_url.clone(),
+            params: Some(params_to(&j.params)),
+        }),
         state: state_to(j.state) as i32,
-        frames_total: j.media.as_ref().map(|m| m.frame_pts.len() as u64).unwrap_or(0),
+        frames_total: j
+            .media
+            .as_ref()
+            .map(|m| m.frame_pts.len() as u64)
+            .unwrap_or(0),
         frames_done: v.frames_done,
         segments_total: j.segments,
         segments_done: segs.iter().filter(|t| t.state == TaskState::Done).count() as u32,
@@ -91,7 +121,11 @@ pub fn job_to(v: &JobView) -> pb::Job {
                     start_frame: start,
                     end_frame: end,
                     attempts: t.attempts,
-                    worker_id: t.lease.as_ref().map(|l| l.worker_id.clone()).unwrap_or_else(|| t.worker_id.clone()),
+                    worker_id: t
+                        .lease
+                        .as_ref()
+                        .map(|l| l.worker_id.clone())
+                        .unwrap_or_else(|| t.worker_id.clone()),
                     frames_done: t.frames_done,
                 }
             })
@@ -103,7 +137,16 @@ pub fn grant_to(g: Grant, ttl_ms: u64) -> pb::LeaseTaskResponse {
     use pb::lease_task_response::Task;
     let task = match g.work {
         Work::Probe { input_url } => Task::Probe(pb::ProbeTask { input_url }),
-        Work::Segment { input_url, start, end, frame_pts, seek_ns, output_url, params, media } => Task::Segment(pb::SegmentTask {
+        Work::Segment {
+            input_url,
+            start,
+            end,
+            frame_pts,
+            seek_ns,
+            output_url,
+            params,
+            media,
+        } => Task::Segment(pb::SegmentTask {
             input_url,
             start_frame: start,
             end_frame: end,
@@ -113,11 +156,20 @@ pub fn grant_to(g: Grant, ttl_ms: u64) -> pb::LeaseTaskResponse {
             params: Some(params_to(&params)),
             media: Some(media_to(&media, false)),
         }),
-        Work::Assemble { input_url, segments, output_url, media } => Task::Assemble(pb::AssembleTask {
+        Work::Assemble {
+            input_url,
+            segments,
+            output_url,
+            media,
+        } => Task::Assemble(pb::AssembleTask {
             input_url,
             segments: segments
                 .into_iter()
-                .map(|(url, start_frame, end_frame)| pb::SegmentOutput { url, start_frame, end_frame })
+                .map(|(url, start_frame, end_frame)| pb::SegmentOutput {
+                    url,
+                    start_frame,
+                    end_frame,
+                })
                 .collect(),
             output_url,
             media: Some(media_to(&media, true)),
@@ -126,7 +178,11 @@ pub fn grant_to(g: Grant, ttl_ms: u64) -> pb::LeaseTaskResponse {
     pb::LeaseTaskResponse {
         job_id: g.job_id,
         task_index: g.index,
-        lease: Some(pb::Lease { lease_id: g.lease_id, epoch: g.epoch, ttl_ms }),
+        lease: Some(pb::Lease {
+            lease_id: g.lease_id,
+            epoch: g.epoch,
+            ttl_ms,
+        }),
         task: Some(task),
         retry_after_ms: 0,
     }
@@ -136,7 +192,13 @@ pub fn completion_from(r: pb::complete_task_request::Result) -> Completion {
     use pb::complete_task_request::Result as R;
     match r {
         R::Probe(m) => Completion::Probe(media_from(m)),
-        R::Segment(s) => Completion::Segment { output_url: s.output_url, frames: s.frames },
-        R::Assemble(a) => Completion::Assemble { output_url: a.output_url, frames: a.frames },
+        R::Segment(s) => Completion::Segment {
+            output_url: s.output_url,
+            frames: s.frames,
+        },
+        R::Assemble(a) => Completion::Assemble {
+            output_url: a.output_url,
+            frames: a.frames,
+        },
     }
 }

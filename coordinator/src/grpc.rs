@@ -37,18 +37,29 @@ pub fn validate_spec(spec: &pb::JobSpec) -> Result<(), String> {
     }
     let p = spec.params.clone().unwrap_or_default();
     if !p.style_weights.is_empty() {
-        if p.style_weights.iter().any(|w| !w.is_finite() || *w < 0.0) || p.style_weights.iter().sum::<f32>() <= 0.0 {
+        if p.style_weights.iter().any(|w| !w.is_finite() || *w < 0.0)
+            || p.style_weights.iter().sum::<f32>() <= 0.0
+        {
             return Err("params.style_weights: must be non-negative and not all zero".into());
         }
         if p.style_weights.len() > 4096 {
-            return Err(format!("params.style_weights: at most 4096 values, got {}", p.style_weights.len()));
+            return Err(format!(
+                "params.style_weights: at most 4096 values, got {}",
+                p.style_weights.len()
+            ));
         }
     }
     if !p.segment_seconds.is_finite() || p.segment_seconds < 0.0 {
-        return Err(format!("params.segment_seconds: must be >= 0, got {}", p.segment_seconds));
+        return Err(format!(
+            "params.segment_seconds: must be >= 0, got {}",
+            p.segment_seconds
+        ));
     }
     if p.max_size != 0 && p.max_size < 16 {
-        return Err(format!("params.max_size: must be 0 (off) or at least 16, got {}", p.max_size));
+        return Err(format!(
+            "params.max_size: must be 0 (off) or at least 16, got {}",
+            p.max_size
+        ));
     }
     if p.crf > 51 {
         return Err(format!("params.crf: must be 0 to 51, got {}", p.crf));
@@ -56,14 +67,74 @@ pub fn validate_spec(spec: &pb::JobSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// How often WatchJob looks for changes.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for Services {
-    async fn submit_job(&self, req: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+    type WatchJobStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Job, Status>>;
+
+    async fn watch_job(
+        &self,
+        req: Request<pb::GetJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let id = req.into_inner().job_id;
+        // Fail fast for an unknown job, before the stream starts.
+        let first = self
+            .manager
+            .send(manager::GetJob(id.clone()))
+            .await
+            .map_err(mailbox)?
+            .map_err(status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let addr = self.manager.clone();
+        tokio::spawn(async move {
+            let mut last: Option<(i32, u64, u32)> = None;
+            let mut view = Ok(first);
+            loop {
+                let job = match view {
+                    Ok(v) => job_to(&v),
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let key = (job.state, job.frames_done, job.segments_done);
+                let done = job.finished_unix_ms > 0;
+                if last != Some(key) {
+                    last = Some(key);
+                    if tx.send(Ok(job)).await.is_err() {
+                        return; // the client went away
+                    }
+                }
+                if done {
+                    return;
+                }
+                tokio::time::sleep(WATCH_EVERY).await;
+                view = match addr.send(manager::GetJob(id.clone())).await {
+                    Ok(r) => r.map_err(status),
+                    Err(e) => Err(mailbox(e)),
+                };
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    async fn submit_job(
+        &self,
+        req: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let r = req.into_inner();
-        let spec = r.spec.ok_or_else(|| Status::invalid_argument("spec: missing"))?;
+        let spec = r
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec: missing"))?;
         validate_spec(&spec).map_err(Status::invalid_argument)?;
         if r.idempotency_key.len() > 256 {
-            return Err(Status::invalid_argument("idempotency_key: at most 256 bytes"));
+            return Err(Status::invalid_argument(
+                "idempotency_key: at most 256 bytes",
+            ));
         }
         let (job_id, existing) = self
             .manager
@@ -80,75 +151,153 @@ impl pb::job_service_server::JobService for Services {
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
-        let v = self.manager.send(manager::GetJob(req.into_inner().job_id)).await.map_err(mailbox)?.map_err(status)?;
+        let v = self
+            .manager
+            .send(manager::GetJob(req.into_inner().job_id))
+            .await
+            .map_err(mailbox)?
+            .map_err(status)?;
         Ok(Response::new(job_to(&v)))
     }
 
-    async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let all = self.manager.send(manager::ListJobs).await.map_err(mailbox)?;
-        Ok(Response::new(pb::ListJobsResponse { jobs: all.iter().map(job_to).collect() }))
+    async fn list_jobs(
+        &self,
+        _: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let all = self
+            .manager
+            .send(manager::ListJobs)
+            .await
+            .map_err(mailbox)?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: all.iter().map(job_to).collect(),
+        }))
     }
 
-    async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
-        let v = self.manager.send(manager::Cancel(req.into_inner().job_id)).await.map_err(mailbox)?.map_err(status)?;
+    async fn cancel_job(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let v = self
+            .manager
+            .send(manager::Cancel(req.into_inner().job_id))
+            .await
+            .map_err(mailbox)?
+            .map_err(status)?;
         Ok(Response::new(job_to(&v)))
     }
 }
 
 fn need_worker(id: &str) -> Result<(), Status> {
     if id.is_empty() || id.len() > 256 {
-        return Err(Status::invalid_argument("worker_id: must be 1 to 256 bytes"));
+        return Err(Status::invalid_argument(
+            "worker_id: must be 1 to 256 bytes",
+        ));
     }
     Ok(())
 }
 
 #[tonic::async_trait]
 impl pb::worker_service_server::WorkerService for Services {
-    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         let r = req.into_inner();
         need_worker(&r.worker_id)?;
-        let info = WorkerInfo { hostname: r.hostname, gpu: r.gpu, threads: r.cpu_threads, last_seen_ms: manager::now_ms() };
-        self.manager.send(manager::Register { worker_id: r.worker_id, info }).await.map_err(mailbox)?;
-        Ok(Response::new(pb::RegisterResponse { heartbeat_interval_ms: self.heartbeat_interval_ms }))
-    }
-
-    async fn lease_task(&self, req: Request<pb::LeaseTaskRequest>) -> Result<Response<pb::LeaseTaskResponse>, Status> {
-        let r = req.into_inner();
-        need_worker(&r.worker_id)?;
-        let grant = self.manager.send(manager::LeaseTask { worker_id: r.worker_id }).await.map_err(mailbox)?.map_err(status)?;
-        Ok(Response::new(match grant {
-            Some(g) => grant_to(g, self.lease_ttl_ms),
-            None => pb::LeaseTaskResponse { retry_after_ms: 250, ..Default::default() },
+        let info = WorkerInfo {
+            hostname: r.hostname,
+            gpu: r.gpu,
+            threads: r.cpu_threads,
+            last_seen_ms: manager::now_ms(),
+        };
+        self.manager
+            .send(manager::Register {
+                worker_id: r.worker_id,
+                info,
+            })
+            .await
+            .map_err(mailbox)?;
+        Ok(Response::new(pb::RegisterResponse {
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
         }))
     }
 
-    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn lease_task(
+        &self,
+        req: Request<pb::LeaseTaskRequest>,
+    ) -> Result<Response<pb::LeaseTaskResponse>, Status> {
+        let r = req.into_inner();
+        need_worker(&r.worker_id)?;
+        let grant = self
+            .manager
+            .send(manager::LeaseTask {
+                worker_id: r.worker_id,
+            })
+            .await
+            .map_err(mailbox)?
+            .map_err(status)?;
+        Ok(Response::new(match grant {
+            Some(g) => grant_to(g, self.lease_ttl_ms),
+            None => pb::LeaseTaskResponse {
+                retry_after_ms: 250,
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = req.into_inner();
         let keep_going = self
             .manager
-            .send(manager::Heartbeat { worker_id: r.worker_id, lease_id: r.lease_id, epoch: r.epoch, frames_done: r.frames_done })
+            .send(manager::Heartbeat {
+                worker_id: r.worker_id,
+                lease_id: r.lease_id,
+                epoch: r.epoch,
+                frames_done: r.frames_done,
+            })
             .await
             .map_err(mailbox)?;
         Ok(Response::new(pb::HeartbeatResponse { keep_going }))
     }
 
-    async fn complete_task(&self, req: Request<pb::CompleteTaskRequest>) -> Result<Response<pb::CompleteTaskResponse>, Status> {
+    async fn complete_task(
+        &self,
+        req: Request<pb::CompleteTaskRequest>,
+    ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
         let r = req.into_inner();
-        let result = r.result.ok_or_else(|| Status::invalid_argument("result: missing"))?;
+        let result = r
+            .result
+            .ok_or_else(|| Status::invalid_argument("result: missing"))?;
         let accepted = self
             .manager
-            .send(manager::Complete { lease_id: r.lease_id, epoch: r.epoch, result: completion_from(result) })
+            .send(manager::Complete {
+                lease_id: r.lease_id,
+                epoch: r.epoch,
+                result: completion_from(result),
+            })
             .await
             .map_err(mailbox)?
             .map_err(status)?;
         Ok(Response::new(pb::CompleteTaskResponse { accepted }))
     }
 
-    async fn fail_task(&self, req: Request<pb::FailTaskRequest>) -> Result<Response<pb::FailTaskResponse>, Status> {
+    async fn fail_task(
+        &self,
+        req: Request<pb::FailTaskRequest>,
+    ) -> Result<Response<pb::FailTaskResponse>, Status> {
         let r = req.into_inner();
         let error: String = r.error.chars().take(4000).collect();
         self.manager
-            .send(manager::Fail { lease_id: r.lease_id, epoch: r.epoch, error, permanent: r.permanent })
+            .send(manager::Fail {
+                lease_id: r.lease_id,
+                epoch: r.epoch,
+                error,
+                permanent: r.permanent,
+            })
             .await
             .map_err(mailbox)?
             .map_err(status)?;

@@ -2,7 +2,7 @@
 //! only writer of either. gRPC handlers send it messages and await replies.
 
 use crate::model::{Job, Params, Task};
-use crate::scheduler::{garbage_path, Changes, Completion, Grant, Rules, State};
+use crate::scheduler::{garbage_path, Changes, Completion, Grant, NewJob, Rules, State};
 use crate::store::{Store, StoreError};
 use actix::prelude::*;
 use std::collections::HashMap;
@@ -23,7 +23,10 @@ pub enum CoordError {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A job with its tasks and progress, as callers see it.
@@ -57,9 +60,18 @@ impl JobManager {
         let (jobs, tasks) = store.load()?;
         let (state, ch) = State::restore(jobs, tasks, now_ms(), &rules);
         store.persist(&state, &ch)?;
-        let active = state.jobs.values().filter(|j| !j.state.is_terminal()).count();
+        let active = state
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .count();
         info!(jobs = state.jobs.len(), active, "coordinator state loaded");
-        Ok(Self { state, store, rules, workers: HashMap::new() })
+        Ok(Self {
+            state,
+            store,
+            rules,
+            workers: HashMap::new(),
+        })
     }
 
     fn commit(&self, ch: &Changes) -> Result<(), CoordError> {
@@ -85,7 +97,11 @@ impl JobManager {
     }
 
     fn view(&self, id: &str) -> Result<JobView, CoordError> {
-        let job = self.state.jobs.get(id).ok_or_else(|| CoordError::NotFound(id.to_string()))?;
+        let job = self
+            .state
+            .jobs
+            .get(id)
+            .ok_or_else(|| CoordError::NotFound(id.to_string()))?;
         Ok(JobView {
             job: job.clone(),
             tasks: self.state.tasks_of(id).into_iter().cloned().collect(),
@@ -125,8 +141,14 @@ impl Handler<Submit> for JobManager {
     type Result = Result<(String, bool), CoordError>;
     fn handle(&mut self, m: Submit, _: &mut Context<Self>) -> Self::Result {
         let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let (id, existing, ch) =
-            self.state.submit(id, &m.idempotency_key, m.input_url, m.output_url, m.params, now_ms(), &self.rules);
+        let new = NewJob {
+            id,
+            idempotency_key: m.idempotency_key,
+            input_url: m.input_url,
+            output_url: m.output_url,
+            params: m.params,
+        };
+        let (id, existing, ch) = self.state.submit(new, now_ms(), &self.rules);
         self.commit(&ch)?;
         if !existing {
             info!(job_id = %id, "job accepted");
@@ -168,7 +190,10 @@ pub struct Cancel(pub String);
 impl Handler<Cancel> for JobManager {
     type Result = Result<JobView, CoordError>;
     fn handle(&mut self, m: Cancel, _: &mut Context<Self>) -> Self::Result {
-        let ch = self.state.cancel(&m.0, now_ms()).ok_or_else(|| CoordError::NotFound(m.0.clone()))?;
+        let ch = self
+            .state
+            .cancel(&m.0, now_ms())
+            .ok_or_else(|| CoordError::NotFound(m.0.clone()))?;
         self.commit(&ch)?;
         self.view(&m.0)
     }
@@ -233,7 +258,9 @@ impl Handler<Heartbeat> for JobManager {
         if let Some(w) = self.workers.get_mut(&m.worker_id) {
             w.last_seen_ms = now;
         }
-        self.state.heartbeat(&m.lease_id, m.epoch, m.frames_done, now, &self.rules).0
+        self.state
+            .heartbeat(&m.lease_id, m.epoch, m.frames_done, now, &self.rules)
+            .0
     }
 }
 
@@ -249,7 +276,9 @@ pub struct Complete {
 impl Handler<Complete> for JobManager {
     type Result = Result<bool, CoordError>;
     fn handle(&mut self, m: Complete, _: &mut Context<Self>) -> Self::Result {
-        let (ok, ch) = self.state.complete(&m.lease_id, m.epoch, m.result, now_ms(), &self.rules);
+        let (ok, ch) = self
+            .state
+            .complete(&m.lease_id, m.epoch, m.result, now_ms(), &self.rules);
         self.commit(&ch)?;
         if !ok {
             warn!(lease_id = %m.lease_id, epoch = m.epoch, "result refused: lease not current");
@@ -271,7 +300,14 @@ pub struct Fail {
 impl Handler<Fail> for JobManager {
     type Result = Result<(), CoordError>;
     fn handle(&mut self, m: Fail, _: &mut Context<Self>) -> Self::Result {
-        let (_, ch) = self.state.fail(&m.lease_id, m.epoch, &m.error, m.permanent, now_ms(), &self.rules);
+        let (_, ch) = self.state.fail(
+            &m.lease_id,
+            m.epoch,
+            &m.error,
+            m.permanent,
+            now_ms(),
+            &self.rules,
+        );
         self.commit(&ch)
     }
 }

@@ -21,7 +21,10 @@ pub enum JobState {
 impl JobState {
     /// Finished one way or another: no more leases are handed out for it.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
     }
 }
 

@@ -3,7 +3,9 @@
 //! report as changed, so every rule here is testable without actors, sled or
 //! a network.
 
-use crate::model::{Job, JobState, Lease, Media, Params, Task, TaskKind, TaskState, SCHEMA_VERSION};
+use crate::model::{
+    Job, JobState, Lease, Media, Params, Task, TaskKind, TaskState, SCHEMA_VERSION,
+};
 use framewise_common::plan::{keyframe_at_or_before, plan_segments};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -42,6 +44,16 @@ impl Changes {
     }
 }
 
+/// What a user asked for, before it becomes a job.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub idempotency_key: String,
+    pub input_url: String,
+    pub output_url: String,
+    pub params: Params,
+}
+
 /// A task handed to a worker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grant {
@@ -55,7 +67,9 @@ pub struct Grant {
 /// What the worker must do under a grant.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Work {
-    Probe { input_url: String },
+    Probe {
+        input_url: String,
+    },
     Segment {
         input_url: String,
         start: u64,
@@ -66,7 +80,12 @@ pub enum Work {
         params: Params,
         media: Media,
     },
-    Assemble { input_url: String, segments: Vec<(String, u64, u64)>, output_url: String, media: Media },
+    Assemble {
+        input_url: String,
+        segments: Vec<(String, u64, u64)>,
+        output_url: String,
+        media: Media,
+    },
 }
 
 /// A worker's result for its lease.
@@ -105,7 +124,15 @@ impl State {
     }
 
     /// Accepts a job, or returns the existing one for a repeated idempotency key.
-    pub fn submit(&mut self, id: String, key: &str, input_url: String, output_url: String, mut params: Params, now: u64, rules: &Rules) -> (String, bool, Changes) {
+    pub fn submit(&mut self, new: NewJob, now: u64, rules: &Rules) -> (String, bool, Changes) {
+        let NewJob {
+            id,
+            idempotency_key: key,
+            input_url,
+            output_url,
+            mut params,
+        } = new;
+        let key = key.as_str();
         if !key.is_empty() {
             if let Some(j) = self.jobs.values().find(|j| j.idempotency_key == key) {
                 return (j.id.clone(), true, Changes::default());
@@ -129,7 +156,8 @@ impl State {
             segments: 0,
         };
         self.jobs.insert(id.clone(), job);
-        self.tasks.insert((id.clone(), 0), Task::new(&id, 0, TaskKind::Probe));
+        self.tasks
+            .insert((id.clone(), 0), Task::new(&id, 0, TaskKind::Probe));
         let mut ch = Changes::default();
         ch.job(&id);
         ch.task(&id, 0);
@@ -137,8 +165,18 @@ impl State {
     }
 
     /// Hands the oldest pending task of the oldest active job to `worker`.
-    pub fn lease(&mut self, worker: &str, lease_id: String, now: u64, rules: &Rules) -> Option<(Grant, Changes)> {
-        let mut active: Vec<&Job> = self.jobs.values().filter(|j| !j.state.is_terminal()).collect();
+    pub fn lease(
+        &mut self,
+        worker: &str,
+        lease_id: String,
+        now: u64,
+        rules: &Rules,
+    ) -> Option<(Grant, Changes)> {
+        let mut active: Vec<&Job> = self
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .collect();
         active.sort_by_key(|j| (j.created_ms, j.id.clone()));
         let key = active.iter().find_map(|j| {
             self.tasks
@@ -151,7 +189,11 @@ impl State {
         task.epoch += 1;
         task.attempts += 1;
         task.frames_done = 0;
-        task.lease = Some(Lease { id: lease_id.clone(), worker_id: worker.to_string(), deadline_ms: now + rules.lease_ttl_ms });
+        task.lease = Some(Lease {
+            id: lease_id.clone(),
+            worker_id: worker.to_string(),
+            deadline_ms: now + rules.lease_ttl_ms,
+        });
         let (epoch, index, kind) = (task.epoch, task.index, task.kind.clone());
         self.leases.insert(lease_id.clone(), key.clone());
         let job = self.jobs.get_mut(&key.0)?;
@@ -163,20 +205,37 @@ impl State {
         let job = job.clone();
         let media = job.media.clone().unwrap_or_default();
         let work = match kind {
-            TaskKind::Probe => Work::Probe { input_url: job.input_url.clone() },
+            TaskKind::Probe => Work::Probe {
+                input_url: job.input_url.clone(),
+            },
             TaskKind::Segment { start, end } => {
                 let kf = keyframe_at_or_before(&media.keyframes, start);
-                let seek_ns = if kf == 0 { 0 } else { media.frame_pts.get(kf as usize).copied().unwrap_or(0) };
-                let output = rules.work_dir.join(&job.id).join(format!("seg-{index:05}-e{epoch}.mp4"));
+                let seek_ns = if kf == 0 {
+                    0
+                } else {
+                    media.frame_pts.get(kf as usize).copied().unwrap_or(0)
+                };
+                let output = rules
+                    .work_dir
+                    .join(&job.id)
+                    .join(format!("seg-{index:05}-e{epoch}.mp4"));
                 Work::Segment {
                     input_url: job.input_url.clone(),
                     start,
                     end,
-                    frame_pts: media.frame_pts.get(start as usize..end as usize).map(|s| s.to_vec()).unwrap_or_default(),
+                    frame_pts: media
+                        .frame_pts
+                        .get(start as usize..end as usize)
+                        .map(|s| s.to_vec())
+                        .unwrap_or_default(),
                     seek_ns,
                     output_url: framewise_common::storage::file_url(&output),
                     params: job.params.clone(),
-                    media: Media { frame_pts: Vec::new(), keyframes: Vec::new(), ..media.clone() },
+                    media: Media {
+                        frame_pts: Vec::new(),
+                        keyframes: Vec::new(),
+                        ..media.clone()
+                    },
                 }
             }
             TaskKind::Assemble => {
@@ -184,28 +243,55 @@ impl State {
                     .tasks
                     .range((job.id.clone(), 1)..(job.id.clone(), index))
                     .filter_map(|(_, t)| match t.kind {
-                        TaskKind::Segment { start, end } => Some((t.output_url.clone(), start, end)),
+                        TaskKind::Segment { start, end } => {
+                            Some((t.output_url.clone(), start, end))
+                        }
                         _ => None,
                     })
                     .collect();
-                Work::Assemble { input_url: job.input_url.clone(), segments, output_url: job.output_url.clone(), media }
+                Work::Assemble {
+                    input_url: job.input_url.clone(),
+                    segments,
+                    output_url: job.output_url.clone(),
+                    media,
+                }
             }
         };
         ch.task(&key.0, key.1);
-        Some((Grant { job_id: key.0.clone(), index, lease_id, epoch, work }, ch))
+        Some((
+            Grant {
+                job_id: key.0.clone(),
+                index,
+                lease_id,
+                epoch,
+                work,
+            },
+            ch,
+        ))
     }
 
     fn current(&self, lease_id: &str, epoch: u64) -> Option<(String, u32)> {
         let key = self.leases.get(lease_id)?;
         let t = self.tasks.get(key)?;
         let job = self.jobs.get(&key.0)?;
-        let live = t.state == TaskState::Leased && t.epoch == epoch && t.lease.as_ref().is_some_and(|l| l.id == lease_id);
+        let live = t.state == TaskState::Leased
+            && t.epoch == epoch
+            && t.lease.as_ref().is_some_and(|l| l.id == lease_id);
         (live && !job.state.is_terminal()).then(|| key.clone())
     }
 
     /// Renews a lease; false tells the worker to stop (lease lost, job finished or cancelled).
-    pub fn heartbeat(&mut self, lease_id: &str, epoch: u64, frames_done: u64, now: u64, rules: &Rules) -> (bool, Changes) {
-        let Some(key) = self.current(lease_id, epoch) else { return (false, Changes::default()) };
+    pub fn heartbeat(
+        &mut self,
+        lease_id: &str,
+        epoch: u64,
+        frames_done: u64,
+        now: u64,
+        rules: &Rules,
+    ) -> (bool, Changes) {
+        let Some(key) = self.current(lease_id, epoch) else {
+            return (false, Changes::default());
+        };
         if let Some(t) = self.tasks.get_mut(&key) {
             t.frames_done = frames_done.min(t.frames());
             if let Some(l) = t.lease.as_mut() {
@@ -217,7 +303,14 @@ impl State {
     }
 
     /// Commits a result if its lease is current; a stale one is refused and its object collected.
-    pub fn complete(&mut self, lease_id: &str, epoch: u64, result: Completion, now: u64, rules: &Rules) -> (bool, Changes) {
+    pub fn complete(
+        &mut self,
+        lease_id: &str,
+        epoch: u64,
+        result: Completion,
+        now: u64,
+        rules: &Rules,
+    ) -> (bool, Changes) {
         let mut ch = Changes::default();
         let Some(key) = self.current(lease_id, epoch) else {
             if let Completion::Segment { output_url, .. } = result {
@@ -225,23 +318,47 @@ impl State {
             }
             return (false, ch);
         };
-        let Some(task) = self.tasks.get(&key).cloned() else { return (false, ch) };
-        let worker = task.lease.as_ref().map(|l| l.worker_id.clone()).unwrap_or_default();
+        let Some(task) = self.tasks.get(&key).cloned() else {
+            return (false, ch);
+        };
+        let worker = task
+            .lease
+            .as_ref()
+            .map(|l| l.worker_id.clone())
+            .unwrap_or_default();
         match (&task.kind, result) {
             (TaskKind::Probe, Completion::Probe(media)) => {
                 if media.frame_pts.is_empty() {
-                    return (true, self.fail_job(&key.0, "the input has no video frames".into(), now));
+                    return (
+                        true,
+                        self.fail_job(&key.0, "the input has no video frames".into(), now),
+                    );
                 }
                 self.finish_task(&key, &worker, String::new(), 0, &mut ch);
                 let job = self.jobs.get_mut(&key.0).expect("job of a live task");
-                let ranges = plan_segments(media.frame_pts.len() as u64, media.fps(), &media.keyframes, job.params.segment_seconds);
+                let ranges = plan_segments(
+                    media.frame_pts.len() as u64,
+                    media.fps(),
+                    &media.keyframes,
+                    job.params.segment_seconds,
+                );
                 job.media = Some(media);
                 job.segments = ranges.len() as u32;
                 job.state = JobState::Running;
                 let id = job.id.clone();
                 for (i, r) in ranges.into_iter().enumerate() {
                     let idx = i as u32 + 1;
-                    self.tasks.insert((id.clone(), idx), Task::new(&id, idx, TaskKind::Segment { start: r.start, end: r.end }));
+                    self.tasks.insert(
+                        (id.clone(), idx),
+                        Task::new(
+                            &id,
+                            idx,
+                            TaskKind::Segment {
+                                start: r.start,
+                                end: r.end,
+                            },
+                        ),
+                    );
                     ch.task(&id, idx);
                 }
                 ch.job(&id);
@@ -255,10 +372,17 @@ impl State {
                 }
                 self.finish_task(&key, &worker, output_url, frames, &mut ch);
                 let job = self.jobs.get(&key.0).expect("job of a live task").clone();
-                let all_done = (1..=job.segments).all(|i| self.tasks.get(&(job.id.clone(), i)).is_some_and(|t| t.state == TaskState::Done));
+                let all_done = (1..=job.segments).all(|i| {
+                    self.tasks
+                        .get(&(job.id.clone(), i))
+                        .is_some_and(|t| t.state == TaskState::Done)
+                });
                 if all_done {
                     let idx = job.segments + 1;
-                    self.tasks.insert((job.id.clone(), idx), Task::new(&job.id, idx, TaskKind::Assemble));
+                    self.tasks.insert(
+                        (job.id.clone(), idx),
+                        Task::new(&job.id, idx, TaskKind::Assemble),
+                    );
                     ch.task(&job.id, idx);
                     if let Some(j) = self.jobs.get_mut(&job.id) {
                         j.state = JobState::Assembling;
@@ -274,11 +398,17 @@ impl State {
                 let id = job.id.clone();
                 ch.job(&id);
                 ch.garbage.extend(
-                    self.tasks.range((id.clone(), 1)..=(id.clone(), u32::MAX)).filter(|(_, t)| !t.output_url.is_empty()).map(|(_, t)| t.output_url.clone()),
+                    self.tasks
+                        .range((id.clone(), 1)..=(id.clone(), u32::MAX))
+                        .filter(|(_, t)| !t.output_url.is_empty())
+                        .map(|(_, t)| t.output_url.clone()),
                 );
             }
             (kind, other) => {
-                let err = format!("worker sent a {} result for a {kind:?} task", completion_name(&other));
+                let err = format!(
+                    "worker sent a {} result for a {kind:?} task",
+                    completion_name(&other)
+                );
                 let (_, c) = self.fail(lease_id, epoch, &err, false, now, rules);
                 return (false, merge(ch, c));
             }
@@ -286,7 +416,14 @@ impl State {
         (true, ch)
     }
 
-    fn finish_task(&mut self, key: &(String, u32), worker: &str, output_url: String, frames: u64, ch: &mut Changes) {
+    fn finish_task(
+        &mut self,
+        key: &(String, u32),
+        worker: &str,
+        output_url: String,
+        frames: u64,
+        ch: &mut Changes,
+    ) {
         if let Some(t) = self.tasks.get_mut(key) {
             if let Some(l) = t.lease.take() {
                 self.leases.remove(&l.id);
@@ -300,14 +437,27 @@ impl State {
     }
 
     /// Records a failed attempt; the task is retried unless the input is at fault or attempts are used up.
-    pub fn fail(&mut self, lease_id: &str, epoch: u64, error: &str, permanent: bool, now: u64, rules: &Rules) -> (bool, Changes) {
-        let Some(key) = self.current(lease_id, epoch) else { return (false, Changes::default()) };
-        let Some(t) = self.tasks.get_mut(&key) else { return (false, Changes::default()) };
+    pub fn fail(
+        &mut self,
+        lease_id: &str,
+        epoch: u64,
+        error: &str,
+        permanent: bool,
+        now: u64,
+        rules: &Rules,
+    ) -> (bool, Changes) {
+        let Some(key) = self.current(lease_id, epoch) else {
+            return (false, Changes::default());
+        };
+        let Some(t) = self.tasks.get_mut(&key) else {
+            return (false, Changes::default());
+        };
         let worker = t.lease.take().map(|l| {
             self.leases.remove(&l.id);
             l.worker_id
         });
-        t.errors.push(format!("{}: {error}", worker.unwrap_or_default()));
+        t.errors
+            .push(format!("{}: {error}", worker.unwrap_or_default()));
         t.frames_done = 0;
         let mut ch = Changes::default();
         ch.task(&key.0, key.1);
@@ -316,7 +466,12 @@ impl State {
             let reason = if permanent {
                 error.to_string()
             } else {
-                format!("{} failed {} times: {}", describe(t), t.attempts, t.errors.join("; "))
+                format!(
+                    "{} failed {} times: {}",
+                    describe(t),
+                    t.attempts,
+                    t.errors.join("; ")
+                )
             };
             return (true, merge(ch, self.fail_job(&key.0, reason, now)));
         }
@@ -329,12 +484,22 @@ impl State {
         let expired: Vec<(String, u64)> = self
             .tasks
             .values()
-            .filter(|t| t.state == TaskState::Leased && t.lease.as_ref().is_some_and(|l| l.deadline_ms <= now))
+            .filter(|t| {
+                t.state == TaskState::Leased
+                    && t.lease.as_ref().is_some_and(|l| l.deadline_ms <= now)
+            })
             .filter_map(|t| t.lease.as_ref().map(|l| (l.id.clone(), t.epoch)))
             .collect();
         let mut ch = Changes::default();
         for (lease_id, epoch) in expired {
-            let (_, c) = self.fail(&lease_id, epoch, "lease expired (worker lost or stalled)", false, now, rules);
+            let (_, c) = self.fail(
+                &lease_id,
+                epoch,
+                "lease expired (worker lost or stalled)",
+                false,
+                now,
+                rules,
+            );
             ch = merge(ch, c);
         }
         ch
@@ -377,7 +542,10 @@ impl State {
 
     /// The tasks of a job in order.
     pub fn tasks_of(&self, job_id: &str) -> Vec<&Task> {
-        self.tasks.range((job_id.to_string(), 0)..=(job_id.to_string(), u32::MAX)).map(|(_, t)| t).collect()
+        self.tasks
+            .range((job_id.to_string(), 0)..=(job_id.to_string(), u32::MAX))
+            .map(|(_, t)| t)
+            .collect()
     }
 }
 
@@ -410,15 +578,22 @@ fn completion_name(c: &Completion) -> &'static str {
 
 /// The local file behind a collectable object URL, if it is one.
 pub fn garbage_path(url: &str) -> Option<std::path::PathBuf> {
-    framewise_common::storage::local_path(url).ok().filter(|p| Path::new(p).is_absolute())
+    framewise_common::storage::local_path(url)
+        .ok()
+        .filter(|p| Path::new(p).is_absolute())
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn rules() -> Rules {
-        Rules { lease_ttl_ms: 1000, max_attempts: 2, segment_seconds: 1.0, work_dir: "/w".into() }
+        Rules {
+            lease_ttl_ms: 1000,
+            max_attempts: 2,
+            segment_seconds: 1.0,
+            work_dir: "/w".into(),
+        }
     }
 
     fn media(n: u64) -> Media {
@@ -434,8 +609,18 @@ mod tests {
         }
     }
 
+    pub(crate) fn new_job(id: &str, key: &str) -> NewJob {
+        NewJob {
+            id: id.into(),
+            idempotency_key: key.into(),
+            input_url: "file:///in.mp4".into(),
+            output_url: "file:///out.mp4".into(),
+            params: Params::default(),
+        }
+    }
+
     fn submit(s: &mut State) -> String {
-        s.submit("j1".into(), "k", "file:///in.mp4".into(), "file:///out.mp4".into(), Params::default(), 0, &rules()).0
+        s.submit(new_job("j1", "k"), 0, &rules()).0
     }
 
     #[test]
@@ -444,10 +629,16 @@ mod tests {
         let id = submit(&mut s);
         let (g, _) = s.lease("w1", "l1".into(), 0, &r).unwrap();
         assert!(matches!(g.work, Work::Probe { .. }));
-        assert!(s.lease("w2", "l2".into(), 0, &r).is_none(), "nothing else before the probe is done");
+        assert!(
+            s.lease("w2", "l2".into(), 0, &r).is_none(),
+            "nothing else before the probe is done"
+        );
         let (ok, ch) = s.complete("l1", g.epoch, Completion::Probe(media(25)), 1, &r);
         assert!(ok);
-        assert_eq!(s.jobs[&id].segments, 3, "25 frames at 10 fps in 1 s segments: 10, 10, 5");
+        assert_eq!(
+            s.jobs[&id].segments, 3,
+            "25 frames at 10 fps in 1 s segments: 10, 10, 5"
+        );
         assert!(ch.tasks.len() >= 4);
         let mut grants = Vec::new();
         for i in 0..3 {
@@ -455,35 +646,76 @@ mod tests {
         }
         let mut covered = 0;
         for g in &grants {
-            let Work::Segment { start, end, ref frame_pts, ref output_url, .. } = g.work else { panic!() };
+            let Work::Segment {
+                start,
+                end,
+                ref frame_pts,
+                ref output_url,
+                ..
+            } = g.work
+            else {
+                panic!()
+            };
             assert_eq!(frame_pts.len() as u64, end - start);
             assert!(output_url.contains(&format!("e{}", g.epoch)));
             covered += end - start;
         }
         assert_eq!(covered, 25);
         for g in &grants {
-            let Work::Segment { start, end, ref output_url, .. } = g.work else { panic!() };
-            let (ok, _) = s.complete(&g.lease_id, g.epoch, Completion::Segment { output_url: output_url.clone(), frames: end - start }, 3, &r);
+            let Work::Segment {
+                start,
+                end,
+                ref output_url,
+                ..
+            } = g.work
+            else {
+                panic!()
+            };
+            let (ok, _) = s.complete(
+                &g.lease_id,
+                g.epoch,
+                Completion::Segment {
+                    output_url: output_url.clone(),
+                    frames: end - start,
+                },
+                3,
+                &r,
+            );
             assert!(ok);
         }
         assert_eq!(s.jobs[&id].state, JobState::Assembling);
         assert_eq!(s.frames_done(&id), 25);
         let (g, _) = s.lease("w1", "a".into(), 4, &r).unwrap();
-        let Work::Assemble { ref segments, .. } = g.work else { panic!() };
+        let Work::Assemble { ref segments, .. } = g.work else {
+            panic!()
+        };
         assert_eq!(segments.len(), 3);
         assert_eq!(segments[0].1, 0);
         assert_eq!(segments[2].2, 25);
-        let (ok, ch) = s.complete("a", g.epoch, Completion::Assemble { output_url: "file:///out.mp4".into(), frames: 25 }, 5, &r);
+        let (ok, ch) = s.complete(
+            "a",
+            g.epoch,
+            Completion::Assemble {
+                output_url: "file:///out.mp4".into(),
+                frames: 25,
+            },
+            5,
+            &r,
+        );
         assert!(ok);
         assert_eq!(s.jobs[&id].state, JobState::Succeeded);
-        assert_eq!(ch.garbage.len(), 3, "segment files are collected after success");
+        assert_eq!(
+            ch.garbage.len(),
+            3,
+            "segment files are collected after success"
+        );
     }
 
     #[test]
     fn idempotent_submit() {
         let mut s = State::default();
         let a = submit(&mut s);
-        let (b, existing, ch) = s.submit("j2".into(), "k", "x".into(), "y".into(), Params::default(), 0, &rules());
+        let (b, existing, ch) = s.submit(new_job("j2", "k"), 0, &rules());
         assert_eq!(a, b);
         assert!(existing && ch.is_empty());
     }
@@ -499,7 +731,10 @@ mod tests {
         assert_eq!(ch.tasks.len(), 1);
         let (g2, _) = s.lease("w2", "l2".into(), 1600, &r).unwrap();
         assert_eq!(g2.epoch, g1.epoch + 1);
-        assert!(!s.heartbeat("l1", g1.epoch, 0, 1600, &r).0, "the old lease is gone");
+        assert!(
+            !s.heartbeat("l1", g1.epoch, 0, 1600, &r).0,
+            "the old lease is gone"
+        );
         let (ok, _) = s.complete("l1", g1.epoch, Completion::Probe(media(5)), 1700, &r);
         assert!(!ok, "a stale epoch cannot commit");
         let (ok, _) = s.complete("l2", g2.epoch, Completion::Probe(media(5)), 1700, &r);
@@ -528,7 +763,10 @@ mod tests {
         s.fail("l2", g.epoch, "bang", false, 3, &r);
         assert_eq!(s.jobs[&id].state, JobState::Failed);
         let e = &s.jobs[&id].error;
-        assert!(e.contains("w1: boom") && e.contains("w2: bang") && e.contains("2 times"), "{e}");
+        assert!(
+            e.contains("w1: boom") && e.contains("w2: bang") && e.contains("2 times"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -538,7 +776,16 @@ mod tests {
         let (g, _) = s.lease("w1", "l1".into(), 0, &r).unwrap();
         s.complete("l1", g.epoch, Completion::Probe(media(5)), 1, &r);
         let (g, _) = s.lease("w1", "l2".into(), 2, &r).unwrap();
-        let (ok, ch) = s.complete("l2", g.epoch, Completion::Segment { output_url: "file:///w/x".into(), frames: 4 }, 3, &r);
+        let (ok, ch) = s.complete(
+            "l2",
+            g.epoch,
+            Completion::Segment {
+                output_url: "file:///w/x".into(),
+                frames: 4,
+            },
+            3,
+            &r,
+        );
         assert!(!ok);
         assert_eq!(ch.garbage, vec!["file:///w/x".to_string()]);
     }
@@ -562,7 +809,10 @@ mod tests {
         let jobs = s.jobs.values().cloned().collect();
         let tasks = s.tasks.values().cloned().collect();
         let (mut s2, _) = State::restore(jobs, tasks, 10_000, &r);
-        assert!(s2.heartbeat("l1", g.epoch, 0, 10_500, &r).0, "the worker reattaches");
+        assert!(
+            s2.heartbeat("l1", g.epoch, 0, 10_500, &r).0,
+            "the worker reattaches"
+        );
         assert!(s2.expire(11_400, &r).is_empty());
         assert_eq!(s2.expire(11_600, &r).tasks.len(), 1);
     }

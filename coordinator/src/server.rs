@@ -7,7 +7,9 @@ use crate::scheduler::Rules;
 use crate::store::{Store, StoreError};
 use actix::Actor;
 use framewise_common::config::CoordinatorConfig;
-use framewise_common::proto::{job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer};
+use framewise_common::proto::{
+    job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
+};
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use thiserror::Error;
@@ -84,12 +86,20 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
             let _ = sys.run();
         })
         .map_err(|e| StartError::Internal(e.to_string()))?;
-    let (manager_addr, system) = addr_rx.recv().map_err(|_| StartError::Internal("actor system did not start".into()))?;
+    let (manager_addr, system) = addr_rx
+        .recv()
+        .map_err(|_| StartError::Internal("actor system did not start".into()))?;
 
-    let listener = std::net::TcpListener::bind(&cfg.grpc_addr)
-        .map_err(|e| StartError::Bind { addr: cfg.grpc_addr.clone(), detail: e.to_string() })?;
-    listener.set_nonblocking(true).map_err(|e| StartError::Internal(e.to_string()))?;
-    let addr = listener.local_addr().map_err(|e| StartError::Internal(e.to_string()))?;
+    let listener = std::net::TcpListener::bind(&cfg.grpc_addr).map_err(|e| StartError::Bind {
+        addr: cfg.grpc_addr.clone(),
+        detail: e.to_string(),
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| StartError::Internal(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Internal(e.to_string()))?;
     let services = Services {
         manager: manager_addr,
         lease_ttl_ms: cfg.lease_ttl_ms,
@@ -128,5 +138,10 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
         })
         .map_err(|e| StartError::Internal(e.to_string()))?;
     info!(%addr, "coordinator listening");
-    Ok(Coordinator { addr, stop: Some(stop_tx), system, threads: vec![grpc, actors] })
+    Ok(Coordinator {
+        addr,
+        stop: Some(stop_tx),
+        system,
+        threads: vec![grpc, actors],
+    })
 }

@@ -39,19 +39,26 @@ fn task_key(job: &str, index: u32) -> Vec<u8> {
 impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let open_err = |e: &dyn std::fmt::Display| StoreError::Open { path: dir.display().to_string(), detail: e.to_string() };
+        let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
+            path: dir.display().to_string(),
+            detail: e.to_string(),
+        };
         std::fs::create_dir_all(dir).map_err(|e| open_err(&e))?;
         let db = sled::open(dir).map_err(|e| open_err(&e))?;
         let meta = db.open_tree("meta").map_err(|e| open_err(&e))?;
         match meta.get("schema").map_err(|e| open_err(&e))? {
             Some(v) => {
-                let found = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).unwrap_or(u32::MAX);
+                let found = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(u32::MAX);
                 if found > SCHEMA_VERSION {
                     return Err(StoreError::Newer { found });
                 }
             }
             None => {
-                meta.insert("schema", SCHEMA_VERSION.to_string().as_bytes()).map_err(|e| open_err(&e))?;
+                meta.insert("schema", SCHEMA_VERSION.to_string().as_bytes())
+                    .map_err(|e| open_err(&e))?;
             }
         }
         let jobs = db.open_tree("jobs").map_err(|e| open_err(&e))?;
@@ -112,23 +119,30 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(v).map_err(|e| StoreError::Decode { key: String::from_utf8_lossy(k).into_owned(), detail: e.to_string() })
+    serde_json::from_slice(v).map_err(|e| StoreError::Decode {
+        key: String::from_utf8_lossy(k).into_owned(),
+        detail: e.to_string(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Params;
     use crate::scheduler::Rules;
 
     #[test]
     fn state_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let rules = Rules { lease_ttl_ms: 1000, max_attempts: 2, segment_seconds: 1.0, work_dir: "/w".into() };
+        let rules = Rules {
+            lease_ttl_ms: 1000,
+            max_attempts: 2,
+            segment_seconds: 1.0,
+            work_dir: "/w".into(),
+        };
         let mut s = State::default();
         {
             let store = Store::open(dir.path()).unwrap();
-            let (_, _, ch) = s.submit("j1".into(), "", "file:///a".into(), "file:///b".into(), Params::default(), 5, &rules);
+            let (_, _, ch) = s.submit(crate::scheduler::tests::new_job("j1", ""), 5, &rules);
             store.persist(&s, &ch).unwrap();
             let (_, ch) = s.lease("w", "l1".into(), 6, &rules).unwrap();
             store.persist(&s, &ch).unwrap();

@@ -41,7 +41,10 @@ pub fn run_pipeline(desc: &str) {
     p.set_state(gst::State::Playing).unwrap();
     let bus = p.bus().unwrap();
     let msg = bus
-        .timed_pop_filtered(gst::ClockTime::from_seconds(120), &[gst::MessageType::Eos, gst::MessageType::Error])
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(120),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
         .expect("pipeline finished");
     if let gst::MessageView::Error(e) = msg.view() {
         panic!("{desc}: {}", e.error());
@@ -67,7 +70,10 @@ pub fn probe_ok(path: &Path) -> Probe {
 pub fn audio_packets(path: &Path) -> Vec<Vec<u8>> {
     gst::init().unwrap();
     let pipeline = gst::Pipeline::new();
-    let src = gst::ElementFactory::make("filesrc").property("location", path.to_str().unwrap()).build().unwrap();
+    let src = gst::ElementFactory::make("filesrc")
+        .property("location", path.to_str().unwrap())
+        .build()
+        .unwrap();
     let parse = gst::ElementFactory::make("parsebin").build().unwrap();
     pipeline.add_many([&src, &parse]).unwrap();
     src.link(&parse).unwrap();
@@ -81,20 +87,35 @@ pub fn audio_packets(path: &Path) -> Vec<Vec<u8>> {
             let pk = pk.clone();
             pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
                 if let Some(b) = info.buffer() {
-                    pk.lock().unwrap().push(b.map_readable().unwrap().as_slice().to_vec());
+                    pk.lock()
+                        .unwrap()
+                        .push(b.map_readable().unwrap().as_slice().to_vec());
                 }
                 gst::PadProbeReturn::Ok
             });
         }
-        let sink = gst::ElementFactory::make("fakesink").property("sync", false).property("async", false).build().unwrap();
+        let sink = gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .property("async", false)
+            .build()
+            .unwrap();
         pipeline.add(&sink).unwrap();
         sink.sync_state_with_parent().unwrap();
         pad.link(&sink.static_pad("sink").unwrap()).unwrap();
     });
     pipeline.set_state(gst::State::Playing).unwrap();
     let bus = pipeline.bus().unwrap();
-    let msg = bus.timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Eos, gst::MessageType::Error]).unwrap();
-    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "reading audio of {}", path.display());
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(60),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .unwrap();
+    assert!(
+        matches!(msg.view(), gst::MessageView::Eos(_)),
+        "reading audio of {}",
+        path.display()
+    );
     pipeline.set_state(gst::State::Null).unwrap();
     let v = packets.lock().unwrap().clone();
     v
@@ -104,7 +125,13 @@ pub fn audio_packets(path: &Path) -> Vec<Vec<u8>> {
 pub fn frame_at(path: &Path, index: usize, size: Option<(u32, u32)>) -> Frame {
     let p = probe_ok(path);
     let mut out = None;
-    let req = DecodeRequest { path, frame_pts: &p.frame_pts[index..=index], seek_ns: 0, size, stall_timeout: Duration::from_secs(60) };
+    let req = DecodeRequest {
+        path,
+        frame_pts: &p.frame_pts[index..=index],
+        seek_ns: 0,
+        size,
+        stall_timeout: Duration::from_secs(60),
+    };
     decode_range(&req, &mut |f| {
         out = Some(f);
         false
@@ -117,8 +144,10 @@ pub fn frame_at(path: &Path, index: usize, size: Option<(u32, u32)>) -> Frame {
 pub fn stylize_direct(frame: &Frame, style: usize) -> Frame {
     let root = repo();
     let env = runtime(&root.join(".deps/onnxruntime/libonnxruntime.so.1.32.0")).unwrap();
-    let mut cfg = framewise_common::config::ModelConfig::default();
-    cfg.path = root.join("models/multistyle26.onnx");
+    let cfg = framewise_common::config::ModelConfig {
+        path: root.join("models/multistyle26.onnx"),
+        ..Default::default()
+    };
     let mut m = Stylizer::load(env, &cfg, 1).unwrap();
     let mut w = vec![0.0f32; 26];
     w[style] = 1.0;
@@ -130,7 +159,13 @@ pub fn psnr(a: &Frame, b: &Frame) -> f64 {
     assert_eq!((a.width, a.height), (b.width, b.height));
     let y = |p: &[u8]| 0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64;
     let n = (a.width * a.height) as f64;
-    let mse: f64 = a.data.chunks_exact(3).zip(b.data.chunks_exact(3)).map(|(p, q)| (y(p) - y(q)).powi(2)).sum::<f64>() / n;
+    let mse: f64 = a
+        .data
+        .chunks_exact(3)
+        .zip(b.data.chunks_exact(3))
+        .map(|(p, q)| (y(p) - y(q)).powi(2))
+        .sum::<f64>()
+        / n;
     if mse == 0.0 {
         return f64::INFINITY;
     }

@@ -8,7 +8,9 @@ use crate::media::encode::EncoderSettings;
 use crate::media::probe::{frame_duration_ns, probe, Probe};
 use crate::segment::{run_segment, SegmentError, SegmentSpec};
 use framewise_common::config::WorkerConfig;
-use framewise_common::proto::{self, lease_task_response::Task, worker_service_client::WorkerServiceClient};
+use framewise_common::proto::{
+    self, lease_task_response::Task, worker_service_client::WorkerServiceClient,
+};
 use framewise_common::storage::local_path;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,7 +54,12 @@ impl Worker {
         crate::media::init()?;
         let env = runtime(&cfg.onnxruntime_lib)?;
         let model = Stylizer::load(env, &cfg.model, threads)?;
-        Ok(Self { cfg, id, threads, model: Arc::new(Mutex::new(model)) })
+        Ok(Self {
+            cfg,
+            id,
+            threads,
+            model: Arc::new(Mutex::new(model)),
+        })
     }
 
     /// Points the worker at a coordinator (the embedded one's port is known only after it starts).
@@ -89,7 +96,10 @@ impl Worker {
                 cpu_threads: self.threads as u32,
             })
             .await
-            .map_err(|e| AgentError::Coordinator { url: url.clone(), detail: e.message().to_string() })?
+            .map_err(|e| AgentError::Coordinator {
+                url: url.clone(),
+                detail: e.message().to_string(),
+            })?
             .into_inner();
         let hb_every = Duration::from_millis(reg.heartbeat_interval_ms.max(100));
         info!(worker_id = %self.id, threads = self.threads, "worker registered");
@@ -98,7 +108,12 @@ impl Worker {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            let resp = match client.lease_task(proto::LeaseTaskRequest { worker_id: self.id.clone() }).await {
+            let resp = match client
+                .lease_task(proto::LeaseTaskRequest {
+                    worker_id: self.id.clone(),
+                })
+                .await
+            {
                 Ok(r) => r.into_inner(),
                 Err(e) => {
                     warn!(worker_id = %self.id, error = %e.message(), "lease request failed; retrying");
@@ -117,7 +132,16 @@ impl Worker {
                 }
                 continue;
             };
-            let outcome = self.execute(&mut client, &resp.job_id, resp.task_index, task, &lease, hb_every).await;
+            let outcome = self
+                .execute(
+                    &mut client,
+                    &resp.job_id,
+                    resp.task_index,
+                    task,
+                    &lease,
+                    hb_every,
+                )
+                .await;
             self.report(&mut client, &lease, outcome).await;
         }
     }
@@ -135,10 +159,15 @@ impl Worker {
         let cancel = Arc::new(AtomicBool::new(false));
         let (p, c) = (progress.clone(), cancel.clone());
         let model = self.model.clone();
-        let settings = EncoderSettings { crf: self.cfg.encoder.crf, preset: self.cfg.encoder.preset.clone() };
+        let settings = EncoderSettings {
+            crf: self.cfg.encoder.crf,
+            preset: self.cfg.encoder.preset.clone(),
+        };
         let lease_id = lease.lease_id.clone();
         info!(worker_id = %self.id, job_id, task_index, lease_id = %lease_id, kind = kind(&task), "task leased");
-        let work = tokio::task::spawn_blocking(move || run_task(task, &model, &settings, &lease_id, &p, &c));
+        let work = tokio::task::spawn_blocking(move || {
+            run_task(task, &model, &settings, &lease_id, &p, &c)
+        });
         tokio::pin!(work);
         let mut tick = tokio::time::interval(hb_every);
         tick.tick().await;
@@ -167,7 +196,12 @@ impl Worker {
         }
     }
 
-    async fn report(&self, client: &mut WorkerServiceClient<Channel>, lease: &proto::Lease, outcome: Outcome) {
+    async fn report(
+        &self,
+        client: &mut WorkerServiceClient<Channel>,
+        lease: &proto::Lease,
+        outcome: Outcome,
+    ) {
         for attempt in 0..5u32 {
             let r = match &outcome {
                 Outcome::Done(result) => client
@@ -225,7 +259,10 @@ fn run_task(
     cancel: &AtomicBool,
 ) -> Outcome {
     use proto::complete_task_request::Result as R;
-    let url_err = |e: framewise_common::storage::UrlError| Outcome::Failed { error: e.to_string(), permanent: true };
+    let url_err = |e: framewise_common::storage::UrlError| Outcome::Failed {
+        error: e.to_string(),
+        permanent: true,
+    };
     match task {
         Task::Probe(p) => {
             let path = match local_path(&p.input_url) {
@@ -246,10 +283,20 @@ fn run_task(
             let params = s.params.unwrap_or_default();
             if let Some(dir) = output.parent() {
                 if let Err(e) = std::fs::create_dir_all(dir) {
-                    return Outcome::Failed { error: format!("{}: {e}", dir.display()), permanent: false };
+                    return Outcome::Failed {
+                        error: format!("{}: {e}", dir.display()),
+                        permanent: false,
+                    };
                 }
             }
-            let settings = if params.crf > 0 { EncoderSettings { crf: params.crf, ..settings.clone() } } else { settings.clone() };
+            let settings = if params.crf > 0 {
+                EncoderSettings {
+                    crf: params.crf,
+                    ..settings.clone()
+                }
+            } else {
+                settings.clone()
+            };
             let spec = SegmentSpec {
                 input: &input,
                 output: &output,
@@ -257,67 +304,111 @@ fn run_task(
                 seek_ns: s.seek_ns,
                 size: (media.width, media.height),
                 fps: (media.fps_num, media.fps_den),
-                frame_duration_ns: frame_duration_ns(media.fps_num, media.fps_den, &media.frame_pts),
+                frame_duration_ns: frame_duration_ns(
+                    media.fps_num,
+                    media.fps_den,
+                    &media.frame_pts,
+                ),
                 max_size: params.max_size,
                 style: &params.style_weights,
                 encoder: &settings,
             };
             let mut m = model.lock().unwrap_or_else(|p| p.into_inner());
             match run_segment(&spec, &mut m, progress, cancel) {
-                Ok(frames) => Outcome::Done(R::Segment(proto::SegmentResult { output_url: s.output_url, frames })),
+                Ok(frames) => Outcome::Done(R::Segment(proto::SegmentResult {
+                    output_url: s.output_url,
+                    frames,
+                })),
                 Err(e) => {
                     let _ = std::fs::remove_file(&output);
                     let permanent = match &e {
                         SegmentError::Media(m) => m.is_permanent(),
                         _ => false,
                     };
-                    Outcome::Failed { error: e.to_string(), permanent }
+                    Outcome::Failed {
+                        error: e.to_string(),
+                        permanent,
+                    }
                 }
             }
         }
-        Task::Assemble(a) => run_assemble(a, lease_id),
+        Task::Assemble(a) => run_assemble(a, lease_id, cancel),
     }
 }
 
-fn run_assemble(a: proto::AssembleTask, lease_id: &str) -> Outcome {
+fn run_assemble(a: proto::AssembleTask, lease_id: &str, cancel: &AtomicBool) -> Outcome {
     use proto::complete_task_request::Result as R;
     let media = a.media.unwrap_or_default();
     let (input, output) = match (local_path(&a.input_url), local_path(&a.output_url)) {
         (Ok(i), Ok(o)) => (i, o),
-        (Err(e), _) | (_, Err(e)) => return Outcome::Failed { error: e.to_string(), permanent: true },
+        (Err(e), _) | (_, Err(e)) => {
+            return Outcome::Failed {
+                error: e.to_string(),
+                permanent: true,
+            }
+        }
     };
     let mut segs = Vec::with_capacity(a.segments.len());
     for s in &a.segments {
         let path = match local_path(&s.url) {
             Ok(p) => p,
-            Err(e) => return Outcome::Failed { error: e.to_string(), permanent: true },
+            Err(e) => {
+                return Outcome::Failed {
+                    error: e.to_string(),
+                    permanent: true,
+                }
+            }
         };
         let Some(offset) = media.frame_pts.get(s.start_frame as usize) else {
-            return Outcome::Failed { error: format!("segment start {} outside the video", s.start_frame), permanent: true };
+            return Outcome::Failed {
+                error: format!("segment start {} outside the video", s.start_frame),
+                permanent: true,
+            };
         };
         // Frames go onto the source's playback timeline, where its audio also sits.
         let offset_ns = (*offset as i64 + media.running_offset_ns).max(0) as u64;
-        segs.push(SegmentFile { path, offset_ns, frames: s.end_frame - s.start_frame });
+        segs.push(SegmentFile {
+            path,
+            offset_ns,
+            frames: s.end_frame - s.start_frame,
+        });
     }
     let tmp = partial_path(&output, lease_id);
-    let result = assemble(&input, &segs, media.audio_streams, &tmp, ASSEMBLE_TIMEOUT).and_then(|frames| {
-        // Verify before the output becomes visible: every frame and every audio stream is there.
-        let check = probe(&tmp, PROBE_TIMEOUT)?;
-        if check.frame_pts.len() as u64 != media.frame_count || frames != media.frame_count {
-            return Err(MediaError::Corrupt {
-                path: tmp.clone(),
-                detail: format!("assembled {} frames, the source has {}", check.frame_pts.len(), media.frame_count),
-            });
-        }
-        if check.audio_streams != media.audio_streams {
-            return Err(MediaError::Corrupt {
-                path: tmp.clone(),
-                detail: format!("assembled {} audio streams, the source has {}", check.audio_streams, media.audio_streams),
-            });
-        }
-        std::fs::rename(&tmp, &output).map_err(|e| MediaError::Write { path: output.clone(), detail: e.to_string() })?;
-        Ok(check)
-    });
+    let result =
+        assemble(&input, &segs, media.audio_streams, &tmp, ASSEMBLE_TIMEOUT).and_then(|frames| {
+            // Verify before the output becomes visible: every frame and every audio stream is there.
+            let check = probe(&tmp, PROBE_TIMEOUT)?;
+            if check.frame_pts.len() as u64 != media.frame_count || frames != media.frame_count {
+                return Err(MediaError::Corrupt {
+                    path: tmp.clone(),
+                    detail: format!(
+                        "assembled {} frames, the source has {}",
+                        check.frame_pts.len(),
+                        media.frame_count
+                    ),
+                });
+            }
+            if check.audio_streams != media.audio_streams {
+                return Err(MediaError::Corrupt {
+                    path: tmp.clone(),
+                    detail: format!(
+                        "assembled {} audio streams, the source has {}",
+                        check.audio_streams, media.audio_streams
+                    ),
+                });
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(MediaError::Write {
+                    path: output.clone(),
+                    detail: "cancelled before the output was published".into(),
+                });
+            }
+            std::fs::rename(&tmp, &output).map_err(|e| MediaError::Write {
+                path: output.clone(),
+                detail: e.to_string(),
+            })?;
+            Ok(check)
+        });
     match result {
         Ok(check) => Outcome::Done(R::Assemble(proto::AssembleResult {
             output_url: a.output_url,
@@ -327,8 +418,12 @@ fn run_assemble(a: proto::AssembleTask, lease_id: &str) -> Outcome {
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
             // A bad segment is the coordinator's to redo; a bad source or output location is permanent.
-            let permanent = matches!(e, MediaError::Write { .. }) || (e.is_permanent() && !is_segment_error(&e, &segs));
-            Outcome::Failed { error: e.to_string(), permanent }
+            let permanent = matches!(e, MediaError::Write { .. })
+                || (e.is_permanent() && !is_segment_error(&e, &segs));
+            Outcome::Failed {
+                error: e.to_string(),
+                permanent,
+            }
         }
     }
 }
@@ -344,12 +439,18 @@ fn is_segment_error(e: &MediaError, segs: &[SegmentFile]) -> bool {
 
 /// The hidden temporary name the output is written under until it is complete and verified.
 pub fn partial_path(output: &Path, lease_id: &str) -> PathBuf {
-    let name = output.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "output".into());
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "output".into());
     output.with_file_name(format!(".{name}.{lease_id}.partial"))
 }
 
 fn media_failure(e: MediaError) -> Outcome {
-    Outcome::Failed { permanent: e.is_permanent(), error: e.to_string() }
+    Outcome::Failed {
+        permanent: e.is_permanent(),
+        error: e.to_string(),
+    }
 }
 
 /// The wire form of a probe result.

@@ -20,9 +20,17 @@ pub enum MediaError {
     #[error("{path}: damaged or truncated ({detail})")]
     Corrupt { path: PathBuf, detail: String },
     #[error("{path}: timed out after {secs} s while {what}")]
-    Timeout { path: PathBuf, secs: u64, what: &'static str },
+    Timeout {
+        path: PathBuf,
+        secs: u64,
+        what: &'static str,
+    },
     #[error("{path}: {what}: {detail}")]
-    Pipeline { path: PathBuf, what: &'static str, detail: String },
+    Pipeline {
+        path: PathBuf,
+        what: &'static str,
+        detail: String,
+    },
     #[error("{path}: cannot write: {detail}")]
     Write { path: PathBuf, detail: String },
 }
@@ -45,7 +53,9 @@ impl MediaError {
 /// Why the model could not be loaded or run.
 #[derive(Debug, Error)]
 pub enum ModelError {
-    #[error("ONNX Runtime library {path}: {detail} (run scripts/bootstrap.sh, or set ORT_DYLIB_PATH)")]
+    #[error(
+        "ONNX Runtime library {path}: {detail} (run scripts/bootstrap.sh, or set ORT_DYLIB_PATH)"
+    )]
     Runtime { path: PathBuf, detail: String },
     #[error("model {0}: file not found (run scripts/bootstrap.sh, or set worker.model.path)")]
     NotFound(PathBuf),

@@ -23,8 +23,13 @@ pub fn runtime(lib: &Path) -> Result<&'static ort::environment::Environment, Mod
     if let Some(env) = RUNTIME.get() {
         return Ok(env);
     }
-    let lib: PathBuf = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or_else(|| lib.to_path_buf());
-    let rt_err = |detail: String| ModelError::Runtime { path: lib.clone(), detail };
+    let lib: PathBuf = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| lib.to_path_buf());
+    let rt_err = |detail: String| ModelError::Runtime {
+        path: lib.clone(),
+        detail,
+    };
     if !lib.is_file() {
         return Err(rt_err("file not found".into()));
     }
@@ -45,12 +50,19 @@ pub struct Stylizer {
 
 impl Stylizer {
     /// Loads and checks the model: the configured inputs and outputs must exist with usable shapes.
-    pub fn load(env: &ort::environment::Environment, cfg: &ModelConfig, threads: usize) -> Result<Self, ModelError> {
+    pub fn load(
+        env: &ort::environment::Environment,
+        cfg: &ModelConfig,
+        threads: usize,
+    ) -> Result<Self, ModelError> {
         let path = &cfg.path;
         if !path.is_file() {
             return Err(ModelError::NotFound(path.clone()));
         }
-        let load = |e: &dyn std::fmt::Display| ModelError::Load { path: path.clone(), detail: e.to_string() };
+        let load = |e: &dyn std::fmt::Display| ModelError::Load {
+            path: path.clone(),
+            detail: e.to_string(),
+        };
         let session = Session::builder(env)
             .map_err(|e| load(&e))?
             .with_intra_threads(threads.max(1))
@@ -60,7 +72,11 @@ impl Stylizer {
             .commit_from_file(path)
             .map_err(|e| load(&e))?;
         check_shapes(&session, cfg)?;
-        Ok(Self { session, cfg: cfg.clone(), input_buf: Vec::new() })
+        Ok(Self {
+            session,
+            cfg: cfg.clone(),
+            input_buf: Vec::new(),
+        })
     }
 
     /// Runs the model on one frame with the given style weights (ignored if the model has no style input).
@@ -70,20 +86,30 @@ impl Stylizer {
         let (pw, ph) = (w.div_ceil(m) * m, h.div_ceil(m) * m);
         let [lo, hi] = self.cfg.value_range;
         to_nchw_padded(&frame.data, w, h, pw, ph, lo, hi, &mut self.input_buf);
-        let run_err = |e: &dyn std::fmt::Display| ModelError::Run { path: self.cfg.path.clone(), detail: e.to_string() };
+        let run_err = |e: &dyn std::fmt::Display| ModelError::Run {
+            path: self.cfg.path.clone(),
+            detail: e.to_string(),
+        };
 
-        let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(2 + self.cfg.extra_inputs.len());
-        let image = TensorRef::from_array_view(([1usize, 3, ph, pw], self.input_buf.as_slice())).map_err(|e| run_err(&e))?;
+        let mut inputs: Vec<(Cow<str>, SessionInputValue)> =
+            Vec::with_capacity(2 + self.cfg.extra_inputs.len());
+        let image = TensorRef::from_array_view(([1usize, 3, ph, pw], self.input_buf.as_slice()))
+            .map_err(|e| run_err(&e))?;
         inputs.push((Cow::Borrowed(self.cfg.input.as_str()), image.into()));
         if !self.cfg.style_input.is_empty() {
             if style.len() != self.cfg.style_count {
-                return Err(run_err(&format!("{} style weights given, the model takes {}", style.len(), self.cfg.style_count)));
+                return Err(run_err(&format!(
+                    "{} style weights given, the model takes {}",
+                    style.len(),
+                    self.cfg.style_count
+                )));
             }
             let s = TensorRef::from_array_view(([style.len()], style)).map_err(|e| run_err(&e))?;
             inputs.push((Cow::Borrowed(self.cfg.style_input.as_str()), s.into()));
         }
         for (name, values) in &self.cfg.extra_inputs {
-            let v = TensorRef::from_array_view(([values.len()], values.as_slice())).map_err(|e| run_err(&e))?;
+            let v = TensorRef::from_array_view(([values.len()], values.as_slice()))
+                .map_err(|e| run_err(&e))?;
             inputs.push((Cow::Borrowed(name.as_str()), v.into()));
         }
         let outputs = self.session.run(inputs).map_err(|e| run_err(&e))?;
@@ -92,35 +118,60 @@ impl Stylizer {
             .ok_or_else(|| run_err(&format!("no output named {:?}", self.cfg.output)))?;
         let (shape, data) = out.try_extract_tensor::<f32>().map_err(|e| run_err(&e))?;
         if shape.len() != 4 || shape[1] != 3 || shape[2] as usize != ph || shape[3] as usize != pw {
-            return Err(run_err(&format!("output shape {:?}, expected [1, 3, {ph}, {pw}]", &shape[..])));
+            return Err(run_err(&format!(
+                "output shape {:?}, expected [1, 3, {ph}, {pw}]",
+                &shape[..]
+            )));
         }
         let mut rgb = vec![0u8; w * h * 3];
         from_nchw_cropped(data, w, h, pw, ph, lo, hi, &mut rgb);
-        Ok(Frame { pts: frame.pts, width: frame.width, height: frame.height, data: rgb })
+        Ok(Frame {
+            pts: frame.pts,
+            width: frame.width,
+            height: frame.height,
+            data: rgb,
+        })
     }
 }
 
 fn check_shapes(session: &Session, cfg: &ModelConfig) -> Result<(), ModelError> {
-    let shape_err = |detail: String| ModelError::Shape { path: cfg.path.clone(), detail };
-    let names = |v: &[ort::value::Outlet]| v.iter().map(|o| o.name().to_string()).collect::<Vec<_>>().join(", ");
-    let find = |list: &[ort::value::Outlet], name: &str, what: &str| -> Result<Vec<i64>, ModelError> {
-        let o = list
-            .iter()
-            .find(|o| o.name() == name)
-            .ok_or_else(|| shape_err(format!("no {what} named {name:?} (it has: {})", names(list))))?;
-        o.dtype()
-            .tensor_shape()
-            .map(|s| s.to_vec())
-            .ok_or_else(|| shape_err(format!("{what} {name:?} is not a tensor")))
+    let shape_err = |detail: String| ModelError::Shape {
+        path: cfg.path.clone(),
+        detail,
     };
+    let names = |v: &[ort::value::Outlet]| {
+        v.iter()
+            .map(|o| o.name().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let find =
+        |list: &[ort::value::Outlet], name: &str, what: &str| -> Result<Vec<i64>, ModelError> {
+            let o = list.iter().find(|o| o.name() == name).ok_or_else(|| {
+                shape_err(format!(
+                    "no {what} named {name:?} (it has: {})",
+                    names(list)
+                ))
+            })?;
+            o.dtype()
+                .tensor_shape()
+                .map(|s| s.to_vec())
+                .ok_or_else(|| shape_err(format!("{what} {name:?} is not a tensor")))
+        };
     let image_ok = |s: &[i64]| s.len() == 4 && (s[0] == 1 || s[0] < 0) && (s[1] == 3 || s[1] < 0);
     let i = find(session.inputs(), &cfg.input, "input")?;
     if !image_ok(&i) {
-        return Err(shape_err(format!("input {:?} has shape {i:?}, expected [1, 3, H, W]", cfg.input)));
+        return Err(shape_err(format!(
+            "input {:?} has shape {i:?}, expected [1, 3, H, W]",
+            cfg.input
+        )));
     }
     let o = find(session.outputs(), &cfg.output, "output")?;
     if !image_ok(&o) {
-        return Err(shape_err(format!("output {:?} has shape {o:?}, expected [1, 3, H, W]", cfg.output)));
+        return Err(shape_err(format!(
+            "output {:?} has shape {o:?}, expected [1, 3, H, W]",
+            cfg.output
+        )));
     }
     if !cfg.style_input.is_empty() {
         let s = find(session.inputs(), &cfg.style_input, "input")?;
@@ -149,7 +200,16 @@ fn reflect(i: usize, n: usize) -> usize {
 
 /// Packed RGB bytes → planar float in the model's range, reflect-padded to pw x ph.
 #[allow(clippy::too_many_arguments)]
-pub fn to_nchw_padded(rgb: &[u8], w: usize, h: usize, pw: usize, ph: usize, lo: f32, hi: f32, out: &mut Vec<f32>) {
+pub fn to_nchw_padded(
+    rgb: &[u8],
+    w: usize,
+    h: usize,
+    pw: usize,
+    ph: usize,
+    lo: f32,
+    hi: f32,
+    out: &mut Vec<f32>,
+) {
     let plane = pw * ph;
     out.resize(3 * plane, 0.0);
     let scale = (hi - lo) / 255.0;
@@ -176,7 +236,16 @@ pub fn to_nchw_padded(rgb: &[u8], w: usize, h: usize, pw: usize, ph: usize, lo: 
 
 /// Planar float in the model's range → packed RGB bytes, cropped to w x h.
 #[allow(clippy::too_many_arguments)]
-pub fn from_nchw_cropped(data: &[f32], w: usize, h: usize, pw: usize, ph: usize, lo: f32, hi: f32, out: &mut [u8]) {
+pub fn from_nchw_cropped(
+    data: &[f32],
+    w: usize,
+    h: usize,
+    pw: usize,
+    ph: usize,
+    lo: f32,
+    hi: f32,
+    out: &mut [u8],
+) {
     let plane = pw * ph;
     let scale = 255.0 / (hi - lo);
     for y in 0..h {

@@ -72,11 +72,21 @@ pub fn run_segment(
         return Err(SegmentError::Internal("empty segment".into()));
     }
     let infer_size = inference_size(spec.size, spec.max_size);
-    let geo = Geometry { in_size: infer_size, out_size: spec.size, fps: spec.fps };
+    let geo = Geometry {
+        in_size: infer_size,
+        out_size: spec.size,
+        fps: spec.fps,
+    };
     let encoder = SegmentEncoder::create(spec.output, geo, spec.encoder)?;
     let first_pts = spec.frame_pts[0];
     let durations: Vec<u64> = (0..n)
-        .map(|i| if i + 1 < n { spec.frame_pts[i + 1] - spec.frame_pts[i] } else { spec.frame_duration_ns })
+        .map(|i| {
+            if i + 1 < n {
+                spec.frame_pts[i + 1] - spec.frame_pts[i]
+            } else {
+                spec.frame_duration_ns
+            }
+        })
         .collect();
 
     let (dec_tx, dec_rx) = sync_channel::<Frame>(DEPTH);
@@ -90,7 +100,9 @@ pub fn run_segment(
                 size: (infer_size != spec.size).then_some(infer_size),
                 stall_timeout: STALL,
             };
-            decode_range(&req, &mut |f| dec_tx.send(f).is_ok() && !cancel.load(Ordering::Relaxed))
+            decode_range(&req, &mut |f| {
+                dec_tx.send(f).is_ok() && !cancel.load(Ordering::Relaxed)
+            })
         });
         let enc = s.spawn(move || -> Result<u64, MediaError> {
             let mut i = 0usize;
@@ -127,8 +139,12 @@ pub fn run_segment(
         drop(enc_tx);
         // Unblock the decoder if we stopped early.
         drop(dec_rx);
-        let decoded = decoder.join().map_err(|_| SegmentError::Internal("decoder thread panicked".into()))?;
-        let encoded = enc.join().map_err(|_| SegmentError::Internal("encoder thread panicked".into()))?;
+        let decoded = decoder
+            .join()
+            .map_err(|_| SegmentError::Internal("decoder thread panicked".into()))?;
+        let encoded = enc
+            .join()
+            .map_err(|_| SegmentError::Internal("encoder thread panicked".into()))?;
         if let Some(f) = failure {
             return Err(f);
         }

@@ -24,7 +24,13 @@ pub struct SegmentFile {
 /// Writes `out` from `segments` (in order) plus every audio stream of `source`.
 /// Returns the number of video frames written.
 /// `audio_streams` is the probe's count: the muxer starts once that many audio pads are linked.
-pub fn assemble(source: &Path, segments: &[SegmentFile], audio_streams: u32, out: &Path, timeout: Duration) -> Result<u64, MediaError> {
+pub fn assemble(
+    source: &Path,
+    segments: &[SegmentFile],
+    audio_streams: u32,
+    out: &Path,
+    timeout: Duration,
+) -> Result<u64, MediaError> {
     check_input(source)?;
     super::init()?;
     let err = |e: &dyn std::fmt::Display| MediaError::Pipeline {
@@ -35,7 +41,11 @@ pub fn assemble(source: &Path, segments: &[SegmentFile], audio_streams: u32, out
     let deadline = super::deadline(timeout.as_secs());
     let pipeline = gst::Pipeline::new();
     let _stop = Stopper(pipeline.clone());
-    let vsrc = gst_app::AppSrc::builder().format(gst::Format::Time).block(true).max_bytes(8 << 20).build();
+    let vsrc = gst_app::AppSrc::builder()
+        .format(gst::Format::Time)
+        .block(true)
+        .max_bytes(8 << 20)
+        .build();
     let parse = make("h264parse")?;
     let vqueue = make("queue")?;
     let mux = make("mp4mux")?;
@@ -44,10 +54,26 @@ pub fn assemble(source: &Path, segments: &[SegmentFile], audio_streams: u32, out
     let fsrc = make("filesrc")?;
     fsrc.set_property("location", source.to_string_lossy().as_ref());
     let pbin = make("parsebin")?;
-    pipeline.add_many([vsrc.upcast_ref(), &parse, &vqueue, &mux, &sink, &fsrc, &pbin]).map_err(|e| err(&e))?;
+    pipeline
+        .add_many([
+            vsrc.upcast_ref(),
+            &parse,
+            &vqueue,
+            &mux,
+            &sink,
+            &fsrc,
+            &pbin,
+        ])
+        .map_err(|e| err(&e))?;
     gst::Element::link_many([vsrc.upcast_ref(), &parse, &vqueue]).map_err(|e| err(&e))?;
-    let mux_video = mux.request_pad_simple("video_%u").ok_or_else(|| err(&"the muxer has no video input"))?;
-    vqueue.static_pad("src").ok_or_else(|| err(&"queue without src"))?.link(&mux_video).map_err(|e| err(&e))?;
+    let mux_video = mux
+        .request_pad_simple("video_%u")
+        .ok_or_else(|| err(&"the muxer has no video input"))?;
+    vqueue
+        .static_pad("src")
+        .ok_or_else(|| err(&"queue without src"))?
+        .link(&mux_video)
+        .map_err(|e| err(&e))?;
     mux.link(&sink).map_err(|e| err(&e))?;
     fsrc.link(&pbin).map_err(|e| err(&e))?;
 
@@ -57,17 +83,29 @@ pub fn assemble(source: &Path, segments: &[SegmentFile], audio_streams: u32, out
     let mux_w = mux.downgrade();
     let tx = pads_tx;
     pbin.connect_pad_added(move |_, pad| {
-        let (Some(pipeline), Some(mux)) = (weak.upgrade(), mux_w.upgrade()) else { return };
+        let (Some(pipeline), Some(mux)) = (weak.upgrade(), mux_w.upgrade()) else {
+            return;
+        };
         let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-        let is_audio = caps.structure(0).is_some_and(|s| s.name().starts_with("audio/"));
+        let is_audio = caps
+            .structure(0)
+            .is_some_and(|s| s.name().starts_with("audio/"));
         let r = (|| -> Result<bool, String> {
             if is_audio {
-                let q = gst::ElementFactory::make("queue").build().map_err(|e| e.to_string())?;
+                let q = gst::ElementFactory::make("queue")
+                    .build()
+                    .map_err(|e| e.to_string())?;
                 pipeline.add(&q).map_err(|e| e.to_string())?;
                 q.sync_state_with_parent().map_err(|e| e.to_string())?;
-                let mp = mux.request_pad_simple("audio_%u").ok_or("the muxer refused an audio stream")?;
-                pad.link(&q.static_pad("sink").ok_or("queue without sink")?).map_err(|e| e.to_string())?;
-                q.static_pad("src").ok_or("queue without src")?.link(&mp).map_err(|e| format!("audio {caps}: {e}"))?;
+                let mp = mux
+                    .request_pad_simple("audio_%u")
+                    .ok_or("the muxer refused an audio stream")?;
+                pad.link(&q.static_pad("sink").ok_or("queue without sink")?)
+                    .map_err(|e| e.to_string())?;
+                q.static_pad("src")
+                    .ok_or("queue without src")?
+                    .link(&mp)
+                    .map_err(|e| format!("audio {caps}: {e}"))?;
             } else {
                 let f = gst::ElementFactory::make("fakesink")
                     .property("sync", false)
@@ -76,7 +114,8 @@ pub fn assemble(source: &Path, segments: &[SegmentFile], audio_streams: u32, out
                     .map_err(|e| e.to_string())?;
                 pipeline.add(&f).map_err(|e| e.to_string())?;
                 f.sync_state_with_parent().map_err(|e| e.to_string())?;
-                pad.link(&f.static_pad("sink").ok_or("fakesink without sink")?).map_err(|e| e.to_string())?;
+                pad.link(&f.static_pad("sink").ok_or("fakesink without sink")?)
+                    .map_err(|e| e.to_string())?;
             }
             Ok(is_audio)
         })();
@@ -93,9 +132,23 @@ pub fn assemble(source: &Path, segments: &[SegmentFile], audio_streams: u32, out
         match pads_rx.recv_timeout(Duration::from_millis(100)) {
             Ok(Ok(true)) => audio += 1,
             Ok(Ok(false)) => video = true,
-            Ok(Err(e)) => return Err(MediaError::Pipeline { path: out.into(), what: "linking audio", detail: e }),
-            Err(mpsc::RecvTimeoutError::Timeout) if std::time::Instant::now() < deadline => continue,
-            Err(_) => return Err(MediaError::Timeout { path: source.into(), secs: timeout.as_secs(), what: "opening the source" }),
+            Ok(Err(e)) => {
+                return Err(MediaError::Pipeline {
+                    path: out.into(),
+                    what: "linking audio",
+                    detail: e,
+                })
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if std::time::Instant::now() < deadline => {
+                continue
+            }
+            Err(_) => {
+                return Err(MediaError::Timeout {
+                    path: source.into(),
+                    secs: timeout.as_secs(),
+                    what: "opening the source",
+                })
+            }
         }
     }
 
@@ -111,7 +164,8 @@ pub fn assemble(source: &Path, segments: &[SegmentFile], audio_streams: u32, out
                 Some(c) if c != sample_caps => {
                     return Err(MediaError::Corrupt {
                         path: seg.path.clone(),
-                        detail: "segment was encoded with other settings than the first segment".into(),
+                        detail: "segment was encoded with other settings than the first segment"
+                            .into(),
                     })
                 }
                 Some(_) => {}
@@ -126,8 +180,10 @@ pub fn assemble(source: &Path, segments: &[SegmentFile], audio_streams: u32, out
                 }
             }
             vsrc.push_buffer(buf).map_err(|e| {
-                super::bus_error(&pipeline, out, "muxing")
-                    .unwrap_or(MediaError::Write { path: out.into(), detail: e.to_string() })
+                super::bus_error(&pipeline, out, "muxing").unwrap_or(MediaError::Write {
+                    path: out.into(),
+                    detail: e.to_string(),
+                })
             })?;
             Ok(())
         })?;
@@ -139,8 +195,12 @@ pub fn assemble(source: &Path, segments: &[SegmentFile], audio_streams: u32, out
         }
         written += n;
     }
-    vsrc.end_of_stream().map_err(|e| MediaError::Write { path: out.into(), detail: e.to_string() })?;
-    super::wait_eos(&pipeline, out, "writing the output", deadline).map_err(|e| super::with_secs(e, timeout.as_secs()))?;
+    vsrc.end_of_stream().map_err(|e| MediaError::Write {
+        path: out.into(),
+        detail: e.to_string(),
+    })?;
+    super::wait_eos(&pipeline, out, "writing the output", deadline)
+        .map_err(|e| super::with_secs(e, timeout.as_secs()))?;
     Ok(written)
 }
 
@@ -163,9 +223,18 @@ fn read_segment(
     src.set_property("location", path.to_string_lossy().as_ref());
     let demux = make("qtdemux")?;
     let parse = make("h264parse")?;
-    let caps = gst::Caps::builder("video/x-h264").field("stream-format", "avc").field("alignment", "au").build();
-    let sink = gst_app::AppSink::builder().caps(&caps).sync(false).max_buffers(16).build();
-    pipeline.add_many([&src, &demux, &parse, sink.upcast_ref()]).map_err(|e| err(&e))?;
+    let caps = gst::Caps::builder("video/x-h264")
+        .field("stream-format", "avc")
+        .field("alignment", "au")
+        .build();
+    let sink = gst_app::AppSink::builder()
+        .caps(&caps)
+        .sync(false)
+        .max_buffers(16)
+        .build();
+    pipeline
+        .add_many([&src, &demux, &parse, sink.upcast_ref()])
+        .map_err(|e| err(&e))?;
     src.link(&demux).map_err(|e| err(&e))?;
     parse.link(&sink).map_err(|e| err(&e))?;
     let psink = parse.static_pad("sink");
@@ -184,13 +253,19 @@ fn read_segment(
         }
         match sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
             Some(sample) => {
-                let (Some(c), Some(b)) = (sample.caps_owned(), sample.buffer_owned()) else { continue };
+                let (Some(c), Some(b)) = (sample.caps_owned(), sample.buffer_owned()) else {
+                    continue;
+                };
                 f(&c, b)?;
                 n += 1;
             }
             None if sink.is_eos() => return Ok(n),
             None if std::time::Instant::now() > deadline => {
-                return Err(MediaError::Timeout { path: path.into(), secs: 0, what: "reading a segment" })
+                return Err(MediaError::Timeout {
+                    path: path.into(),
+                    secs: 0,
+                    what: "reading a segment",
+                })
             }
             None => {}
         }

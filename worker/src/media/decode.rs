@@ -27,7 +27,10 @@ pub struct DecodeRequest<'a> {
 
 /// Decodes the requested frames in order, handing each to `on_frame`; stops early when it returns false.
 /// Returns how many frames were delivered.
-pub fn decode_range(req: &DecodeRequest, on_frame: &mut dyn FnMut(Frame) -> bool) -> Result<u64, MediaError> {
+pub fn decode_range(
+    req: &DecodeRequest,
+    on_frame: &mut dyn FnMut(Frame) -> bool,
+) -> Result<u64, MediaError> {
     match decode_once(req, req.seek_ns, on_frame)? {
         Outcome::Done(n) => Ok(n),
         // The seek landed after the first wanted frame (timestamps vs stream time): decode from the start.
@@ -35,7 +38,10 @@ pub fn decode_range(req: &DecodeRequest, on_frame: &mut dyn FnMut(Frame) -> bool
             Outcome::Done(n) => Ok(n),
             Outcome::Overshot => Err(MediaError::Corrupt {
                 path: req.path.into(),
-                detail: format!("frame at {} ns never decoded", req.frame_pts.first().copied().unwrap_or(0)),
+                detail: format!(
+                    "frame at {} ns never decoded",
+                    req.frame_pts.first().copied().unwrap_or(0)
+                ),
             }),
         },
     }
@@ -46,7 +52,11 @@ enum Outcome {
     Overshot,
 }
 
-fn decode_once(req: &DecodeRequest, seek_ns: u64, on_frame: &mut dyn FnMut(Frame) -> bool) -> Result<Outcome, MediaError> {
+fn decode_once(
+    req: &DecodeRequest,
+    seek_ns: u64,
+    on_frame: &mut dyn FnMut(Frame) -> bool,
+) -> Result<Outcome, MediaError> {
     let path = req.path;
     check_input(path)?;
     super::init()?;
@@ -67,26 +77,43 @@ fn decode_once(req: &DecodeRequest, seek_ns: u64, on_frame: &mut dyn FnMut(Frame
     let scale = make("videoscale")?;
     let mut caps = gst::Caps::builder("video/x-raw").field("format", "RGB");
     if let Some((w, h)) = req.size {
-        caps = caps.field("width", w as i32).field("height", h as i32).field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
+        caps = caps
+            .field("width", w as i32)
+            .field("height", h as i32)
+            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
     }
-    let sink = gst_app::AppSink::builder().caps(&caps.build()).sync(false).max_buffers(4).build();
-    pipeline.add_many([&src, &dec, &convert, &scale, sink.upcast_ref()]).map_err(|e| err(&e))?;
+    let sink = gst_app::AppSink::builder()
+        .caps(&caps.build())
+        .sync(false)
+        .max_buffers(4)
+        .build();
+    pipeline
+        .add_many([&src, &dec, &convert, &scale, sink.upcast_ref()])
+        .map_err(|e| err(&e))?;
     src.link(&dec).map_err(|e| err(&e))?;
     gst::Element::link_many([&convert, &scale, sink.upcast_ref()]).map_err(|e| err(&e))?;
 
     let weak = pipeline.downgrade();
     let conv_sink = convert.static_pad("sink");
     dec.connect_pad_added(move |_, pad| {
-        let Some(pipeline) = weak.upgrade() else { return };
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
         let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-        let is_video = caps.structure(0).is_some_and(|s| s.name().starts_with("video/"));
+        let is_video = caps
+            .structure(0)
+            .is_some_and(|s| s.name().starts_with("video/"));
         if let (true, Some(cs)) = (is_video, conv_sink.as_ref()) {
             if !cs.is_linked() {
                 let _ = pad.link(cs);
                 return;
             }
         }
-        if let Ok(fake) = gst::ElementFactory::make("fakesink").property("sync", false).property("async", false).build() {
+        if let Ok(fake) = gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .property("async", false)
+            .build()
+        {
             if pipeline.add(&fake).is_ok() {
                 let _ = fake.sync_state_with_parent();
                 if let Some(sp) = fake.static_pad("sink") {
@@ -98,14 +125,30 @@ fn decode_once(req: &DecodeRequest, seek_ns: u64, on_frame: &mut dyn FnMut(Frame
 
     if seek_ns > 0 {
         set_state(&pipeline, path, gst::State::Paused, "opening the input")?;
-        let (res, _, _) = pipeline.state(gst::ClockTime::from_seconds(req.stall_timeout.as_secs().max(1)));
+        let (res, _, _) = pipeline.state(gst::ClockTime::from_seconds(
+            req.stall_timeout.as_secs().max(1),
+        ));
         if res.is_err() {
-            return Err(super::bus_error(&pipeline, path, "opening the input")
-                .unwrap_or(MediaError::Timeout { path: path.into(), secs: req.stall_timeout.as_secs(), what: "opening the input" }));
+            return Err(
+                super::bus_error(&pipeline, path, "opening the input").unwrap_or(
+                    MediaError::Timeout {
+                        path: path.into(),
+                        secs: req.stall_timeout.as_secs(),
+                        what: "opening the input",
+                    },
+                ),
+            );
         }
         pipeline
-            .seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT | gst::SeekFlags::SNAP_BEFORE, gst::ClockTime::from_nseconds(seek_ns))
-            .map_err(|e| MediaError::Pipeline { path: path.into(), what: "seeking", detail: e.to_string() })?;
+            .seek_simple(
+                gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT | gst::SeekFlags::SNAP_BEFORE,
+                gst::ClockTime::from_nseconds(seek_ns),
+            )
+            .map_err(|e| MediaError::Pipeline {
+                path: path.into(),
+                what: "seeking",
+                detail: e.to_string(),
+            })?;
     }
     set_state(&pipeline, path, gst::State::Playing, "decoding")?;
 
@@ -130,13 +173,19 @@ fn decode_once(req: &DecodeRequest, seek_ns: u64, on_frame: &mut dyn FnMut(Frame
                 });
             }
             if last_progress.elapsed() > req.stall_timeout {
-                return Err(MediaError::Timeout { path: path.into(), secs: req.stall_timeout.as_secs(), what: "decoding" });
+                return Err(MediaError::Timeout {
+                    path: path.into(),
+                    secs: req.stall_timeout.as_secs(),
+                    what: "decoding",
+                });
             }
             continue;
         };
         last_progress = Instant::now();
         let Some(buf) = sample.buffer() else { continue };
-        let Some(pts) = buf.pts().map(|t| t.nseconds()) else { continue };
+        let Some(pts) = buf.pts().map(|t| t.nseconds()) else {
+            continue;
+        };
         if pts < wanted[next] {
             continue; // decoded from the keyframe before the range: drop
         }
@@ -146,7 +195,10 @@ fn decode_once(req: &DecodeRequest, seek_ns: u64, on_frame: &mut dyn FnMut(Frame
             }
             return Err(MediaError::Corrupt {
                 path: path.into(),
-                detail: format!("frame at {} ns missing from the decoded stream (next was {pts} ns)", wanted[next]),
+                detail: format!(
+                    "frame at {} ns missing from the decoded stream (next was {pts} ns)",
+                    wanted[next]
+                ),
             });
         }
         if info.is_none() {
@@ -171,11 +223,19 @@ fn pack_rgb(buf: &gst::BufferRef, vi: &gst_video::VideoInfo, pts: u64) -> Result
     let src = map.as_slice();
     let row = w * 3;
     if stride < row || src.len() < stride * (h - 1) + row {
-        return Err(format!("RGB buffer of {} bytes is too small for {w}x{h}", src.len()));
+        return Err(format!(
+            "RGB buffer of {} bytes is too small for {w}x{h}",
+            src.len()
+        ));
     }
     let mut data = Vec::with_capacity(row * h);
     for y in 0..h {
         data.extend_from_slice(&src[y * stride..y * stride + row]);
     }
-    Ok(Frame { pts, width: w as u32, height: h as u32, data })
+    Ok(Frame {
+        pts,
+        width: w as u32,
+        height: h as u32,
+        data,
+    })
 }

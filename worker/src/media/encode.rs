@@ -37,7 +37,11 @@ pub struct SegmentEncoder {
 
 impl SegmentEncoder {
     /// Opens `path` for writing; frames must then be pushed with timestamps starting at 0.
-    pub fn create(path: &Path, geo: Geometry, settings: &EncoderSettings) -> Result<Self, MediaError> {
+    pub fn create(
+        path: &Path,
+        geo: Geometry,
+        settings: &EncoderSettings,
+    ) -> Result<Self, MediaError> {
         super::init()?;
         let err = |e: &dyn std::fmt::Display| MediaError::Pipeline {
             path: path.into(),
@@ -52,7 +56,10 @@ impl SegmentEncoder {
             .field("format", "RGB")
             .field("width", iw as i32)
             .field("height", ih as i32)
-            .field("framerate", gst::Fraction::new(geo.fps.0.max(0), geo.fps.1.max(1)))
+            .field(
+                "framerate",
+                gst::Fraction::new(geo.fps.0.max(0), geo.fps.1.max(1)),
+            )
             .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
             .build();
         let src = gst_app::AppSrc::builder()
@@ -64,7 +71,11 @@ impl SegmentEncoder {
         let convert = make("videoconvert")?;
         let scale = make("videoscale")?;
         // 4:2:0 needs even sizes; odd sizes keep full chroma instead of being cropped.
-        let format = if ow % 2 == 0 && oh % 2 == 0 { "I420" } else { "Y444" };
+        let format = if ow % 2 == 0 && oh % 2 == 0 {
+            "I420"
+        } else {
+            "Y444"
+        };
         let filter = make("capsfilter")?;
         filter.set_property(
             "caps",
@@ -84,11 +95,25 @@ impl SegmentEncoder {
         let mux = make("mp4mux")?;
         let sink = make("filesink")?;
         sink.set_property("location", path.to_string_lossy().as_ref());
-        let chain = [src.upcast_ref(), &convert, &scale, &filter, &x264, &parse, &mux, &sink];
+        let chain = [
+            src.upcast_ref(),
+            &convert,
+            &scale,
+            &filter,
+            &x264,
+            &parse,
+            &mux,
+            &sink,
+        ];
         pipeline.add_many(chain).map_err(|e| err(&e))?;
         gst::Element::link_many(chain).map_err(|e| err(&e))?;
         set_state(&pipeline, path, gst::State::Playing, "starting the encoder")?;
-        Ok(Self { pipeline, src, path: path.into(), _stop: stop })
+        Ok(Self {
+            pipeline,
+            src,
+            path: path.into(),
+            _stop: stop,
+        })
     }
 
     /// Queues one frame; blocks while the encoder is busy (bounded memory).
@@ -107,24 +132,37 @@ impl SegmentEncoder {
         };
         let mut buf = gst::Buffer::from_mut_slice(data);
         {
-            let b = buf.get_mut().ok_or_else(|| self.fail("buffer not writable"))?;
+            let b = buf
+                .get_mut()
+                .ok_or_else(|| self.fail("buffer not writable"))?;
             b.set_pts(gst::ClockTime::from_nseconds(pts_ns));
             b.set_duration(gst::ClockTime::from_nseconds(duration_ns));
         }
         self.src.push_buffer(buf).map_err(|e| {
-            super::bus_error(&self.pipeline, &self.path, "encoding").unwrap_or_else(|| self.fail(&e.to_string()))
+            super::bus_error(&self.pipeline, &self.path, "encoding")
+                .unwrap_or_else(|| self.fail(&e.to_string()))
         })?;
         Ok(())
     }
 
     /// Ends the stream and waits until the file is complete (the MP4 index written).
     pub fn finish(self, timeout: Duration) -> Result<(), MediaError> {
-        self.src.end_of_stream().map_err(|e| self.fail(&e.to_string()))?;
-        super::wait_eos(&self.pipeline, &self.path, "finishing the segment", super::deadline(timeout.as_secs()))
-            .map_err(|e| super::with_secs(e, timeout.as_secs()))
+        self.src
+            .end_of_stream()
+            .map_err(|e| self.fail(&e.to_string()))?;
+        super::wait_eos(
+            &self.pipeline,
+            &self.path,
+            "finishing the segment",
+            super::deadline(timeout.as_secs()),
+        )
+        .map_err(|e| super::with_secs(e, timeout.as_secs()))
     }
 
     fn fail(&self, detail: &str) -> MediaError {
-        MediaError::Write { path: self.path.clone(), detail: detail.to_string() }
+        MediaError::Write {
+            path: self.path.clone(),
+            detail: detail.to_string(),
+        }
     }
 }

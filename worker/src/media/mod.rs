@@ -36,18 +36,25 @@ pub fn init() -> Result<(), MediaError> {
 pub(crate) fn check_input(path: &Path) -> Result<(), MediaError> {
     match std::fs::metadata(path) {
         Err(_) => Err(MediaError::NotFound(path.into())),
-        Ok(m) if m.is_dir() => Err(MediaError::NotMedia { path: path.into(), detail: "is a directory".into() }),
+        Ok(m) if m.is_dir() => Err(MediaError::NotMedia {
+            path: path.into(),
+            detail: "is a directory".into(),
+        }),
         Ok(m) if m.len() == 0 => Err(MediaError::Empty(path.into())),
         Ok(_) => Ok(()),
     }
 }
 
 pub(crate) fn make(factory: &str) -> Result<gst::Element, MediaError> {
-    gst::ElementFactory::make(factory).build().map_err(|_| MediaError::Pipeline {
-        path: Path::new(factory).into(),
-        what: "creating element",
-        detail: format!("GStreamer element {factory} is not installed (run scripts/bootstrap.sh)"),
-    })
+    gst::ElementFactory::make(factory)
+        .build()
+        .map_err(|_| MediaError::Pipeline {
+            path: Path::new(factory).into(),
+            what: "creating element",
+            detail: format!(
+                "GStreamer element {factory} is not installed (run scripts/bootstrap.sh)"
+            ),
+        })
 }
 
 /// Maps a GStreamer error message about `path` to the framewise error it means.
@@ -59,22 +66,35 @@ pub(crate) fn classify(path: &Path, what: &'static str, msg: &gst::message::Erro
     };
     if let Some(e) = err.kind::<gst::StreamError>() {
         return match e {
-            gst::StreamError::TypeNotFound | gst::StreamError::WrongType => {
-                MediaError::NotMedia { path: path.into(), detail: err.message().to_string() }
-            }
-            gst::StreamError::CodecNotFound => {
-                MediaError::UnsupportedCodec { path: path.into(), codec: err.message().to_string() }
-            }
+            gst::StreamError::TypeNotFound | gst::StreamError::WrongType => MediaError::NotMedia {
+                path: path.into(),
+                detail: err.message().to_string(),
+            },
+            gst::StreamError::CodecNotFound => MediaError::UnsupportedCodec {
+                path: path.into(),
+                codec: err.message().to_string(),
+            },
             gst::StreamError::Demux | gst::StreamError::Decode | gst::StreamError::Format => {
-                MediaError::Corrupt { path: path.into(), detail }
+                MediaError::Corrupt {
+                    path: path.into(),
+                    detail,
+                }
             }
-            _ => MediaError::Pipeline { path: path.into(), what, detail },
+            _ => MediaError::Pipeline {
+                path: path.into(),
+                what,
+                detail,
+            },
         };
     }
     if let Some(gst::ResourceError::NotFound) = err.kind::<gst::ResourceError>() {
         return MediaError::NotFound(path.into());
     }
-    MediaError::Pipeline { path: path.into(), what, detail }
+    MediaError::Pipeline {
+        path: path.into(),
+        what,
+        detail,
+    }
 }
 
 /// Sets a pipeline to NULL when dropped, so no error path leaks a running pipeline.
@@ -86,7 +106,12 @@ impl Drop for Stopper {
     }
 }
 
-pub(crate) fn set_state(p: &gst::Pipeline, path: &Path, state: gst::State, what: &'static str) -> Result<(), MediaError> {
+pub(crate) fn set_state(
+    p: &gst::Pipeline,
+    path: &Path,
+    state: gst::State,
+    what: &'static str,
+) -> Result<(), MediaError> {
     match p.set_state(state) {
         Ok(_) => Ok(()),
         Err(_) => Err(bus_error(p, path, what).unwrap_or(MediaError::Pipeline {
@@ -102,19 +127,32 @@ pub(crate) fn bus_error(p: &gst::Pipeline, path: &Path, what: &'static str) -> O
     let bus = p.bus()?;
     while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
         if let gst::MessageView::Error(e) = msg.view() {
-            return Some(classify(path, what, &e));
+            return Some(classify(path, what, e));
         }
     }
     None
 }
 
 /// Waits for EOS (or an error, or the deadline) on the pipeline's bus.
-pub(crate) fn wait_eos(p: &gst::Pipeline, path: &Path, what: &'static str, deadline: Instant) -> Result<(), MediaError> {
-    let bus = p.bus().ok_or_else(|| MediaError::Pipeline { path: path.into(), what, detail: "no bus".into() })?;
+pub(crate) fn wait_eos(
+    p: &gst::Pipeline,
+    path: &Path,
+    what: &'static str,
+    deadline: Instant,
+) -> Result<(), MediaError> {
+    let bus = p.bus().ok_or_else(|| MediaError::Pipeline {
+        path: path.into(),
+        what,
+        detail: "no bus".into(),
+    })?;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(MediaError::Timeout { path: path.into(), secs: 0, what });
+            return Err(MediaError::Timeout {
+                path: path.into(),
+                secs: 0,
+                what,
+            });
         }
         let msg = bus.timed_pop_filtered(
             gst::ClockTime::from_mseconds(left.as_millis().min(500) as u64),
@@ -122,7 +160,7 @@ pub(crate) fn wait_eos(p: &gst::Pipeline, path: &Path, what: &'static str, deadl
         );
         match msg.as_ref().map(|m| m.view()) {
             Some(gst::MessageView::Eos(_)) => return Ok(()),
-            Some(gst::MessageView::Error(e)) => return Err(classify(path, what, &e)),
+            Some(gst::MessageView::Error(e)) => return Err(classify(path, what, e)),
             _ => {}
         }
     }

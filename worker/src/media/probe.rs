@@ -66,16 +66,23 @@ pub fn probe(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
     let src = make("filesrc")?;
     src.set_property("location", path.to_string_lossy().as_ref());
     let parse = make("parsebin")?;
-    pipeline.add_many([&src, &parse]).map_err(|e| pipe(path, e))?;
+    pipeline
+        .add_many([&src, &parse])
+        .map_err(|e| pipe(path, e))?;
     src.link(&parse).map_err(|e| pipe(path, e))?;
 
     let found = Arc::new(Mutex::new(Found::default()));
     let weak = pipeline.downgrade();
     let f = found.clone();
     parse.connect_pad_added(move |_, pad| {
-        let Some(pipeline) = weak.upgrade() else { return };
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
         let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-        let name = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
+        let name = caps
+            .structure(0)
+            .map(|s| s.name().to_string())
+            .unwrap_or_default();
         let mut st = f.lock().unwrap_or_else(|p| p.into_inner());
         if name.starts_with("video/") && st.video.is_none() {
             st.video = Some(caps.clone());
@@ -84,16 +91,22 @@ pub fn probe(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
                 if let Some(buf) = info.buffer() {
                     let mut st = f2.lock().unwrap_or_else(|p| p.into_inner());
                     if st.running_offset.is_none() {
-                        if let (Some(pts), Some(ev)) = (buf.pts(), pad.sticky_event::<gst::event::Segment>(0)) {
+                        if let (Some(pts), Some(ev)) =
+                            (buf.pts(), pad.sticky_event::<gst::event::Segment>(0))
+                        {
                             if let Some(seg) = ev.segment().downcast_ref::<gst::ClockTime>() {
                                 if let Some(rt) = seg.to_running_time(pts) {
-                                    st.running_offset = Some(rt.nseconds() as i64 - pts.nseconds() as i64);
+                                    st.running_offset =
+                                        Some(rt.nseconds() as i64 - pts.nseconds() as i64);
                                 }
                             }
                         }
                     }
                     match buf.pts().or(buf.dts()) {
-                        Some(t) => st.samples.push((t.nseconds(), !buf.flags().contains(gst::BufferFlags::DELTA_UNIT))),
+                        Some(t) => st.samples.push((
+                            t.nseconds(),
+                            !buf.flags().contains(gst::BufferFlags::DELTA_UNIT),
+                        )),
                         None => st.missing_pts += 1,
                     }
                 }
@@ -102,7 +115,11 @@ pub fn probe(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
         } else if name.starts_with("audio/") {
             st.audio += 1;
         }
-        let Ok(sink) = gst::ElementFactory::make("fakesink").property("sync", false).property("async", false).build() else {
+        let Ok(sink) = gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .property("async", false)
+            .build()
+        else {
             return;
         };
         drop(st);
@@ -126,7 +143,12 @@ pub fn probe(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
         None
     });
 
-    set_state(&pipeline, path, gst::State::Playing, "reading the container")?;
+    set_state(
+        &pipeline,
+        path,
+        gst::State::Playing,
+        "reading the container",
+    )?;
     let deadline = Instant::now() + timeout;
     super::wait_eos(&pipeline, path, "reading the container", deadline)
         .map_err(|e| super::with_secs(e, timeout.as_secs()))?;
@@ -134,15 +156,23 @@ pub fn probe(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
 
     let st = std::mem::take(&mut *found.lock().unwrap_or_else(|p| p.into_inner()));
     let caps = st.video.ok_or_else(|| MediaError::NoVideo(path.into()))?;
-    let s = caps.structure(0).ok_or_else(|| MediaError::NoVideo(path.into()))?;
+    let s = caps
+        .structure(0)
+        .ok_or_else(|| MediaError::NoVideo(path.into()))?;
     let codec = s.name().to_string();
     if !decoder_exists(&caps) {
-        return Err(MediaError::UnsupportedCodec { path: path.into(), codec });
+        return Err(MediaError::UnsupportedCodec {
+            path: path.into(),
+            codec,
+        });
     }
     let width = s.get::<i32>("width").unwrap_or(0);
     let height = s.get::<i32>("height").unwrap_or(0);
     if width <= 0 || height <= 0 {
-        return Err(MediaError::Corrupt { path: path.into(), detail: format!("video stream has no size ({codec})") });
+        return Err(MediaError::Corrupt {
+            path: path.into(),
+            detail: format!("video stream has no size ({codec})"),
+        });
     }
     if st.missing_pts > 0 {
         return Err(MediaError::Corrupt {
@@ -156,14 +186,25 @@ pub fn probe(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
     };
     let mut samples = st.samples;
     if samples.is_empty() {
-        return Err(MediaError::Corrupt { path: path.into(), detail: "video stream has no frames".into() });
+        return Err(MediaError::Corrupt {
+            path: path.into(),
+            detail: "video stream has no frames".into(),
+        });
     }
     samples.sort_unstable_by_key(|s| s.0);
     if samples.windows(2).any(|w| w[0].0 == w[1].0) {
-        return Err(MediaError::Corrupt { path: path.into(), detail: "two video frames share one timestamp".into() });
+        return Err(MediaError::Corrupt {
+            path: path.into(),
+            detail: "two video frames share one timestamp".into(),
+        });
     }
     let frame_pts: Vec<u64> = samples.iter().map(|s| s.0).collect();
-    let mut keyframes: Vec<u64> = samples.iter().enumerate().filter(|(_, s)| s.1).map(|(i, _)| i as u64).collect();
+    let mut keyframes: Vec<u64> = samples
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.1)
+        .map(|(i, _)| i as u64)
+        .collect();
     if keyframes.first() != Some(&0) {
         keyframes.insert(0, 0);
     }
@@ -194,6 +235,9 @@ fn decoder_exists(caps: &gst::Caps) -> bool {
 }
 
 fn pipe(path: &Path, e: impl std::fmt::Display) -> MediaError {
-    MediaError::Pipeline { path: path.into(), what: "building the probe pipeline", detail: e.to_string() }
+    MediaError::Pipeline {
+        path: path.into(),
+        what: "building the probe pipeline",
+        detail: e.to_string(),
+    }
 }
-

@@ -1,0 +1,297 @@
+//! Separate processes, as on a cluster: a coordinator, workers, and a user's
+//! `submit --wait`. Workers are killed with SIGKILL mid-job and the
+//! coordinator is killed and restarted; the job still finishes with every
+//! frame exactly once.
+
+mod common;
+use common::*;
+use framewise_common::proto::{job_service_client::JobServiceClient, GetJobRequest, Job};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kills every child on drop, so a failing test leaves no process behind.
+struct Procs(Vec<Child>);
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_framewise"));
+    c.args(args)
+        .current_dir(repo())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    c.stderr(std::fs::File::create(log).unwrap());
+    c.env("FRAMEWISE_LOG", "info");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().unwrap()
+}
+
+struct Cluster {
+    dir: PathBuf,
+    port: u16,
+    config: PathBuf,
+}
+
+impl Cluster {
+    fn new(dir: &Path) -> Self {
+        let port = free_port();
+        let config = dir.join("coordinator.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[coordinator]\ngrpc_addr = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nwork_dir = \"{}\"\n\
+                 lease_ttl_ms = 3000\nheartbeat_interval_ms = 500\nmax_attempts = 4\nsegment_seconds = 1.0\n",
+                dir.join("state").display(),
+                dir.join("work").display()
+            ),
+        )
+        .unwrap();
+        Cluster {
+            dir: dir.to_path_buf(),
+            port,
+            config,
+        }
+    }
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+    /// Starts a coordinator and waits until it accepts connections.
+    fn coordinator(&self, n: u32) -> Child {
+        let log = self.dir.join(format!("coordinator-{n}.log"));
+        let c = spawn(
+            &["coordinator", "-c", self.config.to_str().unwrap()],
+            &[],
+            &log,
+        );
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "coordinator did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        c
+    }
+    fn worker(&self, id: &str) -> Child {
+        spawn(
+            &[
+                "worker",
+                "-c",
+                "config/worker.toml",
+                "--coordinator",
+                &self.url(),
+            ],
+            &[
+                ("FRAMEWISE_WORKER__WORKER_ID", id),
+                ("FRAMEWISE_WORKER__INTRA_THREADS", "1"),
+            ],
+            &self.dir.join(format!("{id}.log")),
+        )
+    }
+}
+
+fn get_job(url: &str, id: &str) -> Option<Job> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = JobServiceClient::connect(url.to_string()).await.ok()?;
+        c.get_job(GetJobRequest {
+            job_id: id.to_string(),
+        })
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+    })
+}
+
+/// Submits with --wait in its own process; returns it and the job id (read from the coordinator log).
+fn submit(cl: &Cluster, input: &Path, out: &Path) -> (Child, String) {
+    let log = cl.dir.join("submit.out");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_framewise"));
+    c.args([
+        "submit",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--wait",
+        "--coordinator",
+        &cl.url(),
+    ])
+    .args(["--idempotency-key", "test-job"])
+    .current_dir(repo())
+    .stdin(Stdio::null())
+    .stdout(std::fs::File::create(&log).unwrap())
+    .stderr(std::fs::File::create(cl.dir.join("submit.err")).unwrap());
+    #[allow(clippy::zombie_processes)] // the caller's Procs guard waits for it
+    let child = c.spawn().unwrap();
+    let t = Instant::now();
+    loop {
+        let s = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(id) = s.lines().next().filter(|l| l.starts_with("job-")) {
+            return (child, id.trim().to_string());
+        }
+        let err = std::fs::read_to_string(cl.dir.join("submit.err")).unwrap_or_default();
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no job id printed: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `pred` holds for the job (or panics after `secs`).
+fn wait_for(url: &str, id: &str, secs: u64, what: &str, pred: impl Fn(&Job) -> bool) -> Job {
+    let t = Instant::now();
+    loop {
+        if let Some(j) = get_job(url, id) {
+            if pred(&j) {
+                return j;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_exit(c: &mut Child, secs: u64) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "process did not finish in {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn check_output(input: &Path, out: &Path) {
+    let (s, d) = (probe_ok(input), probe_ok(out));
+    assert_eq!(
+        d.frame_pts.len(),
+        s.frame_pts.len(),
+        "every frame exactly once"
+    );
+    assert_eq!(
+        audio_packets(input),
+        audio_packets(out),
+        "audio copied unchanged"
+    );
+}
+
+#[test]
+fn sigkilled_worker_loses_only_its_lease() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in.mp4");
+    let out = d.path().join("out.mp4");
+    make_clip(&input, 96, 64, 300, true);
+    let cl = Cluster::new(d.path());
+    let mut procs = Procs(vec![cl.coordinator(0), cl.worker("w1"), cl.worker("w2")]);
+    let (submitter, id) = submit(&cl, &input, &out);
+    procs.0.push(submitter);
+    // Kill w1 while it holds a segment lease. If it committed in the instant
+    // between our look and the kill, start it again and retry.
+    let held_by_w1 = |j: &Job| {
+        j.tasks
+            .iter()
+            .find(|t| t.kind == "segment" && t.state == "leased" && t.worker_id == "w1")
+            .map(|t| t.index)
+    };
+    let mut victim = None;
+    for _ in 0..5 {
+        wait_for(&cl.url(), &id, 120, "w1 to hold a segment", |j| {
+            held_by_w1(j).is_some()
+        });
+        procs.0[1].kill().unwrap(); // SIGKILL
+        procs.0[1].wait().unwrap();
+        victim = get_job(&cl.url(), &id).as_ref().and_then(held_by_w1);
+        if victim.is_some() {
+            break;
+        }
+        procs.0[1] = cl.worker("w1");
+    }
+    let victim = victim.expect("w1 was killed holding a lease");
+    let status = wait_exit(&mut procs.0[3], 180);
+    assert!(
+        status.success(),
+        "submit --wait: {}",
+        std::fs::read_to_string(d.path().join("submit.err")).unwrap()
+    );
+    let j = get_job(&cl.url(), &id).unwrap();
+    let t = j.tasks.iter().find(|t| t.index == victim).unwrap();
+    assert_eq!(t.state, "done");
+    assert!(
+        t.attempts >= 2,
+        "the killed worker's segment was redone: {t:?}"
+    );
+    assert_eq!(t.worker_id, "w2");
+    check_output(&input, &out);
+}
+
+#[test]
+fn coordinator_restart_mid_job() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in.mp4");
+    let out = d.path().join("out.mp4");
+    make_clip(&input, 96, 64, 300, true);
+    let cl = Cluster::new(d.path());
+    let mut procs = Procs(vec![cl.coordinator(0), cl.worker("w1"), cl.worker("w2")]);
+    let (submitter, id) = submit(&cl, &input, &out);
+    procs.0.push(submitter);
+    wait_for(&cl.url(), &id, 120, "some segments done", |j| {
+        j.segments_done >= 2 && j.segments_done < j.segments_total
+    });
+    procs.0[0].kill().unwrap(); // SIGKILL the coordinator
+    procs.0[0].wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    procs.0[0] = cl.coordinator(1);
+    let status = wait_exit(&mut procs.0[3], 180);
+    assert!(
+        status.success(),
+        "submit --wait: {}",
+        std::fs::read_to_string(d.path().join("submit.err")).unwrap()
+    );
+    let j = get_job(&cl.url(), &id).unwrap();
+    assert_eq!(j.segments_done, j.segments_total);
+    check_output(&input, &out);
+    // The restarted coordinator knew the job: the same idempotency key returns it.
+    let o = framewise(
+        &[
+            "submit",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--coordinator",
+            &cl.url(),
+            "--idempotency-key",
+            "test-job",
+        ],
+        &[],
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), id);
+}
