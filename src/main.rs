@@ -15,15 +15,12 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet_default = matches!(
+    // User commands print one summary or one error line; servers log what they do.
+    let server = matches!(
         cli.command,
-        Command::Run(_)
-            | Command::Submit(_)
-            | Command::Status { .. }
-            | Command::BenchModel(_)
-            | Command::Styles { .. }
+        Command::Coordinator { .. } | Command::Worker { .. }
     );
-    init_logs(if quiet_default { "warn" } else { "info" });
+    init_logs(if server { "info" } else { "error" });
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {

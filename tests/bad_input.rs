@@ -144,3 +144,24 @@ fn bad_arguments_name_the_flag() {
     assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
     assert!(!out.exists());
 }
+
+#[test]
+fn unsupported_codec() {
+    let d = tempfile::tempdir().unwrap();
+    let mkv = d.path().join("h264.mkv");
+    run_pipeline(&format!(
+        "videotestsrc num-buffers=10 ! video/x-raw,width=64,height=48 ! x264enc ! h264parse ! matroskamux ! filesink location={}",
+        mkv.display()
+    ));
+    // Same container, but a codec id no installed decoder knows (same length, so the file stays valid).
+    let bytes = std::fs::read(&mkv).unwrap();
+    let pos = bytes
+        .windows(15)
+        .position(|w| w == b"V_MPEG4/ISO/AVC")
+        .expect("codec id in the file");
+    let mut odd = bytes.clone();
+    odd[pos..pos + 15].copy_from_slice(b"V_QUUX9/ISO/ZZZ");
+    let p = d.path().join("quux.mkv");
+    std::fs::write(&p, odd).unwrap();
+    expect_failure(&p, &[], &["quux.mkv", "unsupported video codec"]);
+}

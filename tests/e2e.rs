@@ -168,3 +168,16 @@ fn real_demo_clip_scaled_down() {
         19,
     );
 }
+
+#[test]
+fn truly_odd_dimensions_keep_full_chroma() {
+    let d = tempfile::tempdir().unwrap();
+    let (i, o) = (d.path().join("in.mp4"), d.path().join("out.mp4"));
+    // 4:2:0 cannot hold 161x97, so the source is 4:4:4 and so is the output.
+    run_pipeline(&format!(
+        "videotestsrc num-buffers=20 pattern=ball ! video/x-raw,width=161,height=97,framerate=25/1 ! videoconvert \
+         ! video/x-raw,format=Y444 ! x264enc speed-preset=ultrafast ! h264parse ! mp4mux ! filesink location={}",
+        i.display()
+    ));
+    check_run(&i, &o, &["--workers", "1", "--segment-seconds", "0.4"], 5);
+}
