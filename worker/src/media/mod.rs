@@ -77,7 +77,7 @@ pub(crate) fn classify(path: &Path, what: &'static str, msg: &gst::message::Erro
             gst::StreamError::Demux | gst::StreamError::Decode | gst::StreamError::Format => {
                 MediaError::Corrupt {
                     path: path.into(),
-                    detail,
+                    detail: err.message().to_string(),
                 }
             }
             _ => MediaError::Pipeline {
