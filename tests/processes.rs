@@ -295,3 +295,108 @@ fn coordinator_restart_mid_job() {
     );
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), id);
 }
+
+fn signal(c: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &c.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+#[test]
+fn hung_worker_loses_its_lease_and_its_late_result_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in.mp4");
+    let out = d.path().join("out.mp4");
+    make_clip(&input, 96, 64, 300, true);
+    let cl = Cluster::new(d.path());
+    let mut procs = Procs(vec![cl.coordinator(0), cl.worker("w1"), cl.worker("w2")]);
+    let (submitter, id) = submit(&cl, &input, &out);
+    procs.0.push(submitter);
+    let held_by_w1 = |j: &Job| {
+        j.tasks
+            .iter()
+            .find(|t| t.kind == "segment" && t.state == "leased" && t.worker_id == "w1")
+            .map(|t| t.index)
+    };
+    let mut victim = None;
+    for _ in 0..5 {
+        wait_for(&cl.url(), &id, 120, "w1 to hold a segment", |j| {
+            held_by_w1(j).is_some()
+        });
+        signal(&procs.0[1], "-STOP");
+        victim = get_job(&cl.url(), &id).as_ref().and_then(held_by_w1);
+        if victim.is_some() {
+            break;
+        }
+        signal(&procs.0[1], "-CONT");
+    }
+    let victim = victim.expect("w1 was stopped holding a lease");
+    // After the TTL (3 s) the segment goes to w2; then w1 wakes up and reports too late.
+    wait_for(&cl.url(), &id, 60, "the segment to be redone", |j| {
+        j.tasks
+            .iter()
+            .any(|t| t.index == victim && t.state == "done" && t.worker_id == "w2")
+    });
+    signal(&procs.0[1], "-CONT");
+    let status = wait_exit(&mut procs.0[3], 180);
+    assert!(
+        status.success(),
+        "submit --wait: {}",
+        std::fs::read_to_string(d.path().join("submit.err")).unwrap()
+    );
+    check_output(&input, &out);
+    // w1's late result (or its heartbeat) was refused: it learned the lease was gone.
+    let t = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(d.path().join("w1.log")).unwrap();
+        if log.contains("result refused (stale lease)")
+            || log.contains("lease lost; stopping the task")
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "w1 never learned its lease was gone:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let j = get_job(&cl.url(), &id).unwrap();
+    let t = j.tasks.iter().find(|t| t.index == victim).unwrap();
+    assert_eq!(
+        t.worker_id, "w2",
+        "the refused attempt did not overwrite the committed one"
+    );
+    // Fenced attempts' files and, after success, all segments are collected.
+    let work = d.path().join("work");
+    let t = Instant::now();
+    loop {
+        let left: Vec<_> = walk(&work)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "mp4"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "segment files left behind: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
