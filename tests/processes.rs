@@ -400,3 +400,96 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Serves an Azure Scheduled Events document: no events until `evict` is set, then a Preempt notice.
+fn notice_server(evict: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = if evict.load(std::sync::atomic::Ordering::SeqCst) {
+                r#"{"DocumentIncarnation":2,"Events":[{"EventId":"E1","EventStatus":"Scheduled","EventType":"Preempt","ResourceType":"VirtualMachine","Resources":["vm-w1"],"NotBefore":"Wed, 25 Nov 2026 12:00:30 GMT"}]}"#
+            } else {
+                r#"{"DocumentIncarnation":1,"Events":[]}"#
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn eviction_notice_drains_in_under_five_seconds() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in.mp4");
+    let out = d.path().join("out.mp4");
+    make_clip(&input, 96, 64, 300, true);
+    let cl = Cluster::new(d.path());
+    let evict = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = format!(
+        "http://127.0.0.1:{}/metadata/scheduledevents?api-version=2020-07-01",
+        notice_server(evict.clone())
+    );
+    let w1 = spawn(
+        &[
+            "worker",
+            "-c",
+            "config/worker.toml",
+            "--coordinator",
+            &cl.url(),
+        ],
+        &[
+            ("FRAMEWISE_WORKER__WORKER_ID", "w1"),
+            ("FRAMEWISE_WORKER__INTRA_THREADS", "1"),
+            ("FRAMEWISE_WORKER__PREEMPTION_URL", &url),
+            ("FRAMEWISE_WORKER__PREEMPTION_POLL_MS", "200"),
+            ("FRAMEWISE_WORKER__VM_NAME", "vm-w1"),
+        ],
+        &d.path().join("w1.log"),
+    );
+    let mut procs = Procs(vec![cl.coordinator(0), w1, cl.worker("w2")]);
+    let (submitter, id) = submit(&cl, &input, &out);
+    procs.0.push(submitter);
+    let held_by_w1 = |j: &Job| {
+        j.tasks
+            .iter()
+            .find(|t| t.kind == "segment" && t.state == "leased" && t.worker_id == "w1")
+            .map(|t| t.index)
+    };
+    let j = wait_for(&cl.url(), &id, 120, "w1 to hold a segment", |j| {
+        held_by_w1(j).is_some()
+    });
+    let victim = held_by_w1(&j).unwrap();
+    evict.store(true, std::sync::atomic::Ordering::SeqCst);
+    let t0 = Instant::now();
+    wait_for(&cl.url(), &id, 30, "w1 to give its lease back", |j| {
+        j.tasks
+            .iter()
+            .all(|t| !(t.state == "leased" && t.worker_id == "w1"))
+    });
+    let drained = t0.elapsed();
+    assert!(drained < Duration::from_secs(5), "drained in {drained:?}");
+    eprintln!("eviction notice drained w1 in {drained:?}");
+    let status = wait_exit(&mut procs.0[1], 30);
+    assert!(status.success(), "an evicted worker exits cleanly");
+    let status = wait_exit(&mut procs.0[3], 180);
+    assert!(
+        status.success(),
+        "submit --wait: {}",
+        std::fs::read_to_string(d.path().join("submit.err")).unwrap()
+    );
+    check_output(&input, &out);
+    let j = get_job(&cl.url(), &id).unwrap();
+    let t = j.tasks.iter().find(|t| t.index == victim).unwrap();
+    assert_eq!((t.state.as_str(), t.worker_id.as_str()), ("done", "w2"));
+    assert!(std::fs::read_to_string(d.path().join("w1.log"))
+        .unwrap()
+        .contains("lease released"));
+}

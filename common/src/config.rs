@@ -82,6 +82,13 @@ pub struct WorkerConfig {
     pub onnxruntime_lib: PathBuf,
     /// ONNX Runtime intra-op threads per worker; 0 = cores / local workers.
     pub intra_threads: usize,
+    /// Eviction notices in Azure Scheduled Events format; empty = not watched. On Azure:
+    /// http://169.254.169.254/metadata/scheduledevents?api-version=2020-07-01
+    pub preemption_url: String,
+    /// How often the eviction-notice endpoint is polled.
+    pub preemption_poll_ms: u64,
+    /// This VM's name as Scheduled Events lists it; empty = every notice applies.
+    pub vm_name: String,
     pub model: ModelConfig,
     pub encoder: EncoderConfig,
 }
@@ -93,6 +100,9 @@ impl Default for WorkerConfig {
             worker_id: String::new(),
             onnxruntime_lib: PathBuf::from(".deps/onnxruntime/libonnxruntime.so.1.32.0"),
             intra_threads: 0,
+            preemption_url: String::new(),
+            preemption_poll_ms: 1000,
+            vm_name: String::new(),
             model: ModelConfig::default(),
             encoder: EncoderConfig::default(),
         }
@@ -241,6 +251,12 @@ impl Config {
             );
         }
         let w = &self.worker;
+        if w.preemption_poll_ms < 100 {
+            return err(
+                "worker.preemption_poll_ms",
+                format!("must be at least 100, got {}", w.preemption_poll_ms),
+            );
+        }
         if w.model.pad_multiple == 0 {
             return err("worker.model.pad_multiple", "must be at least 1".into());
         }

@@ -303,4 +303,24 @@ impl pb::worker_service_server::WorkerService for Services {
             .map_err(status)?;
         Ok(Response::new(pb::FailTaskResponse {}))
     }
+
+    async fn release(
+        &self,
+        req: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let r = req.into_inner();
+        let reason: String = r.reason.chars().take(500).collect();
+        let released = self
+            .manager
+            .send(manager::Release {
+                worker_id: r.worker_id,
+                lease_id: r.lease_id,
+                epoch: r.epoch,
+                reason,
+            })
+            .await
+            .map_err(mailbox)?
+            .map_err(status)?;
+        Ok(Response::new(pb::ReleaseResponse { released }))
+    }
 }

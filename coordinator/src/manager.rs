@@ -311,3 +311,25 @@ impl Handler<Fail> for JobManager {
         self.commit(&ch)
     }
 }
+
+/// A worker gives its lease back (eviction notice, drain).
+#[derive(Message)]
+#[rtype(result = "Result<bool, CoordError>")]
+pub struct Release {
+    pub worker_id: String,
+    pub lease_id: String,
+    pub epoch: u64,
+    pub reason: String,
+}
+
+impl Handler<Release> for JobManager {
+    type Result = Result<bool, CoordError>;
+    fn handle(&mut self, m: Release, _: &mut Context<Self>) -> Self::Result {
+        let (ok, ch) = self.state.release(&m.lease_id, m.epoch, &m.reason);
+        self.commit(&ch)?;
+        if ok {
+            info!(worker_id = %m.worker_id, lease_id = %m.lease_id, reason = %m.reason, "lease released; task requeued");
+        }
+        Ok(ok)
+    }
+}

@@ -120,7 +120,14 @@ pub struct Task {
     pub state: TaskState,
     /// Incremented at every lease; a result must carry the current epoch.
     pub epoch: u64,
+    /// Leases granted so far (failed, released, expired or current).
     pub attempts: u32,
+    /// Attempts that failed or whose lease expired (releases are not counted).
+    #[serde(default)]
+    pub failures: u32,
+    /// Distinct workers on which the task failed.
+    #[serde(default)]
+    pub failed_workers: Vec<String>,
     pub lease: Option<Lease>,
     /// "worker: error" for every failed attempt.
     pub errors: Vec<String>,
@@ -142,6 +149,8 @@ impl Task {
             state: TaskState::Pending,
             epoch: 0,
             attempts: 0,
+            failures: 0,
+            failed_workers: Vec::new(),
             lease: None,
             errors: Vec::new(),
             output_url: String::new(),

@@ -456,26 +456,55 @@ impl State {
             self.leases.remove(&l.id);
             l.worker_id
         });
-        t.errors
-            .push(format!("{}: {error}", worker.unwrap_or_default()));
+        let worker = worker.unwrap_or_default();
+        t.errors.push(format!("{worker}: {error}"));
         t.frames_done = 0;
+        t.failures += 1;
+        if !t.failed_workers.contains(&worker) {
+            t.failed_workers.push(worker);
+        }
         let mut ch = Changes::default();
         ch.task(&key.0, key.1);
-        if permanent || t.attempts >= rules.max_attempts {
+        // Poison: failed on max_attempts distinct workers, or twice that many times
+        // in all (so a pool of one or two workers cannot retry forever).
+        let poisoned = t.failed_workers.len() as u32 >= rules.max_attempts
+            || t.failures >= 2 * rules.max_attempts;
+        if permanent || poisoned {
             t.state = TaskState::Failed;
             let reason = if permanent {
                 error.to_string()
             } else {
                 format!(
-                    "{} failed {} times: {}",
+                    "{} failed {} times on {} workers: {}",
                     describe(t),
-                    t.attempts,
+                    t.failures,
+                    t.failed_workers.len(),
                     t.errors.join("; ")
                 )
             };
             return (true, merge(ch, self.fail_job(&key.0, reason, now)));
         }
         t.state = TaskState::Pending;
+        (true, ch)
+    }
+
+    /// Takes a lease back unfinished (eviction notice, drain): requeued at once, not a failure.
+    pub fn release(&mut self, lease_id: &str, epoch: u64, reason: &str) -> (bool, Changes) {
+        let Some(key) = self.current(lease_id, epoch) else {
+            return (false, Changes::default());
+        };
+        let Some(t) = self.tasks.get_mut(&key) else {
+            return (false, Changes::default());
+        };
+        if let Some(l) = t.lease.take() {
+            self.leases.remove(&l.id);
+            t.errors
+                .push(format!("{}: released ({reason})", l.worker_id));
+        }
+        t.frames_done = 0;
+        t.state = TaskState::Pending;
+        let mut ch = Changes::default();
+        ch.task(&key.0, key.1);
         (true, ch)
     }
 
@@ -764,7 +793,7 @@ pub(crate) mod tests {
         assert_eq!(s.jobs[&id].state, JobState::Failed);
         let e = &s.jobs[&id].error;
         assert!(
-            e.contains("w1: boom") && e.contains("w2: bang") && e.contains("2 times"),
+            e.contains("w1: boom") && e.contains("w2: bang") && e.contains("2 times on 2 workers"),
             "{e}"
         );
     }
@@ -788,6 +817,41 @@ pub(crate) mod tests {
         );
         assert!(!ok);
         assert_eq!(ch.garbage, vec!["file:///w/x".to_string()]);
+    }
+
+    #[test]
+    fn one_worker_cannot_retry_forever_and_release_is_not_a_failure() {
+        let (mut s, r) = (State::default(), rules()); // max_attempts 2
+        let id = submit(&mut s);
+        for i in 0..3 {
+            let (g, _) = s.lease("w1", format!("l{i}"), i, &r).unwrap();
+            s.fail(&format!("l{i}"), g.epoch, "flaky", false, i, &r);
+            assert_eq!(
+                s.jobs[&id].state,
+                JobState::Probing,
+                "same worker, {} failures",
+                i + 1
+            );
+        }
+        // Releases (eviction notices) never count.
+        for i in 3..8 {
+            let (g, _) = s.lease("w1", format!("l{i}"), i, &r).unwrap();
+            assert!(s.release(&format!("l{i}"), g.epoch, "eviction notice").0);
+        }
+        assert_eq!(s.jobs[&id].state, JobState::Probing);
+        let t = &s.tasks[&(id.clone(), 0)];
+        assert_eq!((t.failures, t.attempts), (3, 8));
+        let (g, _) = s.lease("w1", "l9".into(), 9, &r).unwrap();
+        s.fail("l9", g.epoch, "flaky", false, 9, &r);
+        assert_eq!(
+            s.jobs[&id].state,
+            JobState::Failed,
+            "2 x max_attempts failures in all"
+        );
+        assert!(
+            !s.release("l9", g.epoch, "late").0,
+            "nothing to release any more"
+        );
     }
 
     #[test]

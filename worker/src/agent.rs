@@ -6,6 +6,7 @@ use crate::inference::{runtime, Stylizer};
 use crate::media::assemble::{assemble, SegmentFile};
 use crate::media::encode::EncoderSettings;
 use crate::media::probe::{frame_duration_ns, probe, Probe};
+use crate::preemption::watch_notices;
 use crate::segment::{run_segment, SegmentError, SegmentSpec};
 use framewise_common::config::WorkerConfig;
 use framewise_common::proto::{
@@ -45,7 +46,12 @@ pub struct Worker {
 /// How a task ended, as reported to the coordinator.
 enum Outcome {
     Done(proto::complete_task_request::Result),
-    Failed { error: String, permanent: bool },
+    Failed {
+        error: String,
+        permanent: bool,
+    },
+    /// Given back (eviction notice): already reported by Release.
+    Released,
 }
 
 impl Worker {
@@ -75,6 +81,16 @@ impl Worker {
     /// Takes and runs tasks until `shutdown` turns true; reconnects with backoff when the coordinator is away.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
         let url = self.cfg.coordinator_url.clone();
+        // Eviction notices: the sender lives as long as this loop, so `changed()` only fires on a notice.
+        let (evict_tx, mut evicted) = watch::channel::<Option<String>>(None);
+        if !self.cfg.preemption_url.is_empty() {
+            watch_notices(
+                self.cfg.preemption_url.clone(),
+                Duration::from_millis(self.cfg.preemption_poll_ms),
+                self.cfg.vm_name.clone(),
+                evict_tx.clone(),
+            );
+        }
         let mut backoff = Duration::from_millis(100);
         let mut client = loop {
             match WorkerServiceClient::connect(url.clone()).await {
@@ -108,6 +124,11 @@ impl Worker {
             if *shutdown.borrow() {
                 return Ok(());
             }
+            if let Some(notice) = evicted.borrow().clone() {
+                info!(worker_id = %self.id, %notice, "evicted: taking no more leases");
+                drop(evict_tx);
+                return Ok(());
+            }
             let resp = match client
                 .lease_task(proto::LeaseTaskRequest {
                     worker_id: self.id.clone(),
@@ -135,11 +156,11 @@ impl Worker {
             let outcome = self
                 .execute(
                     &mut client,
-                    &resp.job_id,
-                    resp.task_index,
+                    (&resp.job_id, resp.task_index),
                     task,
                     &lease,
                     hb_every,
+                    &mut evicted,
                 )
                 .await;
             self.report(&mut client, &lease, outcome).await;
@@ -149,11 +170,11 @@ impl Worker {
     async fn execute(
         &self,
         client: &mut WorkerServiceClient<Channel>,
-        job_id: &str,
-        task_index: u32,
+        (job_id, task_index): (&str, u32),
         task: Task,
         lease: &proto::Lease,
         hb_every: Duration,
+        evicted: &mut watch::Receiver<Option<String>>,
     ) -> Outcome {
         let progress = Arc::new(AtomicU64::new(0));
         let cancel = Arc::new(AtomicBool::new(false));
@@ -171,10 +192,30 @@ impl Worker {
         tokio::pin!(work);
         let mut tick = tokio::time::interval(hb_every);
         tick.tick().await;
+        let mut released = false;
         loop {
             tokio::select! {
                 r = &mut work => {
+                    if released {
+                        return Outcome::Released;
+                    }
                     return r.unwrap_or_else(|e| Outcome::Failed { error: format!("worker task panicked: {e}"), permanent: false });
+                }
+                r = evicted.changed(), if !released => {
+                    released = true;
+                    let Some(notice) = r.ok().and_then(|_| evicted.borrow().clone()) else { continue };
+                    // Stop the work and give the lease back at once; the task winds down meanwhile.
+                    cancel.store(true, Ordering::Relaxed);
+                    let req = proto::ReleaseRequest {
+                        worker_id: self.id.clone(),
+                        lease_id: lease.lease_id.clone(),
+                        epoch: lease.epoch,
+                        reason: notice.clone(),
+                    };
+                    match client.release(req).await {
+                        Ok(_) => info!(worker_id = %self.id, job_id, task_index, %notice, "lease released"),
+                        Err(e) => warn!(worker_id = %self.id, job_id, error = %e.message(), "release failed; the lease will expire"),
+                    }
                 }
                 _ = tick.tick() => {
                     let hb = proto::HeartbeatRequest {
@@ -204,6 +245,7 @@ impl Worker {
     ) {
         for attempt in 0..5u32 {
             let r = match &outcome {
+                Outcome::Released => return,
                 Outcome::Done(result) => client
                     .complete_task(proto::CompleteTaskRequest {
                         worker_id: self.id.clone(),

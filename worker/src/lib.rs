@@ -5,4 +5,5 @@ pub mod agent;
 pub mod error;
 pub mod inference;
 pub mod media;
+pub mod preemption;
 pub mod segment;
