@@ -493,3 +493,138 @@ fn eviction_notice_drains_in_under_five_seconds() {
         .unwrap()
         .contains("lease released"));
 }
+
+/// Every decoded frame of a video, as RGB bytes.
+fn all_frames(path: &Path) -> Vec<Vec<u8>> {
+    use framewise_worker::media::decode::{decode_range, DecodeRequest};
+    let p = probe_ok(path);
+    let mut frames = Vec::new();
+    let req = DecodeRequest {
+        path,
+        frame_pts: &p.frame_pts,
+        seek_ns: 0,
+        size: None,
+        stall_timeout: Duration::from_secs(60),
+    };
+    decode_range(&req, &mut |f| {
+        frames.push(f.data);
+        true
+    })
+    .unwrap();
+    frames
+}
+
+/// A small deterministic generator; the seed is printed so a failure can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[test]
+fn chaos_random_sigkills_and_a_coordinator_restart_change_no_frame() {
+    let lossless = [
+        ("FRAMEWISE_WORKER__ENCODER__CRF", "0"),
+        ("FRAMEWISE_WORKER__INTRA_THREADS", "1"),
+    ];
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in.mp4");
+    make_clip(&input, 96, 64, 500, true);
+
+    // The undisturbed reference: lossless x264, so segment boundaries cannot change a pixel.
+    let reference = d.path().join("reference.mp4");
+    let o = framewise(
+        &[
+            "run",
+            input.to_str().unwrap(),
+            "-o",
+            reference.to_str().unwrap(),
+            "--quiet",
+            "--segment-seconds",
+            "5",
+        ],
+        &lossless,
+    );
+    assert!(o.status.success(), "reference run: {}", stderr(&o));
+
+    let out = d.path().join("out.mp4");
+    let cl = Cluster::new(d.path());
+    let worker = |n: u32| {
+        let id = format!("w{n}");
+        let mut env = lossless.to_vec();
+        env.push(("FRAMEWISE_WORKER__WORKER_ID", &id));
+        spawn(
+            &[
+                "worker",
+                "-c",
+                "config/worker.toml",
+                "--coordinator",
+                &cl.url(),
+            ],
+            &env,
+            &d.path().join(format!("{id}.log")),
+        )
+    };
+    let mut procs = Procs(vec![cl.coordinator(0)]);
+    for n in 1..=4 {
+        procs.0.push(worker(n));
+    }
+    let (submitter, id) = submit(&cl, &input, &out);
+    let mut submitter = Procs(vec![submitter]);
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("chaos seed {seed}");
+    let mut rng = Rng(seed);
+    let (mut kills, mut next_worker, mut restarted) = (0, 5u32, false);
+    let t = Instant::now();
+    while submitter.0[0].try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(240), "job did not finish");
+        std::thread::sleep(Duration::from_millis(300 + rng.below(500)));
+        let Some(j) = get_job(&cl.url(), &id) else {
+            continue;
+        };
+        let progress = j.frames_done as f64 / j.frames_total.max(1) as f64;
+        if !restarted && progress > 0.4 {
+            procs.0[0].kill().unwrap();
+            procs.0[0].wait().unwrap();
+            procs.0[0] = cl.coordinator(1);
+            restarted = true;
+            eprintln!("chaos: coordinator restarted at {:.0} %", progress * 100.0);
+        } else if kills < 4 && progress < 0.9 {
+            // SIGKILL a random worker and start a replacement, as a scale set would.
+            let victim = 1 + rng.below(4) as usize;
+            procs.0[victim].kill().unwrap();
+            procs.0[victim].wait().unwrap();
+            procs.0[victim] = worker(next_worker);
+            eprintln!(
+                "chaos: killed worker slot {victim} at {:.0} %, started w{next_worker}",
+                progress * 100.0
+            );
+            next_worker += 1;
+            kills += 1;
+        }
+    }
+    let status = submitter.0[0].wait().unwrap();
+    assert!(
+        status.success(),
+        "submit --wait: {}",
+        std::fs::read_to_string(d.path().join("submit.err")).unwrap()
+    );
+    assert!(restarted, "the coordinator was restarted during the job");
+    assert!(kills >= 1, "at least one worker was killed during the job");
+
+    let (want, got) = (all_frames(&reference), all_frames(&out));
+    assert_eq!(got.len(), want.len(), "frame count");
+    for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+        assert!(a == b, "frame {i} differs from the undisturbed run");
+    }
+    assert_eq!(audio_packets(&input), audio_packets(&out));
+}
