@@ -54,6 +54,8 @@ pub struct CoordinatorConfig {
     pub max_attempts: u32,
     /// Default length of a Segment task in seconds of video.
     pub segment_seconds: f64,
+    /// Length of a chunk checkpoint in seconds of video: a lost lease redoes at most one chunk.
+    pub chunk_seconds: f64,
 }
 
 impl Default for CoordinatorConfig {
@@ -65,7 +67,8 @@ impl Default for CoordinatorConfig {
             lease_ttl_ms: 30_000,
             heartbeat_interval_ms: 2_000,
             max_attempts: 3,
-            segment_seconds: 2.0,
+            segment_seconds: 10.0,
+            chunk_seconds: 2.0,
         }
     }
 }
@@ -243,6 +246,9 @@ impl Config {
         }
         if c.max_attempts == 0 {
             return err("coordinator.max_attempts", "must be at least 1".into());
+        }
+        if !(c.chunk_seconds.is_finite() && c.chunk_seconds > 0.0) {
+            return err("coordinator.chunk_seconds", format!("must be > 0, got {}", c.chunk_seconds));
         }
         if !(c.segment_seconds.is_finite() && c.segment_seconds > 0.0) {
             return err(

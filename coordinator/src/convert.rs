@@ -141,6 +141,7 @@ pub fn grant_to(g: Grant, ttl_ms: u64) -> pb::LeaseTaskResponse {
             input_url,
             start,
             end,
+            chunk_frames,
             frame_pts,
             seek_ns,
             output_url,
@@ -155,6 +156,7 @@ pub fn grant_to(g: Grant, ttl_ms: u64) -> pb::LeaseTaskResponse {
             output_url,
             params: Some(params_to(&params)),
             media: Some(media_to(&media, false)),
+            chunk_frames,
         }),
         Work::Assemble {
             input_url,

@@ -251,7 +251,7 @@ impl pb::worker_service_server::WorkerService for Services {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = req.into_inner();
-        let keep_going = self
+        let (keep_going, end_frame) = self
             .manager
             .send(manager::Heartbeat {
                 worker_id: r.worker_id,
@@ -261,7 +261,31 @@ impl pb::worker_service_server::WorkerService for Services {
             })
             .await
             .map_err(mailbox)?;
-        Ok(Response::new(pb::HeartbeatResponse { keep_going }))
+        Ok(Response::new(pb::HeartbeatResponse { keep_going, end_frame }))
+    }
+
+    async fn complete_chunk(
+        &self,
+        req: Request<pb::CompleteChunkRequest>,
+    ) -> Result<Response<pb::CompleteChunkResponse>, Status> {
+        let r = req.into_inner();
+        if r.url.len() > 4096 {
+            return Err(Status::invalid_argument("url: at most 4096 bytes"));
+        }
+        let (accepted, end_frame) = self
+            .manager
+            .send(manager::CommitChunk {
+                worker_id: r.worker_id,
+                lease_id: r.lease_id,
+                epoch: r.epoch,
+                start: r.start_frame,
+                end: r.end_frame,
+                url: r.url,
+            })
+            .await
+            .map_err(mailbox)?
+            .map_err(status)?;
+        Ok(Response::new(pb::CompleteChunkResponse { accepted, end_frame }))
     }
 
     async fn complete_task(

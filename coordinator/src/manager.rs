@@ -89,7 +89,8 @@ impl JobManager {
             if let Some(j) = self.state.jobs.get(id) {
                 info!(job_id = %id, state = ?j.state, error = %j.error, "job state");
                 if j.state.is_terminal() {
-                    let _ = std::fs::remove_dir(self.rules.work_dir.join(id));
+                    // Also removes chunks that lost attempts left behind.
+                    let _ = std::fs::remove_dir_all(self.rules.work_dir.join(id));
                 }
             }
         }
@@ -243,7 +244,7 @@ impl Handler<LeaseTask> for JobManager {
 
 /// A worker renews its lease.
 #[derive(Message)]
-#[rtype(result = "bool")]
+#[rtype(result = "(bool, u64)")]
 pub struct Heartbeat {
     pub worker_id: String,
     pub lease_id: String,
@@ -252,15 +253,41 @@ pub struct Heartbeat {
 }
 
 impl Handler<Heartbeat> for JobManager {
-    type Result = bool;
-    fn handle(&mut self, m: Heartbeat, _: &mut Context<Self>) -> bool {
+    type Result = MessageResult<Heartbeat>;
+    fn handle(&mut self, m: Heartbeat, _: &mut Context<Self>) -> Self::Result {
         let now = now_ms();
         if let Some(w) = self.workers.get_mut(&m.worker_id) {
             w.last_seen_ms = now;
         }
-        self.state
-            .heartbeat(&m.lease_id, m.epoch, m.frames_done, now, &self.rules)
-            .0
+        MessageResult(self.state.heartbeat(&m.lease_id, m.epoch, m.frames_done, now, &self.rules))
+    }
+}
+
+/// A worker commits one chunk checkpoint.
+#[derive(Message)]
+#[rtype(result = "Result<(bool, u64), CoordError>")]
+pub struct CommitChunk {
+    pub worker_id: String,
+    pub lease_id: String,
+    pub epoch: u64,
+    pub start: u64,
+    pub end: u64,
+    pub url: String,
+}
+
+impl Handler<CommitChunk> for JobManager {
+    type Result = Result<(bool, u64), CoordError>;
+    fn handle(&mut self, m: CommitChunk, _: &mut Context<Self>) -> Self::Result {
+        let now = now_ms();
+        if let Some(w) = self.workers.get_mut(&m.worker_id) {
+            w.last_seen_ms = now;
+        }
+        let (ok, end, ch) = self.state.commit_chunk(&m.lease_id, m.epoch, (m.start, m.end), m.url, now);
+        self.commit(&ch)?;
+        if !ok {
+            warn!(worker_id = %m.worker_id, lease_id = %m.lease_id, start = m.start, end = m.end, "chunk refused");
+        }
+        Ok((ok, end))
     }
 }
 

@@ -81,8 +81,14 @@ pub struct Job {
     pub created_ms: u64,
     pub finished_ms: u64,
     pub media: Option<Media>,
-    /// Number of Segment tasks once planned.
+    /// Number of Segment tasks once planned (stealing adds more).
     pub segments: u32,
+    /// Frames per chunk checkpoint (from the probe's frame rate and `chunk_seconds`).
+    #[serde(default)]
+    pub chunk_frames: u64,
+    /// Index the next new task gets.
+    #[serde(default)]
+    pub next_task: u32,
 }
 
 /// What a task does.
@@ -108,6 +114,18 @@ pub struct Lease {
     pub id: String,
     pub worker_id: String,
     pub deadline_ms: u64,
+    /// First frame of this attempt (Segment tasks resume after their committed chunks).
+    #[serde(default)]
+    pub from: u64,
+}
+
+/// A committed chunk checkpoint: frames [start, end) of a segment, encoded at `url`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Chunk {
+    pub start: u64,
+    pub end: u64,
+    pub url: String,
+    pub worker_id: String,
 }
 
 /// One unit of work of a job.
@@ -137,6 +155,9 @@ pub struct Task {
     pub frames_done: u64,
     /// Worker that committed the result.
     pub worker_id: String,
+    /// Committed chunks of a Segment task, contiguous from its start.
+    #[serde(default)]
+    pub chunks: Vec<Chunk>,
 }
 
 impl Task {
@@ -156,13 +177,22 @@ impl Task {
             output_url: String::new(),
             frames_done: 0,
             worker_id: String::new(),
+            chunks: Vec::new(),
+        }
+    }
+
+    /// First frame not yet committed (Segment tasks).
+    pub fn committed_until(&self) -> u64 {
+        match self.kind {
+            TaskKind::Segment { start, .. } => self.chunks.last().map(|c| c.end).unwrap_or(start),
+            _ => 0,
         }
     }
 
     /// Frames this task covers (0 for Probe and Assemble).
     pub fn frames(&self) -> u64 {
         match self.kind {
-            TaskKind::Segment { start, end } => end - start,
+            TaskKind::Segment { start, end } => end.saturating_sub(start),
             _ => 0,
         }
     }

@@ -2,13 +2,16 @@
 //! in-memory state. The JobManager actor calls these and persists what they
 //! report as changed, so every rule here is testable without actors, sled or
 //! a network.
+//!
+//! Segment tasks are committed chunk by chunk (checkpoints of `chunk_frames`):
+//! a lost lease redoes only its unfinished chunk, and an idle worker can steal
+//! the tail of the largest in-flight range, split at a chunk boundary.
 
 use crate::model::{
-    Job, JobState, Lease, Media, Params, Task, TaskKind, TaskState, SCHEMA_VERSION,
+    Chunk, Job, JobState, Lease, Media, Params, Task, TaskKind, TaskState, SCHEMA_VERSION,
 };
 use framewise_common::plan::{keyframe_at_or_before, plan_segments};
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 
 /// Lease and retry rules, from the coordinator config.
 #[derive(Debug, Clone)]
@@ -16,6 +19,8 @@ pub struct Rules {
     pub lease_ttl_ms: u64,
     pub max_attempts: u32,
     pub segment_seconds: f64,
+    /// Length of a chunk checkpoint in seconds of video.
+    pub chunk_seconds: f64,
     pub work_dir: std::path::PathBuf,
 }
 
@@ -24,7 +29,7 @@ pub struct Rules {
 pub struct Changes {
     pub jobs: Vec<String>,
     pub tasks: Vec<(String, u32)>,
-    /// Objects nobody will read again (fenced attempts, finished jobs' segments).
+    /// Objects nobody will read again (fenced attempts, refused chunks).
     pub garbage: Vec<String>,
 }
 
@@ -70,16 +75,19 @@ pub enum Work {
     Probe {
         input_url: String,
     },
+    /// Stylize frames [start, end) in chunks of `chunk_frames`, each written under `output_url`.
     Segment {
         input_url: String,
         start: u64,
         end: u64,
+        chunk_frames: u64,
         frame_pts: Vec<u64>,
         seek_ns: u64,
         output_url: String,
         params: Params,
         media: Media,
     },
+    /// Stitch the chunks (url, start, end), in frame order.
     Assemble {
         input_url: String,
         segments: Vec<(String, u64, u64)>,
@@ -92,8 +100,15 @@ pub enum Work {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Completion {
     Probe(Media),
-    Segment { output_url: String, frames: u64 },
-    Assemble { output_url: String, frames: u64 },
+    /// Segments complete through their chunks; a final report is accepted only when all are in.
+    Segment {
+        output_url: String,
+        frames: u64,
+    },
+    Assemble {
+        output_url: String,
+        frames: u64,
+    },
 }
 
 /// Jobs, tasks and the lease index.
@@ -102,6 +117,10 @@ pub struct State {
     pub jobs: BTreeMap<String, Job>,
     pub tasks: BTreeMap<(String, u32), Task>,
     leases: HashMap<String, (String, u32)>,
+}
+
+fn job_range(id: &str) -> std::ops::RangeInclusive<(String, u32)> {
+    (id.to_string(), 0)..=(id.to_string(), u32::MAX)
 }
 
 impl State {
@@ -125,14 +144,7 @@ impl State {
 
     /// Accepts a job, or returns the existing one for a repeated idempotency key.
     pub fn submit(&mut self, new: NewJob, now: u64, rules: &Rules) -> (String, bool, Changes) {
-        let NewJob {
-            id,
-            idempotency_key: key,
-            input_url,
-            output_url,
-            mut params,
-        } = new;
-        let key = key.as_str();
+        let NewJob { id, idempotency_key: key, input_url, output_url, mut params } = new;
         if !key.is_empty() {
             if let Some(j) = self.jobs.values().find(|j| j.idempotency_key == key) {
                 return (j.id.clone(), true, Changes::default());
@@ -144,7 +156,7 @@ impl State {
         let job = Job {
             v: SCHEMA_VERSION,
             id: id.clone(),
-            idempotency_key: key.to_string(),
+            idempotency_key: key,
             input_url,
             output_url,
             params,
@@ -154,50 +166,49 @@ impl State {
             finished_ms: 0,
             media: None,
             segments: 0,
+            chunk_frames: 0,
+            next_task: 1,
         };
         self.jobs.insert(id.clone(), job);
-        self.tasks
-            .insert((id.clone(), 0), Task::new(&id, 0, TaskKind::Probe));
+        self.tasks.insert((id.clone(), 0), Task::new(&id, 0, TaskKind::Probe));
         let mut ch = Changes::default();
         ch.job(&id);
         ch.task(&id, 0);
         (id, false, ch)
     }
 
-    /// Hands the oldest pending task of the oldest active job to `worker`.
-    pub fn lease(
-        &mut self,
-        worker: &str,
-        lease_id: String,
-        now: u64,
-        rules: &Rules,
-    ) -> Option<(Grant, Changes)> {
-        let mut active: Vec<&Job> = self
-            .jobs
-            .values()
-            .filter(|j| !j.state.is_terminal())
-            .collect();
+    fn active_jobs(&self) -> Vec<String> {
+        let mut active: Vec<&Job> = self.jobs.values().filter(|j| !j.state.is_terminal()).collect();
         active.sort_by_key(|j| (j.created_ms, j.id.clone()));
-        let key = active.iter().find_map(|j| {
-            self.tasks
-                .range((j.id.clone(), 0)..=(j.id.clone(), u32::MAX))
-                .find(|(_, t)| t.state == TaskState::Pending)
-                .map(|(k, _)| k.clone())
-        })?;
+        active.into_iter().map(|j| j.id.clone()).collect()
+    }
+
+    /// Hands the oldest pending task of the oldest active job to `worker`; with none pending,
+    /// steals the tail of the largest in-flight segment.
+    pub fn lease(&mut self, worker: &str, lease_id: String, now: u64, rules: &Rules) -> Option<(Grant, Changes)> {
+        let mut ch = Changes::default();
+        let pending = self.active_jobs().into_iter().find_map(|id| {
+            self.tasks.range(job_range(&id)).find(|(_, t)| t.state == TaskState::Pending).map(|(k, _)| k.clone())
+        });
+        let key = match pending {
+            Some(k) => k,
+            None => self.steal(&mut ch)?,
+        };
         let task = self.tasks.get_mut(&key)?;
         task.state = TaskState::Leased;
         task.epoch += 1;
         task.attempts += 1;
         task.frames_done = 0;
+        let from = task.committed_until();
         task.lease = Some(Lease {
             id: lease_id.clone(),
             worker_id: worker.to_string(),
             deadline_ms: now + rules.lease_ttl_ms,
+            from,
         });
         let (epoch, index, kind) = (task.epoch, task.index, task.kind.clone());
         self.leases.insert(lease_id.clone(), key.clone());
         let job = self.jobs.get_mut(&key.0)?;
-        let mut ch = Changes::default();
         if job.state == JobState::Queued {
             job.state = JobState::Probing;
             ch.job(&job.id);
@@ -205,69 +216,81 @@ impl State {
         let job = job.clone();
         let media = job.media.clone().unwrap_or_default();
         let work = match kind {
-            TaskKind::Probe => Work::Probe {
-                input_url: job.input_url.clone(),
-            },
-            TaskKind::Segment { start, end } => {
-                let kf = keyframe_at_or_before(&media.keyframes, start);
-                let seek_ns = if kf == 0 {
-                    0
-                } else {
-                    media.frame_pts.get(kf as usize).copied().unwrap_or(0)
-                };
-                let output = rules
-                    .work_dir
-                    .join(&job.id)
-                    .join(format!("seg-{index:05}-e{epoch}.mp4"));
+            TaskKind::Probe => Work::Probe { input_url: job.input_url.clone() },
+            TaskKind::Segment { end, .. } => {
+                let kf = keyframe_at_or_before(&media.keyframes, from);
+                let seek_ns = if kf == 0 { 0 } else { media.frame_pts.get(kf as usize).copied().unwrap_or(0) };
+                let output = rules.work_dir.join(&job.id).join(format!("seg-{index:05}-e{epoch}"));
                 Work::Segment {
                     input_url: job.input_url.clone(),
-                    start,
+                    start: from,
                     end,
-                    frame_pts: media
-                        .frame_pts
-                        .get(start as usize..end as usize)
-                        .map(|s| s.to_vec())
-                        .unwrap_or_default(),
+                    chunk_frames: job.chunk_frames.max(1),
+                    frame_pts: media.frame_pts.get(from as usize..end as usize).map(|s| s.to_vec()).unwrap_or_default(),
                     seek_ns,
                     output_url: framewise_common::storage::file_url(&output),
                     params: job.params.clone(),
-                    media: Media {
-                        frame_pts: Vec::new(),
-                        keyframes: Vec::new(),
-                        ..media.clone()
-                    },
+                    media: Media { frame_pts: Vec::new(), keyframes: Vec::new(), ..media.clone() },
                 }
             }
-            TaskKind::Assemble => {
-                let segments = self
-                    .tasks
-                    .range((job.id.clone(), 1)..(job.id.clone(), index))
-                    .filter_map(|(_, t)| match t.kind {
-                        TaskKind::Segment { start, end } => {
-                            Some((t.output_url.clone(), start, end))
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                Work::Assemble {
-                    input_url: job.input_url.clone(),
-                    segments,
-                    output_url: job.output_url.clone(),
-                    media,
-                }
-            }
+            TaskKind::Assemble => Work::Assemble {
+                input_url: job.input_url.clone(),
+                segments: self.chunks_in_order(&job.id),
+                output_url: job.output_url.clone(),
+                media,
+            },
         };
         ch.task(&key.0, key.1);
-        Some((
-            Grant {
-                job_id: key.0.clone(),
-                index,
-                lease_id,
-                epoch,
-                work,
-            },
-            ch,
-        ))
+        Some((Grant { job_id: key.0.clone(), index, lease_id, epoch, work }, ch))
+    }
+
+    /// Every committed chunk of a job, in frame order.
+    fn chunks_in_order(&self, job_id: &str) -> Vec<(String, u64, u64)> {
+        let mut all: Vec<(String, u64, u64)> = self
+            .tasks
+            .range(job_range(job_id))
+            .flat_map(|(_, t)| t.chunks.iter().map(|c| (c.url.clone(), c.start, c.end)))
+            .collect();
+        all.sort_by_key(|c| c.1);
+        all
+    }
+
+    /// Splits the in-flight segment with the most frames left at a chunk boundary far enough
+    /// ahead that its owner finishes its current chunk (and the next) undisturbed; the tail
+    /// becomes a new pending task.
+    fn steal(&mut self, ch: &mut Changes) -> Option<(String, u32)> {
+        let mut best: Option<((String, u32), u64, u64)> = None; // key, split, tail
+        for id in self.active_jobs() {
+            let k = self.jobs.get(&id).map(|j| j.chunk_frames.max(1))?;
+            for (key, t) in self.tasks.range(job_range(&id)) {
+                let (TaskKind::Segment { end, .. }, TaskState::Leased, Some(l)) = (&t.kind, t.state, &t.lease) else {
+                    continue;
+                };
+                let done = l.from + t.frames_done;
+                let chunk = (done - l.from) / k;
+                let split = l.from + (chunk + 2) * k;
+                if split + k > *end {
+                    continue; // less than one whole chunk would be left to steal
+                }
+                let tail = end - split;
+                if best.as_ref().is_none_or(|b| tail > b.2) {
+                    best = Some((key.clone(), split, tail));
+                }
+            }
+        }
+        let (key, split, _) = best?;
+        let job = self.jobs.get_mut(&key.0)?;
+        let index = job.next_task;
+        job.next_task += 1;
+        job.segments += 1;
+        ch.job(&key.0);
+        let t = self.tasks.get_mut(&key)?;
+        let TaskKind::Segment { start, end } = t.kind else { return None };
+        t.kind = TaskKind::Segment { start, end: split };
+        ch.task(&key.0, key.1);
+        self.tasks.insert((key.0.clone(), index), Task::new(&key.0, index, TaskKind::Segment { start: split, end }));
+        ch.task(&key.0, index);
+        Some((key.0, index))
     }
 
     fn current(&self, lease_id: &str, epoch: u64) -> Option<(String, u32)> {
@@ -280,135 +303,128 @@ impl State {
         (live && !job.state.is_terminal()).then(|| key.clone())
     }
 
-    /// Renews a lease; false tells the worker to stop (lease lost, job finished or cancelled).
-    pub fn heartbeat(
-        &mut self,
-        lease_id: &str,
-        epoch: u64,
-        frames_done: u64,
-        now: u64,
-        rules: &Rules,
-    ) -> (bool, Changes) {
-        let Some(key) = self.current(lease_id, epoch) else {
-            return (false, Changes::default());
-        };
+    /// The frame a leased Segment task now ends at (stealing may have moved it); 0 for other tasks.
+    fn lease_end(&self, key: &(String, u32)) -> u64 {
+        match self.tasks.get(key).map(|t| &t.kind) {
+            Some(TaskKind::Segment { end, .. }) => *end,
+            _ => 0,
+        }
+    }
+
+    /// Renews a lease and records progress (frames done since the lease's first frame).
+    /// Returns whether to keep going and where the range now ends.
+    pub fn heartbeat(&mut self, lease_id: &str, epoch: u64, frames_done: u64, now: u64, rules: &Rules) -> (bool, u64) {
+        let Some(key) = self.current(lease_id, epoch) else { return (false, 0) };
+        let end = self.lease_end(&key);
         if let Some(t) = self.tasks.get_mut(&key) {
-            t.frames_done = frames_done.min(t.frames());
+            let from = t.lease.as_ref().map(|l| l.from).unwrap_or(0);
+            t.frames_done = frames_done.min(end.saturating_sub(from));
             if let Some(l) = t.lease.as_mut() {
                 l.deadline_ms = now + rules.lease_ttl_ms;
             }
         }
         // Heartbeats only move deadlines and progress, which a restart resets anyway: nothing to persist.
-        (true, Changes::default())
+        (true, end)
     }
 
-    /// Commits a result if its lease is current; a stale one is refused and its object collected.
-    pub fn complete(
+    /// Commits one chunk checkpoint of a Segment lease. It must continue the committed frames
+    /// exactly and lie inside the (possibly shortened) range; anything else is refused and collected.
+    /// Returns whether it was accepted and where the range now ends.
+    pub fn commit_chunk(
         &mut self,
         lease_id: &str,
         epoch: u64,
-        result: Completion,
+        (start, end): (u64, u64),
+        url: String,
         now: u64,
-        rules: &Rules,
-    ) -> (bool, Changes) {
+    ) -> (bool, u64, Changes) {
         let mut ch = Changes::default();
         let Some(key) = self.current(lease_id, epoch) else {
-            if let Completion::Segment { output_url, .. } = result {
-                ch.garbage.push(output_url);
-            }
-            return (false, ch);
+            ch.garbage.push(url);
+            return (false, 0, ch);
         };
-        let Some(task) = self.tasks.get(&key).cloned() else {
-            return (false, ch);
-        };
-        let worker = task
-            .lease
-            .as_ref()
-            .map(|l| l.worker_id.clone())
-            .unwrap_or_default();
+        let range_end = self.lease_end(&key);
+        let Some(t) = self.tasks.get_mut(&key) else { return (false, 0, ch) };
+        if !matches!(t.kind, TaskKind::Segment { .. }) || start != t.committed_until() || end <= start || end > range_end {
+            ch.garbage.push(url);
+            return (false, range_end, ch);
+        }
+        let worker = t.lease.as_ref().map(|l| l.worker_id.clone()).unwrap_or_default();
+        t.chunks.push(Chunk { start, end, url, worker_id: worker.clone() });
+        let from = t.lease.as_ref().map(|l| l.from).unwrap_or(start);
+        t.frames_done = t.frames_done.max(end - from);
+        ch.task(&key.0, key.1);
+        if end == range_end {
+            self.finish_task(&key, &worker, String::new(), &mut ch);
+            self.maybe_assemble(&key.0, &mut ch);
+        }
+        let _ = now;
+        (true, range_end, ch)
+    }
+
+    /// Once every segment is committed, queues the Assemble task.
+    fn maybe_assemble(&mut self, job_id: &str, ch: &mut Changes) {
+        let all_done = self
+            .tasks
+            .range(job_range(job_id))
+            .filter(|(_, t)| matches!(t.kind, TaskKind::Segment { .. }))
+            .all(|(_, t)| t.state == TaskState::Done);
+        let Some(job) = self.jobs.get_mut(job_id) else { return };
+        if !all_done || job.state != JobState::Running {
+            return;
+        }
+        let idx = job.next_task;
+        job.next_task += 1;
+        job.state = JobState::Assembling;
+        ch.job(job_id);
+        self.tasks.insert((job_id.to_string(), idx), Task::new(job_id, idx, TaskKind::Assemble));
+        ch.task(job_id, idx);
+    }
+
+    /// Commits a Probe or Assemble result if its lease is current.
+    pub fn complete(&mut self, lease_id: &str, epoch: u64, result: Completion, now: u64, rules: &Rules) -> (bool, Changes) {
+        let mut ch = Changes::default();
+        let Some(key) = self.current(lease_id, epoch) else { return (false, ch) };
+        let Some(task) = self.tasks.get(&key).cloned() else { return (false, ch) };
+        let worker = task.lease.as_ref().map(|l| l.worker_id.clone()).unwrap_or_default();
         match (&task.kind, result) {
             (TaskKind::Probe, Completion::Probe(media)) => {
                 if media.frame_pts.is_empty() {
-                    return (
-                        true,
-                        self.fail_job(&key.0, "the input has no video frames".into(), now),
-                    );
+                    return (true, self.fail_job(&key.0, "the input has no video frames".into(), now));
                 }
-                self.finish_task(&key, &worker, String::new(), 0, &mut ch);
-                let job = self.jobs.get_mut(&key.0).expect("job of a live task");
-                let ranges = plan_segments(
-                    media.frame_pts.len() as u64,
-                    media.fps(),
-                    &media.keyframes,
-                    job.params.segment_seconds,
-                );
+                self.finish_task(&key, &worker, String::new(), &mut ch);
+                let Some(job) = self.jobs.get_mut(&key.0) else { return (false, ch) };
+                let fps = media.fps();
+                let ranges = plan_segments(media.frame_pts.len() as u64, fps, &media.keyframes, job.params.segment_seconds);
+                job.chunk_frames = if fps > 0.0 { ((rules.chunk_seconds * fps).round() as u64).max(1) } else { 50 };
                 job.media = Some(media);
                 job.segments = ranges.len() as u32;
                 job.state = JobState::Running;
                 let id = job.id.clone();
+                let first = job.next_task;
+                job.next_task += ranges.len() as u32;
                 for (i, r) in ranges.into_iter().enumerate() {
-                    let idx = i as u32 + 1;
-                    self.tasks.insert(
-                        (id.clone(), idx),
-                        Task::new(
-                            &id,
-                            idx,
-                            TaskKind::Segment {
-                                start: r.start,
-                                end: r.end,
-                            },
-                        ),
-                    );
+                    let idx = first + i as u32;
+                    self.tasks.insert((id.clone(), idx), Task::new(&id, idx, TaskKind::Segment { start: r.start, end: r.end }));
                     ch.task(&id, idx);
                 }
                 ch.job(&id);
             }
-            (TaskKind::Segment { .. }, Completion::Segment { output_url, frames }) => {
-                if frames != task.frames() {
-                    let err = format!("segment wrote {frames} frames, expected {}", task.frames());
-                    let (_, c) = self.fail(lease_id, epoch, &err, false, now, rules);
-                    ch.garbage.push(output_url);
-                    return (false, merge(ch, c));
-                }
-                self.finish_task(&key, &worker, output_url, frames, &mut ch);
-                let job = self.jobs.get(&key.0).expect("job of a live task").clone();
-                let all_done = (1..=job.segments).all(|i| {
-                    self.tasks
-                        .get(&(job.id.clone(), i))
-                        .is_some_and(|t| t.state == TaskState::Done)
-                });
-                if all_done {
-                    let idx = job.segments + 1;
-                    self.tasks.insert(
-                        (job.id.clone(), idx),
-                        Task::new(&job.id, idx, TaskKind::Assemble),
-                    );
-                    ch.task(&job.id, idx);
-                    if let Some(j) = self.jobs.get_mut(&job.id) {
-                        j.state = JobState::Assembling;
-                    }
-                    ch.job(&job.id);
-                }
-            }
             (TaskKind::Assemble, Completion::Assemble { .. }) => {
-                self.finish_task(&key, &worker, String::new(), 0, &mut ch);
-                let job = self.jobs.get_mut(&key.0).expect("job of a live task");
+                self.finish_task(&key, &worker, String::new(), &mut ch);
+                let Some(job) = self.jobs.get_mut(&key.0) else { return (false, ch) };
                 job.state = JobState::Succeeded;
                 job.finished_ms = now;
                 let id = job.id.clone();
                 ch.job(&id);
-                ch.garbage.extend(
-                    self.tasks
-                        .range((id.clone(), 1)..=(id.clone(), u32::MAX))
-                        .filter(|(_, t)| !t.output_url.is_empty())
-                        .map(|(_, t)| t.output_url.clone()),
-                );
+                ch.garbage.extend(self.chunks_in_order(&id).into_iter().map(|c| c.0));
+            }
+            (TaskKind::Segment { .. }, Completion::Segment { .. }) => {
+                // Every chunk commits on its own; the segment finished with its last one.
+                return (false, ch);
             }
             (kind, other) => {
-                let err = format!(
-                    "worker sent a {} result for a {kind:?} task",
-                    completion_name(&other)
-                );
+                let err = format!("worker sent a {} result for a {kind:?} task", completion_name(&other));
                 let (_, c) = self.fail(lease_id, epoch, &err, false, now, rules);
                 return (false, merge(ch, c));
             }
@@ -416,27 +432,20 @@ impl State {
         (true, ch)
     }
 
-    fn finish_task(
-        &mut self,
-        key: &(String, u32),
-        worker: &str,
-        output_url: String,
-        frames: u64,
-        ch: &mut Changes,
-    ) {
+    fn finish_task(&mut self, key: &(String, u32), worker: &str, output_url: String, ch: &mut Changes) {
         if let Some(t) = self.tasks.get_mut(key) {
             if let Some(l) = t.lease.take() {
                 self.leases.remove(&l.id);
             }
             t.state = TaskState::Done;
             t.output_url = output_url;
-            t.frames_done = frames;
+            t.frames_done = t.frames();
             t.worker_id = worker.to_string();
             ch.task(&key.0, key.1);
         }
     }
 
-    /// Records a failed attempt; the task is retried unless the input is at fault or attempts are used up.
+    /// Records a failed attempt; the task is retried unless the input is at fault or it is poisoned.
     pub fn fail(
         &mut self,
         lease_id: &str,
@@ -467,8 +476,7 @@ impl State {
         ch.task(&key.0, key.1);
         // Poison: failed on max_attempts distinct workers, or twice that many times
         // in all (so a pool of one or two workers cannot retry forever).
-        let poisoned = t.failed_workers.len() as u32 >= rules.max_attempts
-            || t.failures >= 2 * rules.max_attempts;
+        let poisoned = t.failed_workers.len() as u32 >= rules.max_attempts || t.failures >= 2 * rules.max_attempts;
         if permanent || poisoned {
             t.state = TaskState::Failed;
             let reason = if permanent {
@@ -498,8 +506,7 @@ impl State {
         };
         if let Some(l) = t.lease.take() {
             self.leases.remove(&l.id);
-            t.errors
-                .push(format!("{}: released ({reason})", l.worker_id));
+            t.errors.push(format!("{}: released ({reason})", l.worker_id));
         }
         t.frames_done = 0;
         t.state = TaskState::Pending;
@@ -513,22 +520,12 @@ impl State {
         let expired: Vec<(String, u64)> = self
             .tasks
             .values()
-            .filter(|t| {
-                t.state == TaskState::Leased
-                    && t.lease.as_ref().is_some_and(|l| l.deadline_ms <= now)
-            })
+            .filter(|t| t.state == TaskState::Leased && t.lease.as_ref().is_some_and(|l| l.deadline_ms <= now))
             .filter_map(|t| t.lease.as_ref().map(|l| (l.id.clone(), t.epoch)))
             .collect();
         let mut ch = Changes::default();
         for (lease_id, epoch) in expired {
-            let (_, c) = self.fail(
-                &lease_id,
-                epoch,
-                "lease expired (worker lost or stalled)",
-                false,
-                now,
-                rules,
-            );
+            let (_, c) = self.fail(&lease_id, epoch, "lease expired (worker lost or stalled)", false, now, rules);
             ch = merge(ch, c);
         }
         ch
@@ -560,21 +557,34 @@ impl State {
         ch
     }
 
-    /// Frames finished (committed segments plus running attempts' progress).
+    /// Frames finished: committed chunks plus running attempts' uncommitted progress.
     pub fn frames_done(&self, job_id: &str) -> u64 {
         self.tasks
-            .range((job_id.to_string(), 1)..=(job_id.to_string(), u32::MAX))
+            .range(job_range(job_id))
             .filter(|(_, t)| matches!(t.kind, TaskKind::Segment { .. }))
-            .map(|(_, t)| t.frames_done)
+            .map(|(_, t)| match (t.state, &t.lease) {
+                (TaskState::Done, _) => t.frames(),
+                (TaskState::Leased, Some(l)) => {
+                    let committed = t.committed_until() - t.kind_start();
+                    committed.max(l.from - t.kind_start() + t.frames_done)
+                }
+                _ => t.committed_until() - t.kind_start(),
+            })
             .sum()
     }
 
     /// The tasks of a job in order.
     pub fn tasks_of(&self, job_id: &str) -> Vec<&Task> {
-        self.tasks
-            .range((job_id.to_string(), 0)..=(job_id.to_string(), u32::MAX))
-            .map(|(_, t)| t)
-            .collect()
+        self.tasks.range(job_range(job_id)).map(|(_, t)| t).collect()
+    }
+}
+
+impl Task {
+    fn kind_start(&self) -> u64 {
+        match self.kind {
+            TaskKind::Segment { start, .. } => start,
+            _ => 0,
+        }
     }
 }
 
@@ -607,9 +617,7 @@ fn completion_name(c: &Completion) -> &'static str {
 
 /// The local file behind a collectable object URL, if it is one.
 pub fn garbage_path(url: &str) -> Option<std::path::PathBuf> {
-    framewise_common::storage::local_path(url)
-        .ok()
-        .filter(|p| Path::new(p).is_absolute())
+    framewise_common::storage::local_path(url).ok()
 }
 
 #[cfg(test)]
@@ -617,12 +625,7 @@ pub(crate) mod tests {
     use super::*;
 
     fn rules() -> Rules {
-        Rules {
-            lease_ttl_ms: 1000,
-            max_attempts: 2,
-            segment_seconds: 1.0,
-            work_dir: "/w".into(),
-        }
+        Rules { lease_ttl_ms: 1000, max_attempts: 2, segment_seconds: 1.0, chunk_seconds: 0.5, work_dir: "/w".into() }
     }
 
     fn media(n: u64) -> Media {
@@ -652,92 +655,141 @@ pub(crate) mod tests {
         s.submit(new_job("j1", "k"), 0, &rules()).0
     }
 
+    /// Submits and completes the probe of an n-frame, 10 fps video (chunks of 5 frames).
+    fn probed(s: &mut State, n: u64, segment_seconds: f64) -> String {
+        let mut nj = new_job("j1", "k");
+        nj.params.segment_seconds = segment_seconds;
+        let id = s.submit(nj, 0, &rules()).0;
+        let (g, _) = s.lease("w0", "probe".into(), 0, &rules()).unwrap();
+        assert!(s.complete("probe", g.epoch, Completion::Probe(media(n)), 1, &rules()).0);
+        id
+    }
+
+    /// Commits every chunk of a segment grant, as a worker would.
+    fn run_chunks(s: &mut State, g: &Grant, k: u64) -> Vec<bool> {
+        let Work::Segment { start, mut end, .. } = g.work else { panic!("not a segment") };
+        let mut out = Vec::new();
+        let mut a = start;
+        while a < end {
+            let b = (a + k).min(end);
+            let (ok, new_end, _) = s.commit_chunk(&g.lease_id, g.epoch, (a, b), format!("file:///w/{a}.mp4"), 2);
+            out.push(ok);
+            end = new_end; // stealing may have moved it
+            a = b;
+        }
+        out
+    }
+
     #[test]
-    fn a_job_runs_probe_segments_assemble() {
+    fn a_job_runs_probe_segments_in_chunks_then_assemble() {
         let (mut s, r) = (State::default(), rules());
         let id = submit(&mut s);
         let (g, _) = s.lease("w1", "l1".into(), 0, &r).unwrap();
         assert!(matches!(g.work, Work::Probe { .. }));
-        assert!(
-            s.lease("w2", "l2".into(), 0, &r).is_none(),
-            "nothing else before the probe is done"
-        );
-        let (ok, ch) = s.complete("l1", g.epoch, Completion::Probe(media(25)), 1, &r);
-        assert!(ok);
-        assert_eq!(
-            s.jobs[&id].segments, 3,
-            "25 frames at 10 fps in 1 s segments: 10, 10, 5"
-        );
-        assert!(ch.tasks.len() >= 4);
-        let mut grants = Vec::new();
-        for i in 0..3 {
-            grants.push(s.lease("w1", format!("s{i}"), 2, &r).unwrap().0);
-        }
-        let mut covered = 0;
+        assert!(s.lease("w2", "l2".into(), 0, &r).is_none(), "nothing else before the probe is done");
+        assert!(s.complete("l1", g.epoch, Completion::Probe(media(25)), 1, &r).0);
+        assert_eq!(s.jobs[&id].segments, 3, "25 frames at 10 fps in 1 s segments: 10, 10, 5");
+        assert_eq!(s.jobs[&id].chunk_frames, 5);
+        let grants: Vec<Grant> = (0..3).map(|i| s.lease("w1", format!("s{i}"), 2, &r).unwrap().0).collect();
         for g in &grants {
-            let Work::Segment {
-                start,
-                end,
-                ref frame_pts,
-                ref output_url,
-                ..
-            } = g.work
-            else {
-                panic!()
-            };
+            let Work::Segment { start, end, ref frame_pts, ref output_url, chunk_frames, .. } = g.work else { panic!() };
             assert_eq!(frame_pts.len() as u64, end - start);
-            assert!(output_url.contains(&format!("e{}", g.epoch)));
-            covered += end - start;
+            assert_eq!(chunk_frames, 5);
+            assert!(output_url.ends_with(&format!("-e{}", g.epoch)), "one path per attempt: {output_url}");
         }
-        assert_eq!(covered, 25);
         for g in &grants {
-            let Work::Segment {
-                start,
-                end,
-                ref output_url,
-                ..
-            } = g.work
-            else {
-                panic!()
-            };
-            let (ok, _) = s.complete(
-                &g.lease_id,
-                g.epoch,
-                Completion::Segment {
-                    output_url: output_url.clone(),
-                    frames: end - start,
-                },
-                3,
-                &r,
-            );
-            assert!(ok);
+            assert!(run_chunks(&mut s, g, 5).iter().all(|ok| *ok));
         }
         assert_eq!(s.jobs[&id].state, JobState::Assembling);
         assert_eq!(s.frames_done(&id), 25);
         let (g, _) = s.lease("w1", "a".into(), 4, &r).unwrap();
-        let Work::Assemble { ref segments, .. } = g.work else {
-            panic!()
-        };
-        assert_eq!(segments.len(), 3);
-        assert_eq!(segments[0].1, 0);
-        assert_eq!(segments[2].2, 25);
-        let (ok, ch) = s.complete(
-            "a",
-            g.epoch,
-            Completion::Assemble {
-                output_url: "file:///out.mp4".into(),
-                frames: 25,
-            },
-            5,
-            &r,
-        );
+        let Work::Assemble { ref segments, .. } = g.work else { panic!() };
+        assert_eq!(segments.len(), 5, "10+10+5 frames in chunks of 5");
+        for w in segments.windows(2) {
+            assert_eq!(w[0].2, w[1].1, "contiguous, in frame order");
+        }
+        assert_eq!((segments[0].1, segments[4].2), (0, 25));
+        let (ok, ch) = s.complete("a", g.epoch, Completion::Assemble { output_url: "file:///out.mp4".into(), frames: 25 }, 5, &r);
         assert!(ok);
         assert_eq!(s.jobs[&id].state, JobState::Succeeded);
-        assert_eq!(
-            ch.garbage.len(),
-            3,
-            "segment files are collected after success"
-        );
+        assert_eq!(ch.garbage.len(), 5, "chunk files are collected after success");
+    }
+
+    #[test]
+    fn a_lost_lease_redoes_only_its_unfinished_chunk() {
+        let (mut s, r) = (State::default(), rules());
+        let id = probed(&mut s, 20, 10.0);
+        let (g, _) = s.lease("w1", "l1".into(), 2, &r).unwrap();
+        assert!(s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/a".into(), 3).0);
+        assert!(s.commit_chunk("l1", g.epoch, (5, 10), "file:///w/b".into(), 3).0);
+        s.expire(5000, &r);
+        let (g2, _) = s.lease("w2", "l2".into(), 5001, &r).unwrap();
+        let Work::Segment { start, end, ref frame_pts, .. } = g2.work else { panic!() };
+        assert_eq!((start, end, frame_pts.len()), (10, 20, 10), "resumes after the committed chunks");
+        assert!(!s.commit_chunk("l1", g.epoch, (10, 15), "file:///w/late".into(), 5002).0, "fenced");
+        assert!(run_chunks(&mut s, &g2, 5).iter().all(|ok| *ok));
+        assert_eq!(s.jobs[&id].state, JobState::Assembling);
+        assert_eq!(s.frames_done(&id), 20);
+    }
+
+    #[test]
+    fn chunks_must_continue_the_committed_frames() {
+        let (mut s, r) = (State::default(), rules());
+        probed(&mut s, 20, 10.0);
+        let (g, _) = s.lease("w1", "l1".into(), 2, &r).unwrap();
+        let (ok, _, ch) = s.commit_chunk("l1", g.epoch, (5, 10), "file:///w/gap".into(), 3);
+        assert!(!ok, "a gap is refused");
+        assert_eq!(ch.garbage, vec!["file:///w/gap".to_string()]);
+        assert!(!s.commit_chunk("l1", g.epoch, (0, 25), "file:///w/long".into(), 3).0, "past the end");
+        assert!(!s.commit_chunk("l1", g.epoch, (0, 0), "file:///w/empty".into(), 3).0, "empty");
+        assert!(s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/ok".into(), 3).0);
+        assert!(!s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/again".into(), 3).0, "no frame twice");
+    }
+
+    #[test]
+    fn an_idle_worker_steals_the_tail_at_a_chunk_boundary() {
+        let (mut s, r) = (State::default(), rules());
+        let id = probed(&mut s, 60, 100.0); // one segment of 60 frames, chunks of 5
+        let (g1, _) = s.lease("w1", "l1".into(), 2, &r).unwrap();
+        assert_eq!(s.heartbeat("l1", g1.epoch, 7, 3, &r), (true, 60)); // in chunk 1
+        let (g2, ch) = s.lease("w2", "l2".into(), 4, &r).unwrap();
+        let Work::Segment { start, end, ref frame_pts, .. } = g2.work else { panic!() };
+        assert_eq!((start, end, frame_pts.len()), (15, 60, 45), "split two chunks ahead of the owner");
+        assert!(ch.jobs.contains(&id), "the job's segment count changed");
+        assert_eq!(s.heartbeat("l1", g1.epoch, 9, 5, &r), (true, 15), "the owner learns its new end");
+        let (ok, end, _) = s.commit_chunk("l1", g1.epoch, (0, 5), "file:///w/0".into(), 6);
+        assert!(ok && end == 15);
+        // A third idle worker steals from the larger remaining range (w2's).
+        assert_eq!(s.heartbeat("l2", g2.epoch, 0, 6, &r), (true, 60));
+        let (g3, _) = s.lease("w3", "l3".into(), 7, &r).unwrap();
+        let Work::Segment { start, end, .. } = g3.work else { panic!() };
+        assert_eq!((start, end), (25, 60));
+        // The owner had already started past its new end: that chunk is refused.
+        assert!(s.commit_chunk("l1", g1.epoch, (5, 10), "file:///w/5".into(), 8).0);
+        assert!(s.commit_chunk("l1", g1.epoch, (10, 15), "file:///w/10".into(), 8).0);
+        assert!(!s.commit_chunk("l1", g1.epoch, (15, 20), "file:///w/15".into(), 8).0, "lease is done");
+        assert!(run_chunks(&mut s, &g2, 5).iter().all(|ok| *ok));
+        assert!(run_chunks(&mut s, &g3, 5).iter().all(|ok| *ok));
+        assert_eq!(s.jobs[&id].state, JobState::Assembling);
+        assert_eq!(s.jobs[&id].segments, 3);
+        assert_eq!(s.frames_done(&id), 60);
+        let (g, _) = s.lease("w1", "a".into(), 9, &r).unwrap();
+        let Work::Assemble { ref segments, .. } = g.work else { panic!() };
+        let mut next = 0;
+        for (_, a, b) in segments {
+            assert_eq!(*a, next, "every frame exactly once, in order");
+            next = *b;
+        }
+        assert_eq!(next, 60);
+    }
+
+    #[test]
+    fn nothing_to_steal_near_the_end_of_a_range() {
+        let (mut s, r) = (State::default(), rules());
+        probed(&mut s, 12, 100.0);
+        let (g1, _) = s.lease("w1", "l1".into(), 2, &r).unwrap();
+        s.heartbeat("l1", g1.epoch, 3, 3, &r);
+        assert!(s.lease("w2", "l2".into(), 4, &r).is_none(), "12 frames: split at 10 leaves less than a chunk");
     }
 
     #[test]
@@ -760,14 +812,9 @@ pub(crate) mod tests {
         assert_eq!(ch.tasks.len(), 1);
         let (g2, _) = s.lease("w2", "l2".into(), 1600, &r).unwrap();
         assert_eq!(g2.epoch, g1.epoch + 1);
-        assert!(
-            !s.heartbeat("l1", g1.epoch, 0, 1600, &r).0,
-            "the old lease is gone"
-        );
-        let (ok, _) = s.complete("l1", g1.epoch, Completion::Probe(media(5)), 1700, &r);
-        assert!(!ok, "a stale epoch cannot commit");
-        let (ok, _) = s.complete("l2", g2.epoch, Completion::Probe(media(5)), 1700, &r);
-        assert!(ok);
+        assert!(!s.heartbeat("l1", g1.epoch, 0, 1600, &r).0, "the old lease is gone");
+        assert!(!s.complete("l1", g1.epoch, Completion::Probe(media(5)), 1700, &r).0, "a stale epoch cannot commit");
+        assert!(s.complete("l2", g2.epoch, Completion::Probe(media(5)), 1700, &r).0);
     }
 
     #[test]
@@ -792,31 +839,7 @@ pub(crate) mod tests {
         s.fail("l2", g.epoch, "bang", false, 3, &r);
         assert_eq!(s.jobs[&id].state, JobState::Failed);
         let e = &s.jobs[&id].error;
-        assert!(
-            e.contains("w1: boom") && e.contains("w2: bang") && e.contains("2 times on 2 workers"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn wrong_frame_count_is_not_committed() {
-        let (mut s, r) = (State::default(), rules());
-        submit(&mut s);
-        let (g, _) = s.lease("w1", "l1".into(), 0, &r).unwrap();
-        s.complete("l1", g.epoch, Completion::Probe(media(5)), 1, &r);
-        let (g, _) = s.lease("w1", "l2".into(), 2, &r).unwrap();
-        let (ok, ch) = s.complete(
-            "l2",
-            g.epoch,
-            Completion::Segment {
-                output_url: "file:///w/x".into(),
-                frames: 4,
-            },
-            3,
-            &r,
-        );
-        assert!(!ok);
-        assert_eq!(ch.garbage, vec!["file:///w/x".to_string()]);
+        assert!(e.contains("w1: boom") && e.contains("w2: bang") && e.contains("2 times on 2 workers"), "{e}");
     }
 
     #[test]
@@ -826,32 +849,19 @@ pub(crate) mod tests {
         for i in 0..3 {
             let (g, _) = s.lease("w1", format!("l{i}"), i, &r).unwrap();
             s.fail(&format!("l{i}"), g.epoch, "flaky", false, i, &r);
-            assert_eq!(
-                s.jobs[&id].state,
-                JobState::Probing,
-                "same worker, {} failures",
-                i + 1
-            );
+            assert_eq!(s.jobs[&id].state, JobState::Probing, "same worker, {} failures", i + 1);
         }
-        // Releases (eviction notices) never count.
         for i in 3..8 {
             let (g, _) = s.lease("w1", format!("l{i}"), i, &r).unwrap();
             assert!(s.release(&format!("l{i}"), g.epoch, "eviction notice").0);
         }
-        assert_eq!(s.jobs[&id].state, JobState::Probing);
+        assert_eq!(s.jobs[&id].state, JobState::Probing, "releases never count");
         let t = &s.tasks[&(id.clone(), 0)];
         assert_eq!((t.failures, t.attempts), (3, 8));
         let (g, _) = s.lease("w1", "l9".into(), 9, &r).unwrap();
         s.fail("l9", g.epoch, "flaky", false, 9, &r);
-        assert_eq!(
-            s.jobs[&id].state,
-            JobState::Failed,
-            "2 x max_attempts failures in all"
-        );
-        assert!(
-            !s.release("l9", g.epoch, "late").0,
-            "nothing to release any more"
-        );
+        assert_eq!(s.jobs[&id].state, JobState::Failed, "2 x max_attempts failures in all");
+        assert!(!s.release("l9", g.epoch, "late").0, "nothing to release any more");
     }
 
     #[test]
@@ -866,18 +876,20 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn restore_keeps_leases_for_one_ttl() {
+    fn restore_keeps_leases_and_chunks() {
         let (mut s, r) = (State::default(), rules());
-        submit(&mut s);
+        probed(&mut s, 20, 10.0);
         let (g, _) = s.lease("w1", "l1".into(), 0, &r).unwrap();
+        assert!(s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/a".into(), 1).0);
         let jobs = s.jobs.values().cloned().collect();
         let tasks = s.tasks.values().cloned().collect();
         let (mut s2, _) = State::restore(jobs, tasks, 10_000, &r);
-        assert!(
-            s2.heartbeat("l1", g.epoch, 0, 10_500, &r).0,
-            "the worker reattaches"
-        );
+        assert!(s2.heartbeat("l1", g.epoch, 7, 10_500, &r).0, "the worker reattaches");
+        assert!(s2.commit_chunk("l1", g.epoch, (5, 10), "file:///w/b".into(), 10_600).0, "and goes on committing");
         assert!(s2.expire(11_400, &r).is_empty());
         assert_eq!(s2.expire(11_600, &r).tasks.len(), 1);
+        let (g2, _) = s2.lease("w2", "l2".into(), 11_700, &r).unwrap();
+        let Work::Segment { start, .. } = g2.work else { panic!() };
+        assert_eq!(start, 10);
     }
 }

@@ -72,6 +72,7 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
         lease_ttl_ms: cfg.lease_ttl_ms,
         max_attempts: cfg.max_attempts,
         segment_seconds: cfg.segment_seconds,
+        chunk_seconds: cfg.chunk_seconds,
         work_dir: cfg.work_dir.clone(),
     };
     let manager = JobManager::new(store, rules)?;

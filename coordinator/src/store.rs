@@ -137,6 +137,7 @@ mod tests {
             lease_ttl_ms: 1000,
             max_attempts: 2,
             segment_seconds: 1.0,
+            chunk_seconds: 0.5,
             work_dir: "/w".into(),
         };
         let mut s = State::default();

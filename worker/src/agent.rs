@@ -7,12 +7,12 @@ use crate::media::assemble::{assemble, SegmentFile};
 use crate::media::encode::EncoderSettings;
 use crate::media::probe::{frame_duration_ns, probe, Probe};
 use crate::preemption::watch_notices;
-use crate::segment::{run_segment, SegmentError, SegmentSpec};
+use crate::segment::{run_segment, ChunkDone, SegmentControl, SegmentError, SegmentSpec};
 use framewise_common::config::WorkerConfig;
 use framewise_common::proto::{
     self, lease_task_response::Task, worker_service_client::WorkerServiceClient,
 };
-use framewise_common::storage::local_path;
+use framewise_common::storage::{file_url, local_path};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,6 +52,8 @@ enum Outcome {
     },
     /// Given back (eviction notice): already reported by Release.
     Released,
+    /// A segment whose chunks were all committed as they finished.
+    Committed,
 }
 
 impl Worker {
@@ -176,9 +178,18 @@ impl Worker {
         hb_every: Duration,
         evicted: &mut watch::Receiver<Option<String>>,
     ) -> Outcome {
-        let progress = Arc::new(AtomicU64::new(0));
-        let cancel = Arc::new(AtomicBool::new(false));
-        let (p, c) = (progress.clone(), cancel.clone());
+        let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::unbounded_channel();
+        let limit = match &task {
+            Task::Segment(s) => s.end_frame,
+            _ => u64::MAX,
+        };
+        let ctl = Arc::new(TaskCtl {
+            progress: AtomicU64::new(0),
+            cancel: AtomicBool::new(false),
+            limit: AtomicU64::new(limit),
+            chunks: chunk_tx,
+        });
+        let task_ctl = ctl.clone();
         let model = self.model.clone();
         let settings = EncoderSettings {
             crf: self.cfg.encoder.crf,
@@ -186,9 +197,7 @@ impl Worker {
         };
         let lease_id = lease.lease_id.clone();
         info!(worker_id = %self.id, job_id, task_index, lease_id = %lease_id, kind = kind(&task), "task leased");
-        let work = tokio::task::spawn_blocking(move || {
-            run_task(task, &model, &settings, &lease_id, &p, &c)
-        });
+        let work = tokio::task::spawn_blocking(move || run_task(task, &model, &settings, &lease_id, &task_ctl));
         tokio::pin!(work);
         let mut tick = tokio::time::interval(hb_every);
         tick.tick().await;
@@ -196,16 +205,25 @@ impl Worker {
         loop {
             tokio::select! {
                 r = &mut work => {
+                    // Chunks finished just before the task ended are still to commit.
+                    while let Ok(c) = chunk_rx.try_recv() {
+                        if !released {
+                            self.commit_chunk(client, lease, c, &ctl).await;
+                        }
+                    }
                     if released {
                         return Outcome::Released;
                     }
                     return r.unwrap_or_else(|e| Outcome::Failed { error: format!("worker task panicked: {e}"), permanent: false });
                 }
+                Some(c) = chunk_rx.recv(), if !released => {
+                    self.commit_chunk(client, lease, c, &ctl).await;
+                }
                 r = evicted.changed(), if !released => {
                     released = true;
                     let Some(notice) = r.ok().and_then(|_| evicted.borrow().clone()) else { continue };
                     // Stop the work and give the lease back at once; the task winds down meanwhile.
-                    cancel.store(true, Ordering::Relaxed);
+                    ctl.cancel.store(true, Ordering::Relaxed);
                     let req = proto::ReleaseRequest {
                         worker_id: self.id.clone(),
                         lease_id: lease.lease_id.clone(),
@@ -222,16 +240,54 @@ impl Worker {
                         worker_id: self.id.clone(),
                         lease_id: lease.lease_id.clone(),
                         epoch: lease.epoch,
-                        frames_done: progress.load(Ordering::Relaxed),
+                        frames_done: ctl.progress.load(Ordering::Relaxed),
                     };
                     match client.heartbeat(hb).await {
                         Ok(r) if !r.get_ref().keep_going => {
                             warn!(worker_id = %self.id, job_id, task_index, "lease lost; stopping the task");
-                            cancel.store(true, Ordering::Relaxed);
+                            ctl.cancel.store(true, Ordering::Relaxed);
                         }
-                        Ok(_) => {}
+                        Ok(r) => {
+                            // Work stealing may have given the tail of this range to another worker.
+                            if r.get_ref().end_frame > 0 {
+                                ctl.limit.fetch_min(r.get_ref().end_frame, Ordering::Relaxed);
+                            }
+                        }
                         Err(e) => warn!(worker_id = %self.id, job_id, error = %e.message(), "heartbeat failed"),
                     }
+                }
+            }
+        }
+    }
+
+    /// Commits one finished chunk; the reply may shorten the range or say the lease is gone.
+    async fn commit_chunk(&self, client: &mut WorkerServiceClient<Channel>, lease: &proto::Lease, c: ChunkDone, ctl: &TaskCtl) {
+        let req = proto::CompleteChunkRequest {
+            worker_id: self.id.clone(),
+            lease_id: lease.lease_id.clone(),
+            epoch: lease.epoch,
+            start_frame: c.start,
+            end_frame: c.end,
+            url: file_url(&c.path),
+        };
+        for attempt in 0..5u32 {
+            match client.complete_chunk(req.clone()).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if r.end_frame > 0 {
+                        ctl.limit.fetch_min(r.end_frame, Ordering::Relaxed);
+                    }
+                    if !r.accepted && r.end_frame == 0 {
+                        warn!(worker_id = %self.id, lease_id = %lease.lease_id, "result refused (stale lease); stopping the task");
+                        ctl.cancel.store(true, Ordering::Relaxed);
+                    } else if !r.accepted {
+                        info!(worker_id = %self.id, lease_id = %lease.lease_id, start = c.start, "chunk past the shortened range; another worker has it");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    warn!(worker_id = %self.id, error = %e.message(), attempt, "committing a chunk failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                 }
             }
         }
@@ -245,7 +301,7 @@ impl Worker {
     ) {
         for attempt in 0..5u32 {
             let r = match &outcome {
-                Outcome::Released => return,
+                Outcome::Released | Outcome::Committed => return,
                 Outcome::Done(result) => client
                     .complete_task(proto::CompleteTaskRequest {
                         worker_id: self.id.clone(),
@@ -292,14 +348,17 @@ fn kind(t: &Task) -> &'static str {
     }
 }
 
-fn run_task(
-    task: Task,
-    model: &Mutex<Stylizer>,
-    settings: &EncoderSettings,
-    lease_id: &str,
-    progress: &AtomicU64,
-    cancel: &AtomicBool,
-) -> Outcome {
+/// What the lease loop shares with a task running on a blocking thread.
+struct TaskCtl {
+    progress: AtomicU64,
+    cancel: AtomicBool,
+    /// Where a Segment lease's range now ends (heartbeat and chunk replies lower it).
+    limit: AtomicU64,
+    chunks: tokio::sync::mpsc::UnboundedSender<ChunkDone>,
+}
+
+fn run_task(task: Task, model: &Mutex<Stylizer>, settings: &EncoderSettings, lease_id: &str, ctl: &TaskCtl) -> Outcome {
+    let (progress, cancel) = (&ctl.progress, &ctl.cancel);
     use proto::complete_task_request::Result as R;
     let url_err = |e: framewise_common::storage::UrlError| Outcome::Failed {
         error: e.to_string(),
@@ -323,14 +382,6 @@ fn run_task(
             };
             let media = s.media.unwrap_or_default();
             let params = s.params.unwrap_or_default();
-            if let Some(dir) = output.parent() {
-                if let Err(e) = std::fs::create_dir_all(dir) {
-                    return Outcome::Failed {
-                        error: format!("{}: {e}", dir.display()),
-                        permanent: false,
-                    };
-                }
-            }
             let settings = if params.crf > 0 {
                 EncoderSettings {
                     crf: params.crf,
@@ -341,9 +392,11 @@ fn run_task(
             };
             let spec = SegmentSpec {
                 input: &input,
-                output: &output,
+                output_dir: &output,
+                start_frame: s.start_frame,
                 frame_pts: &s.frame_pts,
                 seek_ns: s.seek_ns,
+                chunk_frames: s.chunk_frames,
                 size: (media.width, media.height),
                 fps: (media.fps_num, media.fps_den),
                 frame_duration_ns: frame_duration_ns(
@@ -355,14 +408,15 @@ fn run_task(
                 style: &params.style_weights,
                 encoder: &settings,
             };
+            let on_chunk = |c: ChunkDone| {
+                let _ = ctl.chunks.send(c);
+            };
+            let seg_ctl = SegmentControl { progress, cancel, limit: &ctl.limit, on_chunk: &on_chunk };
             let mut m = model.lock().unwrap_or_else(|p| p.into_inner());
-            match run_segment(&spec, &mut m, progress, cancel) {
-                Ok(frames) => Outcome::Done(R::Segment(proto::SegmentResult {
-                    output_url: s.output_url,
-                    frames,
-                })),
+            match run_segment(&spec, &mut m, &seg_ctl) {
+                // Every chunk was committed as it finished.
+                Ok(_) => Outcome::Committed,
                 Err(e) => {
-                    let _ = std::fs::remove_file(&output);
                     let permanent = match &e {
                         SegmentError::Media(m) => m.is_permanent(),
                         _ => false,

@@ -7,7 +7,7 @@ use crate::inference::Stylizer;
 use crate::media::decode::{decode_range, DecodeRequest};
 use crate::media::encode::{EncoderSettings, Geometry, SegmentEncoder};
 use crate::media::Frame;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::time::Duration;
@@ -26,14 +26,26 @@ pub enum SegmentError {
     Internal(String),
 }
 
-/// Everything a worker needs to produce one segment file.
-#[derive(Debug, Clone)]
+/// A chunk checkpoint written and ready to commit: frames [start, end) in `path`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkDone {
+    pub start: u64,
+    pub end: u64,
+    pub path: PathBuf,
+}
+
+/// Everything a worker needs to stylize one leased range, chunk by chunk.
 pub struct SegmentSpec<'a> {
     pub input: &'a Path,
-    pub output: &'a Path,
-    /// Timestamps of the frames of this segment (ns, sorted).
+    /// Directory of this attempt; chunk files are `<first frame>.mp4` inside it.
+    pub output_dir: &'a Path,
+    /// Index of the first frame of the range (frame_pts[0]).
+    pub start_frame: u64,
+    /// Timestamps of the frames of the leased range (ns, sorted).
     pub frame_pts: &'a [u64],
     pub seek_ns: u64,
+    /// Frames per chunk checkpoint, counted from `start_frame`.
+    pub chunk_frames: u64,
     /// Source picture size and rate.
     pub size: (u32, u32),
     pub fps: (i32, i32),
@@ -43,6 +55,18 @@ pub struct SegmentSpec<'a> {
     pub max_size: u32,
     pub style: &'a [f32],
     pub encoder: &'a EncoderSettings,
+}
+
+/// Shared with the lease loop while a range is processed.
+pub struct SegmentControl<'a> {
+    /// Frames stylized so far in this lease.
+    pub progress: &'a AtomicU64,
+    /// Stop now (lease lost, job cancelled, eviction).
+    pub cancel: &'a AtomicBool,
+    /// Absolute frame the range now ends at; work stealing may lower it (always at a chunk boundary).
+    pub limit: &'a AtomicU64,
+    /// Called with each finished chunk, in order, to commit it.
+    pub on_chunk: &'a (dyn Fn(ChunkDone) + Sync),
 }
 
 /// The size frames are stylized at: the source size, or scaled so the longer side fits `max_size`.
@@ -60,37 +84,31 @@ pub fn inference_size(size: (u32, u32), max_size: u32) -> (u32, u32) {
 const DEPTH: usize = 4;
 const STALL: Duration = Duration::from_secs(120);
 
-/// Produces the segment file; `progress` counts frames stylized, `cancel` stops it early.
-pub fn run_segment(
-    spec: &SegmentSpec,
-    model: &mut Stylizer,
-    progress: &AtomicU64,
-    cancel: &AtomicBool,
-) -> Result<u64, SegmentError> {
-    let n = spec.frame_pts.len();
+/// The chunk file for a chunk starting at `first`.
+pub fn chunk_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:09}.mp4"))
+}
+
+/// Stylizes the range until it ends (or `limit` says it ends earlier), writing and handing
+/// over one chunk file per `chunk_frames`. Returns the frames in finished chunks.
+pub fn run_segment(spec: &SegmentSpec, model: &mut Stylizer, ctl: &SegmentControl) -> Result<u64, SegmentError> {
+    let n = spec.frame_pts.len() as u64;
     if n == 0 {
         return Err(SegmentError::Internal("empty segment".into()));
     }
+    std::fs::create_dir_all(spec.output_dir).map_err(|e| {
+        SegmentError::Media(MediaError::Write { path: spec.output_dir.into(), detail: e.to_string() })
+    })?;
+    let (start, k) = (spec.start_frame, spec.chunk_frames.max(1));
+    let range_end = start + n;
     let infer_size = inference_size(spec.size, spec.max_size);
-    let geo = Geometry {
-        in_size: infer_size,
-        out_size: spec.size,
-        fps: spec.fps,
-    };
-    let encoder = SegmentEncoder::create(spec.output, geo, spec.encoder)?;
-    let first_pts = spec.frame_pts[0];
-    let durations: Vec<u64> = (0..n)
-        .map(|i| {
-            if i + 1 < n {
-                spec.frame_pts[i + 1] - spec.frame_pts[i]
-            } else {
-                spec.frame_duration_ns
-            }
-        })
-        .collect();
+    let geo = Geometry { in_size: infer_size, out_size: spec.size, fps: spec.fps };
+    let pts = |i: u64| spec.frame_pts[(i - start) as usize];
+    let duration = |i: u64| if i + 1 < range_end { pts(i + 1) - pts(i) } else { spec.frame_duration_ns };
+    let within = |i: u64| i < ctl.limit.load(Ordering::Relaxed).min(range_end) && !ctl.cancel.load(Ordering::Relaxed);
 
     let (dec_tx, dec_rx) = sync_channel::<Frame>(DEPTH);
-    let (enc_tx, enc_rx) = sync_channel::<Frame>(DEPTH);
+    let (enc_tx, enc_rx) = sync_channel::<(u64, Frame)>(DEPTH);
     std::thread::scope(|s| -> Result<u64, SegmentError> {
         let decoder = s.spawn(move || {
             let req = DecodeRequest {
@@ -100,27 +118,48 @@ pub fn run_segment(
                 size: (infer_size != spec.size).then_some(infer_size),
                 stall_timeout: STALL,
             };
+            let mut i = start;
             decode_range(&req, &mut |f| {
-                dec_tx.send(f).is_ok() && !cancel.load(Ordering::Relaxed)
+                let go = within(i) && dec_tx.send(f).is_ok();
+                i += 1;
+                go
             })
         });
         let enc = s.spawn(move || -> Result<u64, MediaError> {
-            let mut i = 0usize;
-            for f in enc_rx {
-                encoder.push(&f, f.pts - first_pts, durations[i])?;
-                i += 1;
+            let mut current: Option<(u64, u64, PathBuf, SegmentEncoder)> = None; // first, end, path, encoder
+            let mut committed = 0u64;
+            for (i, f) in enc_rx {
+                if current.as_ref().is_none_or(|c| i >= c.1) {
+                    let first = start + (i - start) / k * k;
+                    let path = chunk_path(spec.output_dir, first);
+                    current = Some((first, (first + k).min(range_end), path.clone(), SegmentEncoder::create(&path, geo, spec.encoder)?));
+                }
+                let Some((first, end, _, encoder)) = current.as_ref() else { continue };
+                encoder.push(&f, pts(i) - pts(*first), duration(i))?;
+                if i + 1 == *end {
+                    if let Some((first, end, path, encoder)) = current.take() {
+                        encoder.finish(STALL)?;
+                        committed += end - first;
+                        (ctl.on_chunk)(ChunkDone { start: first, end, path });
+                    }
+                }
             }
-            if i == n {
-                encoder.finish(STALL)?;
+            // A chunk cut short (cancelled, or the range was shortened under it) is never committed.
+            if let Some((_, _, path, encoder)) = current.take() {
+                drop(encoder);
+                let _ = std::fs::remove_file(path);
             }
-            Ok(i as u64)
+            Ok(committed)
         });
 
-        let mut done = 0u64;
+        let mut i = start;
         let mut failure: Option<SegmentError> = None;
         for frame in dec_rx.iter() {
-            if cancel.load(Ordering::Relaxed) {
+            if ctl.cancel.load(Ordering::Relaxed) {
                 failure = Some(SegmentError::Cancelled);
+                break;
+            }
+            if !within(i) {
                 break;
             }
             let out = match model.stylize(&frame, spec.style) {
@@ -130,36 +169,32 @@ pub fn run_segment(
                     break;
                 }
             };
-            if enc_tx.send(out).is_err() {
+            if enc_tx.send((i, out)).is_err() {
                 break; // the encoder failed; its error is reported below
             }
-            done += 1;
-            progress.store(done, Ordering::Relaxed);
+            i += 1;
+            ctl.progress.store(i - start, Ordering::Relaxed);
         }
         drop(enc_tx);
-        // Unblock the decoder if we stopped early.
         drop(dec_rx);
-        let decoded = decoder
-            .join()
-            .map_err(|_| SegmentError::Internal("decoder thread panicked".into()))?;
-        let encoded = enc
-            .join()
-            .map_err(|_| SegmentError::Internal("encoder thread panicked".into()))?;
+        let decoded = decoder.join().map_err(|_| SegmentError::Internal("decoder thread panicked".into()))?;
+        let encoded = enc.join().map_err(|_| SegmentError::Internal("encoder thread panicked".into()))?;
         if let Some(f) = failure {
             return Err(f);
         }
         decoded?;
-        let encoded = encoded?;
-        if cancel.load(Ordering::Relaxed) {
+        let committed = encoded?;
+        if ctl.cancel.load(Ordering::Relaxed) {
             return Err(SegmentError::Cancelled);
         }
-        if encoded != n as u64 {
+        let want = ctl.limit.load(Ordering::Relaxed).min(range_end).saturating_sub(start);
+        if committed < want {
             return Err(SegmentError::Media(MediaError::Corrupt {
                 path: spec.input.into(),
-                detail: format!("decoded {encoded} of the {n} frames of this range"),
+                detail: format!("decoded {committed} of the {want} frames of this range"),
             }));
         }
-        Ok(encoded)
+        Ok(committed)
     })
 }
 
