@@ -198,8 +198,8 @@ pub fn status(url: &str, job: Option<&str>) -> Result<ExitCode> {
                 .into_inner();
             print_job(&j);
             println!(
-                "{:>5} {:<9} {:<10} {:>15} {:>8} {:>9} worker",
-                "task", "kind", "state", "frames", "done", "attempts"
+                "{:>5} {:<9} {:<10} {:>15} {:>8} {:>10} {:>9} worker",
+                "task", "kind", "state", "frames", "done", "committed", "attempts"
             );
             for t in &j.tasks {
                 let range = if t.kind == "segment" {
@@ -207,9 +207,21 @@ pub fn status(url: &str, job: Option<&str>) -> Result<ExitCode> {
                 } else {
                     "-".into()
                 };
+                let committed = if t.kind == "segment" {
+                    format!("{} ({})", t.committed_until - t.start_frame, t.chunks)
+                } else {
+                    "-".into()
+                };
                 println!(
-                    "{:>5} {:<9} {:<10} {:>15} {:>8} {:>9} {}",
-                    t.index, t.kind, t.state, range, t.frames_done, t.attempts, t.worker_id
+                    "{:>5} {:<9} {:<10} {:>15} {:>8} {:>10} {:>9} {}",
+                    t.index,
+                    t.kind,
+                    t.state,
+                    range,
+                    t.frames_done,
+                    committed,
+                    t.attempts,
+                    t.worker_id
                 );
             }
         }

@@ -628,3 +628,78 @@ fn chaos_random_sigkills_and_a_coordinator_restart_change_no_frame() {
     }
     assert_eq!(audio_packets(&input), audio_packets(&out));
 }
+
+/// A cluster whose coordinator cuts segments into chunks of 10 frames (0.4 s at 25 fps).
+fn chunked_cluster(dir: &Path) -> Cluster {
+    let cl = Cluster::new(dir);
+    let mut cfg = std::fs::read_to_string(&cl.config).unwrap();
+    cfg.push_str("chunk_seconds = 0.4\n");
+    std::fs::write(
+        &cl.config,
+        cfg.replace("segment_seconds = 1.0", "segment_seconds = 100.0"),
+    )
+    .unwrap();
+    cl
+}
+
+#[test]
+fn idle_workers_steal_and_a_lost_lease_redoes_at_most_one_chunk() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in.mp4");
+    let out = d.path().join("out.mp4");
+    make_clip(&input, 96, 64, 400, true);
+    let cl = chunked_cluster(d.path());
+    // One worker first: the whole video is one segment, and it is w1's.
+    let mut procs = Procs(vec![cl.coordinator(0), cl.worker("w1")]);
+    let (submitter, id) = submit(&cl, &input, &out);
+    procs.0.push(submitter);
+    let j = wait_for(&cl.url(), &id, 120, "w1 to commit a few chunks", |j| {
+        j.tasks
+            .iter()
+            .any(|t| t.kind == "segment" && t.worker_id == "w1" && t.chunks >= 3)
+    });
+    assert_eq!(j.segments_total, 1);
+    // A second worker arrives with nothing queued: it steals the tail of w1's range.
+    procs.0.push(cl.worker("w2"));
+    let j = wait_for(&cl.url(), &id, 60, "w2 to steal", |j| j.segments_total >= 2);
+    let stolen = j
+        .tasks
+        .iter()
+        .find(|t| t.kind == "segment" && t.index > 1)
+        .unwrap();
+    assert_eq!(
+        stolen.start_frame % 10,
+        0,
+        "split at a chunk boundary: {stolen:?}"
+    );
+    // Kill w1 mid-chunk: its committed chunks stay, only the unfinished one is redone.
+    let before = get_job(&cl.url(), &id).unwrap();
+    let w1_task = before.tasks.iter().find(|t| t.index == 1).unwrap().clone();
+    if w1_task.state == "leased" {
+        procs.0[1].kill().unwrap();
+        procs.0[1].wait().unwrap();
+        let progress = w1_task.start_frame + w1_task.frames_done;
+        let after = wait_for(&cl.url(), &id, 60, "w1's lease to expire", |j| {
+            j.tasks
+                .iter()
+                .any(|t| t.index == 1 && (t.state != "leased" || t.worker_id != "w1"))
+        });
+        let t = after.tasks.iter().find(|t| t.index == 1).unwrap();
+        let lost = progress.saturating_sub(t.committed_until);
+        eprintln!(
+            "w1 killed at frame {progress}; committed until {}; redone {lost} frames",
+            t.committed_until
+        );
+        assert!(
+            lost <= 10 + 8,
+            "at most one chunk (10) plus the frames in the pipeline (8) redone, got {lost}"
+        );
+    }
+    let status = wait_exit(&mut procs.0[2], 180);
+    assert!(
+        status.success(),
+        "submit --wait: {}",
+        std::fs::read_to_string(d.path().join("submit.err")).unwrap()
+    );
+    check_output(&input, &out);
+}

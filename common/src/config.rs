@@ -248,7 +248,10 @@ impl Config {
             return err("coordinator.max_attempts", "must be at least 1".into());
         }
         if !(c.chunk_seconds.is_finite() && c.chunk_seconds > 0.0) {
-            return err("coordinator.chunk_seconds", format!("must be > 0, got {}", c.chunk_seconds));
+            return err(
+                "coordinator.chunk_seconds",
+                format!("must be > 0, got {}", c.chunk_seconds),
+            );
         }
         if !(c.segment_seconds.is_finite() && c.segment_seconds > 0.0) {
             return err(

@@ -127,6 +127,8 @@ pub fn job_to(v: &JobView) -> pb::Job {
                         .map(|l| l.worker_id.clone())
                         .unwrap_or_else(|| t.worker_id.clone()),
                     frames_done: t.frames_done,
+                    committed_until: t.committed_until(),
+                    chunks: t.chunks.len() as u32,
                 }
             })
             .collect(),

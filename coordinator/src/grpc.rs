@@ -261,7 +261,10 @@ impl pb::worker_service_server::WorkerService for Services {
             })
             .await
             .map_err(mailbox)?;
-        Ok(Response::new(pb::HeartbeatResponse { keep_going, end_frame }))
+        Ok(Response::new(pb::HeartbeatResponse {
+            keep_going,
+            end_frame,
+        }))
     }
 
     async fn complete_chunk(
@@ -285,7 +288,10 @@ impl pb::worker_service_server::WorkerService for Services {
             .await
             .map_err(mailbox)?
             .map_err(status)?;
-        Ok(Response::new(pb::CompleteChunkResponse { accepted, end_frame }))
+        Ok(Response::new(pb::CompleteChunkResponse {
+            accepted,
+            end_frame,
+        }))
     }
 
     async fn complete_task(

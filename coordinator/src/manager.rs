@@ -259,7 +259,10 @@ impl Handler<Heartbeat> for JobManager {
         if let Some(w) = self.workers.get_mut(&m.worker_id) {
             w.last_seen_ms = now;
         }
-        MessageResult(self.state.heartbeat(&m.lease_id, m.epoch, m.frames_done, now, &self.rules))
+        MessageResult(
+            self.state
+                .heartbeat(&m.lease_id, m.epoch, m.frames_done, now, &self.rules),
+        )
     }
 }
 
@@ -282,7 +285,9 @@ impl Handler<CommitChunk> for JobManager {
         if let Some(w) = self.workers.get_mut(&m.worker_id) {
             w.last_seen_ms = now;
         }
-        let (ok, end, ch) = self.state.commit_chunk(&m.lease_id, m.epoch, (m.start, m.end), m.url, now);
+        let (ok, end, ch) =
+            self.state
+                .commit_chunk(&m.lease_id, m.epoch, (m.start, m.end), m.url, now);
         self.commit(&ch)?;
         if !ok {
             warn!(worker_id = %m.worker_id, lease_id = %m.lease_id, start = m.start, end = m.end, "chunk refused");

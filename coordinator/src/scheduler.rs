@@ -144,7 +144,13 @@ impl State {
 
     /// Accepts a job, or returns the existing one for a repeated idempotency key.
     pub fn submit(&mut self, new: NewJob, now: u64, rules: &Rules) -> (String, bool, Changes) {
-        let NewJob { id, idempotency_key: key, input_url, output_url, mut params } = new;
+        let NewJob {
+            id,
+            idempotency_key: key,
+            input_url,
+            output_url,
+            mut params,
+        } = new;
         if !key.is_empty() {
             if let Some(j) = self.jobs.values().find(|j| j.idempotency_key == key) {
                 return (j.id.clone(), true, Changes::default());
@@ -170,7 +176,8 @@ impl State {
             next_task: 1,
         };
         self.jobs.insert(id.clone(), job);
-        self.tasks.insert((id.clone(), 0), Task::new(&id, 0, TaskKind::Probe));
+        self.tasks
+            .insert((id.clone(), 0), Task::new(&id, 0, TaskKind::Probe));
         let mut ch = Changes::default();
         ch.job(&id);
         ch.task(&id, 0);
@@ -178,17 +185,30 @@ impl State {
     }
 
     fn active_jobs(&self) -> Vec<String> {
-        let mut active: Vec<&Job> = self.jobs.values().filter(|j| !j.state.is_terminal()).collect();
+        let mut active: Vec<&Job> = self
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .collect();
         active.sort_by_key(|j| (j.created_ms, j.id.clone()));
         active.into_iter().map(|j| j.id.clone()).collect()
     }
 
     /// Hands the oldest pending task of the oldest active job to `worker`; with none pending,
     /// steals the tail of the largest in-flight segment.
-    pub fn lease(&mut self, worker: &str, lease_id: String, now: u64, rules: &Rules) -> Option<(Grant, Changes)> {
+    pub fn lease(
+        &mut self,
+        worker: &str,
+        lease_id: String,
+        now: u64,
+        rules: &Rules,
+    ) -> Option<(Grant, Changes)> {
         let mut ch = Changes::default();
         let pending = self.active_jobs().into_iter().find_map(|id| {
-            self.tasks.range(job_range(&id)).find(|(_, t)| t.state == TaskState::Pending).map(|(k, _)| k.clone())
+            self.tasks
+                .range(job_range(&id))
+                .find(|(_, t)| t.state == TaskState::Pending)
+                .map(|(k, _)| k.clone())
         });
         let key = match pending {
             Some(k) => k,
@@ -216,21 +236,38 @@ impl State {
         let job = job.clone();
         let media = job.media.clone().unwrap_or_default();
         let work = match kind {
-            TaskKind::Probe => Work::Probe { input_url: job.input_url.clone() },
+            TaskKind::Probe => Work::Probe {
+                input_url: job.input_url.clone(),
+            },
             TaskKind::Segment { end, .. } => {
                 let kf = keyframe_at_or_before(&media.keyframes, from);
-                let seek_ns = if kf == 0 { 0 } else { media.frame_pts.get(kf as usize).copied().unwrap_or(0) };
-                let output = rules.work_dir.join(&job.id).join(format!("seg-{index:05}-e{epoch}"));
+                let seek_ns = if kf == 0 {
+                    0
+                } else {
+                    media.frame_pts.get(kf as usize).copied().unwrap_or(0)
+                };
+                let output = rules
+                    .work_dir
+                    .join(&job.id)
+                    .join(format!("seg-{index:05}-e{epoch}"));
                 Work::Segment {
                     input_url: job.input_url.clone(),
                     start: from,
                     end,
                     chunk_frames: job.chunk_frames.max(1),
-                    frame_pts: media.frame_pts.get(from as usize..end as usize).map(|s| s.to_vec()).unwrap_or_default(),
+                    frame_pts: media
+                        .frame_pts
+                        .get(from as usize..end as usize)
+                        .map(|s| s.to_vec())
+                        .unwrap_or_default(),
                     seek_ns,
                     output_url: framewise_common::storage::file_url(&output),
                     params: job.params.clone(),
-                    media: Media { frame_pts: Vec::new(), keyframes: Vec::new(), ..media.clone() },
+                    media: Media {
+                        frame_pts: Vec::new(),
+                        keyframes: Vec::new(),
+                        ..media.clone()
+                    },
                 }
             }
             TaskKind::Assemble => Work::Assemble {
@@ -241,7 +278,16 @@ impl State {
             },
         };
         ch.task(&key.0, key.1);
-        Some((Grant { job_id: key.0.clone(), index, lease_id, epoch, work }, ch))
+        Some((
+            Grant {
+                job_id: key.0.clone(),
+                index,
+                lease_id,
+                epoch,
+                work,
+            },
+            ch,
+        ))
     }
 
     /// Every committed chunk of a job, in frame order.
@@ -263,7 +309,9 @@ impl State {
         for id in self.active_jobs() {
             let k = self.jobs.get(&id).map(|j| j.chunk_frames.max(1))?;
             for (key, t) in self.tasks.range(job_range(&id)) {
-                let (TaskKind::Segment { end, .. }, TaskState::Leased, Some(l)) = (&t.kind, t.state, &t.lease) else {
+                let (TaskKind::Segment { end, .. }, TaskState::Leased, Some(l)) =
+                    (&t.kind, t.state, &t.lease)
+                else {
                     continue;
                 };
                 let done = l.from + t.frames_done;
@@ -285,10 +333,15 @@ impl State {
         job.segments += 1;
         ch.job(&key.0);
         let t = self.tasks.get_mut(&key)?;
-        let TaskKind::Segment { start, end } = t.kind else { return None };
+        let TaskKind::Segment { start, end } = t.kind else {
+            return None;
+        };
         t.kind = TaskKind::Segment { start, end: split };
         ch.task(&key.0, key.1);
-        self.tasks.insert((key.0.clone(), index), Task::new(&key.0, index, TaskKind::Segment { start: split, end }));
+        self.tasks.insert(
+            (key.0.clone(), index),
+            Task::new(&key.0, index, TaskKind::Segment { start: split, end }),
+        );
         ch.task(&key.0, index);
         Some((key.0, index))
     }
@@ -313,8 +366,17 @@ impl State {
 
     /// Renews a lease and records progress (frames done since the lease's first frame).
     /// Returns whether to keep going and where the range now ends.
-    pub fn heartbeat(&mut self, lease_id: &str, epoch: u64, frames_done: u64, now: u64, rules: &Rules) -> (bool, u64) {
-        let Some(key) = self.current(lease_id, epoch) else { return (false, 0) };
+    pub fn heartbeat(
+        &mut self,
+        lease_id: &str,
+        epoch: u64,
+        frames_done: u64,
+        now: u64,
+        rules: &Rules,
+    ) -> (bool, u64) {
+        let Some(key) = self.current(lease_id, epoch) else {
+            return (false, 0);
+        };
         let end = self.lease_end(&key);
         if let Some(t) = self.tasks.get_mut(&key) {
             let from = t.lease.as_ref().map(|l| l.from).unwrap_or(0);
@@ -344,13 +406,28 @@ impl State {
             return (false, 0, ch);
         };
         let range_end = self.lease_end(&key);
-        let Some(t) = self.tasks.get_mut(&key) else { return (false, 0, ch) };
-        if !matches!(t.kind, TaskKind::Segment { .. }) || start != t.committed_until() || end <= start || end > range_end {
+        let Some(t) = self.tasks.get_mut(&key) else {
+            return (false, 0, ch);
+        };
+        if !matches!(t.kind, TaskKind::Segment { .. })
+            || start != t.committed_until()
+            || end <= start
+            || end > range_end
+        {
             ch.garbage.push(url);
             return (false, range_end, ch);
         }
-        let worker = t.lease.as_ref().map(|l| l.worker_id.clone()).unwrap_or_default();
-        t.chunks.push(Chunk { start, end, url, worker_id: worker.clone() });
+        let worker = t
+            .lease
+            .as_ref()
+            .map(|l| l.worker_id.clone())
+            .unwrap_or_default();
+        t.chunks.push(Chunk {
+            start,
+            end,
+            url,
+            worker_id: worker.clone(),
+        });
         let from = t.lease.as_ref().map(|l| l.from).unwrap_or(start);
         t.frames_done = t.frames_done.max(end - from);
         ch.task(&key.0, key.1);
@@ -369,7 +446,9 @@ impl State {
             .range(job_range(job_id))
             .filter(|(_, t)| matches!(t.kind, TaskKind::Segment { .. }))
             .all(|(_, t)| t.state == TaskState::Done);
-        let Some(job) = self.jobs.get_mut(job_id) else { return };
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
         if !all_done || job.state != JobState::Running {
             return;
         }
@@ -377,26 +456,58 @@ impl State {
         job.next_task += 1;
         job.state = JobState::Assembling;
         ch.job(job_id);
-        self.tasks.insert((job_id.to_string(), idx), Task::new(job_id, idx, TaskKind::Assemble));
+        self.tasks.insert(
+            (job_id.to_string(), idx),
+            Task::new(job_id, idx, TaskKind::Assemble),
+        );
         ch.task(job_id, idx);
     }
 
     /// Commits a Probe or Assemble result if its lease is current.
-    pub fn complete(&mut self, lease_id: &str, epoch: u64, result: Completion, now: u64, rules: &Rules) -> (bool, Changes) {
+    pub fn complete(
+        &mut self,
+        lease_id: &str,
+        epoch: u64,
+        result: Completion,
+        now: u64,
+        rules: &Rules,
+    ) -> (bool, Changes) {
         let mut ch = Changes::default();
-        let Some(key) = self.current(lease_id, epoch) else { return (false, ch) };
-        let Some(task) = self.tasks.get(&key).cloned() else { return (false, ch) };
-        let worker = task.lease.as_ref().map(|l| l.worker_id.clone()).unwrap_or_default();
+        let Some(key) = self.current(lease_id, epoch) else {
+            return (false, ch);
+        };
+        let Some(task) = self.tasks.get(&key).cloned() else {
+            return (false, ch);
+        };
+        let worker = task
+            .lease
+            .as_ref()
+            .map(|l| l.worker_id.clone())
+            .unwrap_or_default();
         match (&task.kind, result) {
             (TaskKind::Probe, Completion::Probe(media)) => {
                 if media.frame_pts.is_empty() {
-                    return (true, self.fail_job(&key.0, "the input has no video frames".into(), now));
+                    return (
+                        true,
+                        self.fail_job(&key.0, "the input has no video frames".into(), now),
+                    );
                 }
                 self.finish_task(&key, &worker, String::new(), &mut ch);
-                let Some(job) = self.jobs.get_mut(&key.0) else { return (false, ch) };
+                let Some(job) = self.jobs.get_mut(&key.0) else {
+                    return (false, ch);
+                };
                 let fps = media.fps();
-                let ranges = plan_segments(media.frame_pts.len() as u64, fps, &media.keyframes, job.params.segment_seconds);
-                job.chunk_frames = if fps > 0.0 { ((rules.chunk_seconds * fps).round() as u64).max(1) } else { 50 };
+                let ranges = plan_segments(
+                    media.frame_pts.len() as u64,
+                    fps,
+                    &media.keyframes,
+                    job.params.segment_seconds,
+                );
+                job.chunk_frames = if fps > 0.0 {
+                    ((rules.chunk_seconds * fps).round() as u64).max(1)
+                } else {
+                    50
+                };
                 job.media = Some(media);
                 job.segments = ranges.len() as u32;
                 job.state = JobState::Running;
@@ -405,26 +516,42 @@ impl State {
                 job.next_task += ranges.len() as u32;
                 for (i, r) in ranges.into_iter().enumerate() {
                     let idx = first + i as u32;
-                    self.tasks.insert((id.clone(), idx), Task::new(&id, idx, TaskKind::Segment { start: r.start, end: r.end }));
+                    self.tasks.insert(
+                        (id.clone(), idx),
+                        Task::new(
+                            &id,
+                            idx,
+                            TaskKind::Segment {
+                                start: r.start,
+                                end: r.end,
+                            },
+                        ),
+                    );
                     ch.task(&id, idx);
                 }
                 ch.job(&id);
             }
             (TaskKind::Assemble, Completion::Assemble { .. }) => {
                 self.finish_task(&key, &worker, String::new(), &mut ch);
-                let Some(job) = self.jobs.get_mut(&key.0) else { return (false, ch) };
+                let Some(job) = self.jobs.get_mut(&key.0) else {
+                    return (false, ch);
+                };
                 job.state = JobState::Succeeded;
                 job.finished_ms = now;
                 let id = job.id.clone();
                 ch.job(&id);
-                ch.garbage.extend(self.chunks_in_order(&id).into_iter().map(|c| c.0));
+                ch.garbage
+                    .extend(self.chunks_in_order(&id).into_iter().map(|c| c.0));
             }
             (TaskKind::Segment { .. }, Completion::Segment { .. }) => {
                 // Every chunk commits on its own; the segment finished with its last one.
                 return (false, ch);
             }
             (kind, other) => {
-                let err = format!("worker sent a {} result for a {kind:?} task", completion_name(&other));
+                let err = format!(
+                    "worker sent a {} result for a {kind:?} task",
+                    completion_name(&other)
+                );
                 let (_, c) = self.fail(lease_id, epoch, &err, false, now, rules);
                 return (false, merge(ch, c));
             }
@@ -432,7 +559,13 @@ impl State {
         (true, ch)
     }
 
-    fn finish_task(&mut self, key: &(String, u32), worker: &str, output_url: String, ch: &mut Changes) {
+    fn finish_task(
+        &mut self,
+        key: &(String, u32),
+        worker: &str,
+        output_url: String,
+        ch: &mut Changes,
+    ) {
         if let Some(t) = self.tasks.get_mut(key) {
             if let Some(l) = t.lease.take() {
                 self.leases.remove(&l.id);
@@ -476,7 +609,8 @@ impl State {
         ch.task(&key.0, key.1);
         // Poison: failed on max_attempts distinct workers, or twice that many times
         // in all (so a pool of one or two workers cannot retry forever).
-        let poisoned = t.failed_workers.len() as u32 >= rules.max_attempts || t.failures >= 2 * rules.max_attempts;
+        let poisoned = t.failed_workers.len() as u32 >= rules.max_attempts
+            || t.failures >= 2 * rules.max_attempts;
         if permanent || poisoned {
             t.state = TaskState::Failed;
             let reason = if permanent {
@@ -506,7 +640,8 @@ impl State {
         };
         if let Some(l) = t.lease.take() {
             self.leases.remove(&l.id);
-            t.errors.push(format!("{}: released ({reason})", l.worker_id));
+            t.errors
+                .push(format!("{}: released ({reason})", l.worker_id));
         }
         t.frames_done = 0;
         t.state = TaskState::Pending;
@@ -520,12 +655,22 @@ impl State {
         let expired: Vec<(String, u64)> = self
             .tasks
             .values()
-            .filter(|t| t.state == TaskState::Leased && t.lease.as_ref().is_some_and(|l| l.deadline_ms <= now))
+            .filter(|t| {
+                t.state == TaskState::Leased
+                    && t.lease.as_ref().is_some_and(|l| l.deadline_ms <= now)
+            })
             .filter_map(|t| t.lease.as_ref().map(|l| (l.id.clone(), t.epoch)))
             .collect();
         let mut ch = Changes::default();
         for (lease_id, epoch) in expired {
-            let (_, c) = self.fail(&lease_id, epoch, "lease expired (worker lost or stalled)", false, now, rules);
+            let (_, c) = self.fail(
+                &lease_id,
+                epoch,
+                "lease expired (worker lost or stalled)",
+                false,
+                now,
+                rules,
+            );
             ch = merge(ch, c);
         }
         ch
@@ -575,7 +720,10 @@ impl State {
 
     /// The tasks of a job in order.
     pub fn tasks_of(&self, job_id: &str) -> Vec<&Task> {
-        self.tasks.range(job_range(job_id)).map(|(_, t)| t).collect()
+        self.tasks
+            .range(job_range(job_id))
+            .map(|(_, t)| t)
+            .collect()
     }
 }
 
@@ -625,7 +773,13 @@ pub(crate) mod tests {
     use super::*;
 
     fn rules() -> Rules {
-        Rules { lease_ttl_ms: 1000, max_attempts: 2, segment_seconds: 1.0, chunk_seconds: 0.5, work_dir: "/w".into() }
+        Rules {
+            lease_ttl_ms: 1000,
+            max_attempts: 2,
+            segment_seconds: 1.0,
+            chunk_seconds: 0.5,
+            work_dir: "/w".into(),
+        }
     }
 
     fn media(n: u64) -> Media {
@@ -661,18 +815,29 @@ pub(crate) mod tests {
         nj.params.segment_seconds = segment_seconds;
         let id = s.submit(nj, 0, &rules()).0;
         let (g, _) = s.lease("w0", "probe".into(), 0, &rules()).unwrap();
-        assert!(s.complete("probe", g.epoch, Completion::Probe(media(n)), 1, &rules()).0);
+        assert!(
+            s.complete("probe", g.epoch, Completion::Probe(media(n)), 1, &rules())
+                .0
+        );
         id
     }
 
     /// Commits every chunk of a segment grant, as a worker would.
     fn run_chunks(s: &mut State, g: &Grant, k: u64) -> Vec<bool> {
-        let Work::Segment { start, mut end, .. } = g.work else { panic!("not a segment") };
+        let Work::Segment { start, mut end, .. } = g.work else {
+            panic!("not a segment")
+        };
         let mut out = Vec::new();
         let mut a = start;
         while a < end {
             let b = (a + k).min(end);
-            let (ok, new_end, _) = s.commit_chunk(&g.lease_id, g.epoch, (a, b), format!("file:///w/{a}.mp4"), 2);
+            let (ok, new_end, _) = s.commit_chunk(
+                &g.lease_id,
+                g.epoch,
+                (a, b),
+                format!("file:///w/{a}.mp4"),
+                2,
+            );
             out.push(ok);
             end = new_end; // stealing may have moved it
             a = b;
@@ -686,16 +851,40 @@ pub(crate) mod tests {
         let id = submit(&mut s);
         let (g, _) = s.lease("w1", "l1".into(), 0, &r).unwrap();
         assert!(matches!(g.work, Work::Probe { .. }));
-        assert!(s.lease("w2", "l2".into(), 0, &r).is_none(), "nothing else before the probe is done");
-        assert!(s.complete("l1", g.epoch, Completion::Probe(media(25)), 1, &r).0);
-        assert_eq!(s.jobs[&id].segments, 3, "25 frames at 10 fps in 1 s segments: 10, 10, 5");
+        assert!(
+            s.lease("w2", "l2".into(), 0, &r).is_none(),
+            "nothing else before the probe is done"
+        );
+        assert!(
+            s.complete("l1", g.epoch, Completion::Probe(media(25)), 1, &r)
+                .0
+        );
+        assert_eq!(
+            s.jobs[&id].segments, 3,
+            "25 frames at 10 fps in 1 s segments: 10, 10, 5"
+        );
         assert_eq!(s.jobs[&id].chunk_frames, 5);
-        let grants: Vec<Grant> = (0..3).map(|i| s.lease("w1", format!("s{i}"), 2, &r).unwrap().0).collect();
+        let grants: Vec<Grant> = (0..3)
+            .map(|i| s.lease("w1", format!("s{i}"), 2, &r).unwrap().0)
+            .collect();
         for g in &grants {
-            let Work::Segment { start, end, ref frame_pts, ref output_url, chunk_frames, .. } = g.work else { panic!() };
+            let Work::Segment {
+                start,
+                end,
+                ref frame_pts,
+                ref output_url,
+                chunk_frames,
+                ..
+            } = g.work
+            else {
+                panic!()
+            };
             assert_eq!(frame_pts.len() as u64, end - start);
             assert_eq!(chunk_frames, 5);
-            assert!(output_url.ends_with(&format!("-e{}", g.epoch)), "one path per attempt: {output_url}");
+            assert!(
+                output_url.ends_with(&format!("-e{}", g.epoch)),
+                "one path per attempt: {output_url}"
+            );
         }
         for g in &grants {
             assert!(run_chunks(&mut s, g, 5).iter().all(|ok| *ok));
@@ -703,16 +892,31 @@ pub(crate) mod tests {
         assert_eq!(s.jobs[&id].state, JobState::Assembling);
         assert_eq!(s.frames_done(&id), 25);
         let (g, _) = s.lease("w1", "a".into(), 4, &r).unwrap();
-        let Work::Assemble { ref segments, .. } = g.work else { panic!() };
+        let Work::Assemble { ref segments, .. } = g.work else {
+            panic!()
+        };
         assert_eq!(segments.len(), 5, "10+10+5 frames in chunks of 5");
         for w in segments.windows(2) {
             assert_eq!(w[0].2, w[1].1, "contiguous, in frame order");
         }
         assert_eq!((segments[0].1, segments[4].2), (0, 25));
-        let (ok, ch) = s.complete("a", g.epoch, Completion::Assemble { output_url: "file:///out.mp4".into(), frames: 25 }, 5, &r);
+        let (ok, ch) = s.complete(
+            "a",
+            g.epoch,
+            Completion::Assemble {
+                output_url: "file:///out.mp4".into(),
+                frames: 25,
+            },
+            5,
+            &r,
+        );
         assert!(ok);
         assert_eq!(s.jobs[&id].state, JobState::Succeeded);
-        assert_eq!(ch.garbage.len(), 5, "chunk files are collected after success");
+        assert_eq!(
+            ch.garbage.len(),
+            5,
+            "chunk files are collected after success"
+        );
     }
 
     #[test]
@@ -720,13 +924,35 @@ pub(crate) mod tests {
         let (mut s, r) = (State::default(), rules());
         let id = probed(&mut s, 20, 10.0);
         let (g, _) = s.lease("w1", "l1".into(), 2, &r).unwrap();
-        assert!(s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/a".into(), 3).0);
-        assert!(s.commit_chunk("l1", g.epoch, (5, 10), "file:///w/b".into(), 3).0);
+        assert!(
+            s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/a".into(), 3)
+                .0
+        );
+        assert!(
+            s.commit_chunk("l1", g.epoch, (5, 10), "file:///w/b".into(), 3)
+                .0
+        );
         s.expire(5000, &r);
         let (g2, _) = s.lease("w2", "l2".into(), 5001, &r).unwrap();
-        let Work::Segment { start, end, ref frame_pts, .. } = g2.work else { panic!() };
-        assert_eq!((start, end, frame_pts.len()), (10, 20, 10), "resumes after the committed chunks");
-        assert!(!s.commit_chunk("l1", g.epoch, (10, 15), "file:///w/late".into(), 5002).0, "fenced");
+        let Work::Segment {
+            start,
+            end,
+            ref frame_pts,
+            ..
+        } = g2.work
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (start, end, frame_pts.len()),
+            (10, 20, 10),
+            "resumes after the committed chunks"
+        );
+        assert!(
+            !s.commit_chunk("l1", g.epoch, (10, 15), "file:///w/late".into(), 5002)
+                .0,
+            "fenced"
+        );
         assert!(run_chunks(&mut s, &g2, 5).iter().all(|ok| *ok));
         assert_eq!(s.jobs[&id].state, JobState::Assembling);
         assert_eq!(s.frames_done(&id), 20);
@@ -740,10 +966,25 @@ pub(crate) mod tests {
         let (ok, _, ch) = s.commit_chunk("l1", g.epoch, (5, 10), "file:///w/gap".into(), 3);
         assert!(!ok, "a gap is refused");
         assert_eq!(ch.garbage, vec!["file:///w/gap".to_string()]);
-        assert!(!s.commit_chunk("l1", g.epoch, (0, 25), "file:///w/long".into(), 3).0, "past the end");
-        assert!(!s.commit_chunk("l1", g.epoch, (0, 0), "file:///w/empty".into(), 3).0, "empty");
-        assert!(s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/ok".into(), 3).0);
-        assert!(!s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/again".into(), 3).0, "no frame twice");
+        assert!(
+            !s.commit_chunk("l1", g.epoch, (0, 25), "file:///w/long".into(), 3)
+                .0,
+            "past the end"
+        );
+        assert!(
+            !s.commit_chunk("l1", g.epoch, (0, 0), "file:///w/empty".into(), 3)
+                .0,
+            "empty"
+        );
+        assert!(
+            s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/ok".into(), 3)
+                .0
+        );
+        assert!(
+            !s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/again".into(), 3)
+                .0,
+            "no frame twice"
+        );
     }
 
     #[test]
@@ -753,28 +994,58 @@ pub(crate) mod tests {
         let (g1, _) = s.lease("w1", "l1".into(), 2, &r).unwrap();
         assert_eq!(s.heartbeat("l1", g1.epoch, 7, 3, &r), (true, 60)); // in chunk 1
         let (g2, ch) = s.lease("w2", "l2".into(), 4, &r).unwrap();
-        let Work::Segment { start, end, ref frame_pts, .. } = g2.work else { panic!() };
-        assert_eq!((start, end, frame_pts.len()), (15, 60, 45), "split two chunks ahead of the owner");
+        let Work::Segment {
+            start,
+            end,
+            ref frame_pts,
+            ..
+        } = g2.work
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (start, end, frame_pts.len()),
+            (15, 60, 45),
+            "split two chunks ahead of the owner"
+        );
         assert!(ch.jobs.contains(&id), "the job's segment count changed");
-        assert_eq!(s.heartbeat("l1", g1.epoch, 9, 5, &r), (true, 15), "the owner learns its new end");
+        assert_eq!(
+            s.heartbeat("l1", g1.epoch, 9, 5, &r),
+            (true, 15),
+            "the owner learns its new end"
+        );
         let (ok, end, _) = s.commit_chunk("l1", g1.epoch, (0, 5), "file:///w/0".into(), 6);
         assert!(ok && end == 15);
         // A third idle worker steals from the larger remaining range (w2's).
         assert_eq!(s.heartbeat("l2", g2.epoch, 0, 6, &r), (true, 60));
         let (g3, _) = s.lease("w3", "l3".into(), 7, &r).unwrap();
-        let Work::Segment { start, end, .. } = g3.work else { panic!() };
+        let Work::Segment { start, end, .. } = g3.work else {
+            panic!()
+        };
         assert_eq!((start, end), (25, 60));
         // The owner had already started past its new end: that chunk is refused.
-        assert!(s.commit_chunk("l1", g1.epoch, (5, 10), "file:///w/5".into(), 8).0);
-        assert!(s.commit_chunk("l1", g1.epoch, (10, 15), "file:///w/10".into(), 8).0);
-        assert!(!s.commit_chunk("l1", g1.epoch, (15, 20), "file:///w/15".into(), 8).0, "lease is done");
+        assert!(
+            s.commit_chunk("l1", g1.epoch, (5, 10), "file:///w/5".into(), 8)
+                .0
+        );
+        assert!(
+            s.commit_chunk("l1", g1.epoch, (10, 15), "file:///w/10".into(), 8)
+                .0
+        );
+        assert!(
+            !s.commit_chunk("l1", g1.epoch, (15, 20), "file:///w/15".into(), 8)
+                .0,
+            "lease is done"
+        );
         assert!(run_chunks(&mut s, &g2, 5).iter().all(|ok| *ok));
         assert!(run_chunks(&mut s, &g3, 5).iter().all(|ok| *ok));
         assert_eq!(s.jobs[&id].state, JobState::Assembling);
         assert_eq!(s.jobs[&id].segments, 3);
         assert_eq!(s.frames_done(&id), 60);
         let (g, _) = s.lease("w1", "a".into(), 9, &r).unwrap();
-        let Work::Assemble { ref segments, .. } = g.work else { panic!() };
+        let Work::Assemble { ref segments, .. } = g.work else {
+            panic!()
+        };
         let mut next = 0;
         for (_, a, b) in segments {
             assert_eq!(*a, next, "every frame exactly once, in order");
@@ -789,7 +1060,10 @@ pub(crate) mod tests {
         probed(&mut s, 12, 100.0);
         let (g1, _) = s.lease("w1", "l1".into(), 2, &r).unwrap();
         s.heartbeat("l1", g1.epoch, 3, 3, &r);
-        assert!(s.lease("w2", "l2".into(), 4, &r).is_none(), "12 frames: split at 10 leaves less than a chunk");
+        assert!(
+            s.lease("w2", "l2".into(), 4, &r).is_none(),
+            "12 frames: split at 10 leaves less than a chunk"
+        );
     }
 
     #[test]
@@ -812,9 +1086,19 @@ pub(crate) mod tests {
         assert_eq!(ch.tasks.len(), 1);
         let (g2, _) = s.lease("w2", "l2".into(), 1600, &r).unwrap();
         assert_eq!(g2.epoch, g1.epoch + 1);
-        assert!(!s.heartbeat("l1", g1.epoch, 0, 1600, &r).0, "the old lease is gone");
-        assert!(!s.complete("l1", g1.epoch, Completion::Probe(media(5)), 1700, &r).0, "a stale epoch cannot commit");
-        assert!(s.complete("l2", g2.epoch, Completion::Probe(media(5)), 1700, &r).0);
+        assert!(
+            !s.heartbeat("l1", g1.epoch, 0, 1600, &r).0,
+            "the old lease is gone"
+        );
+        assert!(
+            !s.complete("l1", g1.epoch, Completion::Probe(media(5)), 1700, &r)
+                .0,
+            "a stale epoch cannot commit"
+        );
+        assert!(
+            s.complete("l2", g2.epoch, Completion::Probe(media(5)), 1700, &r)
+                .0
+        );
     }
 
     #[test]
@@ -839,7 +1123,10 @@ pub(crate) mod tests {
         s.fail("l2", g.epoch, "bang", false, 3, &r);
         assert_eq!(s.jobs[&id].state, JobState::Failed);
         let e = &s.jobs[&id].error;
-        assert!(e.contains("w1: boom") && e.contains("w2: bang") && e.contains("2 times on 2 workers"), "{e}");
+        assert!(
+            e.contains("w1: boom") && e.contains("w2: bang") && e.contains("2 times on 2 workers"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -849,7 +1136,12 @@ pub(crate) mod tests {
         for i in 0..3 {
             let (g, _) = s.lease("w1", format!("l{i}"), i, &r).unwrap();
             s.fail(&format!("l{i}"), g.epoch, "flaky", false, i, &r);
-            assert_eq!(s.jobs[&id].state, JobState::Probing, "same worker, {} failures", i + 1);
+            assert_eq!(
+                s.jobs[&id].state,
+                JobState::Probing,
+                "same worker, {} failures",
+                i + 1
+            );
         }
         for i in 3..8 {
             let (g, _) = s.lease("w1", format!("l{i}"), i, &r).unwrap();
@@ -860,8 +1152,15 @@ pub(crate) mod tests {
         assert_eq!((t.failures, t.attempts), (3, 8));
         let (g, _) = s.lease("w1", "l9".into(), 9, &r).unwrap();
         s.fail("l9", g.epoch, "flaky", false, 9, &r);
-        assert_eq!(s.jobs[&id].state, JobState::Failed, "2 x max_attempts failures in all");
-        assert!(!s.release("l9", g.epoch, "late").0, "nothing to release any more");
+        assert_eq!(
+            s.jobs[&id].state,
+            JobState::Failed,
+            "2 x max_attempts failures in all"
+        );
+        assert!(
+            !s.release("l9", g.epoch, "late").0,
+            "nothing to release any more"
+        );
     }
 
     #[test]
@@ -880,16 +1179,28 @@ pub(crate) mod tests {
         let (mut s, r) = (State::default(), rules());
         probed(&mut s, 20, 10.0);
         let (g, _) = s.lease("w1", "l1".into(), 0, &r).unwrap();
-        assert!(s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/a".into(), 1).0);
+        assert!(
+            s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/a".into(), 1)
+                .0
+        );
         let jobs = s.jobs.values().cloned().collect();
         let tasks = s.tasks.values().cloned().collect();
         let (mut s2, _) = State::restore(jobs, tasks, 10_000, &r);
-        assert!(s2.heartbeat("l1", g.epoch, 7, 10_500, &r).0, "the worker reattaches");
-        assert!(s2.commit_chunk("l1", g.epoch, (5, 10), "file:///w/b".into(), 10_600).0, "and goes on committing");
+        assert!(
+            s2.heartbeat("l1", g.epoch, 7, 10_500, &r).0,
+            "the worker reattaches"
+        );
+        assert!(
+            s2.commit_chunk("l1", g.epoch, (5, 10), "file:///w/b".into(), 10_600)
+                .0,
+            "and goes on committing"
+        );
         assert!(s2.expire(11_400, &r).is_empty());
         assert_eq!(s2.expire(11_600, &r).tasks.len(), 1);
         let (g2, _) = s2.lease("w2", "l2".into(), 11_700, &r).unwrap();
-        let Work::Segment { start, .. } = g2.work else { panic!() };
+        let Work::Segment { start, .. } = g2.work else {
+            panic!()
+        };
         assert_eq!(start, 10);
     }
 }

@@ -197,7 +197,9 @@ impl Worker {
         };
         let lease_id = lease.lease_id.clone();
         info!(worker_id = %self.id, job_id, task_index, lease_id = %lease_id, kind = kind(&task), "task leased");
-        let work = tokio::task::spawn_blocking(move || run_task(task, &model, &settings, &lease_id, &task_ctl));
+        let work = tokio::task::spawn_blocking(move || {
+            run_task(task, &model, &settings, &lease_id, &task_ctl)
+        });
         tokio::pin!(work);
         let mut tick = tokio::time::interval(hb_every);
         tick.tick().await;
@@ -261,7 +263,13 @@ impl Worker {
     }
 
     /// Commits one finished chunk; the reply may shorten the range or say the lease is gone.
-    async fn commit_chunk(&self, client: &mut WorkerServiceClient<Channel>, lease: &proto::Lease, c: ChunkDone, ctl: &TaskCtl) {
+    async fn commit_chunk(
+        &self,
+        client: &mut WorkerServiceClient<Channel>,
+        lease: &proto::Lease,
+        c: ChunkDone,
+        ctl: &TaskCtl,
+    ) {
         let req = proto::CompleteChunkRequest {
             worker_id: self.id.clone(),
             lease_id: lease.lease_id.clone(),
@@ -357,7 +365,13 @@ struct TaskCtl {
     chunks: tokio::sync::mpsc::UnboundedSender<ChunkDone>,
 }
 
-fn run_task(task: Task, model: &Mutex<Stylizer>, settings: &EncoderSettings, lease_id: &str, ctl: &TaskCtl) -> Outcome {
+fn run_task(
+    task: Task,
+    model: &Mutex<Stylizer>,
+    settings: &EncoderSettings,
+    lease_id: &str,
+    ctl: &TaskCtl,
+) -> Outcome {
     let (progress, cancel) = (&ctl.progress, &ctl.cancel);
     use proto::complete_task_request::Result as R;
     let url_err = |e: framewise_common::storage::UrlError| Outcome::Failed {
@@ -411,7 +425,12 @@ fn run_task(task: Task, model: &Mutex<Stylizer>, settings: &EncoderSettings, lea
             let on_chunk = |c: ChunkDone| {
                 let _ = ctl.chunks.send(c);
             };
-            let seg_ctl = SegmentControl { progress, cancel, limit: &ctl.limit, on_chunk: &on_chunk };
+            let seg_ctl = SegmentControl {
+                progress,
+                cancel,
+                limit: &ctl.limit,
+                on_chunk: &on_chunk,
+            };
             let mut m = model.lock().unwrap_or_else(|p| p.into_inner());
             match run_segment(&spec, &mut m, &seg_ctl) {
                 // Every chunk was committed as it finished.

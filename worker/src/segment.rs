@@ -91,21 +91,40 @@ pub fn chunk_path(dir: &Path, first: u64) -> PathBuf {
 
 /// Stylizes the range until it ends (or `limit` says it ends earlier), writing and handing
 /// over one chunk file per `chunk_frames`. Returns the frames in finished chunks.
-pub fn run_segment(spec: &SegmentSpec, model: &mut Stylizer, ctl: &SegmentControl) -> Result<u64, SegmentError> {
+pub fn run_segment(
+    spec: &SegmentSpec,
+    model: &mut Stylizer,
+    ctl: &SegmentControl,
+) -> Result<u64, SegmentError> {
     let n = spec.frame_pts.len() as u64;
     if n == 0 {
         return Err(SegmentError::Internal("empty segment".into()));
     }
     std::fs::create_dir_all(spec.output_dir).map_err(|e| {
-        SegmentError::Media(MediaError::Write { path: spec.output_dir.into(), detail: e.to_string() })
+        SegmentError::Media(MediaError::Write {
+            path: spec.output_dir.into(),
+            detail: e.to_string(),
+        })
     })?;
     let (start, k) = (spec.start_frame, spec.chunk_frames.max(1));
     let range_end = start + n;
     let infer_size = inference_size(spec.size, spec.max_size);
-    let geo = Geometry { in_size: infer_size, out_size: spec.size, fps: spec.fps };
+    let geo = Geometry {
+        in_size: infer_size,
+        out_size: spec.size,
+        fps: spec.fps,
+    };
     let pts = |i: u64| spec.frame_pts[(i - start) as usize];
-    let duration = |i: u64| if i + 1 < range_end { pts(i + 1) - pts(i) } else { spec.frame_duration_ns };
-    let within = |i: u64| i < ctl.limit.load(Ordering::Relaxed).min(range_end) && !ctl.cancel.load(Ordering::Relaxed);
+    let duration = |i: u64| {
+        if i + 1 < range_end {
+            pts(i + 1) - pts(i)
+        } else {
+            spec.frame_duration_ns
+        }
+    };
+    let within = |i: u64| {
+        i < ctl.limit.load(Ordering::Relaxed).min(range_end) && !ctl.cancel.load(Ordering::Relaxed)
+    };
 
     let (dec_tx, dec_rx) = sync_channel::<Frame>(DEPTH);
     let (enc_tx, enc_rx) = sync_channel::<(u64, Frame)>(DEPTH);
@@ -132,15 +151,26 @@ pub fn run_segment(spec: &SegmentSpec, model: &mut Stylizer, ctl: &SegmentContro
                 if current.as_ref().is_none_or(|c| i >= c.1) {
                     let first = start + (i - start) / k * k;
                     let path = chunk_path(spec.output_dir, first);
-                    current = Some((first, (first + k).min(range_end), path.clone(), SegmentEncoder::create(&path, geo, spec.encoder)?));
+                    current = Some((
+                        first,
+                        (first + k).min(range_end),
+                        path.clone(),
+                        SegmentEncoder::create(&path, geo, spec.encoder)?,
+                    ));
                 }
-                let Some((first, end, _, encoder)) = current.as_ref() else { continue };
+                let Some((first, end, _, encoder)) = current.as_ref() else {
+                    continue;
+                };
                 encoder.push(&f, pts(i) - pts(*first), duration(i))?;
                 if i + 1 == *end {
                     if let Some((first, end, path, encoder)) = current.take() {
                         encoder.finish(STALL)?;
                         committed += end - first;
-                        (ctl.on_chunk)(ChunkDone { start: first, end, path });
+                        (ctl.on_chunk)(ChunkDone {
+                            start: first,
+                            end,
+                            path,
+                        });
                     }
                 }
             }
@@ -177,8 +207,12 @@ pub fn run_segment(spec: &SegmentSpec, model: &mut Stylizer, ctl: &SegmentContro
         }
         drop(enc_tx);
         drop(dec_rx);
-        let decoded = decoder.join().map_err(|_| SegmentError::Internal("decoder thread panicked".into()))?;
-        let encoded = enc.join().map_err(|_| SegmentError::Internal("encoder thread panicked".into()))?;
+        let decoded = decoder
+            .join()
+            .map_err(|_| SegmentError::Internal("decoder thread panicked".into()))?;
+        let encoded = enc
+            .join()
+            .map_err(|_| SegmentError::Internal("encoder thread panicked".into()))?;
         if let Some(f) = failure {
             return Err(f);
         }
@@ -187,7 +221,11 @@ pub fn run_segment(spec: &SegmentSpec, model: &mut Stylizer, ctl: &SegmentContro
         if ctl.cancel.load(Ordering::Relaxed) {
             return Err(SegmentError::Cancelled);
         }
-        let want = ctl.limit.load(Ordering::Relaxed).min(range_end).saturating_sub(start);
+        let want = ctl
+            .limit
+            .load(Ordering::Relaxed)
+            .min(range_end)
+            .saturating_sub(start);
         if committed < want {
             return Err(SegmentError::Media(MediaError::Corrupt {
                 path: spec.input.into(),
