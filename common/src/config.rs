@@ -67,8 +67,8 @@ impl Default for CoordinatorConfig {
             lease_ttl_ms: 30_000,
             heartbeat_interval_ms: 2_000,
             max_attempts: 3,
-            segment_seconds: 10.0,
-            chunk_seconds: 2.0,
+            segment_seconds: 4.0,
+            chunk_seconds: 1.0,
         }
     }
 }

@@ -37,8 +37,8 @@ pub struct JobView {
     pub frames_done: u64,
 }
 
-/// A registered worker.
-#[derive(Debug, Clone)]
+/// A registered worker (kept in sled's `workers` tree).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WorkerInfo {
     pub hostname: String,
     pub gpu: bool,
@@ -58,6 +58,7 @@ impl JobManager {
     /// Loads the stored state; leases that were live get one TTL for their workers to come back.
     pub fn new(store: Store, rules: Rules) -> Result<Self, StoreError> {
         let (jobs, tasks) = store.load()?;
+        let workers: HashMap<String, WorkerInfo> = store.load_workers()?.into_iter().collect();
         let (state, ch) = State::restore(jobs, tasks, now_ms(), &rules);
         store.persist(&state, &ch)?;
         let active = state
@@ -70,7 +71,7 @@ impl JobManager {
             state,
             store,
             rules,
-            workers: HashMap::new(),
+            workers,
         })
     }
 
@@ -212,6 +213,9 @@ impl Handler<Register> for JobManager {
     type Result = ();
     fn handle(&mut self, m: Register, _: &mut Context<Self>) {
         info!(worker_id = %m.worker_id, hostname = %m.info.hostname, threads = m.info.threads, "worker registered");
+        if let Err(e) = self.store.put_worker(&m.worker_id, &m.info) {
+            warn!(worker_id = %m.worker_id, error = %e, "could not persist the worker");
+        }
         self.workers.insert(m.worker_id, m.info);
     }
 }

@@ -27,6 +27,7 @@ pub struct Store {
     db: sled::Db,
     jobs: sled::Tree,
     tasks: sled::Tree,
+    workers: sled::Tree,
 }
 
 fn task_key(job: &str, index: u32) -> Vec<u8> {
@@ -63,7 +64,13 @@ impl Store {
         }
         let jobs = db.open_tree("jobs").map_err(|e| open_err(&e))?;
         let tasks = db.open_tree("tasks").map_err(|e| open_err(&e))?;
-        Ok(Self { db, jobs, tasks })
+        let workers = db.open_tree("workers").map_err(|e| open_err(&e))?;
+        Ok(Self {
+            db,
+            jobs,
+            tasks,
+            workers,
+        })
     }
 
     /// Every stored job and task.
@@ -79,6 +86,26 @@ impl Store {
             tasks.push(decode(&k, &v)?);
         }
         Ok((jobs, tasks))
+    }
+
+    /// Every worker that ever registered.
+    pub fn load_workers<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.workers.iter() {
+            let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Records a worker's registration.
+    pub fn put_worker<T: serde::Serialize>(&self, id: &str, info: &T) -> Result<(), StoreError> {
+        self.workers
+            .insert(id.as_bytes(), encode(info)?)
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        Ok(())
     }
 
     /// Writes the changed records of `state` atomically and flushes them to disk.
@@ -152,5 +179,19 @@ mod tests {
         let (jobs, tasks) = store.load().unwrap();
         assert_eq!(jobs, s.jobs.values().cloned().collect::<Vec<_>>());
         assert_eq!(tasks, s.tasks.values().cloned().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn workers_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .put_worker("w1", &("host-a".to_string(), 4u32))
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let w: Vec<(String, (String, u32))> = store.load_workers().unwrap();
+        assert_eq!(w, vec![("w1".to_string(), ("host-a".to_string(), 4))]);
     }
 }
