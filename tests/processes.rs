@@ -204,8 +204,18 @@ fn check_output(input: &Path, out: &Path) {
     );
 }
 
-#[test]
-fn sigkilled_worker_loses_only_its_lease() {
+/// A 300-frame clip, a coordinator, workers w1 and w2, and a `submit --wait`
+/// (procs: coordinator, w1, w2, submitter).
+struct Scenario {
+    d: tempfile::TempDir,
+    input: PathBuf,
+    out: PathBuf,
+    cl: Cluster,
+    procs: Procs,
+    id: String,
+}
+
+fn two_workers() -> Scenario {
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in.mp4");
     let out = d.path().join("out.mp4");
@@ -214,35 +224,67 @@ fn sigkilled_worker_loses_only_its_lease() {
     let mut procs = Procs(vec![cl.coordinator(0), cl.worker("w1"), cl.worker("w2")]);
     let (submitter, id) = submit(&cl, &input, &out);
     procs.0.push(submitter);
-    // Kill w1 while it holds a segment lease. If it committed in the instant
-    // between our look and the kill, start it again and retry.
-    let held_by_w1 = |j: &Job| {
-        j.tasks
-            .iter()
-            .find(|t| t.kind == "segment" && t.state == "leased" && t.worker_id == "w1")
-            .map(|t| t.index)
-    };
-    let mut victim = None;
-    for _ in 0..5 {
-        wait_for(&cl.url(), &id, 120, "w1 to hold a segment", |j| {
-            held_by_w1(j).is_some()
-        });
-        procs.0[1].kill().unwrap(); // SIGKILL
-        procs.0[1].wait().unwrap();
-        victim = get_job(&cl.url(), &id).as_ref().and_then(held_by_w1);
-        if victim.is_some() {
-            break;
-        }
-        procs.0[1] = cl.worker("w1");
+    Scenario {
+        d,
+        input,
+        out,
+        cl,
+        procs,
+        id,
     }
-    let victim = victim.expect("w1 was killed holding a lease");
-    let status = wait_exit(&mut procs.0[3], 180);
-    assert!(
-        status.success(),
-        "submit --wait: {}",
-        std::fs::read_to_string(d.path().join("submit.err")).unwrap()
+}
+
+fn segment_held_by_w1(j: &Job) -> Option<u32> {
+    j.tasks
+        .iter()
+        .find(|t| t.kind == "segment" && t.state == "leased" && t.worker_id == "w1")
+        .map(|t| t.index)
+}
+
+impl Scenario {
+    /// Strikes w1 once it holds a segment lease and returns that segment. If w1 finished it in
+    /// the instant between the look and the strike, `recover` and try again.
+    fn strike_w1(
+        &mut self,
+        strike: impl Fn(&mut Procs),
+        recover: impl Fn(&mut Procs, &Cluster),
+    ) -> u32 {
+        for _ in 0..5 {
+            wait_for(&self.cl.url(), &self.id, 120, "w1 to hold a segment", |j| {
+                segment_held_by_w1(j).is_some()
+            });
+            strike(&mut self.procs);
+            if let Some(v) = get_job(&self.cl.url(), &self.id)
+                .as_ref()
+                .and_then(segment_held_by_w1)
+            {
+                return v;
+            }
+            recover(&mut self.procs, &self.cl);
+        }
+        panic!("w1 was never caught holding a lease");
+    }
+
+    /// Waits for `submit --wait` to report success.
+    fn submitted(&mut self) {
+        let status = wait_exit(&mut self.procs.0[3], 180);
+        let err = std::fs::read_to_string(self.d.path().join("submit.err")).unwrap_or_default();
+        assert!(status.success(), "submit --wait: {err}");
+    }
+}
+
+#[test]
+fn sigkilled_worker_loses_only_its_lease() {
+    let mut sc = two_workers();
+    let victim = sc.strike_w1(
+        |p| {
+            p.0[1].kill().unwrap(); // SIGKILL
+            p.0[1].wait().unwrap();
+        },
+        |p, cl| p.0[1] = cl.worker("w1"),
     );
-    let j = get_job(&cl.url(), &id).unwrap();
+    sc.submitted();
+    let j = get_job(&sc.cl.url(), &sc.id).unwrap();
     let t = j.tasks.iter().find(|t| t.index == victim).unwrap();
     assert_eq!(t.state, "done");
     assert!(
@@ -250,44 +292,34 @@ fn sigkilled_worker_loses_only_its_lease() {
         "the killed worker's segment was redone: {t:?}"
     );
     assert_eq!(t.worker_id, "w2");
-    check_output(&input, &out);
+    check_output(&sc.input, &sc.out);
 }
 
 #[test]
 fn coordinator_restart_mid_job() {
-    let d = tempfile::tempdir().unwrap();
-    let input = d.path().join("in.mp4");
-    let out = d.path().join("out.mp4");
-    make_clip(&input, 96, 64, 300, true);
-    let cl = Cluster::new(d.path());
-    let mut procs = Procs(vec![cl.coordinator(0), cl.worker("w1"), cl.worker("w2")]);
-    let (submitter, id) = submit(&cl, &input, &out);
-    procs.0.push(submitter);
-    wait_for(&cl.url(), &id, 120, "some segments done", |j| {
+    let mut sc = two_workers();
+    let (cl, id) = (sc.cl.url(), sc.id.clone());
+    wait_for(&cl, &id, 120, "some segments done", |j| {
         j.segments_done >= 2 && j.segments_done < j.segments_total
     });
-    procs.0[0].kill().unwrap(); // SIGKILL the coordinator
-    procs.0[0].wait().unwrap();
+    sc.procs.0[0].kill().unwrap(); // SIGKILL the coordinator
+    sc.procs.0[0].wait().unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    procs.0[0] = cl.coordinator(1);
-    let status = wait_exit(&mut procs.0[3], 180);
-    assert!(
-        status.success(),
-        "submit --wait: {}",
-        std::fs::read_to_string(d.path().join("submit.err")).unwrap()
-    );
-    let j = get_job(&cl.url(), &id).unwrap();
+    sc.procs.0[0] = sc.cl.coordinator(1);
+    sc.submitted();
+    let j = get_job(&cl, &id).unwrap();
     assert_eq!(j.segments_done, j.segments_total);
-    check_output(&input, &out);
+    check_output(&sc.input, &sc.out);
     // The restarted coordinator knew the job: the same idempotency key returns it.
+    let (i, o) = (sc.input.to_str().unwrap(), sc.out.to_str().unwrap());
     let o = framewise(
         &[
             "submit",
-            input.to_str().unwrap(),
+            i,
             "--out",
-            out.to_str().unwrap(),
+            o,
             "--coordinator",
-            &cl.url(),
+            &cl,
             "--idempotency-key",
             "test-job",
         ],
@@ -307,51 +339,25 @@ fn signal(c: &Child, sig: &str) {
 
 #[test]
 fn hung_worker_loses_its_lease_and_its_late_result_is_refused() {
-    let d = tempfile::tempdir().unwrap();
-    let input = d.path().join("in.mp4");
-    let out = d.path().join("out.mp4");
-    make_clip(&input, 96, 64, 300, true);
-    let cl = Cluster::new(d.path());
-    let mut procs = Procs(vec![cl.coordinator(0), cl.worker("w1"), cl.worker("w2")]);
-    let (submitter, id) = submit(&cl, &input, &out);
-    procs.0.push(submitter);
-    let held_by_w1 = |j: &Job| {
-        j.tasks
-            .iter()
-            .find(|t| t.kind == "segment" && t.state == "leased" && t.worker_id == "w1")
-            .map(|t| t.index)
-    };
-    let mut victim = None;
-    for _ in 0..5 {
-        wait_for(&cl.url(), &id, 120, "w1 to hold a segment", |j| {
-            held_by_w1(j).is_some()
-        });
-        signal(&procs.0[1], "-STOP");
-        victim = get_job(&cl.url(), &id).as_ref().and_then(held_by_w1);
-        if victim.is_some() {
-            break;
-        }
-        signal(&procs.0[1], "-CONT");
-    }
-    let victim = victim.expect("w1 was stopped holding a lease");
+    let mut sc = two_workers();
+    let victim = sc.strike_w1(
+        |p| signal(&p.0[1], "-STOP"),
+        |p, _| signal(&p.0[1], "-CONT"),
+    );
+    let (d, cl, id) = (sc.d.path().to_path_buf(), sc.cl.url(), sc.id.clone());
     // After the TTL (3 s) the segment goes to w2; then w1 wakes up and reports too late.
-    wait_for(&cl.url(), &id, 60, "the segment to be redone", |j| {
+    wait_for(&cl, &id, 60, "the segment to be redone", |j| {
         j.tasks
             .iter()
             .any(|t| t.index == victim && t.state == "done" && t.worker_id == "w2")
     });
-    signal(&procs.0[1], "-CONT");
-    let status = wait_exit(&mut procs.0[3], 180);
-    assert!(
-        status.success(),
-        "submit --wait: {}",
-        std::fs::read_to_string(d.path().join("submit.err")).unwrap()
-    );
-    check_output(&input, &out);
+    signal(&sc.procs.0[1], "-CONT");
+    sc.submitted();
+    check_output(&sc.input, &sc.out);
     // w1's late result (or its heartbeat) was refused: it learned the lease was gone.
     let t = Instant::now();
     loop {
-        let log = std::fs::read_to_string(d.path().join("w1.log")).unwrap();
+        let log = std::fs::read_to_string(d.join("w1.log")).unwrap();
         if log.contains("result refused (stale lease)")
             || log.contains("lease lost; stopping the task")
         {
@@ -363,14 +369,14 @@ fn hung_worker_loses_its_lease_and_its_late_result_is_refused() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let j = get_job(&cl.url(), &id).unwrap();
+    let j = get_job(&cl, &id).unwrap();
     let t = j.tasks.iter().find(|t| t.index == victim).unwrap();
     assert_eq!(
         t.worker_id, "w2",
         "the refused attempt did not overwrite the committed one"
     );
     // Fenced attempts' files and, after success, all segments are collected.
-    let work = d.path().join("work");
+    let work = d.join("work");
     let t = Instant::now();
     loop {
         let left: Vec<_> = walk(&work)
