@@ -14,7 +14,9 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
 echo "# $(date -u +%F) $(uname -m), $cores cores, clip $clip"
+# The machine's speed drifts: time inference alone before, between and after the end-to-end runs.
 "$fw" bench-model --input "$clip" --frames 12 --threads "$cores"
 for w in 1 2; do
   "$fw" run "$clip" -o "$out/w$w.mp4" --workers "$w" --quiet
+  "$fw" bench-model --input "$clip" --frames 12 --threads "$cores"
 done
