@@ -126,7 +126,17 @@ fn get_job(url: &str, id: &str) -> Option<Job> {
 
 /// Submits with --wait in its own process; returns it and the job id (read from the coordinator log).
 fn submit(cl: &Cluster, input: &Path, out: &Path) -> (Child, String) {
-    let log = cl.dir.join("submit.out");
+    submit_with(cl, input, out, "test-job", &[])
+}
+
+fn submit_with(
+    cl: &Cluster,
+    input: &Path,
+    out: &Path,
+    key: &str,
+    extra: &[&str],
+) -> (Child, String) {
+    let log = cl.dir.join(format!("submit-{key}.out"));
     let mut c = Command::new(env!("CARGO_BIN_EXE_framewise"));
     c.args([
         "submit",
@@ -137,7 +147,8 @@ fn submit(cl: &Cluster, input: &Path, out: &Path) -> (Child, String) {
         "--coordinator",
         &cl.url(),
     ])
-    .args(["--idempotency-key", "test-job"])
+    .args(["--idempotency-key", key])
+    .args(extra)
     .current_dir(repo())
     .stdin(Stdio::null())
     .stdout(std::fs::File::create(&log).unwrap())
@@ -708,4 +719,159 @@ fn idle_workers_steal_and_a_lost_lease_redoes_at_most_one_chunk() {
         std::fs::read_to_string(d.path().join("submit.err")).unwrap()
     );
     check_output(&input, &out);
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A coordinator and `n` synthetic-model workers (each frame sleeps `ms`), for scheduler benchmarks.
+fn bench_cluster(
+    dir: &Path,
+    n: usize,
+    ms: u64,
+    segment_seconds: f64,
+    chunk_seconds: f64,
+) -> (Cluster, Procs) {
+    std::fs::create_dir_all(dir).unwrap();
+    let cl = Cluster::new(dir);
+    let cfg = std::fs::read_to_string(&cl.config)
+        .unwrap()
+        .replace(
+            "segment_seconds = 1.0",
+            &format!("segment_seconds = {segment_seconds}\nchunk_seconds = {chunk_seconds}"),
+        )
+        .replace("max_attempts = 4", "max_attempts = 10");
+    std::fs::write(&cl.config, cfg).unwrap();
+    let mut procs = Procs(vec![cl.coordinator(0)]);
+    let ms = ms.to_string();
+    for i in 1..=n {
+        let id = format!("w{i}");
+        procs.0.push(spawn(
+            &[
+                "worker",
+                "-c",
+                "config/worker.toml",
+                "--coordinator",
+                &cl.url(),
+            ],
+            &[
+                ("FRAMEWISE_WORKER__WORKER_ID", &id),
+                ("FRAMEWISE_WORKER__SYNTHETIC_MODEL_MS_PER_FRAME", &ms),
+            ],
+            &dir.join(format!("{id}.log")),
+        ));
+    }
+    (cl, procs)
+}
+
+/// Kills workers w1..=wk (procs 1..=k); returns frames they had done but not committed.
+fn kill_first(procs: &mut Procs, k: usize, snapshot: &Job) -> u64 {
+    let mut wasted = 0;
+    for i in 1..=k {
+        procs.0[i].kill().unwrap();
+        procs.0[i].wait().unwrap();
+        let id = format!("w{i}");
+        for t in snapshot
+            .tasks
+            .iter()
+            .filter(|t| t.state == "leased" && t.worker_id == id)
+        {
+            wasted += (t.lease_from + t.frames_done).saturating_sub(t.committed_until);
+        }
+    }
+    wasted
+}
+
+fn cancel(url: &str, id: &str) {
+    use framewise_common::proto::CancelJobRequest;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = JobServiceClient::connect(url.to_string()).await.unwrap();
+        c.cancel_job(CancelJobRequest {
+            job_id: id.to_string(),
+        })
+        .await
+        .unwrap();
+    });
+}
+
+/// Eviction cost (issue 4): makespan undisturbed, with a third of the workers SIGKILLed without
+/// notice at 50 % progress, and with a static even split that reruns the whole step after a
+/// failure (what an MPI step does). Synthetic-model workers; run by bench/eviction.sh.
+#[test]
+#[ignore = "benchmark: run by bench/eviction.sh"]
+fn eviction_cost_benchmark() {
+    let n: usize = env_or("FW_BENCH_WORKERS", 6);
+    let ms: u64 = env_or("FW_BENCH_MS_PER_FRAME", 100);
+    let frames: u32 = env_or("FW_BENCH_FRAMES", 750);
+    let k = n / 3;
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in.mp4");
+    make_clip(&input, 96, 64, frames, true);
+    let seconds = frames as f64 / 25.0;
+
+    // 1. Leases, undisturbed.
+    let (cl, procs) = bench_cluster(&d.path().join("a"), n, ms, 4.0, 1.0);
+    let t0 = Instant::now();
+    let (mut s, _) = submit_with(&cl, &input, &d.path().join("a.mp4"), "a", &[]);
+    assert!(wait_exit(&mut s, 600).success());
+    let undisturbed = t0.elapsed().as_secs_f64();
+    drop(procs);
+
+    // 2. Leases, a third of the workers SIGKILLed at 50 %.
+    let (cl, mut p2) = bench_cluster(&d.path().join("b"), n, ms, 4.0, 1.0);
+    let t0 = Instant::now();
+    let (mut s, id) = submit_with(&cl, &input, &d.path().join("b.mp4"), "b", &[]);
+    let snap = wait_for(&cl.url(), &id, 600, "50 %", |j| {
+        j.frames_total > 0 && j.frames_done * 2 >= j.frames_total
+    });
+    let wasted = kill_first(&mut p2, k, &snap);
+    assert!(wait_exit(&mut s, 600).success());
+    let evicted = t0.elapsed().as_secs_f64();
+    check_output(&input, &d.path().join("b.mp4"));
+    drop(p2);
+
+    // 3. Static even split, no checkpoints, whole step rerun on the survivors after the failure.
+    let (cl, mut p3) = bench_cluster(&d.path().join("c"), n, ms, 1.0, 100_000.0);
+    let t0 = Instant::now();
+    let seg = format!("{}", seconds / n as f64);
+    let (mut s, id) = submit_with(
+        &cl,
+        &input,
+        &d.path().join("c.mp4"),
+        "c1",
+        &["--segment-seconds", &seg],
+    );
+    let snap = wait_for(&cl.url(), &id, 600, "50 %", |j| {
+        j.frames_total > 0 && j.frames_done * 2 >= j.frames_total
+    });
+    let static_wasted = snap.frames_done;
+    kill_first(&mut p3, k, &snap);
+    cancel(&cl.url(), &id);
+    let _ = wait_exit(&mut s, 60);
+    let seg = format!("{}", seconds / (n - k) as f64);
+    let (mut s, _) = submit_with(
+        &cl,
+        &input,
+        &d.path().join("c.mp4"),
+        "c2",
+        &["--segment-seconds", &seg],
+    );
+    assert!(wait_exit(&mut s, 600).success());
+    let static_split = t0.elapsed().as_secs_f64();
+    drop(p3);
+
+    println!("eviction cost: {n} synthetic workers x {ms} ms/frame, {frames} frames (96x64), {k} SIGKILLed at 50 %");
+    println!("| run | makespan | vs undisturbed | frames redone |");
+    println!("|---|---|---|---|");
+    println!("| leases + 1 s chunks, undisturbed | {undisturbed:.1} s | 1.00 | 0 |");
+    println!("| leases + 1 s chunks, {k} of {n} killed at 50 % | {evicted:.1} s | {:.2} | {wasted} ({:.1} per eviction; a chunk is 25) |", evicted / undisturbed, wasted as f64 / k as f64);
+    println!("| static even split, whole step rerun on {} survivors | {static_split:.1} s | {:.2} | {static_wasted} |", n - k, static_split / undisturbed);
 }

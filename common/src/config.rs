@@ -92,6 +92,8 @@ pub struct WorkerConfig {
     pub preemption_poll_ms: u64,
     /// This VM's name as Scheduled Events lists it; empty = every notice applies.
     pub vm_name: String,
+    /// Scheduler benchmarks only: no model, each frame "takes" this long and is copied unchanged (0 = off).
+    pub synthetic_model_ms_per_frame: u64,
     pub model: ModelConfig,
     pub encoder: EncoderConfig,
 }
@@ -106,6 +108,7 @@ impl Default for WorkerConfig {
             preemption_url: String::new(),
             preemption_poll_ms: 1000,
             vm_name: String::new(),
+            synthetic_model_ms_per_frame: 0,
             model: ModelConfig::default(),
             encoder: EncoderConfig::default(),
         }

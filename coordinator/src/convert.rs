@@ -129,6 +129,7 @@ pub fn job_to(v: &JobView) -> pb::Job {
                     frames_done: t.frames_done,
                     committed_until: t.committed_until(),
                     chunks: t.chunks.len() as u32,
+                    lease_from: t.lease.as_ref().map(|l| l.from).unwrap_or(start),
                 }
             })
             .collect(),

@@ -60,8 +60,18 @@ impl Worker {
     /// Loads the runtime and the model; `threads` = ONNX Runtime intra-op threads.
     pub fn new(cfg: WorkerConfig, id: String, threads: usize) -> Result<Self, AgentError> {
         crate::media::init()?;
-        let env = runtime(&cfg.onnxruntime_lib)?;
-        let model = Stylizer::load(env, &cfg.model, threads)?;
+        let model = if cfg.synthetic_model_ms_per_frame > 0 {
+            warn!(
+                ms = cfg.synthetic_model_ms_per_frame,
+                "SYNTHETIC MODEL: frames are not stylized (scheduler benchmarks only)"
+            );
+            Stylizer::synthetic(
+                Duration::from_millis(cfg.synthetic_model_ms_per_frame),
+                &cfg.model,
+            )
+        } else {
+            Stylizer::load(runtime(&cfg.onnxruntime_lib)?, &cfg.model, threads)?
+        };
         Ok(Self {
             cfg,
             id,

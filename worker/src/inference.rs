@@ -43,9 +43,11 @@ pub fn runtime(lib: &Path) -> Result<&'static ort::environment::Environment, Mod
 
 /// One loaded model, ready to stylize frames of any size.
 pub struct Stylizer {
-    session: Session,
+    /// None in the synthetic mode used by scheduler benchmarks.
+    session: Option<Session>,
     cfg: ModelConfig,
     input_buf: Vec<f32>,
+    synthetic: std::time::Duration,
 }
 
 impl Stylizer {
@@ -73,14 +75,29 @@ impl Stylizer {
             .map_err(|e| load(&e))?;
         check_shapes(&session, cfg)?;
         Ok(Self {
-            session,
+            session: Some(session),
             cfg: cfg.clone(),
             input_buf: Vec::new(),
+            synthetic: std::time::Duration::ZERO,
         })
     }
 
     /// Runs the model on one frame with the given style weights (ignored if the model has no style input).
+    /// A stand-in for scheduler benchmarks only: sleeps `per_frame` and returns the frame unchanged.
+    pub fn synthetic(per_frame: std::time::Duration, cfg: &ModelConfig) -> Self {
+        Self {
+            session: None,
+            cfg: cfg.clone(),
+            input_buf: Vec::new(),
+            synthetic: per_frame,
+        }
+    }
+
     pub fn stylize(&mut self, frame: &Frame, style: &[f32]) -> Result<Frame, ModelError> {
+        let Some(session) = self.session.as_mut() else {
+            std::thread::sleep(self.synthetic);
+            return Ok(frame.clone());
+        };
         let (w, h) = (frame.width as usize, frame.height as usize);
         let m = self.cfg.pad_multiple.max(1) as usize;
         let (pw, ph) = (w.div_ceil(m) * m, h.div_ceil(m) * m);
@@ -112,7 +129,7 @@ impl Stylizer {
                 .map_err(|e| run_err(&e))?;
             inputs.push((Cow::Borrowed(name.as_str()), v.into()));
         }
-        let outputs = self.session.run(inputs).map_err(|e| run_err(&e))?;
+        let outputs = session.run(inputs).map_err(|e| run_err(&e))?;
         let out = outputs
             .get(&self.cfg.output)
             .ok_or_else(|| run_err(&format!("no output named {:?}", self.cfg.output)))?;
