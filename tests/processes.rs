@@ -875,3 +875,192 @@ fn eviction_cost_benchmark() {
     println!("| leases + 1 s chunks, {k} of {n} killed at 50 % | {evicted:.1} s | {:.2} | {wasted} ({:.1} per eviction; a chunk is 25) |", evicted / undisturbed, wasted as f64 / k as f64);
     println!("| static even split, whole step rerun on {} survivors | {static_split:.1} s | {:.2} | {static_wasted} |", n - k, static_split / undisturbed);
 }
+
+/// Coordinator scale (issue 4): many simulated workers over real gRPC connections lease and
+/// commit many small tasks against one coordinator process. Run by bench/scale.sh.
+#[test]
+#[ignore = "benchmark: run by bench/scale.sh"]
+fn coordinator_scale_benchmark() {
+    use framewise_common::proto::{
+        complete_task_request, lease_task_response::Task as T,
+        worker_service_client::WorkerServiceClient, AssembleResult, CompleteChunkRequest,
+        CompleteTaskRequest, JobParams, JobSpec, LeaseTaskRequest, ListJobsRequest, MediaInfo,
+        RegisterRequest, SubmitJobRequest,
+    };
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let workers: usize = env_or("FW_BENCH_WORKERS", 1000);
+    let tasks: u64 = env_or("FW_BENCH_TASKS", 100_000);
+    let per_job: u64 = 1000; // segments per job: 25-frame segments of a 25,000-frame video
+    let jobs = tasks.div_ceil(per_job);
+    let d = tempfile::tempdir().unwrap();
+    let cl = Cluster::new(d.path());
+    let cfg = std::fs::read_to_string(&cl.config)
+        .unwrap()
+        .replace("lease_ttl_ms = 3000", "lease_ttl_ms = 120000");
+    std::fs::write(&cl.config, cfg).unwrap();
+    let mut procs = Procs(vec![cl.coordinator(0)]);
+    let pid = procs.0[0].id();
+    let url = cl.url();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let frames = per_job * 25;
+    let media = MediaInfo {
+        width: 64,
+        height: 48,
+        fps_num: 25,
+        fps_den: 1,
+        frame_count: frames,
+        duration_ns: frames * 40_000_000,
+        video_codec: "video/x-h264".into(),
+        frame_pts: (0..frames).map(|i| i * 40_000_000).collect(),
+        keyframes: (0..frames).step_by(25).collect(),
+        ..Default::default()
+    };
+    let done = Arc::new(AtomicU64::new(0));
+    let (elapsed, mut lat) = rt.block_on(async {
+        let mut jc = JobServiceClient::connect(url.clone()).await.unwrap();
+        for j in 0..jobs {
+            let spec = JobSpec {
+                input_url: format!("/bench/in-{j}.mp4"),
+                output_url: format!("/bench/out-{j}.mp4"),
+                params: Some(JobParams {
+                    segment_seconds: 1.0,
+                    ..Default::default()
+                }),
+            };
+            jc.submit_job(SubmitJobRequest {
+                spec: Some(spec),
+                idempotency_key: format!("bench-{j}"),
+            })
+            .await
+            .unwrap();
+        }
+        let t0 = Instant::now();
+        let mut handles = Vec::new();
+        for w in 0..workers {
+            let (url, media, done) = (url.clone(), media.clone(), done.clone());
+            handles.push(tokio::spawn(async move {
+                let mut c = WorkerServiceClient::connect(url).await.unwrap();
+                let id = format!("sim-{w}");
+                c.register(RegisterRequest {
+                    worker_id: id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+                let mut lat = Vec::new();
+                let mut idle = 0;
+                while idle < 20 {
+                    let t = Instant::now();
+                    let r = c
+                        .lease_task(LeaseTaskRequest {
+                            worker_id: id.clone(),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    lat.push(t.elapsed());
+                    let (Some(task), Some(lease)) = (r.task, r.lease) else {
+                        idle += 1;
+                        tokio::time::sleep(Duration::from_millis(r.retry_after_ms.max(50))).await;
+                        continue;
+                    };
+                    idle = 0;
+                    let result = match task {
+                        T::Probe(_) => Some(complete_task_request::Result::Probe(media.clone())),
+                        T::Assemble(a) => {
+                            Some(complete_task_request::Result::Assemble(AssembleResult {
+                                output_url: a.output_url,
+                                frames: media.frame_count,
+                                duration_ns: media.duration_ns,
+                            }))
+                        }
+                        T::Segment(s) => {
+                            let req = CompleteChunkRequest {
+                                worker_id: id.clone(),
+                                lease_id: lease.lease_id.clone(),
+                                epoch: lease.epoch,
+                                start_frame: s.start_frame,
+                                end_frame: s.end_frame,
+                                url: format!("{}/{}.mp4", s.output_url, s.start_frame),
+                            };
+                            assert!(c.complete_chunk(req).await.unwrap().into_inner().accepted);
+                            done.fetch_add(1, Ordering::Relaxed);
+                            None
+                        }
+                    };
+                    if let Some(result) = result {
+                        let req = CompleteTaskRequest {
+                            worker_id: id.clone(),
+                            lease_id: lease.lease_id,
+                            epoch: lease.epoch,
+                            result: Some(result),
+                        };
+                        c.complete_task(req).await.unwrap();
+                    }
+                }
+                lat
+            }));
+        }
+        let mut lat = Vec::new();
+        for h in handles {
+            lat.extend(h.await.unwrap());
+        }
+        (t0.elapsed(), lat)
+    });
+    let segs = done.load(Ordering::Relaxed);
+    assert_eq!(segs, jobs * per_job, "every segment committed exactly once");
+    let rss_mb = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0;
+    // Restart recovery: SIGKILL, start again, time until the state answers.
+    procs.0[0].kill().unwrap();
+    procs.0[0].wait().unwrap();
+    let t = Instant::now();
+    procs.0[0] = cl.coordinator(1);
+    let n = rt.block_on(async {
+        let mut jc = JobServiceClient::connect(url.clone()).await.unwrap();
+        jc.list_jobs(ListJobsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs
+            .len()
+    });
+    let recovery = t.elapsed();
+    assert_eq!(n as u64, jobs);
+    lat.sort();
+    let pct =
+        |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
+    let ops = 2.0 * segs as f64 / elapsed.as_secs_f64(); // a lease and a chunk commit per task
+    println!("coordinator scale: {workers} simulated workers (one gRPC connection each), {segs} segment tasks in {jobs} jobs");
+    println!("| measure | result |");
+    println!("|---|---|");
+    println!(
+        "| lease + commit operations/s | {ops:.0} ({:.1} s for all) |",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "| LeaseTask latency p50 / p99 | {:.1} ms / {:.1} ms ({} calls) |",
+        pct(0.5),
+        pct(0.99),
+        lat.len()
+    );
+    println!("| coordinator peak RSS | {rss_mb:.0} MB |");
+    println!(
+        "| restart recovery (SIGKILL → state served) | {:.2} s |",
+        recovery.as_secs_f64()
+    );
+}
