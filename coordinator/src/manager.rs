@@ -52,6 +52,31 @@ pub struct JobManager {
     store: Store,
     rules: Rules,
     workers: HashMap<String, WorkerInfo>,
+    /// Written since the last flush was requested.
+    dirty: bool,
+    /// Queue of replies waiting for the next flush.
+    flusher: std::sync::mpsc::Sender<FlushWaiter>,
+}
+
+type FlushWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// The group-commit thread: one `flush` (fsync) serves every waiter queued before it started.
+fn spawn_flusher(store: &Store) -> std::io::Result<std::sync::mpsc::Sender<FlushWaiter>> {
+    let (tx, rx) = std::sync::mpsc::channel::<FlushWaiter>();
+    let db = store.db();
+    std::thread::Builder::new()
+        .name("fw-flush".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                batch.extend(rx.try_iter());
+                let r = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                for w in batch {
+                    let _ = w.send(r.clone());
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 impl JobManager {
@@ -61,22 +86,29 @@ impl JobManager {
         let workers: HashMap<String, WorkerInfo> = store.load_workers()?.into_iter().collect();
         let (state, ch) = State::restore(jobs, tasks, now_ms(), &rules);
         store.persist(&state, &ch)?;
+        store.flush()?;
         let active = state
             .jobs
             .values()
             .filter(|j| !j.state.is_terminal())
             .count();
         info!(jobs = state.jobs.len(), active, "coordinator state loaded");
+        let flusher =
+            spawn_flusher(&store).map_err(|e| StoreError::Io(format!("flusher thread: {e}")))?;
         Ok(Self {
             state,
             store,
             rules,
             workers,
+            dirty: false,
+            flusher,
         })
     }
 
-    fn commit(&self, ch: &Changes) -> Result<(), CoordError> {
+    /// Writes the changes (not yet flushed) and does what they imply (collect garbage, log).
+    fn commit(&mut self, ch: &Changes) -> Result<(), CoordError> {
         self.store.persist(&self.state, ch)?;
+        self.dirty |= !ch.is_empty();
         for url in &ch.garbage {
             if let Some(p) = garbage_path(url) {
                 if let Err(e) = std::fs::remove_file(&p) {
@@ -96,6 +128,29 @@ impl JobManager {
             }
         }
         Ok(())
+    }
+
+    /// Replies only once what the handler wrote is on disk. Concurrent handlers share one
+    /// fsync (group commit): the flusher thread flushes once for every waiter queued before it.
+    fn durably<T: 'static>(
+        &mut self,
+        r: Result<T, CoordError>,
+    ) -> ResponseFuture<Result<T, CoordError>> {
+        let waiter = std::mem::take(&mut self.dirty).then(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = self.flusher.send(tx);
+            rx
+        });
+        Box::pin(async move {
+            let v = r?;
+            if let Some(rx) = waiter {
+                let flushed = rx
+                    .await
+                    .map_err(|_| StoreError::Io("the flusher thread stopped".into()))?;
+                flushed.map_err(|e| CoordError::Store(StoreError::Io(e)))?;
+            }
+            Ok(v)
+        })
     }
 
     fn view(&self, id: &str) -> Result<JobView, CoordError> {
@@ -121,9 +176,10 @@ impl Actor for JobManager {
             let ch = act.state.expire(now_ms(), &act.rules);
             if !ch.is_empty() {
                 warn!(tasks = ch.tasks.len(), "leases expired; tasks requeued");
-                if let Err(e) = act.commit(&ch) {
+                if let Err(e) = act.commit(&ch).and_then(|_| Ok(act.store.flush()?)) {
                     warn!(error = %e, "could not persist expired leases");
                 }
+                act.dirty = false;
             }
         });
     }
@@ -140,22 +196,25 @@ pub struct Submit {
 }
 
 impl Handler<Submit> for JobManager {
-    type Result = Result<(String, bool), CoordError>;
+    type Result = ResponseFuture<Result<(String, bool), CoordError>>;
     fn handle(&mut self, m: Submit, _: &mut Context<Self>) -> Self::Result {
-        let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let new = NewJob {
-            id,
-            idempotency_key: m.idempotency_key,
-            input_url: m.input_url,
-            output_url: m.output_url,
-            params: m.params,
-        };
-        let (id, existing, ch) = self.state.submit(new, now_ms(), &self.rules);
-        self.commit(&ch)?;
-        if !existing {
-            info!(job_id = %id, "job accepted");
-        }
-        Ok((id, existing))
+        let r = (|| -> Result<(String, bool), CoordError> {
+            let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            let new = NewJob {
+                id,
+                idempotency_key: m.idempotency_key,
+                input_url: m.input_url,
+                output_url: m.output_url,
+                params: m.params,
+            };
+            let (id, existing, ch) = self.state.submit(new, now_ms(), &self.rules);
+            self.commit(&ch)?;
+            if !existing {
+                info!(job_id = %id, "job accepted");
+            }
+            Ok((id, existing))
+        })();
+        self.durably(r)
     }
 }
 
@@ -190,14 +249,17 @@ impl Handler<ListJobs> for JobManager {
 pub struct Cancel(pub String);
 
 impl Handler<Cancel> for JobManager {
-    type Result = Result<JobView, CoordError>;
+    type Result = ResponseFuture<Result<JobView, CoordError>>;
     fn handle(&mut self, m: Cancel, _: &mut Context<Self>) -> Self::Result {
-        let ch = self
-            .state
-            .cancel(&m.0, now_ms())
-            .ok_or_else(|| CoordError::NotFound(m.0.clone()))?;
-        self.commit(&ch)?;
-        self.view(&m.0)
+        let r = (|| -> Result<JobView, CoordError> {
+            let ch = self
+                .state
+                .cancel(&m.0, now_ms())
+                .ok_or_else(|| CoordError::NotFound(m.0.clone()))?;
+            self.commit(&ch)?;
+            self.view(&m.0)
+        })();
+        self.durably(r)
     }
 }
 
@@ -228,21 +290,24 @@ pub struct LeaseTask {
 }
 
 impl Handler<LeaseTask> for JobManager {
-    type Result = Result<Option<Grant>, CoordError>;
+    type Result = ResponseFuture<Result<Option<Grant>, CoordError>>;
     fn handle(&mut self, m: LeaseTask, _: &mut Context<Self>) -> Self::Result {
-        let now = now_ms();
-        if let Some(w) = self.workers.get_mut(&m.worker_id) {
-            w.last_seen_ms = now;
-        }
-        let lease_id = format!("lease-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        match self.state.lease(&m.worker_id, lease_id, now, &self.rules) {
-            Some((grant, ch)) => {
-                self.commit(&ch)?;
-                info!(job_id = %grant.job_id, task = grant.index, worker_id = %m.worker_id, lease_id = %grant.lease_id, epoch = grant.epoch, "lease granted");
-                Ok(Some(grant))
+        let r = (|| -> Result<Option<Grant>, CoordError> {
+            let now = now_ms();
+            if let Some(w) = self.workers.get_mut(&m.worker_id) {
+                w.last_seen_ms = now;
             }
-            None => Ok(None),
-        }
+            let lease_id = format!("lease-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            match self.state.lease(&m.worker_id, lease_id, now, &self.rules) {
+                Some((grant, ch)) => {
+                    self.commit(&ch)?;
+                    info!(job_id = %grant.job_id, task = grant.index, worker_id = %m.worker_id, lease_id = %grant.lease_id, epoch = grant.epoch, "lease granted");
+                    Ok(Some(grant))
+                }
+                None => Ok(None),
+            }
+        })();
+        self.durably(r)
     }
 }
 
@@ -283,20 +348,23 @@ pub struct CommitChunk {
 }
 
 impl Handler<CommitChunk> for JobManager {
-    type Result = Result<(bool, u64), CoordError>;
+    type Result = ResponseFuture<Result<(bool, u64), CoordError>>;
     fn handle(&mut self, m: CommitChunk, _: &mut Context<Self>) -> Self::Result {
-        let now = now_ms();
-        if let Some(w) = self.workers.get_mut(&m.worker_id) {
-            w.last_seen_ms = now;
-        }
-        let (ok, end, ch) =
-            self.state
-                .commit_chunk(&m.lease_id, m.epoch, (m.start, m.end), m.url, now);
-        self.commit(&ch)?;
-        if !ok {
-            warn!(worker_id = %m.worker_id, lease_id = %m.lease_id, start = m.start, end = m.end, "chunk refused");
-        }
-        Ok((ok, end))
+        let r = (|| -> Result<(bool, u64), CoordError> {
+            let now = now_ms();
+            if let Some(w) = self.workers.get_mut(&m.worker_id) {
+                w.last_seen_ms = now;
+            }
+            let (ok, end, ch) =
+                self.state
+                    .commit_chunk(&m.lease_id, m.epoch, (m.start, m.end), m.url, now);
+            self.commit(&ch)?;
+            if !ok {
+                warn!(worker_id = %m.worker_id, lease_id = %m.lease_id, start = m.start, end = m.end, "chunk refused");
+            }
+            Ok((ok, end))
+        })();
+        self.durably(r)
     }
 }
 
@@ -310,16 +378,19 @@ pub struct Complete {
 }
 
 impl Handler<Complete> for JobManager {
-    type Result = Result<bool, CoordError>;
+    type Result = ResponseFuture<Result<bool, CoordError>>;
     fn handle(&mut self, m: Complete, _: &mut Context<Self>) -> Self::Result {
-        let (ok, ch) = self
-            .state
-            .complete(&m.lease_id, m.epoch, m.result, now_ms(), &self.rules);
-        self.commit(&ch)?;
-        if !ok {
-            warn!(lease_id = %m.lease_id, epoch = m.epoch, "result refused: lease not current");
-        }
-        Ok(ok)
+        let r = (|| -> Result<bool, CoordError> {
+            let (ok, ch) =
+                self.state
+                    .complete(&m.lease_id, m.epoch, m.result, now_ms(), &self.rules);
+            self.commit(&ch)?;
+            if !ok {
+                warn!(lease_id = %m.lease_id, epoch = m.epoch, "result refused: lease not current");
+            }
+            Ok(ok)
+        })();
+        self.durably(r)
     }
 }
 
@@ -334,7 +405,7 @@ pub struct Fail {
 }
 
 impl Handler<Fail> for JobManager {
-    type Result = Result<(), CoordError>;
+    type Result = ResponseFuture<Result<(), CoordError>>;
     fn handle(&mut self, m: Fail, _: &mut Context<Self>) -> Self::Result {
         let (_, ch) = self.state.fail(
             &m.lease_id,
@@ -344,7 +415,8 @@ impl Handler<Fail> for JobManager {
             now_ms(),
             &self.rules,
         );
-        self.commit(&ch)
+        let r = self.commit(&ch);
+        self.durably(r)
     }
 }
 
@@ -359,13 +431,16 @@ pub struct Release {
 }
 
 impl Handler<Release> for JobManager {
-    type Result = Result<bool, CoordError>;
+    type Result = ResponseFuture<Result<bool, CoordError>>;
     fn handle(&mut self, m: Release, _: &mut Context<Self>) -> Self::Result {
-        let (ok, ch) = self.state.release(&m.lease_id, m.epoch, &m.reason);
-        self.commit(&ch)?;
-        if ok {
-            info!(worker_id = %m.worker_id, lease_id = %m.lease_id, reason = %m.reason, "lease released; task requeued");
-        }
-        Ok(ok)
+        let r = (|| -> Result<bool, CoordError> {
+            let (ok, ch) = self.state.release(&m.lease_id, m.epoch, &m.reason);
+            self.commit(&ch)?;
+            if ok {
+                info!(worker_id = %m.worker_id, lease_id = %m.lease_id, reason = %m.reason, "lease released; task requeued");
+            }
+            Ok(ok)
+        })();
+        self.durably(r)
     }
 }

@@ -55,6 +55,23 @@ pub struct Media {
 }
 
 impl Media {
+    /// The facts without the per-frame lists (what a Segment task needs besides its own range).
+    pub fn summary(&self) -> Media {
+        Media {
+            width: self.width,
+            height: self.height,
+            fps_num: self.fps_num,
+            fps_den: self.fps_den,
+            duration_ns: self.duration_ns,
+            video_codec: self.video_codec.clone(),
+            audio_streams: self.audio_streams,
+            container: self.container.clone(),
+            frame_pts: Vec::new(),
+            keyframes: Vec::new(),
+            running_offset_ns: self.running_offset_ns,
+        }
+    }
+
     pub fn fps(&self) -> f64 {
         if self.fps_num > 0 && self.fps_den > 0 {
             self.fps_num as f64 / self.fps_den as f64

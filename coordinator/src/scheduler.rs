@@ -233,8 +233,10 @@ impl State {
             job.state = JobState::Probing;
             ch.job(&job.id);
         }
-        let job = job.clone();
-        let media = job.media.clone().unwrap_or_default();
+        // Borrow rather than clone: a long video's timestamps are large.
+        let job = &self.jobs[&key.0];
+        let empty = Media::default();
+        let media = job.media.as_ref().unwrap_or(&empty);
         let work = match kind {
             TaskKind::Probe => Work::Probe {
                 input_url: job.input_url.clone(),
@@ -263,18 +265,14 @@ impl State {
                     seek_ns,
                     output_url: framewise_common::storage::file_url(&output),
                     params: job.params.clone(),
-                    media: Media {
-                        frame_pts: Vec::new(),
-                        keyframes: Vec::new(),
-                        ..media.clone()
-                    },
+                    media: media.summary(),
                 }
             }
             TaskKind::Assemble => Work::Assemble {
                 input_url: job.input_url.clone(),
                 segments: self.chunks_in_order(&job.id),
                 output_url: job.output_url.clone(),
-                media,
+                media: media.clone(),
             },
         };
         ch.task(&key.0, key.1);

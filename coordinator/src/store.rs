@@ -108,7 +108,20 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the changed records of `state` atomically and flushes them to disk.
+    /// A handle for flushing (see `flush`); the JobManager awaits `flush_async` on it before replying.
+    pub fn db(&self) -> sled::Db {
+        self.db.clone()
+    }
+
+    /// Forces everything written so far to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| StoreError::Io(e.to_string()))
+    }
+
+    /// Writes the changed records of `state` in one transaction (not yet flushed: see `flush`).
     pub fn persist(&self, state: &State, ch: &Changes) -> Result<(), StoreError> {
         if ch.is_empty() {
             return Ok(());
@@ -136,7 +149,6 @@ impl Store {
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(|e: TransactionError<()>| StoreError::Io(format!("{e:?}")))?;
-        self.db.flush().map_err(|e| StoreError::Io(e.to_string()))?;
         Ok(())
     }
 }
