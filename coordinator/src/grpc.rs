@@ -170,7 +170,15 @@ impl pb::job_service_server::JobService for Services {
             .await
             .map_err(mailbox)?;
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: all.iter().map(job_to).collect(),
+            // A listing carries no task tables: GetJob has them, and thousands of
+            // jobs with their tasks would not fit a gRPC message.
+            jobs: all
+                .iter()
+                .map(|v| pb::Job {
+                    tasks: Vec::new(),
+                    ..job_to(v)
+                })
+                .collect(),
         }))
     }
 
