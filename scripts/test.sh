@@ -14,5 +14,12 @@ start=$(date +%s)
 # The coordinator must build without GStreamer and ONNX Runtime.
 cargo check --locked --no-default-features --bin framewise
 # Unit tests, then end-to-end tests that run the real binary on real media.
-cargo test --locked --workspace --no-fail-fast -- --test-threads=2
-echo "scripts/test.sh: all tests passed in $(( $(date +%s) - start )) s"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --locked --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?
+echo "scripts/test.sh: $(( $(date +%s) - start )) s"
+# One closing line with the totals over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
