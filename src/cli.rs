@@ -37,6 +37,12 @@ pub enum Command {
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         coordinator: String,
     },
+    /// Cancel a job: running workers stop at their next heartbeat; nothing is written to its output.
+    Cancel {
+        job: String,
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        coordinator: String,
+    },
     /// Measure inference alone (no decode or encode): the ceiling end-to-end speed is compared with.
     BenchModel(BenchArgs),
     /// List the styles of the configured model.

@@ -249,6 +249,22 @@ pub fn status(url: &str, job: Option<&str>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `framewise cancel JOB`.
+pub fn cancel(url: &str, job: &str) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut client = connect_blocking(&rt, url)?;
+    let j = rt
+        .block_on(client.cancel_job(pb::CancelJobRequest {
+            job_id: job.to_string(),
+        }))
+        .map_err(|e| anyhow!("{}", e.message()))?
+        .into_inner();
+    println!("{} {}", j.job_id, state_name(j.state));
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_job(j: &pb::Job) {
     let spec = j.spec.clone().unwrap_or_default();
     println!("job       {}", j.job_id);

@@ -58,6 +58,7 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
         }
         Command::Submit(a) => client::submit(a),
         Command::Status { job, coordinator } => client::status(&coordinator, job.as_deref()),
+        Command::Cancel { job, coordinator } => client::cancel(&coordinator, &job),
         #[cfg(feature = "worker")]
         Command::Run(a) => local::run(a),
         #[cfg(feature = "worker")]

@@ -1064,3 +1064,27 @@ fn coordinator_scale_benchmark() {
         recovery.as_secs_f64()
     );
 }
+
+#[test]
+fn cancel_stops_the_job_and_writes_no_output() {
+    let mut sc = two_workers();
+    let (cl, id) = (sc.cl.url(), sc.id.clone());
+    wait_for(&cl, &id, 120, "work under way", |j| j.frames_done > 0);
+    let o = framewise(&["cancel", &id, "--coordinator", &cl], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("{id} cancelled")
+    );
+    let status = wait_exit(&mut sc.procs.0[3], 60);
+    assert!(!status.success(), "submit --wait reports the cancellation");
+    let err = std::fs::read_to_string(sc.d.path().join("submit.err")).unwrap();
+    assert!(err.contains("cancelled by the user"), "{err}");
+    assert!(!sc.out.exists(), "no output for a cancelled job");
+    let o = framewise(&["cancel", "job-nope", "--coordinator", &cl], &[]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("job-nope not found"),
+        "{}",
+        stderr(&o)
+    );
+}
