@@ -105,6 +105,13 @@ impl JobManager {
         })
     }
 
+    /// Notes that a worker was heard from (for the workers table).
+    fn touch(&mut self, worker_id: &str, now: u64) {
+        if let Some(w) = self.workers.get_mut(worker_id) {
+            w.last_seen_ms = now;
+        }
+    }
+
     /// Writes the changes (not yet flushed) and does what they imply (collect garbage, log).
     fn commit(&mut self, ch: &Changes) -> Result<(), CoordError> {
         self.store.persist(&self.state, ch)?;
@@ -294,9 +301,7 @@ impl Handler<LeaseTask> for JobManager {
     fn handle(&mut self, m: LeaseTask, _: &mut Context<Self>) -> Self::Result {
         let r = (|| -> Result<Option<Grant>, CoordError> {
             let now = now_ms();
-            if let Some(w) = self.workers.get_mut(&m.worker_id) {
-                w.last_seen_ms = now;
-            }
+            self.touch(&m.worker_id, now);
             let lease_id = format!("lease-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
             match self.state.lease(&m.worker_id, lease_id, now, &self.rules) {
                 Some((grant, ch)) => {
@@ -325,9 +330,7 @@ impl Handler<Heartbeat> for JobManager {
     type Result = MessageResult<Heartbeat>;
     fn handle(&mut self, m: Heartbeat, _: &mut Context<Self>) -> Self::Result {
         let now = now_ms();
-        if let Some(w) = self.workers.get_mut(&m.worker_id) {
-            w.last_seen_ms = now;
-        }
+        self.touch(&m.worker_id, now);
         MessageResult(
             self.state
                 .heartbeat(&m.lease_id, m.epoch, m.frames_done, now, &self.rules),
@@ -352,12 +355,10 @@ impl Handler<CommitChunk> for JobManager {
     fn handle(&mut self, m: CommitChunk, _: &mut Context<Self>) -> Self::Result {
         let r = (|| -> Result<(bool, u64), CoordError> {
             let now = now_ms();
-            if let Some(w) = self.workers.get_mut(&m.worker_id) {
-                w.last_seen_ms = now;
-            }
+            self.touch(&m.worker_id, now);
             let (ok, end, ch) =
                 self.state
-                    .commit_chunk(&m.lease_id, m.epoch, (m.start, m.end), m.url, now);
+                    .commit_chunk(&m.lease_id, m.epoch, (m.start, m.end), m.url);
             self.commit(&ch)?;
             if !ok {
                 warn!(worker_id = %m.worker_id, lease_id = %m.lease_id, start = m.start, end = m.end, "chunk refused");

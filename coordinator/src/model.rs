@@ -166,8 +166,6 @@ pub struct Task {
     pub lease: Option<Lease>,
     /// "worker: error" for every failed attempt.
     pub errors: Vec<String>,
-    /// The committed output of the attempt that won (Segment tasks).
-    pub output_url: String,
     /// Frames finished by the current attempt (from heartbeats) or in total once done.
     pub frames_done: u64,
     /// Worker that committed the result.
@@ -191,19 +189,26 @@ impl Task {
             failed_workers: Vec::new(),
             lease: None,
             errors: Vec::new(),
-            output_url: String::new(),
             frames_done: 0,
             worker_id: String::new(),
             chunks: Vec::new(),
         }
     }
 
-    /// First frame not yet committed (Segment tasks).
-    pub fn committed_until(&self) -> u64 {
+    /// First frame of a Segment task (0 for others).
+    pub fn start_frame(&self) -> u64 {
         match self.kind {
-            TaskKind::Segment { start, .. } => self.chunks.last().map(|c| c.end).unwrap_or(start),
+            TaskKind::Segment { start, .. } => start,
             _ => 0,
         }
+    }
+
+    /// First frame not yet committed (Segment tasks).
+    pub fn committed_until(&self) -> u64 {
+        self.chunks
+            .last()
+            .map(|c| c.end)
+            .unwrap_or(self.start_frame())
     }
 
     /// Frames this task covers (0 for Probe and Assemble).

@@ -396,7 +396,6 @@ impl State {
         epoch: u64,
         (start, end): (u64, u64),
         url: String,
-        now: u64,
     ) -> (bool, u64, Changes) {
         let mut ch = Changes::default();
         let Some(key) = self.current(lease_id, epoch) else {
@@ -430,10 +429,9 @@ impl State {
         t.frames_done = t.frames_done.max(end - from);
         ch.task(&key.0, key.1);
         if end == range_end {
-            self.finish_task(&key, &worker, String::new(), &mut ch);
+            self.finish_task(&key, &worker, &mut ch);
             self.maybe_assemble(&key.0, &mut ch);
         }
-        let _ = now;
         (true, range_end, ch)
     }
 
@@ -490,7 +488,7 @@ impl State {
                         self.fail_job(&key.0, "the input has no video frames".into(), now),
                     );
                 }
-                self.finish_task(&key, &worker, String::new(), &mut ch);
+                self.finish_task(&key, &worker, &mut ch);
                 let Some(job) = self.jobs.get_mut(&key.0) else {
                     return (false, ch);
                 };
@@ -530,7 +528,7 @@ impl State {
                 ch.job(&id);
             }
             (TaskKind::Assemble, Completion::Assemble { .. }) => {
-                self.finish_task(&key, &worker, String::new(), &mut ch);
+                self.finish_task(&key, &worker, &mut ch);
                 let Some(job) = self.jobs.get_mut(&key.0) else {
                     return (false, ch);
                 };
@@ -557,19 +555,12 @@ impl State {
         (true, ch)
     }
 
-    fn finish_task(
-        &mut self,
-        key: &(String, u32),
-        worker: &str,
-        output_url: String,
-        ch: &mut Changes,
-    ) {
+    fn finish_task(&mut self, key: &(String, u32), worker: &str, ch: &mut Changes) {
         if let Some(t) = self.tasks.get_mut(key) {
             if let Some(l) = t.lease.take() {
                 self.leases.remove(&l.id);
             }
             t.state = TaskState::Done;
-            t.output_url = output_url;
             t.frames_done = t.frames();
             t.worker_id = worker.to_string();
             ch.task(&key.0, key.1);
@@ -708,10 +699,10 @@ impl State {
             .map(|(_, t)| match (t.state, &t.lease) {
                 (TaskState::Done, _) => t.frames(),
                 (TaskState::Leased, Some(l)) => {
-                    let committed = t.committed_until() - t.kind_start();
-                    committed.max(l.from - t.kind_start() + t.frames_done)
+                    let committed = t.committed_until() - t.start_frame();
+                    committed.max(l.from - t.start_frame() + t.frames_done)
                 }
-                _ => t.committed_until() - t.kind_start(),
+                _ => t.committed_until() - t.start_frame(),
             })
             .sum()
     }
@@ -722,15 +713,6 @@ impl State {
             .range(job_range(job_id))
             .map(|(_, t)| t)
             .collect()
-    }
-}
-
-impl Task {
-    fn kind_start(&self) -> u64 {
-        match self.kind {
-            TaskKind::Segment { start, .. } => start,
-            _ => 0,
-        }
     }
 }
 
@@ -820,6 +802,20 @@ pub(crate) mod tests {
         id
     }
 
+    /// A segment grant's range and how many timestamps came with it.
+    fn range_of(g: &Grant) -> (u64, u64, usize) {
+        let Work::Segment {
+            start,
+            end,
+            ref frame_pts,
+            ..
+        } = g.work
+        else {
+            panic!("not a segment: {g:?}")
+        };
+        (start, end, frame_pts.len())
+    }
+
     /// Commits every chunk of a segment grant, as a worker would.
     fn run_chunks(s: &mut State, g: &Grant, k: u64) -> Vec<bool> {
         let Work::Segment { start, mut end, .. } = g.work else {
@@ -829,13 +825,8 @@ pub(crate) mod tests {
         let mut a = start;
         while a < end {
             let b = (a + k).min(end);
-            let (ok, new_end, _) = s.commit_chunk(
-                &g.lease_id,
-                g.epoch,
-                (a, b),
-                format!("file:///w/{a}.mp4"),
-                2,
-            );
+            let (ok, new_end, _) =
+                s.commit_chunk(&g.lease_id, g.epoch, (a, b), format!("file:///w/{a}.mp4"));
             out.push(ok);
             end = new_end; // stealing may have moved it
             a = b;
@@ -923,31 +914,23 @@ pub(crate) mod tests {
         let id = probed(&mut s, 20, 10.0);
         let (g, _) = s.lease("w1", "l1".into(), 2, &r).unwrap();
         assert!(
-            s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/a".into(), 3)
+            s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/a".into())
                 .0
         );
         assert!(
-            s.commit_chunk("l1", g.epoch, (5, 10), "file:///w/b".into(), 3)
+            s.commit_chunk("l1", g.epoch, (5, 10), "file:///w/b".into())
                 .0
         );
         s.expire(5000, &r);
         let (g2, _) = s.lease("w2", "l2".into(), 5001, &r).unwrap();
-        let Work::Segment {
-            start,
-            end,
-            ref frame_pts,
-            ..
-        } = g2.work
-        else {
-            panic!()
-        };
+        let (start, end, pts) = range_of(&g2);
         assert_eq!(
-            (start, end, frame_pts.len()),
+            (start, end, pts),
             (10, 20, 10),
             "resumes after the committed chunks"
         );
         assert!(
-            !s.commit_chunk("l1", g.epoch, (10, 15), "file:///w/late".into(), 5002)
+            !s.commit_chunk("l1", g.epoch, (10, 15), "file:///w/late".into())
                 .0,
             "fenced"
         );
@@ -961,25 +944,25 @@ pub(crate) mod tests {
         let (mut s, r) = (State::default(), rules());
         probed(&mut s, 20, 10.0);
         let (g, _) = s.lease("w1", "l1".into(), 2, &r).unwrap();
-        let (ok, _, ch) = s.commit_chunk("l1", g.epoch, (5, 10), "file:///w/gap".into(), 3);
+        let (ok, _, ch) = s.commit_chunk("l1", g.epoch, (5, 10), "file:///w/gap".into());
         assert!(!ok, "a gap is refused");
         assert_eq!(ch.garbage, vec!["file:///w/gap".to_string()]);
         assert!(
-            !s.commit_chunk("l1", g.epoch, (0, 25), "file:///w/long".into(), 3)
+            !s.commit_chunk("l1", g.epoch, (0, 25), "file:///w/long".into())
                 .0,
             "past the end"
         );
         assert!(
-            !s.commit_chunk("l1", g.epoch, (0, 0), "file:///w/empty".into(), 3)
+            !s.commit_chunk("l1", g.epoch, (0, 0), "file:///w/empty".into())
                 .0,
             "empty"
         );
         assert!(
-            s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/ok".into(), 3)
+            s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/ok".into())
                 .0
         );
         assert!(
-            !s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/again".into(), 3)
+            !s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/again".into())
                 .0,
             "no frame twice"
         );
@@ -992,17 +975,9 @@ pub(crate) mod tests {
         let (g1, _) = s.lease("w1", "l1".into(), 2, &r).unwrap();
         assert_eq!(s.heartbeat("l1", g1.epoch, 7, 3, &r), (true, 60)); // in chunk 1
         let (g2, ch) = s.lease("w2", "l2".into(), 4, &r).unwrap();
-        let Work::Segment {
-            start,
-            end,
-            ref frame_pts,
-            ..
-        } = g2.work
-        else {
-            panic!()
-        };
+        let (start, end, pts) = range_of(&g2);
         assert_eq!(
-            (start, end, frame_pts.len()),
+            (start, end, pts),
             (15, 60, 45),
             "split two chunks ahead of the owner"
         );
@@ -1012,7 +987,7 @@ pub(crate) mod tests {
             (true, 15),
             "the owner learns its new end"
         );
-        let (ok, end, _) = s.commit_chunk("l1", g1.epoch, (0, 5), "file:///w/0".into(), 6);
+        let (ok, end, _) = s.commit_chunk("l1", g1.epoch, (0, 5), "file:///w/0".into());
         assert!(ok && end == 15);
         // A third idle worker steals from the larger remaining range (w2's).
         assert_eq!(s.heartbeat("l2", g2.epoch, 0, 6, &r), (true, 60));
@@ -1023,15 +998,15 @@ pub(crate) mod tests {
         assert_eq!((start, end), (25, 60));
         // The owner had already started past its new end: that chunk is refused.
         assert!(
-            s.commit_chunk("l1", g1.epoch, (5, 10), "file:///w/5".into(), 8)
+            s.commit_chunk("l1", g1.epoch, (5, 10), "file:///w/5".into())
                 .0
         );
         assert!(
-            s.commit_chunk("l1", g1.epoch, (10, 15), "file:///w/10".into(), 8)
+            s.commit_chunk("l1", g1.epoch, (10, 15), "file:///w/10".into())
                 .0
         );
         assert!(
-            !s.commit_chunk("l1", g1.epoch, (15, 20), "file:///w/15".into(), 8)
+            !s.commit_chunk("l1", g1.epoch, (15, 20), "file:///w/15".into())
                 .0,
             "lease is done"
         );
@@ -1178,7 +1153,7 @@ pub(crate) mod tests {
         probed(&mut s, 20, 10.0);
         let (g, _) = s.lease("w1", "l1".into(), 0, &r).unwrap();
         assert!(
-            s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/a".into(), 1)
+            s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/a".into())
                 .0
         );
         let jobs = s.jobs.values().cloned().collect();
@@ -1189,7 +1164,7 @@ pub(crate) mod tests {
             "the worker reattaches"
         );
         assert!(
-            s2.commit_chunk("l1", g.epoch, (5, 10), "file:///w/b".into(), 10_600)
+            s2.commit_chunk("l1", g.epoch, (5, 10), "file:///w/b".into())
                 .0,
             "and goes on committing"
         );
