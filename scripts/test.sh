@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-scripts/bootstrap.sh
+scripts/bootstrap.sh --with-test-tools
 # A target dir outside the clone is a cache that survives fresh clones.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/framewise/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

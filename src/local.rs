@@ -118,6 +118,11 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     cfg.coordinator.data_dir = data.join("state");
     cfg.coordinator.work_dir = data.join("work");
     cfg.coordinator.grpc_addr = "127.0.0.1:0".into();
+    // Without a configured dashboard address, take a free port rather than collide on the default.
+    if cfg.coordinator.http_addr == framewise_common::config::CoordinatorConfig::default().http_addr
+    {
+        cfg.coordinator.http_addr = "127.0.0.1:0".into();
+    }
 
     // Load the model once per worker before anything starts, so a bad model is one clear error.
     let threads = if cfg.worker.intra_threads > 0 {
@@ -136,6 +141,9 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
 
     let coord = framewise_coordinator::start(&cfg.coordinator)?;
     let url = coord.url();
+    if let (Some(dash), false) = (coord.http_url(), a.quiet) {
+        eprintln!("framewise: dashboard at {dash}/");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -56,6 +56,12 @@ pub struct CoordinatorConfig {
     pub segment_seconds: f64,
     /// Length of a chunk checkpoint in seconds of video: a lost lease redoes at most one chunk.
     pub chunk_seconds: f64,
+    /// Dashboard, REST API and /metrics listen address; empty = no HTTP server.
+    pub http_addr: String,
+    /// Token viewers must present (Bearer header or `?token=`); required when `http_addr` is not loopback.
+    pub viewer_token: String,
+    /// File holding the viewer token (read at start, so the token stays out of config files).
+    pub viewer_token_file: PathBuf,
 }
 
 impl Default for CoordinatorConfig {
@@ -69,6 +75,9 @@ impl Default for CoordinatorConfig {
             max_attempts: 3,
             segment_seconds: 4.0,
             chunk_seconds: 1.0,
+            http_addr: "127.0.0.1:8080".into(),
+            viewer_token: String::new(),
+            viewer_token_file: PathBuf::new(),
         }
     }
 }

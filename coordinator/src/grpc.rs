@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub struct Services {
     pub manager: Addr<JobManager>,
+    pub metrics: crate::metrics::Metrics,
     pub lease_ttl_ms: u64,
     pub heartbeat_interval_ms: u64,
 }
@@ -237,6 +238,7 @@ impl pb::worker_service_server::WorkerService for Services {
     ) -> Result<Response<pb::LeaseTaskResponse>, Status> {
         let r = req.into_inner();
         need_worker(&r.worker_id)?;
+        let timer = self.metrics.lease_latency.start_timer();
         let grant = self
             .manager
             .send(manager::LeaseTask {
@@ -245,6 +247,7 @@ impl pb::worker_service_server::WorkerService for Services {
             .await
             .map_err(mailbox)?
             .map_err(status)?;
+        timer.observe_duration();
         Ok(Response::new(match grant {
             Some(g) => grant_to(g, self.lease_ttl_ms),
             None => pb::LeaseTaskResponse {

@@ -1,13 +1,19 @@
 //! The framewise coordinator: actix actors own jobs, tasks and leases (in
-//! sled); tonic serves users (JobService) and workers (WorkerService).
+//! sled); tonic serves users (JobService) and workers (WorkerService);
+//! actix-web serves the dashboard, the REST API and /metrics.
 //! It links neither GStreamer nor ONNX Runtime.
 
 pub mod convert;
 pub mod grpc;
 pub mod manager;
+pub mod metrics;
 pub mod model;
+pub mod progress;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod views;
+pub mod web;
+pub mod workers;
 
 pub use server::{start, Coordinator, StartError};

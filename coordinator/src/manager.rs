@@ -1,11 +1,16 @@
 //! The JobManager actor: owns the scheduler state and the sled store, the
 //! only writer of either. gRPC handlers send it messages and await replies.
 
+use crate::metrics::Metrics;
 use crate::model::{Job, Params, Task};
+use crate::progress::Progress;
 use crate::scheduler::{garbage_path, Changes, Completion, Grant, NewJob, Rules, State};
 use crate::store::{Store, StoreError};
+use crate::views::{self, JobDetail, JobSummary, Overview, Totals, WorkerView};
+pub use crate::workers::WorkerInfo;
+use crate::workers::Workers;
 use actix::prelude::*;
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tracing::{info, warn};
@@ -37,21 +42,16 @@ pub struct JobView {
     pub frames_done: u64,
 }
 
-/// A registered worker (kept in sled's `workers` tree).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct WorkerInfo {
-    pub hostname: String,
-    pub gpu: bool,
-    pub threads: u32,
-    pub last_seen_ms: u64,
-}
-
 /// Owns jobs, tasks, leases and workers.
 pub struct JobManager {
     state: State,
     store: Store,
     rules: Rules,
-    workers: HashMap<String, WorkerInfo>,
+    workers: Workers,
+    progress: Progress,
+    metrics: Metrics,
+    /// The latest overview (JSON) for the dashboard's live stream; built only while someone listens.
+    overview: Arc<tokio::sync::watch::Sender<Arc<str>>>,
     /// Written since the last flush was requested.
     dirty: bool,
     /// Queue of replies waiting for the next flush.
@@ -81,9 +81,14 @@ fn spawn_flusher(store: &Store) -> std::io::Result<std::sync::mpsc::Sender<Flush
 
 impl JobManager {
     /// Loads the stored state; leases that were live get one TTL for their workers to come back.
-    pub fn new(store: Store, rules: Rules) -> Result<Self, StoreError> {
+    pub fn new(
+        store: Store,
+        rules: Rules,
+        metrics: Metrics,
+        overview: Arc<tokio::sync::watch::Sender<Arc<str>>>,
+    ) -> Result<Self, StoreError> {
         let (jobs, tasks) = store.load()?;
-        let workers: HashMap<String, WorkerInfo> = store.load_workers()?.into_iter().collect();
+        let workers = Workers::new(store.load_workers()?);
         let (state, ch) = State::restore(jobs, tasks, now_ms(), &rules);
         store.persist(&state, &ch)?;
         store.flush()?;
@@ -100,6 +105,9 @@ impl JobManager {
             store,
             rules,
             workers,
+            progress: Progress::default(),
+            metrics,
+            overview,
             dirty: false,
             flusher,
         })
@@ -107,8 +115,104 @@ impl JobManager {
 
     /// Notes that a worker was heard from (for the workers table).
     fn touch(&mut self, worker_id: &str, now: u64) {
-        if let Some(w) = self.workers.get_mut(worker_id) {
-            w.last_seen_ms = now;
+        self.workers.touch(worker_id, now);
+    }
+
+    fn worker_views(&self, now: u64) -> Vec<WorkerView> {
+        views::worker_views(&self.state, &self.workers, now, self.rules.lease_ttl_ms)
+    }
+
+    fn overview(&self, now: u64) -> Overview {
+        let jobs = views::job_summaries(&self.state, &self.progress);
+        let m = &self.metrics;
+        let totals = Totals {
+            frames_per_s: m.frames_per_second.get(),
+            queue_frames: m.queue_frames.get().max(0) as u64,
+            leases_granted: m.leases_granted.get(),
+            leases_expired: m.leases_expired.get(),
+            evictions: m.evictions.get(),
+            wasted_frames: m.wasted_frames.get(),
+            jobs_active: jobs
+                .iter()
+                .filter(|j| !matches!(j.state, "succeeded" | "failed" | "cancelled"))
+                .count() as u32,
+        };
+        Overview {
+            now_ms: now,
+            jobs,
+            workers: self.worker_views(now),
+            throughput: self.progress.history().copied().collect(),
+            totals,
+        }
+    }
+
+    /// Sets the state gauges (jobs, tasks, workers, queue) from the current state.
+    fn refresh_gauges(&self, now: u64) {
+        let mut queue = 0u64;
+        let mut tasks = [0i64; 4];
+        let mut jobs: std::collections::BTreeMap<&'static str, i64> = Default::default();
+        for job in self.state.jobs.values() {
+            *jobs.entry(views::job_state_name(job.state)).or_default() += 1;
+            if job.state.is_terminal() {
+                continue;
+            }
+            let total = views::frames_total(job);
+            queue += total - self.state.frames_done(&job.id).min(total);
+            for t in self.state.tasks_of(&job.id) {
+                tasks[t.state as usize] += 1;
+            }
+        }
+        let m = &self.metrics;
+        m.queue_frames.set(queue as i64);
+        for state in [
+            "queued",
+            "probing",
+            "running",
+            "assembling",
+            "succeeded",
+            "failed",
+            "cancelled",
+        ] {
+            m.jobs
+                .with_label_values(&[state])
+                .set(jobs.get(state).copied().unwrap_or(0));
+        }
+        for (i, state) in ["pending", "leased", "done", "failed"].iter().enumerate() {
+            m.tasks.with_label_values(&[*state]).set(tasks[i]);
+        }
+        let workers = self.worker_views(now);
+        for state in ["busy", "idle", "draining", "lost"] {
+            let n = workers.iter().filter(|w| w.state == state).count();
+            m.workers.with_label_values(&[state]).set(n as i64);
+        }
+    }
+
+    /// Once a second: progress samples, gauges, and the dashboard's overview if anyone watches.
+    fn tick(&mut self) {
+        let now = now_ms();
+        let mut fps = 0.0;
+        for job in self.state.jobs.values() {
+            if job.state.is_terminal() {
+                self.progress.finish(&job.id);
+                continue;
+            }
+            let done = self
+                .state
+                .frames_done(&job.id)
+                .min(views::frames_total(job));
+            self.progress.sample(&job.id, now, done);
+            fps += self.progress.rate(&job.id);
+        }
+        self.progress.record_total(now, fps);
+        self.metrics.frames_per_second.set(fps);
+        self.refresh_gauges(now);
+        if self.overview.receiver_count() > 0 {
+            match serde_json::to_string(&self.overview(now)) {
+                Ok(json) => {
+                    let _ = self.overview.send(Arc::from(json));
+                }
+                Err(e) => warn!(error = %e, "could not serialize the overview"),
+            }
         }
     }
 
@@ -116,6 +220,7 @@ impl JobManager {
     fn commit(&mut self, ch: &Changes) -> Result<(), CoordError> {
         self.store.persist(&self.state, ch)?;
         self.dirty |= !ch.is_empty();
+        self.metrics.wasted_frames.inc_by(ch.wasted_frames);
         for url in &ch.garbage {
             if let Some(p) = garbage_path(url) {
                 if let Err(e) = std::fs::remove_file(&p) {
@@ -183,12 +288,14 @@ impl Actor for JobManager {
             let ch = act.state.expire(now_ms(), &act.rules);
             if !ch.is_empty() {
                 warn!(tasks = ch.tasks.len(), "leases expired; tasks requeued");
+                act.metrics.leases_expired.inc_by(ch.tasks.len() as u64);
                 if let Err(e) = act.commit(&ch).and_then(|_| Ok(act.store.flush()?)) {
                     warn!(error = %e, "could not persist expired leases");
                 }
                 act.dirty = false;
             }
         });
+        ctx.run_interval(Duration::from_secs(1), |act, _| act.tick());
     }
 }
 
@@ -285,7 +392,7 @@ impl Handler<Register> for JobManager {
         if let Err(e) = self.store.put_worker(&m.worker_id, &m.info) {
             warn!(worker_id = %m.worker_id, error = %e, "could not persist the worker");
         }
-        self.workers.insert(m.worker_id, m.info);
+        self.workers.info.insert(m.worker_id, m.info);
     }
 }
 
@@ -306,10 +413,15 @@ impl Handler<LeaseTask> for JobManager {
             match self.state.lease(&m.worker_id, lease_id, now, &self.rules) {
                 Some((grant, ch)) => {
                     self.commit(&ch)?;
+                    self.metrics.leases_granted.inc();
+                    self.workers.leased(&m.worker_id);
                     info!(job_id = %grant.job_id, task = grant.index, worker_id = %m.worker_id, lease_id = %grant.lease_id, epoch = grant.epoch, "lease granted");
                     Ok(Some(grant))
                 }
-                None => Ok(None),
+                None => {
+                    self.workers.idle(&m.worker_id);
+                    Ok(None)
+                }
             }
         })();
         self.durably(r)
@@ -331,6 +443,8 @@ impl Handler<Heartbeat> for JobManager {
     fn handle(&mut self, m: Heartbeat, _: &mut Context<Self>) -> Self::Result {
         let now = now_ms();
         self.touch(&m.worker_id, now);
+        self.workers
+            .heartbeat(&m.worker_id, &m.lease_id, m.frames_done, now);
         MessageResult(
             self.state
                 .heartbeat(&m.lease_id, m.epoch, m.frames_done, now, &self.rules),
@@ -360,7 +474,10 @@ impl Handler<CommitChunk> for JobManager {
                 self.state
                     .commit_chunk(&m.lease_id, m.epoch, (m.start, m.end), m.url);
             self.commit(&ch)?;
-            if !ok {
+            if ok {
+                self.workers.committed(&m.worker_id, m.end - m.start);
+                self.metrics.frames_committed.inc_by(m.end - m.start);
+            } else {
                 warn!(worker_id = %m.worker_id, lease_id = %m.lease_id, start = m.start, end = m.end, "chunk refused");
             }
             Ok((ok, end))
@@ -439,9 +556,81 @@ impl Handler<Release> for JobManager {
             self.commit(&ch)?;
             if ok {
                 info!(worker_id = %m.worker_id, lease_id = %m.lease_id, reason = %m.reason, "lease released; task requeued");
+                self.workers.released(&m.worker_id);
+                self.metrics.evictions.inc();
             }
             Ok(ok)
         })();
         self.durably(r)
+    }
+}
+
+/// The dashboard's main page data.
+#[derive(Message)]
+#[rtype(result = "Overview")]
+pub struct GetOverview;
+
+impl Handler<GetOverview> for JobManager {
+    type Result = MessageResult<GetOverview>;
+    fn handle(&mut self, _: GetOverview, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.overview(now_ms()))
+    }
+}
+
+/// Jobs, newest first, as the REST API lists them.
+#[derive(Message)]
+#[rtype(result = "Vec<JobSummary>")]
+pub struct ListSummaries;
+
+impl Handler<ListSummaries> for JobManager {
+    type Result = MessageResult<ListSummaries>;
+    fn handle(&mut self, _: ListSummaries, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(views::job_summaries(&self.state, &self.progress))
+    }
+}
+
+/// One job with its tasks, as the job page shows it.
+#[derive(Message)]
+#[rtype(result = "Result<JobDetail, CoordError>")]
+pub struct GetDetail(pub String);
+
+impl Handler<GetDetail> for JobManager {
+    type Result = Result<JobDetail, CoordError>;
+    fn handle(&mut self, m: GetDetail, _: &mut Context<Self>) -> Self::Result {
+        views::job_detail(&self.state, &m.0, &self.progress).ok_or(CoordError::NotFound(m.0))
+    }
+}
+
+/// The workers table.
+#[derive(Message)]
+#[rtype(result = "Vec<WorkerView>")]
+pub struct ListWorkers;
+
+impl Handler<ListWorkers> for JobManager {
+    type Result = MessageResult<ListWorkers>;
+    fn handle(&mut self, _: ListWorkers, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.worker_views(now_ms()))
+    }
+}
+
+/// Answers when the actor is processing messages (readiness).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ping;
+
+impl Handler<Ping> for JobManager {
+    type Result = ();
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
+}
+
+/// Brings the state gauges up to date before a scrape.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RefreshGauges;
+
+impl Handler<RefreshGauges> for JobManager {
+    type Result = ();
+    fn handle(&mut self, _: RefreshGauges, _: &mut Context<Self>) {
+        self.refresh_gauges(now_ms());
     }
 }

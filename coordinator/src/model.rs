@@ -125,6 +125,16 @@ pub enum TaskState {
     Failed,
 }
 
+/// How a task came to exist (shown on the dashboard's segment map).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Origin {
+    /// Planned from the probe.
+    #[default]
+    Planned,
+    /// Split off the tail of task `from` for an idle worker.
+    Stolen { from: u32 },
+}
+
 /// A task's current lease: the only attempt whose results are accepted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
@@ -173,6 +183,11 @@ pub struct Task {
     /// Committed chunks of a Segment task, contiguous from its start.
     #[serde(default)]
     pub chunks: Vec<Chunk>,
+    #[serde(default)]
+    pub origin: Origin,
+    /// Leases given back by their workers (eviction notices, drains).
+    #[serde(default)]
+    pub releases: u32,
 }
 
 impl Task {
@@ -192,6 +207,8 @@ impl Task {
             frames_done: 0,
             worker_id: String::new(),
             chunks: Vec::new(),
+            origin: Origin::Planned,
+            releases: 0,
         }
     }
 

@@ -8,7 +8,7 @@
 //! the tail of the largest in-flight range, split at a chunk boundary.
 
 use crate::model::{
-    Chunk, Job, JobState, Lease, Media, Params, Task, TaskKind, TaskState, SCHEMA_VERSION,
+    Chunk, Job, JobState, Lease, Media, Origin, Params, Task, TaskKind, TaskState, SCHEMA_VERSION,
 };
 use framewise_common::plan::{keyframe_at_or_before, plan_segments};
 use std::collections::{BTreeMap, HashMap};
@@ -31,6 +31,8 @@ pub struct Changes {
     pub tasks: Vec<(String, u32)>,
     /// Objects nobody will read again (fenced attempts, refused chunks).
     pub garbage: Vec<String>,
+    /// Frames a lost or released attempt computed but never committed.
+    pub wasted_frames: u64,
 }
 
 impl Changes {
@@ -336,10 +338,9 @@ impl State {
         };
         t.kind = TaskKind::Segment { start, end: split };
         ch.task(&key.0, key.1);
-        self.tasks.insert(
-            (key.0.clone(), index),
-            Task::new(&key.0, index, TaskKind::Segment { start: split, end }),
-        );
+        let mut tail = Task::new(&key.0, index, TaskKind::Segment { start: split, end });
+        tail.origin = Origin::Stolen { from: key.1 };
+        self.tasks.insert((key.0.clone(), index), tail);
         ch.task(&key.0, index);
         Some((key.0, index))
     }
@@ -583,6 +584,7 @@ impl State {
         let Some(t) = self.tasks.get_mut(&key) else {
             return (false, Changes::default());
         };
+        let wasted = uncommitted(t);
         let worker = t.lease.take().map(|l| {
             self.leases.remove(&l.id);
             l.worker_id
@@ -594,7 +596,10 @@ impl State {
         if !t.failed_workers.contains(&worker) {
             t.failed_workers.push(worker);
         }
-        let mut ch = Changes::default();
+        let mut ch = Changes {
+            wasted_frames: wasted,
+            ..Changes::default()
+        };
         ch.task(&key.0, key.1);
         // Poison: failed on max_attempts distinct workers, or twice that many times
         // in all (so a pool of one or two workers cannot retry forever).
@@ -627,14 +632,19 @@ impl State {
         let Some(t) = self.tasks.get_mut(&key) else {
             return (false, Changes::default());
         };
+        let wasted = uncommitted(t);
         if let Some(l) = t.lease.take() {
             self.leases.remove(&l.id);
             t.errors
                 .push(format!("{}: released ({reason})", l.worker_id));
         }
         t.frames_done = 0;
+        t.releases += 1;
         t.state = TaskState::Pending;
-        let mut ch = Changes::default();
+        let mut ch = Changes {
+            wasted_frames: wasted,
+            ..Changes::default()
+        };
         ch.task(&key.0, key.1);
         (true, ch)
     }
@@ -707,6 +717,11 @@ impl State {
             .sum()
     }
 
+    /// Every task under a live lease (cheap: walks the lease index, not all tasks).
+    pub fn leased_tasks(&self) -> impl Iterator<Item = &Task> {
+        self.leases.values().filter_map(|k| self.tasks.get(k))
+    }
+
     /// The tasks of a job in order.
     pub fn tasks_of(&self, job_id: &str) -> Vec<&Task> {
         self.tasks
@@ -724,7 +739,19 @@ fn merge(mut a: Changes, b: Changes) -> Changes {
         a.task(&j, i);
     }
     a.garbage.extend(b.garbage);
+    a.wasted_frames += b.wasted_frames;
     a
+}
+
+/// Frames the current attempt of a task computed beyond its committed chunks.
+fn uncommitted(t: &Task) -> u64 {
+    match &t.lease {
+        Some(l) if matches!(t.kind, TaskKind::Segment { .. }) => {
+            let committed_by_attempt = t.committed_until().saturating_sub(l.from);
+            t.frames_done.saturating_sub(committed_by_attempt)
+        }
+        _ => 0,
+    }
 }
 
 fn describe(t: &Task) -> String {
@@ -752,7 +779,7 @@ pub fn garbage_path(url: &str) -> Option<std::path::PathBuf> {
 pub(crate) mod tests {
     use super::*;
 
-    fn rules() -> Rules {
+    pub(crate) fn rules() -> Rules {
         Rules {
             lease_ttl_ms: 1000,
             max_attempts: 2,
@@ -800,6 +827,18 @@ pub(crate) mod tests {
                 .0
         );
         id
+    }
+
+    /// A state with job "j1" probed as an n-frame, 10 fps video.
+    pub(crate) fn planned_job(r: &Rules, n: u64) -> State {
+        let mut s = State::default();
+        s.submit(new_job("j1", "k"), 0, r);
+        let (g, _) = s.lease("w0", "probe".into(), 0, r).unwrap();
+        assert!(
+            s.complete("probe", g.epoch, Completion::Probe(media(n)), 1, r)
+                .0
+        );
+        s
     }
 
     /// A segment grant's range and how many timestamps came with it.

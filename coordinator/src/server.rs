@@ -1,10 +1,13 @@
-//! Starting a coordinator: the actix system (JobManager) on its own thread,
-//! tonic on a tokio runtime on another, both stopped by one handle.
+//! Starting a coordinator: the actix system (JobManager and the actix-web
+//! dashboard/API) on its own thread, tonic on a tokio runtime on another, all
+//! stopped by one handle.
 
 use crate::grpc::Services;
 use crate::manager::JobManager;
+use crate::metrics::Metrics;
 use crate::scheduler::Rules;
 use crate::store::{Store, StoreError};
+use crate::web::{self, WebState};
 use actix::Actor;
 use framewise_common::config::CoordinatorConfig;
 use framewise_common::proto::{
@@ -23,6 +26,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {detail}")]
     Bind { addr: String, detail: String },
+    #[error("{0}")]
+    Config(String),
     #[error("coordinator start: {0}")]
     Internal(String),
 }
@@ -30,6 +35,7 @@ pub enum StartError {
 /// A running coordinator.
 pub struct Coordinator {
     addr: SocketAddr,
+    http: Option<(SocketAddr, actix_web::dev::ServerHandle)>,
     stop: Option<oneshot::Sender<()>>,
     system: actix::System,
     threads: Vec<JoinHandle<()>>,
@@ -46,6 +52,11 @@ impl Coordinator {
         format!("http://{}", self.addr)
     }
 
+    /// The dashboard's URL, if the HTTP server is on.
+    pub fn http_url(&self) -> Option<String> {
+        self.http.as_ref().map(|(a, _)| format!("http://{a}"))
+    }
+
     /// Blocks until the gRPC server stops.
     pub fn wait(mut self) {
         for t in self.threads.drain(..) {
@@ -57,6 +68,10 @@ impl Coordinator {
     pub fn shutdown(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
+        }
+        if let Some((_, h)) = self.http.take() {
+            // Resolves once the server's workers have stopped; the actor thread drives it.
+            drop(h.stop(false));
         }
         self.system.stop();
         for t in self.threads.drain(..) {
@@ -75,21 +90,68 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
         chunk_seconds: cfg.chunk_seconds,
         work_dir: cfg.work_dir.clone(),
     };
-    let manager = JobManager::new(store, rules)?;
+    let token = viewer_token(cfg)?;
+    let http_listener = bind_http(cfg, token.is_some())?;
+    let metrics = Metrics::new();
+    let (overview_tx, _) = tokio::sync::watch::channel::<std::sync::Arc<str>>("".into());
+    let overview_tx = std::sync::Arc::new(overview_tx);
+    let manager = JobManager::new(store, rules, metrics.clone(), overview_tx.clone())?;
 
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    type Started = Result<
+        (
+            actix::Addr<JobManager>,
+            actix::System,
+            Option<actix_web::dev::ServerHandle>,
+        ),
+        String,
+    >;
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Started>();
+    let web_metrics = metrics.clone();
+    let http_for_actors = match &http_listener {
+        Some((l, _)) => Some(
+            l.try_clone()
+                .map_err(|e| StartError::Internal(e.to_string()))?,
+        ),
+        None => None,
+    };
     let actors = std::thread::Builder::new()
         .name("fw-actors".into())
         .spawn(move || {
             let sys = actix::System::new();
-            let addr = sys.block_on(async move { manager.start() });
-            let _ = addr_tx.send((addr, actix::System::current()));
-            let _ = sys.run();
+            let started = sys.block_on(async move {
+                let addr = manager.start();
+                let handle = match http_for_actors {
+                    Some(l) => {
+                        let state = WebState {
+                            manager: addr.clone(),
+                            metrics: web_metrics,
+                            overview: overview_tx,
+                            token,
+                        };
+                        let srv = web::serve(l, state).map_err(|e| e.to_string())?;
+                        let h = srv.handle();
+                        actix::spawn(srv);
+                        Some(h)
+                    }
+                    None => None,
+                };
+                Ok((addr, actix::System::current(), handle))
+            });
+            let ok = started.is_ok();
+            let _ = addr_tx.send(started);
+            if ok {
+                let _ = sys.run();
+            }
         })
         .map_err(|e| StartError::Internal(e.to_string()))?;
-    let (manager_addr, system) = addr_rx
+    let (manager_addr, system, http_handle) = addr_rx
         .recv()
-        .map_err(|_| StartError::Internal("actor system did not start".into()))?;
+        .map_err(|_| StartError::Internal("actor system did not start".into()))?
+        .map_err(|e| StartError::Internal(format!("HTTP server: {e}")))?;
+    let http = match (http_listener, http_handle) {
+        (Some((_, a)), Some(h)) => Some((a, h)),
+        _ => None,
+    };
 
     let listener = std::net::TcpListener::bind(&cfg.grpc_addr).map_err(|e| StartError::Bind {
         addr: cfg.grpc_addr.clone(),
@@ -103,6 +165,7 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
         .map_err(|e| StartError::Internal(e.to_string()))?;
     let services = Services {
         manager: manager_addr,
+        metrics,
         lease_ttl_ms: cfg.lease_ttl_ms,
         heartbeat_interval_ms: cfg.heartbeat_interval_ms,
     };
@@ -139,10 +202,64 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
         })
         .map_err(|e| StartError::Internal(e.to_string()))?;
     info!(%addr, "coordinator listening");
+    if let Some((a, _)) = &http {
+        info!(dashboard = %format!("http://{a}"), "dashboard and API listening");
+    }
     Ok(Coordinator {
         addr,
+        http,
         stop: Some(stop_tx),
         system,
         threads: vec![grpc, actors],
     })
+}
+
+/// The viewer token from `viewer_token` or `viewer_token_file` (never logged).
+fn viewer_token(cfg: &CoordinatorConfig) -> Result<Option<std::sync::Arc<str>>, StartError> {
+    if !cfg.viewer_token.is_empty() {
+        return Ok(Some(cfg.viewer_token.trim().into()));
+    }
+    if cfg.viewer_token_file.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let f = &cfg.viewer_token_file;
+    let text = std::fs::read_to_string(f).map_err(|e| {
+        StartError::Config(format!(
+            "coordinator.viewer_token_file: cannot read {}: {e}",
+            f.display()
+        ))
+    })?;
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(StartError::Config(format!(
+            "coordinator.viewer_token_file: {} is empty",
+            f.display()
+        )));
+    }
+    Ok(Some(t.into()))
+}
+
+/// Binds the dashboard's listener; refuses a non-loopback address without a viewer token.
+fn bind_http(
+    cfg: &CoordinatorConfig,
+    has_token: bool,
+) -> Result<Option<(std::net::TcpListener, SocketAddr)>, StartError> {
+    if cfg.http_addr.is_empty() {
+        return Ok(None);
+    }
+    let listener = std::net::TcpListener::bind(&cfg.http_addr).map_err(|e| StartError::Bind {
+        addr: cfg.http_addr.clone(),
+        detail: e.to_string(),
+    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Internal(e.to_string()))?;
+    if !web::is_loopback(&addr) && !has_token {
+        return Err(StartError::Config(format!(
+            "coordinator.http_addr: {} is reachable from other machines; set coordinator.viewer_token \
+             or coordinator.viewer_token_file (or bind to 127.0.0.1)",
+            cfg.http_addr
+        )));
+    }
+    Ok(Some((listener, addr)))
 }

@@ -2,6 +2,9 @@
 //! facts read back from its output with the same GStreamer the product uses.
 #![allow(dead_code)]
 
+pub mod browser;
+pub mod cluster;
+
 use framewise_worker::inference::{runtime, Stylizer};
 use framewise_worker::media::decode::{decode_range, DecodeRequest};
 use framewise_worker::media::probe::{probe, Probe};
