@@ -687,6 +687,9 @@ fn coordinator_scale_benchmark() {
     use std::sync::Arc;
     let workers: usize = env_or("FW_BENCH_WORKERS", 1000);
     let tasks: u64 = env_or("FW_BENCH_TASKS", 100_000);
+    // Time a simulated worker "works" on a lease before committing (mean, ms; jittered ±50 %):
+    // 0 = closed loop (saturation); workers / think sets the offered load.
+    let think: u64 = env_or("FW_BENCH_THINK_MS", 0);
     let per_job: u64 = 1000; // segments per job: 25-frame segments of a 25,000-frame video
     let jobs = tasks.div_ceil(per_job);
     let d = tempfile::tempdir().unwrap();
@@ -717,7 +720,8 @@ fn coordinator_scale_benchmark() {
         ..Default::default()
     };
     let done = Arc::new(AtomicU64::new(0));
-    let (elapsed, mut lat) = rt.block_on(async {
+    let last_commit_us = Arc::new(AtomicU64::new(0));
+    let (elapsed, mut lat, mut commit_lat) = rt.block_on(async {
         let mut jc = JobServiceClient::connect(url.clone()).await.unwrap();
         for j in 0..jobs {
             let spec = JobSpec {
@@ -739,6 +743,7 @@ fn coordinator_scale_benchmark() {
         let mut handles = Vec::new();
         for w in 0..workers {
             let (url, media, done) = (url.clone(), media.clone(), done.clone());
+            let last_commit_us = last_commit_us.clone();
             handles.push(tokio::spawn(async move {
                 let mut c = WorkerServiceClient::connect(url).await.unwrap();
                 let id = format!("sim-{w}");
@@ -749,7 +754,10 @@ fn coordinator_scale_benchmark() {
                 .await
                 .unwrap();
                 let mut lat = Vec::new();
+                let mut commit_lat = Vec::new();
                 let mut idle = 0;
+                let mut rng =
+                    0x9E37_79B9_7F4A_7C15u64 ^ (w as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
                 while idle < 20 {
                     let t = Instant::now();
                     let r = c
@@ -776,6 +784,14 @@ fn coordinator_scale_benchmark() {
                             }))
                         }
                         T::Segment(s) => {
+                            if think > 0 {
+                                rng ^= rng << 13;
+                                rng ^= rng >> 7;
+                                rng ^= rng << 17;
+                                let ms = think / 2 + rng % (think + 1);
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
+                            let t = Instant::now();
                             let req = CompleteChunkRequest {
                                 worker_id: id.clone(),
                                 lease_id: lease.lease_id.clone(),
@@ -785,7 +801,10 @@ fn coordinator_scale_benchmark() {
                                 url: format!("{}/{}.mp4", s.output_url, s.start_frame),
                             };
                             assert!(c.complete_chunk(req).await.unwrap().into_inner().accepted);
+                            commit_lat.push(t.elapsed());
                             done.fetch_add(1, Ordering::Relaxed);
+                            last_commit_us
+                                .fetch_max(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
                             None
                         }
                     };
@@ -799,14 +818,18 @@ fn coordinator_scale_benchmark() {
                         c.complete_task(req).await.unwrap();
                     }
                 }
-                lat
+                (lat, commit_lat)
             }));
         }
-        let mut lat = Vec::new();
+        let (mut lat, mut commit_lat) = (Vec::new(), Vec::new());
         for h in handles {
-            lat.extend(h.await.unwrap());
+            let (l, c) = h.await.unwrap();
+            lat.extend(l);
+            commit_lat.extend(c);
         }
-        (t0.elapsed(), lat)
+        // Until the last commit: the idle tail (20 empty polls per worker once drained) is not work.
+        let until = Duration::from_micros(last_commit_us.load(Ordering::Relaxed));
+        (until, lat, commit_lat)
     });
     let segs = done.load(Ordering::Relaxed);
     assert_eq!(segs, jobs * per_job, "every segment committed exactly once");
@@ -838,10 +861,13 @@ fn coordinator_scale_benchmark() {
     let recovery = t.elapsed();
     assert_eq!(n as u64, jobs);
     lat.sort();
-    let pct =
-        |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
+    commit_lat.sort();
+    let pct_of = |v: &[Duration], p: f64| {
+        v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1000.0
+    };
+    let pct = |p: f64| pct_of(&lat, p);
     let ops = 2.0 * segs as f64 / elapsed.as_secs_f64(); // a lease and a chunk commit per task
-    println!("coordinator scale: {workers} simulated workers (one gRPC connection each), {segs} segment tasks in {jobs} jobs");
+    println!("coordinator scale: {workers} simulated workers (one gRPC connection each), {segs} segment tasks in {jobs} jobs, think time {think} ms");
     println!("| measure | result |");
     println!("|---|---|");
     println!(
@@ -853,6 +879,11 @@ fn coordinator_scale_benchmark() {
         pct(0.5),
         pct(0.99),
         lat.len()
+    );
+    println!(
+        "| CompleteChunk latency p50 / p99 | {:.1} ms / {:.1} ms |",
+        pct_of(&commit_lat, 0.5),
+        pct_of(&commit_lat, 0.99)
     );
     println!("| coordinator peak RSS | {rss_mb:.0} MB |");
     println!(
@@ -883,4 +914,78 @@ fn cancel_stops_the_job_and_writes_no_output() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn a_stalled_worker_is_raced_by_an_idle_one_long_before_its_lease_expires() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in.mp4");
+    let out = d.path().join("out.mp4");
+    make_clip(&input, 96, 64, 300, true);
+    let cl = Cluster::new(d.path());
+    // A lease TTL far beyond the test: only speculation can rescue the stalled segment.
+    let cfg = std::fs::read_to_string(&cl.config)
+        .unwrap()
+        .replace("lease_ttl_ms = 3000", "lease_ttl_ms = 120000");
+    std::fs::write(&cl.config, cfg).unwrap();
+    let procs = Procs(vec![cl.coordinator(0), cl.worker("w1"), cl.worker("w2")]);
+    let (submitter, id) = submit(&cl, &input, &out);
+    let mut sc = Scenario {
+        d,
+        input,
+        out,
+        cl,
+        procs,
+        id,
+    };
+    sc.procs.0.push(submitter);
+    let t0 = Instant::now();
+    let victim = sc.strike_w1(
+        |p| signal(&p.0[1], "-STOP"),
+        |p, _| signal(&p.0[1], "-CONT"),
+    );
+    let status = wait_exit(&mut sc.procs.0[3], 100);
+    assert!(status.success(), "the job did not finish");
+    assert!(
+        t0.elapsed() < Duration::from_secs(100),
+        "finished only after the lease TTL"
+    );
+    check_output(&sc.input, &sc.out);
+    let job = get_job(&sc.cl.url(), &sc.id).unwrap();
+    let t = job.tasks.iter().find(|t| t.index == victim).unwrap();
+    assert_eq!(t.worker_id, "w2", "the speculative attempt committed it");
+    // The dashboard's API shows the race.
+    let detail: serde_json::Value = serde_json::from_str(
+        &ureq::get(&format!("{}/api/v1/jobs/{}", sc.cl.http_url(), sc.id))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap(),
+    )
+    .unwrap();
+    let task = detail["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["index"] == victim)
+        .unwrap()
+        .clone();
+    assert!(task["speculations"].as_u64().unwrap() >= 1, "{task}");
+    // The stalled worker wakes up and learns its lease is gone.
+    signal(&sc.procs.0[1], "-CONT");
+    let t = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(sc.d.path().join("w1.log")).unwrap();
+        if log.contains("result refused (stale lease)")
+            || log.contains("lease lost; stopping the task")
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "w1 never learned its lease was gone:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -56,6 +56,9 @@ pub struct CoordinatorConfig {
     pub segment_seconds: f64,
     /// Length of a chunk checkpoint in seconds of video: a lost lease redoes at most one chunk.
     pub chunk_seconds: f64,
+    /// Tail speculation: a segment lease running this many times longer than the job's typical
+    /// per-frame time is raced by an idle worker, first commit wins (0 = off).
+    pub speculation_factor: f64,
     /// Dashboard, REST API and /metrics listen address; empty = no HTTP server.
     pub http_addr: String,
     /// Token viewers must present (Bearer header or `?token=`); required when `http_addr` is not loopback.
@@ -75,6 +78,7 @@ impl Default for CoordinatorConfig {
             max_attempts: 3,
             segment_seconds: 4.0,
             chunk_seconds: 1.0,
+            speculation_factor: 2.0,
             http_addr: "127.0.0.1:8080".into(),
             viewer_token: String::new(),
             viewer_token_file: PathBuf::new(),
@@ -263,6 +267,12 @@ impl Config {
             return err(
                 "coordinator.chunk_seconds",
                 format!("must be > 0, got {}", c.chunk_seconds),
+            );
+        }
+        if !(c.speculation_factor.is_finite() && c.speculation_factor >= 0.0) {
+            return err(
+                "coordinator.speculation_factor",
+                format!("must be >= 0 (0 = off), got {}", c.speculation_factor),
             );
         }
         if !(c.segment_seconds.is_finite() && c.segment_seconds > 0.0) {

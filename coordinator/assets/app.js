@@ -218,6 +218,10 @@ function taskEvents(t) {
   }
   if (t.origin === 'stolen') ev.push(['stolen', `stolen: split off task${of || ' ?'}`]);
   if (t.origin === 'speculative') ev.push(['speculative', `speculative copy of task${of || ' ?'}`]);
+  if (num(t.speculations) > 0) {
+    const who = isObj(t.spec) ? ` (racing on ${t.spec.worker_id})` : '';
+    ev.push(['speculative', `raced by ${int(t.speculations)} speculative attempt(s), first commit wins${who}`]);
+  }
   if (num(t.releases) > 0) ev.push(['released', `lease released ${int(t.releases)}× (eviction or drain)`]);
   return ev;
 }

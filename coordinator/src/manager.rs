@@ -472,7 +472,7 @@ impl Handler<CommitChunk> for JobManager {
             self.touch(&m.worker_id, now);
             let (ok, end, ch) =
                 self.state
-                    .commit_chunk(&m.lease_id, m.epoch, (m.start, m.end), m.url);
+                    .commit_chunk(&m.lease_id, m.epoch, (m.start, m.end), m.url, now);
             self.commit(&ch)?;
             if ok {
                 self.workers.committed(&m.worker_id, m.end - m.start);

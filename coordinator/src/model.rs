@@ -144,6 +144,15 @@ pub struct Lease {
     /// First frame of this attempt (Segment tasks resume after their committed chunks).
     #[serde(default)]
     pub from: u64,
+    /// The epoch results under this lease must carry (0 in records from before speculation: the task's).
+    #[serde(default)]
+    pub epoch: u64,
+    /// When it was granted (to spot stragglers worth speculating on).
+    #[serde(default)]
+    pub started_ms: u64,
+    /// Frames done since `from`, for a speculative twin (the primary's is the task's `frames_done`).
+    #[serde(default)]
+    pub frames_done: u64,
 }
 
 /// A committed chunk checkpoint: frames [start, end) of a segment, encoded at `url`.
@@ -188,6 +197,12 @@ pub struct Task {
     /// Leases given back by their workers (eviction notices, drains).
     #[serde(default)]
     pub releases: u32,
+    /// A speculative second attempt on the same range, racing `lease` chunk by chunk.
+    #[serde(default)]
+    pub spec: Option<Lease>,
+    /// Speculative attempts started on this task.
+    #[serde(default)]
+    pub speculations: u32,
 }
 
 impl Task {
@@ -209,6 +224,8 @@ impl Task {
             chunks: Vec::new(),
             origin: Origin::Planned,
             releases: 0,
+            spec: None,
+            speculations: 0,
         }
     }
 

@@ -21,6 +21,9 @@ pub struct Rules {
     pub segment_seconds: f64,
     /// Length of a chunk checkpoint in seconds of video.
     pub chunk_seconds: f64,
+    /// A lease running this many times longer than the job's typical segment (per frame) is a
+    /// straggler: an idle worker races it (0 = never speculate).
+    pub speculation_factor: f64,
     pub work_dir: std::path::PathBuf,
 }
 
@@ -119,6 +122,33 @@ pub struct State {
     pub jobs: BTreeMap<String, Job>,
     pub tasks: BTreeMap<(String, u32), Task>,
     leases: HashMap<String, (String, u32)>,
+    /// Per job, milliseconds per frame of each finished segment attempt (in memory: after a
+    /// restart speculation waits for fresh samples).
+    ms_per_frame: HashMap<String, Vec<f64>>,
+}
+
+/// Which of a task's two possible leases a call is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Primary,
+    Spec,
+}
+
+fn slot_of(t: &Task, lease_id: &str) -> Option<Slot> {
+    if t.lease.as_ref().is_some_and(|l| l.id == lease_id) {
+        Some(Slot::Primary)
+    } else if t.spec.as_ref().is_some_and(|l| l.id == lease_id) {
+        Some(Slot::Spec)
+    } else {
+        None
+    }
+}
+
+fn lease_in(t: &Task, slot: Slot) -> Option<&Lease> {
+    match slot {
+        Slot::Primary => t.lease.as_ref(),
+        Slot::Spec => t.spec.as_ref(),
+    }
 }
 
 fn job_range(id: &str) -> std::ops::RangeInclusive<(String, u32)> {
@@ -134,7 +164,14 @@ impl State {
             s.jobs.insert(j.id.clone(), j);
         }
         for mut t in tasks {
-            if let Some(l) = t.lease.as_mut() {
+            let epoch = t.epoch;
+            for l in t.lease.iter_mut().chain(t.spec.iter_mut()) {
+                if l.epoch == 0 {
+                    l.epoch = epoch;
+                }
+                if l.started_ms == 0 {
+                    l.started_ms = now;
+                }
                 l.deadline_ms = now + rules.lease_ttl_ms;
                 s.leases.insert(l.id.clone(), (t.job_id.clone(), t.index));
                 ch.task(&t.job_id, t.index);
@@ -214,7 +251,10 @@ impl State {
         });
         let key = match pending {
             Some(k) => k,
-            None => self.steal(&mut ch)?,
+            None => match self.steal(&mut ch) {
+                Some(k) => k,
+                None => return self.speculate(worker, lease_id, now, rules),
+            },
         };
         let task = self.tasks.get_mut(&key)?;
         task.state = TaskState::Leased;
@@ -227,14 +267,35 @@ impl State {
             worker_id: worker.to_string(),
             deadline_ms: now + rules.lease_ttl_ms,
             from,
+            epoch: task.epoch,
+            started_ms: now,
+            frames_done: 0,
         });
-        let (epoch, index, kind) = (task.epoch, task.index, task.kind.clone());
+        let epoch = task.epoch;
         self.leases.insert(lease_id.clone(), key.clone());
         let job = self.jobs.get_mut(&key.0)?;
         if job.state == JobState::Queued {
             job.state = JobState::Probing;
             ch.job(&job.id);
         }
+        ch.task(&key.0, key.1);
+        let grant = self.grant(&key, lease_id, epoch, from, rules)?;
+        Some((grant, ch))
+    }
+
+    /// The work a lease on task `key` covers, from frame `from`.
+    fn grant(
+        &self,
+        key: &(String, u32),
+        lease_id: String,
+        epoch: u64,
+        from: u64,
+        rules: &Rules,
+    ) -> Option<Grant> {
+        let (index, kind) = {
+            let t = self.tasks.get(key)?;
+            (t.index, t.kind.clone())
+        };
         // Borrow rather than clone: a long video's timestamps are large.
         let job = &self.jobs[&key.0];
         let empty = Media::default();
@@ -277,17 +338,107 @@ impl State {
                 media: media.clone(),
             },
         };
+        Some(Grant {
+            job_id: key.0.clone(),
+            index,
+            lease_id,
+            epoch,
+            work,
+        })
+    }
+
+    /// Tail speculation: with nothing pending and nothing left to steal, races the straggler with
+    /// the most frames left (a lease running `speculation_factor` times longer than the job's
+    /// typical per-frame time says it should) on an idle worker. Each chunk is committed by
+    /// whichever attempt gets there first; the other attempt is then told to stop.
+    fn speculate(
+        &mut self,
+        worker: &str,
+        lease_id: String,
+        now: u64,
+        rules: &Rules,
+    ) -> Option<(Grant, Changes)> {
+        if rules.speculation_factor <= 0.0 {
+            return None;
+        }
+        let mut best: Option<((String, u32), u64)> = None;
+        for id in self.active_jobs() {
+            let Some(typical) = self.ms_per_frame.get(&id).and_then(|v| median(v)) else {
+                continue;
+            };
+            for (key, t) in self.tasks.range(job_range(&id)) {
+                let (TaskKind::Segment { end, .. }, TaskState::Leased, Some(l), None) =
+                    (&t.kind, t.state, &t.lease, &t.spec)
+                else {
+                    continue;
+                };
+                let expected = typical * end.saturating_sub(l.from) as f64;
+                let running = now.saturating_sub(l.started_ms) as f64;
+                let left = end.saturating_sub(t.committed_until());
+                if l.worker_id == worker
+                    || left == 0
+                    || running < rules.speculation_factor * expected
+                {
+                    continue;
+                }
+                if best.as_ref().is_none_or(|b| left > b.1) {
+                    best = Some((key.clone(), left));
+                }
+            }
+        }
+        let (key, _) = best?;
+        let t = self.tasks.get_mut(&key)?;
+        t.epoch += 1;
+        t.attempts += 1;
+        t.speculations += 1;
+        let from = t.committed_until();
+        let epoch = t.epoch;
+        t.spec = Some(Lease {
+            id: lease_id.clone(),
+            worker_id: worker.to_string(),
+            deadline_ms: now + rules.lease_ttl_ms,
+            from,
+            epoch,
+            started_ms: now,
+            frames_done: 0,
+        });
+        self.leases.insert(lease_id.clone(), key.clone());
+        let mut ch = Changes::default();
         ch.task(&key.0, key.1);
-        Some((
-            Grant {
-                job_id: key.0.clone(),
-                index,
-                lease_id,
-                epoch,
-                work,
-            },
-            ch,
-        ))
+        let grant = self.grant(&key, lease_id, epoch, from, rules)?;
+        Some((grant, ch))
+    }
+
+    /// Ends one of a task's two racing leases; a surviving speculative twin becomes the primary.
+    /// Returns the frames the dropped attempt computed beyond the committed ones.
+    fn drop_twin(&mut self, key: &(String, u32), slot: Slot) -> u64 {
+        let Some(t) = self.tasks.get_mut(key) else {
+            return 0;
+        };
+        let committed = t.committed_until();
+        let (dropped, done) = match slot {
+            Slot::Primary => {
+                let l = t.lease.take();
+                let done = t.frames_done;
+                if let Some(s) = t.spec.take() {
+                    t.frames_done = s.frames_done;
+                    t.lease = Some(s);
+                }
+                (l, done)
+            }
+            Slot::Spec => {
+                let l = t.spec.take();
+                let done = l.as_ref().map(|l| l.frames_done).unwrap_or(0);
+                (l, done)
+            }
+        };
+        match dropped {
+            Some(l) => {
+                self.leases.remove(&l.id);
+                done.saturating_sub(committed.saturating_sub(l.from))
+            }
+            None => 0,
+        }
     }
 
     /// Every committed chunk of a job, in frame order.
@@ -309,8 +460,8 @@ impl State {
         for id in self.active_jobs() {
             let k = self.jobs.get(&id).map(|j| j.chunk_frames.max(1))?;
             for (key, t) in self.tasks.range(job_range(&id)) {
-                let (TaskKind::Segment { end, .. }, TaskState::Leased, Some(l)) =
-                    (&t.kind, t.state, &t.lease)
+                let (TaskKind::Segment { end, .. }, TaskState::Leased, Some(l), None) =
+                    (&t.kind, t.state, &t.lease, &t.spec)
                 else {
                     continue;
                 };
@@ -346,13 +497,19 @@ impl State {
     }
 
     fn current(&self, lease_id: &str, epoch: u64) -> Option<(String, u32)> {
+        self.current_slot(lease_id, epoch).map(|(k, _)| k)
+    }
+
+    /// The task a live lease is on, and whether it is the primary or the speculative twin.
+    fn current_slot(&self, lease_id: &str, epoch: u64) -> Option<((String, u32), Slot)> {
         let key = self.leases.get(lease_id)?;
         let t = self.tasks.get(key)?;
         let job = self.jobs.get(&key.0)?;
-        let live = t.state == TaskState::Leased
-            && t.epoch == epoch
-            && t.lease.as_ref().is_some_and(|l| l.id == lease_id);
-        (live && !job.state.is_terminal()).then(|| key.clone())
+        let slot = slot_of(t, lease_id)?;
+        let l = lease_in(t, slot)?;
+        let l_epoch = if l.epoch == 0 { t.epoch } else { l.epoch };
+        let live = t.state == TaskState::Leased && l_epoch == epoch;
+        (live && !job.state.is_terminal()).then(|| (key.clone(), slot))
     }
 
     /// The frame a leased Segment task now ends at (stealing may have moved it); 0 for other tasks.
@@ -373,15 +530,22 @@ impl State {
         now: u64,
         rules: &Rules,
     ) -> (bool, u64) {
-        let Some(key) = self.current(lease_id, epoch) else {
+        let Some((key, slot)) = self.current_slot(lease_id, epoch) else {
             return (false, 0);
         };
         let end = self.lease_end(&key);
         if let Some(t) = self.tasks.get_mut(&key) {
-            let from = t.lease.as_ref().map(|l| l.from).unwrap_or(0);
-            t.frames_done = frames_done.min(end.saturating_sub(from));
-            if let Some(l) = t.lease.as_mut() {
+            let l = match slot {
+                Slot::Primary => t.lease.as_mut(),
+                Slot::Spec => t.spec.as_mut(),
+            };
+            if let Some(l) = l {
                 l.deadline_ms = now + rules.lease_ttl_ms;
+                let done = frames_done.min(end.saturating_sub(l.from));
+                match slot {
+                    Slot::Primary => t.frames_done = done,
+                    Slot::Spec => l.frames_done = done,
+                }
             }
         }
         // Heartbeats only move deadlines and progress, which a restart resets anyway: nothing to persist.
@@ -397,9 +561,10 @@ impl State {
         epoch: u64,
         (start, end): (u64, u64),
         url: String,
+        now: u64,
     ) -> (bool, u64, Changes) {
         let mut ch = Changes::default();
-        let Some(key) = self.current(lease_id, epoch) else {
+        let Some((key, slot)) = self.current_slot(lease_id, epoch) else {
             ch.garbage.push(url);
             return (false, 0, ch);
         };
@@ -407,30 +572,59 @@ impl State {
         let Some(t) = self.tasks.get_mut(&key) else {
             return (false, 0, ch);
         };
+        let racing = t.spec.is_some();
+        let committed = t.committed_until();
+        if racing && start < committed && end > start {
+            // Its speculative twin committed these frames first: this attempt lost the race.
+            ch.garbage.push(url);
+            ch.wasted_frames += self.drop_twin(&key, slot);
+            ch.task(&key.0, key.1);
+            return (false, 0, ch);
+        }
         if !matches!(t.kind, TaskKind::Segment { .. })
-            || start != t.committed_until()
+            || start != committed
             || end <= start
             || end > range_end
         {
             ch.garbage.push(url);
             return (false, range_end, ch);
         }
-        let worker = t
-            .lease
-            .as_ref()
-            .map(|l| l.worker_id.clone())
-            .unwrap_or_default();
+        let Some(l) = lease_in(t, slot).cloned() else {
+            return (false, 0, ch);
+        };
         t.chunks.push(Chunk {
             start,
             end,
             url,
-            worker_id: worker.clone(),
+            worker_id: l.worker_id.clone(),
         });
-        let from = t.lease.as_ref().map(|l| l.from).unwrap_or(start);
-        t.frames_done = t.frames_done.max(end - from);
+        match slot {
+            Slot::Primary => t.frames_done = t.frames_done.max(end - l.from),
+            Slot::Spec => {
+                if let Some(s) = t.spec.as_mut() {
+                    s.frames_done = s.frames_done.max(end - l.from);
+                }
+            }
+        }
         ch.task(&key.0, key.1);
         if end == range_end {
-            self.finish_task(&key, &worker, &mut ch);
+            if now > l.started_ms && end > l.from {
+                let per_frame = (now - l.started_ms) as f64 / (end - l.from) as f64;
+                self.ms_per_frame
+                    .entry(key.0.clone())
+                    .or_default()
+                    .push(per_frame);
+            }
+            if racing {
+                // The winner finishes the task as its primary; the loser's lease ends.
+                let other = if slot == Slot::Primary {
+                    Slot::Spec
+                } else {
+                    Slot::Primary
+                };
+                ch.wasted_frames += self.drop_twin(&key, other);
+            }
+            self.finish_task(&key, &l.worker_id, &mut ch);
             self.maybe_assemble(&key.0, &mut ch);
         }
         (true, range_end, ch)
@@ -558,7 +752,7 @@ impl State {
 
     fn finish_task(&mut self, key: &(String, u32), worker: &str, ch: &mut Changes) {
         if let Some(t) = self.tasks.get_mut(key) {
-            if let Some(l) = t.lease.take() {
+            for l in [t.lease.take(), t.spec.take()].into_iter().flatten() {
                 self.leases.remove(&l.id);
             }
             t.state = TaskState::Done;
@@ -578,9 +772,29 @@ impl State {
         now: u64,
         rules: &Rules,
     ) -> (bool, Changes) {
-        let Some(key) = self.current(lease_id, epoch) else {
+        let Some((key, slot)) = self.current_slot(lease_id, epoch) else {
             return (false, Changes::default());
         };
+        if !permanent && self.tasks.get(&key).is_some_and(|t| t.spec.is_some()) {
+            // One of two racing attempts failed: the other carries on.
+            let worker = self
+                .tasks
+                .get(&key)
+                .and_then(|t| lease_in(t, slot))
+                .map(|l| l.worker_id.clone())
+                .unwrap_or_default();
+            let wasted = self.drop_twin(&key, slot);
+            let mut ch = Changes {
+                wasted_frames: wasted,
+                ..Changes::default()
+            };
+            if let Some(t) = self.tasks.get_mut(&key) {
+                t.errors.push(format!("{worker}: {error}"));
+                t.failures += 1;
+            }
+            ch.task(&key.0, key.1);
+            return (true, ch);
+        }
         let Some(t) = self.tasks.get_mut(&key) else {
             return (false, Changes::default());
         };
@@ -626,9 +840,22 @@ impl State {
 
     /// Takes a lease back unfinished (eviction notice, drain): requeued at once, not a failure.
     pub fn release(&mut self, lease_id: &str, epoch: u64, reason: &str) -> (bool, Changes) {
-        let Some(key) = self.current(lease_id, epoch) else {
+        let Some((key, slot)) = self.current_slot(lease_id, epoch) else {
             return (false, Changes::default());
         };
+        if self.tasks.get(&key).is_some_and(|t| t.spec.is_some()) {
+            // A racing attempt gives up; its twin carries on.
+            let wasted = self.drop_twin(&key, slot);
+            let mut ch = Changes {
+                wasted_frames: wasted,
+                ..Changes::default()
+            };
+            if let Some(t) = self.tasks.get_mut(&key) {
+                t.releases += 1;
+            }
+            ch.task(&key.0, key.1);
+            return (true, ch);
+        }
         let Some(t) = self.tasks.get_mut(&key) else {
             return (false, Changes::default());
         };
@@ -654,11 +881,14 @@ impl State {
         let expired: Vec<(String, u64)> = self
             .tasks
             .values()
-            .filter(|t| {
-                t.state == TaskState::Leased
-                    && t.lease.as_ref().is_some_and(|l| l.deadline_ms <= now)
+            .filter(|t| t.state == TaskState::Leased)
+            .flat_map(|t| {
+                [t.lease.as_ref(), t.spec.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .filter(|l| l.deadline_ms <= now)
+                    .map(|l| (l.id.clone(), if l.epoch == 0 { t.epoch } else { l.epoch }))
             })
-            .filter_map(|t| t.lease.as_ref().map(|l| (l.id.clone(), t.epoch)))
             .collect();
         let mut ch = Changes::default();
         for (lease_id, epoch) in expired {
@@ -710,7 +940,14 @@ impl State {
                 (TaskState::Done, _) => t.frames(),
                 (TaskState::Leased, Some(l)) => {
                     let committed = t.committed_until() - t.start_frame();
-                    committed.max(l.from - t.start_frame() + t.frames_done)
+                    let spec = t
+                        .spec
+                        .as_ref()
+                        .map(|s| s.from - t.start_frame() + s.frames_done)
+                        .unwrap_or(0);
+                    committed
+                        .max(l.from - t.start_frame() + t.frames_done)
+                        .max(spec)
                 }
                 _ => t.committed_until() - t.start_frame(),
             })
@@ -741,6 +978,16 @@ fn merge(mut a: Changes, b: Changes) -> Changes {
     a.garbage.extend(b.garbage);
     a.wasted_frames += b.wasted_frames;
     a
+}
+
+/// The middle value (None for no samples).
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    Some(s[s.len() / 2])
 }
 
 /// Frames the current attempt of a task computed beyond its committed chunks.
@@ -785,6 +1032,7 @@ pub(crate) mod tests {
             max_attempts: 2,
             segment_seconds: 1.0,
             chunk_seconds: 0.5,
+            speculation_factor: 2.0,
             work_dir: "/w".into(),
         }
     }
@@ -864,8 +1112,13 @@ pub(crate) mod tests {
         let mut a = start;
         while a < end {
             let b = (a + k).min(end);
-            let (ok, new_end, _) =
-                s.commit_chunk(&g.lease_id, g.epoch, (a, b), format!("file:///w/{a}.mp4"));
+            let (ok, new_end, _) = s.commit_chunk(
+                &g.lease_id,
+                g.epoch,
+                (a, b),
+                format!("file:///w/{a}.mp4"),
+                0,
+            );
             out.push(ok);
             end = new_end; // stealing may have moved it
             a = b;
@@ -953,11 +1206,11 @@ pub(crate) mod tests {
         let id = probed(&mut s, 20, 10.0);
         let (g, _) = s.lease("w1", "l1".into(), 2, &r).unwrap();
         assert!(
-            s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/a".into())
+            s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/a".into(), 0)
                 .0
         );
         assert!(
-            s.commit_chunk("l1", g.epoch, (5, 10), "file:///w/b".into())
+            s.commit_chunk("l1", g.epoch, (5, 10), "file:///w/b".into(), 0)
                 .0
         );
         s.expire(5000, &r);
@@ -969,7 +1222,7 @@ pub(crate) mod tests {
             "resumes after the committed chunks"
         );
         assert!(
-            !s.commit_chunk("l1", g.epoch, (10, 15), "file:///w/late".into())
+            !s.commit_chunk("l1", g.epoch, (10, 15), "file:///w/late".into(), 0)
                 .0,
             "fenced"
         );
@@ -983,25 +1236,25 @@ pub(crate) mod tests {
         let (mut s, r) = (State::default(), rules());
         probed(&mut s, 20, 10.0);
         let (g, _) = s.lease("w1", "l1".into(), 2, &r).unwrap();
-        let (ok, _, ch) = s.commit_chunk("l1", g.epoch, (5, 10), "file:///w/gap".into());
+        let (ok, _, ch) = s.commit_chunk("l1", g.epoch, (5, 10), "file:///w/gap".into(), 0);
         assert!(!ok, "a gap is refused");
         assert_eq!(ch.garbage, vec!["file:///w/gap".to_string()]);
         assert!(
-            !s.commit_chunk("l1", g.epoch, (0, 25), "file:///w/long".into())
+            !s.commit_chunk("l1", g.epoch, (0, 25), "file:///w/long".into(), 0)
                 .0,
             "past the end"
         );
         assert!(
-            !s.commit_chunk("l1", g.epoch, (0, 0), "file:///w/empty".into())
+            !s.commit_chunk("l1", g.epoch, (0, 0), "file:///w/empty".into(), 0)
                 .0,
             "empty"
         );
         assert!(
-            s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/ok".into())
+            s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/ok".into(), 0)
                 .0
         );
         assert!(
-            !s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/again".into())
+            !s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/again".into(), 0)
                 .0,
             "no frame twice"
         );
@@ -1026,7 +1279,7 @@ pub(crate) mod tests {
             (true, 15),
             "the owner learns its new end"
         );
-        let (ok, end, _) = s.commit_chunk("l1", g1.epoch, (0, 5), "file:///w/0".into());
+        let (ok, end, _) = s.commit_chunk("l1", g1.epoch, (0, 5), "file:///w/0".into(), 0);
         assert!(ok && end == 15);
         // A third idle worker steals from the larger remaining range (w2's).
         assert_eq!(s.heartbeat("l2", g2.epoch, 0, 6, &r), (true, 60));
@@ -1037,15 +1290,15 @@ pub(crate) mod tests {
         assert_eq!((start, end), (25, 60));
         // The owner had already started past its new end: that chunk is refused.
         assert!(
-            s.commit_chunk("l1", g1.epoch, (5, 10), "file:///w/5".into())
+            s.commit_chunk("l1", g1.epoch, (5, 10), "file:///w/5".into(), 0)
                 .0
         );
         assert!(
-            s.commit_chunk("l1", g1.epoch, (10, 15), "file:///w/10".into())
+            s.commit_chunk("l1", g1.epoch, (10, 15), "file:///w/10".into(), 0)
                 .0
         );
         assert!(
-            !s.commit_chunk("l1", g1.epoch, (15, 20), "file:///w/15".into())
+            !s.commit_chunk("l1", g1.epoch, (15, 20), "file:///w/15".into(), 0)
                 .0,
             "lease is done"
         );
@@ -1064,6 +1317,127 @@ pub(crate) mod tests {
             next = *b;
         }
         assert_eq!(next, 60);
+    }
+
+    /// Two 10-frame segments (chunks of 5): w1 finishes the first at 20 ms/frame while w2,
+    /// a straggler, sits on the second. Returns (w2's grant, the speculative grant at t=500).
+    fn straggler(s: &mut State, r: &Rules) -> (Grant, Grant) {
+        probed(s, 20, 1.0);
+        let (g1, _) = s.lease("w1", "l1".into(), 0, r).unwrap();
+        let (g2, _) = s.lease("w2", "l2".into(), 0, r).unwrap();
+        assert!(
+            s.commit_chunk("l1", g1.epoch, (0, 5), "file:///w/0".into(), 100)
+                .0
+        );
+        assert!(
+            s.commit_chunk("l1", g1.epoch, (5, 10), "file:///w/5".into(), 200)
+                .0
+        );
+        assert!(
+            s.lease("w1", "early".into(), 250, r).is_none(),
+            "not yet a straggler: 250 ms < 2 x 10 frames x 20 ms"
+        );
+        let (g3, ch) = s.lease("w1", "l3".into(), 500, r).expect("speculation");
+        assert_eq!(range_of(&g3), (10, 20, 10));
+        assert_eq!(g3.index, g2.index);
+        assert!(g3.epoch > g2.epoch);
+        assert_eq!(ch.tasks, vec![("j1".to_string(), g2.index)]);
+        assert!(
+            s.lease("w3", "l4".into(), 500, r).is_none(),
+            "one speculative twin per task"
+        );
+        (g2, g3)
+    }
+
+    #[test]
+    fn a_straggler_is_raced_at_the_tail_and_the_first_commit_wins() {
+        let (mut s, r) = (State::default(), rules());
+        let (g2, g3) = straggler(&mut s, &r);
+        assert!(
+            s.commit_chunk("l3", g3.epoch, (10, 15), "file:///w/s10".into(), 600)
+                .0
+        );
+        assert_eq!(s.frames_done("j1"), 15);
+        let (ok, end, ch) = s.commit_chunk("l2", g2.epoch, (10, 15), "file:///w/p10".into(), 650);
+        assert!(!ok);
+        assert_eq!(end, 0, "the loser is told to stop");
+        assert_eq!(ch.garbage, vec!["file:///w/p10".to_string()]);
+        assert_eq!(s.heartbeat("l2", g2.epoch, 6, 660, &r), (false, 0));
+        assert!(
+            s.commit_chunk("l3", g3.epoch, (15, 20), "file:///w/s15".into(), 700)
+                .0
+        );
+        let t = &s.tasks[&("j1".to_string(), g2.index)];
+        assert_eq!(t.state, TaskState::Done);
+        assert_eq!(t.worker_id, "w1");
+        assert_eq!(t.speculations, 1);
+        assert!(t.chunks.iter().all(|c| c.worker_id == "w1"));
+        assert_eq!(s.jobs["j1"].state, JobState::Assembling);
+        assert!(s.leased_tasks().next().is_none(), "no lease left behind");
+    }
+
+    #[test]
+    fn the_primary_winning_stops_its_speculative_twin() {
+        let (mut s, r) = (State::default(), rules());
+        let (g2, g3) = straggler(&mut s, &r);
+        assert!(
+            s.commit_chunk("l2", g2.epoch, (10, 15), "file:///w/p10".into(), 510)
+                .0
+        );
+        let (ok, end, _) = s.commit_chunk("l3", g3.epoch, (10, 15), "file:///w/s10".into(), 520);
+        assert!(!ok && end == 0);
+        assert!(s.tasks[&("j1".to_string(), g2.index)].spec.is_none());
+        assert!(
+            s.commit_chunk("l2", g2.epoch, (15, 20), "file:///w/p15".into(), 530)
+                .0
+        );
+        let t = &s.tasks[&("j1".to_string(), g2.index)];
+        assert_eq!((t.state, t.worker_id.as_str()), (TaskState::Done, "w2"));
+    }
+
+    #[test]
+    fn a_failed_or_expired_twin_leaves_the_other_running() {
+        let (mut s, r) = (State::default(), rules());
+        let (g2, g3) = straggler(&mut s, &r);
+        // The primary stops heartbeating: only it expires; the speculative attempt becomes the primary.
+        assert_eq!(s.heartbeat("l3", g3.epoch, 2, 1_400, &r), (true, 20));
+        let ch = s.expire(1_450, &r);
+        assert_eq!(ch.tasks.len(), 1);
+        let t = &s.tasks[&("j1".to_string(), g2.index)];
+        assert_eq!(t.state, TaskState::Leased);
+        assert_eq!(t.lease.as_ref().map(|l| l.id.as_str()), Some("l3"));
+        assert!(t.spec.is_none());
+        assert_eq!(t.failures, 1);
+        assert_eq!(s.heartbeat("l2", g2.epoch, 1, 1_460, &r), (false, 0));
+        assert_eq!(s.heartbeat("l3", g3.epoch, 3, 1_460, &r), (true, 20));
+        assert!(
+            s.commit_chunk("l3", g3.epoch, (10, 15), "file:///w/a".into(), 1_500)
+                .0
+        );
+        assert!(
+            s.commit_chunk("l3", g3.epoch, (15, 20), "file:///w/b".into(), 1_600)
+                .0
+        );
+        assert_eq!(s.jobs["j1"].state, JobState::Assembling);
+    }
+
+    #[test]
+    fn no_speculation_when_switched_off_or_not_slow() {
+        let mut r = rules();
+        r.speculation_factor = 0.0;
+        let mut s = State::default();
+        probed(&mut s, 20, 1.0);
+        let (g1, _) = s.lease("w1", "l1".into(), 0, &r).unwrap();
+        s.lease("w2", "l2".into(), 0, &r).unwrap();
+        assert!(
+            s.commit_chunk("l1", g1.epoch, (0, 5), "file:///w/0".into(), 100)
+                .0
+        );
+        assert!(
+            s.commit_chunk("l1", g1.epoch, (5, 10), "file:///w/5".into(), 200)
+                .0
+        );
+        assert!(s.lease("w1", "l3".into(), 100_000, &r).is_none());
     }
 
     #[test]
@@ -1192,7 +1566,7 @@ pub(crate) mod tests {
         probed(&mut s, 20, 10.0);
         let (g, _) = s.lease("w1", "l1".into(), 0, &r).unwrap();
         assert!(
-            s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/a".into())
+            s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/a".into(), 0)
                 .0
         );
         let jobs = s.jobs.values().cloned().collect();
@@ -1203,7 +1577,7 @@ pub(crate) mod tests {
             "the worker reattaches"
         );
         assert!(
-            s2.commit_chunk("l1", g.epoch, (5, 10), "file:///w/b".into())
+            s2.commit_chunk("l1", g.epoch, (5, 10), "file:///w/b".into(), 0)
                 .0,
             "and goes on committing"
         );

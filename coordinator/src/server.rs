@@ -88,6 +88,7 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
         max_attempts: cfg.max_attempts,
         segment_seconds: cfg.segment_seconds,
         chunk_seconds: cfg.chunk_seconds,
+        speculation_factor: cfg.speculation_factor,
         work_dir: cfg.work_dir.clone(),
     };
     let token = viewer_token(cfg)?;

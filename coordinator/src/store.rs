@@ -177,6 +177,7 @@ mod tests {
             max_attempts: 2,
             segment_seconds: 1.0,
             chunk_seconds: 0.5,
+            speculation_factor: 2.0,
             work_dir: "/w".into(),
         };
         let mut s = State::default();

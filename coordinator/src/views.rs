@@ -86,6 +86,9 @@ pub struct TaskView {
     pub lease: Option<LeaseView>,
     pub chunks: Vec<ChunkView>,
     pub releases: u32,
+    /// Speculative attempts started on this task, and the one racing now.
+    pub speculations: u32,
+    pub spec: Option<LeaseView>,
 }
 
 /// A job with everything the job page needs.
@@ -266,6 +269,18 @@ pub fn task_view(t: &Task) -> TaskView {
             })
             .collect(),
         releases: t.releases,
+        speculations: t.speculations,
+        spec: t
+            .spec
+            .as_ref()
+            .filter(|_| t.state == TaskState::Leased)
+            .map(|l| LeaseView {
+                id: l.id.clone(),
+                worker_id: l.worker_id.clone(),
+                from: l.from,
+                deadline_ms: l.deadline_ms,
+                frames_done: l.frames_done,
+            }),
     }
 }
 
@@ -303,25 +318,31 @@ pub fn job_summaries(state: &State, progress: &Progress) -> Vec<JobSummary> {
 pub fn worker_views(state: &State, workers: &Workers, now: u64, ttl_ms: u64) -> Vec<WorkerView> {
     let mut current: HashMap<&str, WorkerLease> = HashMap::new();
     for t in state.leased_tasks() {
-        let (TaskState::Leased, Some(l)) = (t.state, &t.lease) else {
+        if t.state != TaskState::Leased {
             continue;
-        };
+        }
         let end = match t.kind {
             TaskKind::Segment { end, .. } => end,
             _ => 0,
         };
-        current.insert(
-            &l.worker_id,
-            WorkerLease {
-                job_id: t.job_id.clone(),
-                task: t.index,
-                lease_id: l.id.clone(),
-                kind: t.kind_name(),
-                from: l.from,
-                end,
-                frames_done: t.frames_done,
-            },
-        );
+        let twins = [(t.lease.as_ref(), t.frames_done)]
+            .into_iter()
+            .chain(t.spec.as_ref().map(|s| (Some(s), s.frames_done)));
+        for (l, frames_done) in twins {
+            let Some(l) = l else { continue };
+            current.insert(
+                &l.worker_id,
+                WorkerLease {
+                    job_id: t.job_id.clone(),
+                    task: t.index,
+                    lease_id: l.id.clone(),
+                    kind: t.kind_name(),
+                    from: l.from,
+                    end,
+                    frames_done,
+                },
+            );
+        }
     }
     workers
         .info
