@@ -207,8 +207,10 @@ impl Worker {
         };
         let lease_id = lease.lease_id.clone();
         info!(worker_id = %self.id, job_id, task_index, lease_id = %lease_id, kind = kind(&task), "task leased");
+        // Everything the task logs (stage timings included) carries the job, task and lease.
+        let span = tracing::info_span!("lease", job_id, task = task_index, lease_id = %lease_id);
         let work = tokio::task::spawn_blocking(move || {
-            run_task(task, &model, &settings, &lease_id, &task_ctl)
+            span.in_scope(|| run_task(task, &model, &settings, &lease_id, &task_ctl))
         });
         tokio::pin!(work);
         let mut tick = tokio::time::interval(hb_every);

@@ -10,7 +10,8 @@ use crate::media::Frame;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tracing::info;
 use thiserror::Error;
 
 /// Why a segment did not complete.
@@ -144,7 +145,8 @@ pub fn run_segment(
                 go
             })
         });
-        let enc = s.spawn(move || -> Result<u64, MediaError> {
+        let enc = s.spawn(move || -> Result<(u64, Duration), MediaError> {
+            let mut busy = Duration::ZERO;
             let mut current: Option<(u64, u64, PathBuf, SegmentEncoder)> = None; // first, end, path, encoder
             let mut committed = 0u64;
             for (i, f) in enc_rx {
@@ -161,10 +163,14 @@ pub fn run_segment(
                 let Some((first, end, _, encoder)) = current.as_ref() else {
                     continue;
                 };
+                let t = Instant::now();
                 encoder.push(&f, pts(i) - pts(*first), duration(i))?;
+                busy += t.elapsed();
                 if i + 1 == *end {
                     if let Some((first, end, path, encoder)) = current.take() {
+                        let t = Instant::now();
                         encoder.finish(STALL)?;
+                        busy += t.elapsed();
                         committed += end - first;
                         (ctl.on_chunk)(ChunkDone {
                             start: first,
@@ -179,12 +185,17 @@ pub fn run_segment(
                 drop(encoder);
                 let _ = std::fs::remove_file(path);
             }
-            Ok(committed)
+            Ok((committed, busy))
         });
 
         let mut i = start;
         let mut failure: Option<SegmentError> = None;
-        for frame in dec_rx.iter() {
+        let began = Instant::now();
+        let (mut waited, mut inferring) = (Duration::ZERO, Duration::ZERO);
+        loop {
+            let t = Instant::now();
+            let Ok(frame) = dec_rx.recv() else { break };
+            waited += t.elapsed();
             if ctl.cancel.load(Ordering::Relaxed) {
                 failure = Some(SegmentError::Cancelled);
                 break;
@@ -192,6 +203,7 @@ pub fn run_segment(
             if !within(i) {
                 break;
             }
+            let t = Instant::now();
             let out = match model.stylize(&frame, spec.style) {
                 Ok(o) => o,
                 Err(e) => {
@@ -199,6 +211,7 @@ pub fn run_segment(
                     break;
                 }
             };
+            inferring += t.elapsed();
             if enc_tx.send((i, out)).is_err() {
                 break; // the encoder failed; its error is reported below
             }
@@ -217,7 +230,18 @@ pub fn run_segment(
             return Err(f);
         }
         decoded?;
-        let committed = encoded?;
+        let (committed, encoding) = encoded?;
+        // Where the time went: the slowest stage is the one the others wait for.
+        let ms = |d: Duration| d.as_millis() as u64;
+        info!(
+            start,
+            frames = i - start,
+            wall_ms = ms(began.elapsed()),
+            decode_wait_ms = ms(waited),
+            infer_ms = ms(inferring),
+            encode_ms = ms(encoding),
+            "segment stages"
+        );
         if ctl.cancel.load(Ordering::Relaxed) {
             return Err(SegmentError::Cancelled);
         }
