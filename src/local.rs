@@ -117,6 +117,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     };
     cfg.coordinator.data_dir = data.join("state");
     cfg.coordinator.work_dir = data.join("work");
+    cfg.coordinator.logs_dir = data.join("logs");
     cfg.coordinator.grpc_addr = "127.0.0.1:0".into();
     // Without a configured dashboard address, take a free port rather than collide on the default.
     if cfg.coordinator.http_addr == framewise_common::config::CoordinatorConfig::default().http_addr

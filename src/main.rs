@@ -31,12 +31,20 @@ fn main() -> ExitCode {
 }
 
 fn init_logs(default: &str) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("FRAMEWISE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let console = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .init();
+        .with_filter(filter);
+    let registry = tracing_subscriber::registry().with(console);
+    // Task logs keep info and above whatever the console shows.
+    #[cfg(feature = "worker")]
+    let registry = registry.with(
+        framewise_worker::tasklog::TaskLogLayer
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+    );
+    registry.init();
 }
 
 /// The config file to use: the one given, else `fallback` if it exists, else built-in defaults.

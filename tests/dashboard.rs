@@ -187,6 +187,7 @@ fn dashboard_api_and_metrics_during_a_job() {
         std::thread::sleep(Duration::from_millis(1500));
         b.screenshot(std::path::Path::new(&keep));
     }
+    b.wait_until("document.querySelector('a.log[href*=\"/log\"]')", 15);
     let shown = b.eval("document.getElementById('js-errors').textContent");
     assert_eq!(shown, "", "the page shows JavaScript errors");
     assert!(
@@ -216,6 +217,23 @@ fn dashboard_api_and_metrics_during_a_job() {
     );
     let (status, body) = post(&format!("{job_url}/cancel"));
     assert_eq!(status, 409, "{body}");
+    // Each task's worker log, linked from the job page: the segment's stage timings are in it.
+    let seg = done["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "segment")
+        .unwrap()
+        .clone();
+    let log_url = format!("{api}{}", seg["log_url"].as_str().unwrap());
+    let (status, log) = get(&log_url, None);
+    assert_eq!(status, 200, "{log}");
+    assert!(log.contains("==> attempt epoch"), "{log}");
+    assert!(log.contains("segment stages"), "{log}");
+    assert!(log.contains("task leased"), "{log}");
+    let (status, body) = get(&format!("{job_url}/tasks/999/log"), None);
+    assert_eq!(status, 404);
+    assert!(body.contains("no task 999"), "{body}");
     let (_, text) = get(&format!("{api}/metrics"), None);
     assert_eq!(metric(&text, "framewise_frames_committed_total"), 300.0);
     assert_eq!(metric(&text, "framewise_jobs{state=\"succeeded\"}"), 1.0);

@@ -46,6 +46,8 @@ pub struct CoordinatorConfig {
     pub data_dir: PathBuf,
     /// Where Segment outputs go (one file per attempt), as an absolute path.
     pub work_dir: PathBuf,
+    /// Where workers write each task attempt's log (served by the dashboard; kept after the job).
+    pub logs_dir: PathBuf,
     /// A lease not renewed by a heartbeat within this time expires and its task is requeued.
     pub lease_ttl_ms: u64,
     /// How often workers send heartbeats.
@@ -73,6 +75,7 @@ impl Default for CoordinatorConfig {
             grpc_addr: "127.0.0.1:50051".into(),
             data_dir: PathBuf::from("/var/lib/framewise"),
             work_dir: PathBuf::from("/var/lib/framewise/work"),
+            logs_dir: PathBuf::from("/var/lib/framewise/logs"),
             lease_ttl_ms: 30_000,
             heartbeat_interval_ms: 2_000,
             max_attempts: 3,

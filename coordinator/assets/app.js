@@ -293,6 +293,15 @@ function segmentMapHtml(job) {
     key('retried', 'retried') + key('stolen', 'stolen') + key('speculative', 'speculative') + key('released', 'released') + '</div>';
 }
 
+// Links to token-guarded plain-text endpoints (task logs) carry the page's ?token=.
+function withToken(href) {
+  const t = typeof location !== 'undefined' ? new URLSearchParams(location.search).get('token') : '';
+  return t ? `${href}?token=${encodeURIComponent(t)}` : href;
+}
+function logLink(t, label) {
+  return typeof t.log_url === 'string' && t.log_url.startsWith('/api/v1/') && num(t.attempts) > 0
+    ? `<a class="log" href="${esc(withToken(t.log_url))}" target="_blank" rel="noopener">${label}</a>` : '';
+}
 function tasksTableHtml(job) {
   const tasks = taskList(job).slice().sort((a, b) => num(a.index) - num(b.index));
   const rows = tasks.map((t) => {
@@ -308,11 +317,11 @@ function tasksTableHtml(job) {
       `<td class="mono">${ranged ? `${int(t.start)}–${int(t.end)}` : '—'}</td>` +
       `<td class="num">${ranged ? int(t.committed_until) : '—'}</td><td>${badge(t.state)}</td>` +
       `<td class="num">${int(t.attempts)}</td><td class="num">${int(t.failures)}</td><td>${origin}</td>` +
-      `<td class="mono">${worker}</td><td class="lasterr">${last}</td></tr>`;
-  }).join('') || '<tr class="empty"><td colspan="10">No tasks yet</td></tr>';
+      `<td class="mono">${worker}</td><td class="lasterr">${last}</td><td>${logLink(t, 'log')}</td></tr>`;
+  }).join('') || '<tr class="empty"><td colspan="11">No tasks yet</td></tr>';
   return '<table class="grid"><thead><tr><th class="num">#</th><th>Kind</th><th>Frames</th>' +
     '<th class="num">Committed to</th><th>State</th><th class="num">Attempts</th><th class="num">Failures</th>' +
-    `<th>Origin</th><th>Worker</th><th>Last error</th></tr></thead><tbody>${rows}</tbody></table>`;
+    `<th>Origin</th><th>Worker</th><th>Last error</th><th>Log</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
 function failuresHtml(job) {
@@ -320,7 +329,7 @@ function failuresHtml(job) {
   if (job.error) items.push(`<li><span class="tag">job</span><span class="err">${esc(job.error)}</span></li>`);
   for (const t of taskList(job).slice().sort((a, b) => num(a.index) - num(b.index))) {
     for (const e of Array.isArray(t.errors) ? t.errors : []) {
-      items.push(`<li><span class="tag">task #${int(t.index)}</span><code>${esc(e)}</code></li>`);
+      items.push(`<li><span class="tag">task #${int(t.index)}</span><code>${esc(e)}</code> ${logLink(t, 'worker log')}</li>`);
     }
   }
   return items.length ? `<ul class="failures">${items.join('')}</ul>` : '<p class="muted">No failures recorded.</p>';

@@ -187,6 +187,7 @@ pub fn grant_to(g: Grant, ttl_ms: u64) -> pb::LeaseTaskResponse {
             lease_id: g.lease_id,
             epoch: g.epoch,
             ttl_ms,
+            log_url: g.log_url,
         }),
         task: Some(task),
         retry_after_ms: 0,

@@ -25,6 +25,8 @@ pub struct Rules {
     /// straggler: an idle worker races it (0 = never speculate).
     pub speculation_factor: f64,
     pub work_dir: std::path::PathBuf,
+    /// Where each attempt's worker log is written (kept after the job, unlike `work_dir`).
+    pub logs_dir: std::path::PathBuf,
 }
 
 /// Keys whose records changed and must be written before replying.
@@ -72,6 +74,8 @@ pub struct Grant {
     pub lease_id: String,
     pub epoch: u64,
     pub work: Work,
+    /// Where the worker writes this attempt's log.
+    pub log_url: String,
 }
 
 /// What the worker must do under a grant.
@@ -338,12 +342,14 @@ impl State {
                 media: media.clone(),
             },
         };
+        let log = task_log_path(&rules.logs_dir, &key.0, index, epoch);
         Some(Grant {
             job_id: key.0.clone(),
             index,
             lease_id,
             epoch,
             work,
+            log_url: framewise_common::storage::file_url(&log),
         })
     }
 
@@ -1017,6 +1023,43 @@ fn completion_name(c: &Completion) -> &'static str {
     }
 }
 
+/// Where attempt `epoch` of task `index` of a job logs: `<logs_dir>/<job>/task-<index>-e<epoch>.log`.
+pub fn task_log_path(
+    logs_dir: &std::path::Path,
+    job: &str,
+    index: u32,
+    epoch: u64,
+) -> std::path::PathBuf {
+    logs_dir
+        .join(job)
+        .join(format!("task-{index}-e{epoch}.log"))
+}
+
+/// Every attempt's log of a task, oldest first: (epoch, path).
+pub fn task_logs(
+    logs_dir: &std::path::Path,
+    job: &str,
+    index: u32,
+) -> Vec<(u64, std::path::PathBuf)> {
+    let prefix = format!("task-{index}-e");
+    let mut out: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(logs_dir.join(job))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let epoch = name
+                .strip_prefix(&prefix)?
+                .strip_suffix(".log")?
+                .parse()
+                .ok()?;
+            Some((epoch, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// The local file behind a collectable object URL, if it is one.
 pub fn garbage_path(url: &str) -> Option<std::path::PathBuf> {
     framewise_common::storage::local_path(url).ok()
@@ -1034,6 +1077,7 @@ pub(crate) mod tests {
             chunk_seconds: 0.5,
             speculation_factor: 2.0,
             work_dir: "/w".into(),
+            logs_dir: "/logs".into(),
         }
     }
 

@@ -90,6 +90,7 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
         chunk_seconds: cfg.chunk_seconds,
         speculation_factor: cfg.speculation_factor,
         work_dir: cfg.work_dir.clone(),
+        logs_dir: cfg.logs_dir.clone(),
     };
     let token = viewer_token(cfg)?;
     let http_listener = bind_http(cfg, token.is_some())?;
@@ -108,6 +109,7 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
     >;
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Started>();
     let web_metrics = metrics.clone();
+    let logs_dir = cfg.logs_dir.clone();
     let http_for_actors = match &http_listener {
         Some((l, _)) => Some(
             l.try_clone()
@@ -128,6 +130,7 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
                             metrics: web_metrics,
                             overview: overview_tx,
                             token,
+                            logs_dir,
                         };
                         let srv = web::serve(l, state).map_err(|e| e.to_string())?;
                         let h = srv.handle();

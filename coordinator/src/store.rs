@@ -179,6 +179,7 @@ mod tests {
             chunk_seconds: 0.5,
             speculation_factor: 2.0,
             work_dir: "/w".into(),
+            logs_dir: "/logs".into(),
         };
         let mut s = State::default();
         {

@@ -89,6 +89,8 @@ pub struct TaskView {
     /// Speculative attempts started on this task, and the one racing now.
     pub speculations: u32,
     pub spec: Option<LeaseView>,
+    /// Its worker logs, every attempt (GET; 404 until leased).
+    pub log_url: String,
 }
 
 /// A job with everything the job page needs.
@@ -270,6 +272,7 @@ pub fn task_view(t: &Task) -> TaskView {
             .collect(),
         releases: t.releases,
         speculations: t.speculations,
+        log_url: format!("/api/v1/jobs/{}/tasks/{}/log", t.job_id, t.index),
         spec: t
             .spec
             .as_ref()

@@ -28,6 +28,8 @@ pub struct WebState {
     pub overview: Arc<watch::Sender<Arc<str>>>,
     /// The viewer token; None = open (only allowed on loopback addresses).
     pub token: Option<Arc<str>>,
+    /// Where workers write task attempt logs.
+    pub logs_dir: std::path::PathBuf,
 }
 
 /// Compares without an early exit, so response time does not reveal how much of a guess matched.
@@ -218,6 +220,51 @@ async fn cancel(
     }
 }
 
+/// Every attempt's worker log of one task, oldest first, as plain text.
+async fn task_log(
+    state: web::Data<WebState>,
+    req: HttpRequest,
+    path: web::Path<(String, u32)>,
+) -> HttpResponse {
+    let (id, index) = path.into_inner();
+    let detail = guarded!(
+        state,
+        req,
+        state.manager.send(manager::GetDetail(id.clone()))
+    );
+    let detail = match detail {
+        Ok(d) => d,
+        Err(e) => return coord_error(e),
+    };
+    if !detail.tasks.iter().any(|t| t.index == index) {
+        return error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            format!("job {id} has no task {index}"),
+        );
+    }
+    let logs = crate::scheduler::task_logs(&state.logs_dir, &id, index);
+    if logs.is_empty() {
+        return error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            format!("no log for task {index} of job {id} yet (it has not been leased, or its worker keeps no log)"),
+        );
+    }
+    let mut text = String::new();
+    for (epoch, p) in logs {
+        text.push_str(&format!(
+            "==> attempt epoch {epoch} ({}) <==\n",
+            p.display()
+        ));
+        match std::fs::read_to_string(&p) {
+            Ok(t) => text.push_str(&t),
+            Err(e) => text.push_str(&format!("(cannot read: {e})\n")),
+        }
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body(text)
+}
+
 async fn workers(state: web::Data<WebState>, req: HttpRequest) -> HttpResponse {
     let v = guarded!(state, req, state.manager.send(manager::ListWorkers));
     HttpResponse::Ok().json(v)
@@ -265,6 +312,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/jobs", web::get().to(jobs))
         .route("/api/v1/jobs/{id}", web::get().to(job))
         .route("/api/v1/jobs/{id}/tasks", web::get().to(tasks))
+        .route(
+            "/api/v1/jobs/{id}/tasks/{index}/log",
+            web::get().to(task_log),
+        )
         .route("/api/v1/jobs/{id}/cancel", web::post().to(cancel))
         .route("/api/v1/workers", web::get().to(workers));
 }
@@ -323,6 +374,7 @@ mod tests {
             "/api/v1/jobs",
             "/api/v1/jobs/{id}",
             "/api/v1/jobs/{id}/tasks",
+            "/api/v1/jobs/{id}/tasks/{index}/log",
             "/api/v1/jobs/{id}/cancel",
             "/api/v1/workers",
             "/api/v1/openapi.json",

@@ -56,10 +56,11 @@ impl Cluster {
         std::fs::write(
             &config,
             format!(
-                "[coordinator]\ngrpc_addr = \"127.0.0.1:{port}\"\nhttp_addr = \"127.0.0.1:{http_port}\"\ndata_dir = \"{}\"\nwork_dir = \"{}\"\n\
+                "[coordinator]\ngrpc_addr = \"127.0.0.1:{port}\"\nhttp_addr = \"127.0.0.1:{http_port}\"\ndata_dir = \"{}\"\nwork_dir = \"{}\"\nlogs_dir = \"{}\"\n\
                  lease_ttl_ms = 3000\nheartbeat_interval_ms = 500\nmax_attempts = 4\nsegment_seconds = 1.0\n",
                 dir.join("state").display(),
-                dir.join("work").display()
+                dir.join("work").display(),
+                dir.join("logs").display()
             ),
         )
         .unwrap();

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tonic::transport::Channel;
+use tracing::Instrument;
 use tracing::{info, warn};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -165,6 +166,16 @@ impl Worker {
                 }
                 continue;
             };
+            // Everything logged for this attempt (stage timings, commits, failures) also goes to
+            // its task log, which the dashboard links.
+            let log_path = framewise_common::storage::local_path(&lease.log_url)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let span = if log_path.is_empty() {
+                tracing::info_span!("lease", job_id = %resp.job_id, task = resp.task_index, lease_id = %lease.lease_id)
+            } else {
+                tracing::info_span!("lease", job_id = %resp.job_id, task = resp.task_index, lease_id = %lease.lease_id, log_path = %log_path)
+            };
             let outcome = self
                 .execute(
                     &mut client,
@@ -174,8 +185,11 @@ impl Worker {
                     hb_every,
                     &mut evicted,
                 )
+                .instrument(span.clone())
                 .await;
-            self.report(&mut client, &lease, outcome).await;
+            self.report(&mut client, &lease, outcome)
+                .instrument(span)
+                .await;
         }
     }
 
@@ -207,8 +221,8 @@ impl Worker {
         };
         let lease_id = lease.lease_id.clone();
         info!(worker_id = %self.id, job_id, task_index, lease_id = %lease_id, kind = kind(&task), "task leased");
-        // Everything the task logs (stage timings included) carries the job, task and lease.
-        let span = tracing::info_span!("lease", job_id, task = task_index, lease_id = %lease_id);
+        // The blocking work logs under the lease's span too (it is not inherited across threads).
+        let span = tracing::Span::current();
         let work = tokio::task::spawn_blocking(move || {
             span.in_scope(|| run_task(task, &model, &settings, &lease_id, &task_ctl))
         });

@@ -7,3 +7,4 @@ pub mod inference;
 pub mod media;
 pub mod preemption;
 pub mod segment;
+pub mod tasklog;

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
-use tracing::info;
 use thiserror::Error;
+use tracing::info;
 
 /// Why a segment did not complete.
 #[derive(Debug, Error)]
