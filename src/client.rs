@@ -231,16 +231,19 @@ pub fn status(url: &str, job: Option<&str>) -> Result<ExitCode> {
                 .map_err(|e| anyhow!("{}", e.message()))?
                 .into_inner();
             println!(
-                "{:<18} {:<11} {:>15} {:>9}  output",
-                "job", "state", "frames", "segments"
+                "{:<18} {:<11} {:>15} {:>5} {:>9} {:>8} {:>9}  output",
+                "job", "state", "frames", "%", "frames/s", "eta", "segments"
             );
             for j in &all.jobs {
                 let out = j.spec.as_ref().map(|s| s.output_url.as_str()).unwrap_or("");
                 println!(
-                    "{:<18} {:<11} {:>15} {:>9}  {out}",
+                    "{:<18} {:<11} {:>15} {:>5} {:>9} {:>8} {:>9}  {out}",
                     j.job_id,
                     state_name(j.state),
                     format!("{}/{}", j.frames_done, j.frames_total),
+                    percent(j),
+                    rate(j),
+                    eta(j),
                     format!("{}/{}", j.segments_done, j.segments_total)
                 );
             }
@@ -265,13 +268,52 @@ pub fn cancel(url: &str, job: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn percent(j: &pb::Job) -> String {
+    if j.frames_total == 0 {
+        "-".into()
+    } else {
+        format!(
+            "{:.0}",
+            100.0 * j.frames_done as f64 / j.frames_total as f64
+        )
+    }
+}
+
+fn rate(j: &pb::Job) -> String {
+    if j.frames_per_s > 0.0 {
+        format!("{:.1}", j.frames_per_s)
+    } else {
+        "-".into()
+    }
+}
+
+/// Time left as 1h02m, 3m05s or 12s; "-" when unknown.
+fn eta(j: &pb::Job) -> String {
+    if j.eta_s < 0.0 || is_terminal(j.state) {
+        return "-".into();
+    }
+    let s = j.eta_s.round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
 fn print_job(j: &pb::Job) {
     let spec = j.spec.clone().unwrap_or_default();
     println!("job       {}", j.job_id);
     println!("state     {}", state_name(j.state));
     println!("input     {}", spec.input_url);
     println!("output    {}", spec.output_url);
-    println!("frames    {}/{}", j.frames_done, j.frames_total);
+    println!(
+        "frames    {}/{} ({}%)  {} frames/s  eta {}",
+        j.frames_done,
+        j.frames_total,
+        percent(j),
+        rate(j),
+        eta(j)
+    );
     println!("segments  {}/{}", j.segments_done, j.segments_total);
     if !j.error.is_empty() {
         println!("error     {}", j.error);

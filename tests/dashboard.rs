@@ -196,6 +196,27 @@ fn dashboard_api_and_metrics_during_a_job() {
         b.errors
     );
 
+    // `framewise status` shows the same facts: a table of jobs with rate and ETA, and one job in detail.
+    let status = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_framewise"))
+            .arg("status")
+            .args(args)
+            .args(["--coordinator", &cl.url()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let table = status(&[]);
+    assert!(
+        table.contains("frames/s") && table.contains("eta"),
+        "{table}"
+    );
+    let row = table.lines().find(|l| l.starts_with(&id)).expect("job row");
+    assert!(row.contains("running") && row.contains("/300"), "{row}");
+    let one = status(&[&id]);
+    assert!(one.contains("frames/s") && one.contains("segment"), "{one}");
+
     // Metrics while the job runs.
     let (status, text) = get(&format!("{api}/metrics"), None);
     assert_eq!(status, 200);

@@ -106,6 +106,8 @@ pub fn job_to(v: &JobView) -> pb::Job {
         created_unix_ms: j.created_ms,
         finished_unix_ms: j.finished_ms,
         media: j.media.as_ref().map(|m| media_to(m, false)),
+        frames_per_s: v.frames_per_s,
+        eta_s: v.eta_s.unwrap_or(-1.0),
         tasks: v
             .tasks
             .iter()

@@ -40,6 +40,9 @@ pub struct JobView {
     pub job: Job,
     pub tasks: Vec<Task>,
     pub frames_done: u64,
+    pub frames_per_s: f64,
+    /// Seconds left at the current rate, if known.
+    pub eta_s: Option<f64>,
 }
 
 /// Owns jobs, tasks, leases and workers.
@@ -271,10 +274,19 @@ impl JobManager {
             .jobs
             .get(id)
             .ok_or_else(|| CoordError::NotFound(id.to_string()))?;
+        let frames_done = self.state.frames_done(id);
+        let live = !job.state.is_terminal();
+        let total = views::frames_total(job);
         Ok(JobView {
             job: job.clone(),
             tasks: self.state.tasks_of(id).into_iter().cloned().collect(),
-            frames_done: self.state.frames_done(id),
+            frames_done,
+            frames_per_s: if live { self.progress.rate(id) } else { 0.0 },
+            eta_s: if live {
+                self.progress.eta_s(id, frames_done.min(total), total)
+            } else {
+                None
+            },
         })
     }
 }
