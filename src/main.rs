@@ -5,6 +5,7 @@ mod cli;
 mod client;
 #[cfg(feature = "worker")]
 mod local;
+mod telemetry;
 
 use anyhow::Result;
 use clap::Parser;
@@ -20,7 +21,13 @@ fn main() -> ExitCode {
         cli.command,
         Command::Coordinator { .. } | Command::Worker { .. }
     );
-    init_logs(if server { "info" } else { "error" });
+    let service = match cli.command {
+        Command::Coordinator { .. } => "framewise-coordinator",
+        Command::Worker { .. } => "framewise-worker",
+        _ => "framewise",
+    };
+    // Dropped at the end of main: flushes the traces still buffered.
+    let _telemetry = telemetry::init(if server { "info" } else { "error" }, service);
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -28,23 +35,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logs(default: &str) {
-    use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FRAMEWISE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let console = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(filter);
-    let registry = tracing_subscriber::registry().with(console);
-    // Task logs keep info and above whatever the console shows.
-    #[cfg(feature = "worker")]
-    let registry = registry.with(
-        framewise_worker::tasklog::TaskLogLayer
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
-    );
-    registry.init();
 }
 
 /// The config file to use: the one given, else `fallback` if it exists, else built-in defaults.

@@ -176,6 +176,7 @@ impl Worker {
             } else {
                 tracing::info_span!("lease", job_id = %resp.job_id, task = resp.task_index, lease_id = %lease.lease_id, log_path = %log_path)
             };
+            crate::tasklog::join_job_trace(&span, &resp.job_id);
             let outcome = self
                 .execute(
                     &mut client,

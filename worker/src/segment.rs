@@ -127,6 +127,17 @@ pub fn run_segment(
         i < ctl.limit.load(Ordering::Relaxed).min(range_end) && !ctl.cancel.load(Ordering::Relaxed)
     };
 
+    // Spans: segment (with its stage totals) → one per chunk, exported when tracing is on.
+    let seg_span = tracing::info_span!(
+        "segment",
+        start,
+        frames = n,
+        decode_wait_ms = tracing::field::Empty,
+        infer_ms = tracing::field::Empty,
+        encode_ms = tracing::field::Empty
+    );
+    let _entered = seg_span.enter();
+    let seg_span = &seg_span;
     let (dec_tx, dec_rx) = sync_channel::<Frame>(DEPTH);
     let (enc_tx, enc_rx) = sync_channel::<(u64, Frame)>(DEPTH);
     std::thread::scope(|s| -> Result<u64, SegmentError> {
@@ -148,11 +159,13 @@ pub fn run_segment(
         let enc = s.spawn(move || -> Result<(u64, Duration), MediaError> {
             let mut busy = Duration::ZERO;
             let mut current: Option<(u64, u64, PathBuf, SegmentEncoder)> = None; // first, end, path, encoder
+            let mut _chunk_span = tracing::Span::none(); // open while its chunk is encoded
             let mut committed = 0u64;
             for (i, f) in enc_rx {
                 if current.as_ref().is_none_or(|c| i >= c.1) {
                     let first = start + (i - start) / k * k;
                     let path = chunk_path(spec.output_dir, first);
+                    _chunk_span = tracing::info_span!(parent: seg_span, "chunk", start = first, end = (first + k).min(range_end));
                     current = Some((
                         first,
                         (first + k).min(range_end),
@@ -177,6 +190,7 @@ pub fn run_segment(
                             end,
                             path,
                         });
+                        _chunk_span = tracing::Span::none();
                     }
                 }
             }
@@ -233,6 +247,9 @@ pub fn run_segment(
         let (committed, encoding) = encoded?;
         // Where the time went: the slowest stage is the one the others wait for.
         let ms = |d: Duration| d.as_millis() as u64;
+        seg_span.record("decode_wait_ms", ms(waited));
+        seg_span.record("infer_ms", ms(inferring));
+        seg_span.record("encode_ms", ms(encoding));
         info!(
             start,
             frames = i - start,

@@ -122,6 +122,35 @@ where
     }
 }
 
+/// 64-bit FNV-1a: a stable hash (unlike std's, fixed across Rust releases and processes).
+fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(seed, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Makes `span` part of its job's trace: every worker derives the same trace id from the job id,
+/// so all leases of a job (on any machine) show up under one trace. A no-op unless traces are
+/// exported.
+pub fn join_job_trace(span: &tracing::Span, job_id: &str) {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let hi = fnv1a(0xcbf2_9ce4_8422_2325, job_id.as_bytes());
+    let lo = fnv1a(hi ^ 0x9e37_79b9_7f4a_7c15, job_id.as_bytes());
+    let trace = TraceId::from_bytes(((hi as u128) << 64 | lo as u128).to_be_bytes());
+    let job_span = SpanId::from_bytes(fnv1a(lo, b"job").max(1).to_be_bytes());
+    let parent = SpanContext::new(
+        trace,
+        job_span,
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
