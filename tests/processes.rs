@@ -144,6 +144,24 @@ fn signal(c: &Child, sig: &str) {
     assert!(ok, "kill {sig}");
 }
 
+/// Waits until w1's log shows its late result or heartbeat was refused.
+fn w1_learns_its_lease_is_gone(dir: &Path) {
+    let t = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(dir.join("w1.log")).unwrap();
+        if log.contains("result refused (stale lease)")
+            || log.contains("lease lost; stopping the task")
+        {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "w1 never learned its lease was gone:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn hung_worker_loses_its_lease_and_its_late_result_is_refused() {
     let mut sc = two_workers();
@@ -162,20 +180,7 @@ fn hung_worker_loses_its_lease_and_its_late_result_is_refused() {
     sc.submitted();
     check_output(&sc.input, &sc.out);
     // w1's late result (or its heartbeat) was refused: it learned the lease was gone.
-    let t = Instant::now();
-    loop {
-        let log = std::fs::read_to_string(d.join("w1.log")).unwrap();
-        if log.contains("result refused (stale lease)")
-            || log.contains("lease lost; stopping the task")
-        {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "w1 never learned its lease was gone:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    w1_learns_its_lease_is_gone(&d);
     let j = get_job(&cl, &id).unwrap();
     let t = j.tasks.iter().find(|t| t.index == victim).unwrap();
     assert_eq!(
@@ -974,18 +979,5 @@ fn a_stalled_worker_is_raced_by_an_idle_one_long_before_its_lease_expires() {
     assert!(task["speculations"].as_u64().unwrap() >= 1, "{task}");
     // The stalled worker wakes up and learns its lease is gone.
     signal(&sc.procs.0[1], "-CONT");
-    let t = Instant::now();
-    loop {
-        let log = std::fs::read_to_string(sc.d.path().join("w1.log")).unwrap();
-        if log.contains("result refused (stale lease)")
-            || log.contains("lease lost; stopping the task")
-        {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "w1 never learned its lease was gone:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    w1_learns_its_lease_is_gone(sc.d.path());
 }

@@ -228,7 +228,19 @@ pub fn job_summary(state: &State, job: &Job, progress: &Progress) -> JobSummary 
     }
 }
 
+fn lease_view(l: &crate::model::Lease, frames_done: u64) -> LeaseView {
+    LeaseView {
+        id: l.id.clone(),
+        worker_id: l.worker_id.clone(),
+        from: l.from,
+        deadline_ms: l.deadline_ms,
+        frames_done,
+    }
+}
+
 pub fn task_view(t: &Task) -> TaskView {
+    // A lease shows only while the task is leased.
+    let leased = t.state == TaskState::Leased;
     let (start, end) = match t.kind {
         TaskKind::Segment { start, end } => (start, end),
         _ => (0, 0),
@@ -253,14 +265,8 @@ pub fn task_view(t: &Task) -> TaskView {
         lease: t
             .lease
             .as_ref()
-            .filter(|_| t.state == TaskState::Leased)
-            .map(|l| LeaseView {
-                id: l.id.clone(),
-                worker_id: l.worker_id.clone(),
-                from: l.from,
-                deadline_ms: l.deadline_ms,
-                frames_done: t.frames_done,
-            }),
+            .filter(|_| leased)
+            .map(|l| lease_view(l, t.frames_done)),
         chunks: t
             .chunks
             .iter()
@@ -276,14 +282,8 @@ pub fn task_view(t: &Task) -> TaskView {
         spec: t
             .spec
             .as_ref()
-            .filter(|_| t.state == TaskState::Leased)
-            .map(|l| LeaseView {
-                id: l.id.clone(),
-                worker_id: l.worker_id.clone(),
-                from: l.from,
-                deadline_ms: l.deadline_ms,
-                frames_done: l.frames_done,
-            }),
+            .filter(|_| leased)
+            .map(|l| lease_view(l, l.frames_done)),
     }
 }
 
