@@ -45,6 +45,8 @@ pub enum Command {
     },
     /// Measure inference alone (no decode or encode): the ceiling end-to-end speed is compared with.
     BenchModel(BenchArgs),
+    /// Time decoding alone and encoding alone (the media stages' ceilings).
+    BenchMedia(BenchMediaArgs),
     /// List the styles of the configured model.
     Styles {
         #[arg(short, long)]
@@ -121,6 +123,19 @@ pub struct SubmitArgs {
     pub coordinator: String,
 }
 
+#[derive(Args, Debug)]
+pub struct BenchMediaArgs {
+    /// The video to decode (every frame) and whose frames are re-encoded.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Frames to encode (cycling through the first 50 decoded frames held in memory).
+    #[arg(long, default_value_t = 250)]
+    pub frames: usize,
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `framewise bench-model`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Take frames from this video (default: a synthetic 1280x720 gradient).

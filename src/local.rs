@@ -1,7 +1,7 @@
 //! Commands that run worker code in this process: the embedded `run`, a
 //! standalone `worker`, `bench-model` and `styles`.
 
-use crate::cli::{BenchArgs, RunArgs};
+use crate::cli::{BenchArgs, BenchMediaArgs, RunArgs};
 use crate::client::{follow, report, style_weights};
 use crate::load_config;
 use anyhow::{anyhow, bail, Context, Result};
@@ -314,6 +314,65 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
         frames[0].height,
         secs * 1000.0 / n as f64,
         n as f64 / secs
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `framewise bench-media`: the decode-only and encode-only ceilings on one clip.
+pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
+    use framewise_worker::media::encode::{EncoderSettings, Geometry, SegmentEncoder};
+    let cfg = load_config(a.config.as_deref(), "config/embedded.toml")?;
+    let p = probe(&a.input, Duration::from_secs(300))?;
+    let (w, h) = (p.width, p.height);
+    let mut kept: Vec<Frame> = Vec::new();
+    let mut n = 0usize;
+    let req = DecodeRequest {
+        path: &a.input,
+        frame_pts: &p.frame_pts,
+        seek_ns: 0,
+        size: None,
+        stall_timeout: Duration::from_secs(60),
+    };
+    let t = Instant::now();
+    decode_range(&req, &mut |f| {
+        n += 1;
+        if kept.len() < 50 {
+            kept.push(f);
+        }
+        true
+    })?;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "bench-media: decode {w}x{h}, {n} frames: {:.1} frames/s (GStreamer decode to RGB, whole clip)",
+        n as f64 / secs
+    );
+    if kept.is_empty() {
+        bail!("{}: no frames decoded", a.input.display());
+    }
+    let dir = tempfile::tempdir()?;
+    let geo = Geometry {
+        in_size: (w, h),
+        out_size: (w, h),
+        fps: (p.fps_num.max(1), p.fps_den.max(1)),
+    };
+    let settings = EncoderSettings {
+        crf: cfg.worker.encoder.crf,
+        preset: cfg.worker.encoder.preset.clone(),
+    };
+    let frame_ns = 1_000_000_000u64 * p.fps_den.max(1) as u64 / p.fps_num.max(1) as u64;
+    let t = Instant::now();
+    let enc = SegmentEncoder::create(&dir.path().join("enc.mp4"), geo, &settings)?;
+    for i in 0..a.frames {
+        enc.push(&kept[i % kept.len()], i as u64 * frame_ns, frame_ns)?;
+    }
+    enc.finish(Duration::from_secs(120))?;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "bench-media: encode {w}x{h}, {} frames: {:.1} frames/s (x264 {} crf {}, from RGB in memory)",
+        a.frames,
+        a.frames as f64 / secs,
+        settings.preset,
+        settings.crf
     );
     Ok(ExitCode::SUCCESS)
 }
