@@ -10,6 +10,8 @@ pub mod metrics;
 pub mod model;
 pub mod progress;
 pub mod scheduler;
+#[cfg(test)]
+mod scheduler_props;
 pub mod server;
 pub mod store;
 pub mod views;

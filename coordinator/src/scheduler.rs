@@ -471,7 +471,8 @@ impl State {
                 else {
                     continue;
                 };
-                let done = l.from + t.frames_done;
+                // Never split inside what is already committed, whatever the last heartbeat said.
+                let done = (l.from + t.frames_done).max(t.committed_until());
                 let chunk = (done - l.from) / k;
                 let split = l.from + (chunk + 2) * k;
                 if split + k > *end {
@@ -541,13 +542,17 @@ impl State {
         };
         let end = self.lease_end(&key);
         if let Some(t) = self.tasks.get_mut(&key) {
+            let committed = t.committed_until();
             let l = match slot {
                 Slot::Primary => t.lease.as_mut(),
                 Slot::Spec => t.spec.as_mut(),
             };
             if let Some(l) = l {
                 l.deadline_ms = now + rules.lease_ttl_ms;
-                let done = frames_done.min(end.saturating_sub(l.from));
+                // A heartbeat never moves progress back behind the committed chunks.
+                let done = frames_done
+                    .max(committed.saturating_sub(l.from))
+                    .min(end.saturating_sub(l.from));
                 match slot {
                     Slot::Primary => t.frames_done = done,
                     Slot::Spec => l.frames_done = done,
@@ -1482,6 +1487,29 @@ pub(crate) mod tests {
                 .0
         );
         assert!(s.lease("w1", "l3".into(), 100_000, &r).is_none());
+    }
+
+    #[test]
+    fn a_lagging_heartbeat_never_lets_a_steal_split_inside_committed_chunks() {
+        // Found by the property test: one 40-frame segment, chunks of 5.
+        let mut r = rules();
+        r.segment_seconds = 6.0;
+        let mut s = planned_job(&r, 40);
+        let (g, _) = s.lease("w2", "l1".into(), 10, &r).unwrap();
+        for a in [0, 5, 10] {
+            assert!(
+                s.commit_chunk("l1", g.epoch, (a, a + 5), format!("file:///w/{a}"), 20)
+                    .0
+            );
+        }
+        assert_eq!(s.heartbeat("l1", g.epoch, 1, 30, &r), (true, 40));
+        let (g2, _) = s.lease("w0", "l2".into(), 40, &r).expect("a stolen tail");
+        let (start, end, _) = range_of(&g2);
+        assert_eq!(
+            (start, end),
+            (25, 40),
+            "split two chunks past the committed frames"
+        );
     }
 
     #[test]
