@@ -165,3 +165,66 @@ fn unsupported_codec() {
     std::fs::write(&p, odd).unwrap();
     expect_failure(&p, &[], &["quux.mkv", "unsupported video codec"]);
 }
+
+#[test]
+fn inputs_over_the_configured_limits_are_refused_naming_the_limit() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("wide.mp4");
+    make_clip(&p, 318, 178, 10, false);
+    expect_failure(
+        &p,
+        &[("FRAMEWISE_COORDINATOR__LIMITS__MAX_WIDTH", "200")],
+        &[
+            "wide.mp4",
+            "318 pixels wide",
+            "coordinator.limits.max_width is 200",
+        ],
+    );
+    expect_failure(
+        &p,
+        &[("FRAMEWISE_COORDINATOR__LIMITS__MAX_FRAMES", "5")],
+        &["10 frames", "coordinator.limits.max_frames is 5"],
+    );
+    expect_failure(
+        &p,
+        &[("FRAMEWISE_COORDINATOR__LIMITS__MAX_INPUT_BYTES", "1000")],
+        &["wide.mp4", "coordinator.limits.max_input_bytes is 1000"],
+    );
+}
+
+#[test]
+fn a_full_queue_refuses_new_jobs_but_not_a_retried_submit() {
+    use common::cluster::*;
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in.mp4");
+    make_clip(&input, 64, 48, 10, false);
+    let cl = Cluster::new(d.path());
+    let mut cfg = std::fs::read_to_string(&cl.config).unwrap();
+    cfg.push_str("\n[coordinator.limits]\nmax_queued_jobs = 1\n");
+    std::fs::write(&cl.config, cfg).unwrap();
+    let _procs = Procs(vec![cl.coordinator(0)]);
+    // No worker: the first job stays queued and fills the queue.
+    let submit = |key: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_framewise"))
+            .args(["submit", input.to_str().unwrap(), "--out"])
+            .arg(d.path().join(format!("{key}.mp4")))
+            .args(["--idempotency-key", key, "--coordinator", &cl.url()])
+            .output()
+            .unwrap()
+    };
+    let first = submit("a");
+    assert!(first.status.success(), "{}", stderr(&first));
+    let again = submit("a");
+    assert!(
+        again.status.success(),
+        "a retried submit returns the same job"
+    );
+    assert_eq!(first.stdout, again.stdout);
+    let second = submit("b");
+    assert!(!second.status.success());
+    let err = stderr(&second);
+    assert!(
+        err.contains("queue is full") && err.contains("coordinator.limits.max_queued_jobs = 1"),
+        "{err}"
+    );
+}

@@ -67,6 +67,38 @@ pub struct CoordinatorConfig {
     pub viewer_token: String,
     /// File holding the viewer token (read at start, so the token stays out of config files).
     pub viewer_token_file: PathBuf,
+    /// What the coordinator accepts: queue size and input media bounds.
+    pub limits: Limits,
+}
+
+/// Bounds on what is accepted, so one oversized or hostile input cannot take the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Jobs queued or running at once; more submits get ResourceExhausted.
+    pub max_queued_jobs: u32,
+    /// Largest input file, in bytes.
+    pub max_input_bytes: u64,
+    /// Largest frame width and height, in pixels.
+    pub max_width: u32,
+    pub max_height: u32,
+    /// Longest input, in seconds of video.
+    pub max_duration_s: f64,
+    /// Most video frames in one input.
+    pub max_frames: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_queued_jobs: 1000,
+            max_input_bytes: 64 << 30,
+            max_width: 7680,
+            max_height: 4320,
+            max_duration_s: 4.0 * 3600.0,
+            max_frames: 1_000_000,
+        }
+    }
 }
 
 impl Default for CoordinatorConfig {
@@ -85,6 +117,7 @@ impl Default for CoordinatorConfig {
             http_addr: "127.0.0.1:8080".into(),
             viewer_token: String::new(),
             viewer_token_file: PathBuf::new(),
+            limits: Limits::default(),
         }
     }
 }

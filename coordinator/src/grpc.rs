@@ -13,6 +13,8 @@ use tonic::{Request, Response, Status};
 pub struct Services {
     pub manager: Addr<JobManager>,
     pub metrics: crate::metrics::Metrics,
+    /// From `coordinator.limits`: inputs larger than this are refused at submit.
+    pub max_input_bytes: u64,
     pub lease_ttl_ms: u64,
     pub heartbeat_interval_ms: u64,
 }
@@ -21,6 +23,7 @@ fn status(e: CoordError) -> Status {
     match e {
         CoordError::NotFound(_) => Status::not_found(e.to_string()),
         CoordError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        CoordError::Exhausted(_) => Status::resource_exhausted(e.to_string()),
         CoordError::Store(_) => Status::unavailable(e.to_string()),
     }
 }
@@ -30,8 +33,18 @@ fn mailbox(e: MailboxError) -> Status {
 }
 
 /// Checks a job spec, naming the field at fault.
-pub fn validate_spec(spec: &pb::JobSpec) -> Result<(), String> {
+pub fn validate_spec(spec: &pb::JobSpec, max_input_bytes: u64) -> Result<(), String> {
     let input = local_path(&spec.input_url).map_err(|e| format!("spec.input_url: {e}"))?;
+    // A missing file is reported by the probe, with the job; a huge one is refused right here.
+    if let Ok(m) = std::fs::metadata(&input) {
+        if m.len() > max_input_bytes {
+            return Err(format!(
+                "spec.input_url: {} is {} bytes; coordinator.limits.max_input_bytes is {max_input_bytes}",
+                input.display(),
+                m.len()
+            ));
+        }
+    }
     let output = local_path(&spec.output_url).map_err(|e| format!("spec.output_url: {e}"))?;
     if input == output {
         return Err("spec.output_url: must differ from the input".into());
@@ -131,7 +144,7 @@ impl pb::job_service_server::JobService for Services {
         let spec = r
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: missing"))?;
-        validate_spec(&spec).map_err(Status::invalid_argument)?;
+        validate_spec(&spec, self.max_input_bytes).map_err(Status::invalid_argument)?;
         if r.idempotency_key.len() > 256 {
             return Err(Status::invalid_argument(
                 "idempotency_key: at most 256 bytes",

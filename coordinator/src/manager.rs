@@ -22,6 +22,9 @@ pub enum CoordError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    /// A bound from config was reached (the queue is full); retry later.
+    #[error("{0}")]
+    Exhausted(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -325,6 +328,15 @@ impl Handler<Submit> for JobManager {
     type Result = ResponseFuture<Result<(String, bool), CoordError>>;
     fn handle(&mut self, m: Submit, _: &mut Context<Self>) -> Self::Result {
         let r = (|| -> Result<(String, bool), CoordError> {
+            let cap = self.rules.limits.max_queued_jobs as usize;
+            if self.state.job_with_key(&m.idempotency_key).is_none()
+                && self.state.active_count() >= cap
+            {
+                return Err(CoordError::Exhausted(format!(
+                    "the queue is full: {} jobs queued or running (coordinator.limits.max_queued_jobs = {cap}); retry later",
+                    self.state.active_count()
+                )));
+            }
             let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
             let new = NewJob {
                 id,

@@ -27,6 +27,40 @@ pub struct Rules {
     pub work_dir: std::path::PathBuf,
     /// Where each attempt's worker log is written (kept after the job, unlike `work_dir`).
     pub logs_dir: std::path::PathBuf,
+    /// Input media bounds, checked once the probe has read the input.
+    pub limits: framewise_common::config::Limits,
+}
+
+/// The first bound the probed media breaks, naming the config key and both values.
+pub fn over_limits(m: &Media, l: &framewise_common::config::Limits) -> Option<String> {
+    let key = "coordinator.limits";
+    let frames = m.frame_pts.len() as u64;
+    let secs = m.duration_ns as f64 / 1e9;
+    if m.width > l.max_width {
+        return Some(format!(
+            "the video is {} pixels wide; {key}.max_width is {}",
+            m.width, l.max_width
+        ));
+    }
+    if m.height > l.max_height {
+        return Some(format!(
+            "the video is {} pixels high; {key}.max_height is {}",
+            m.height, l.max_height
+        ));
+    }
+    if frames > l.max_frames {
+        return Some(format!(
+            "the video has {frames} frames; {key}.max_frames is {}",
+            l.max_frames
+        ));
+    }
+    if secs > l.max_duration_s {
+        return Some(format!(
+            "the video lasts {secs:.1} s; {key}.max_duration_s is {}",
+            l.max_duration_s
+        ));
+    }
+    None
 }
 
 /// Keys whose records changed and must be written before replying.
@@ -694,6 +728,16 @@ impl State {
                         self.fail_job(&key.0, "the input has no video frames".into(), now),
                     );
                 }
+                if let Some(why) = over_limits(&media, &rules.limits) {
+                    self.finish_task(&key, &worker, &mut ch);
+                    let input = self
+                        .jobs
+                        .get(&key.0)
+                        .map(|j| j.input_url.clone())
+                        .unwrap_or_default();
+                    let reason = format!("{input}: refused: {why}");
+                    return (true, merge(ch, self.fail_job(&key.0, reason, now)));
+                }
                 self.finish_task(&key, &worker, &mut ch);
                 let Some(job) = self.jobs.get_mut(&key.0) else {
                     return (false, ch);
@@ -965,6 +1009,25 @@ impl State {
             .sum()
     }
 
+    /// The job a repeated idempotency key already created.
+    pub fn job_with_key(&self, key: &str) -> Option<&str> {
+        if key.is_empty() {
+            return None;
+        }
+        self.jobs
+            .values()
+            .find(|j| j.idempotency_key == key)
+            .map(|j| j.id.as_str())
+    }
+
+    /// Jobs queued or running.
+    pub fn active_count(&self) -> usize {
+        self.jobs
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .count()
+    }
+
     /// Every task under a live lease (cheap: walks the lease index, not all tasks).
     pub fn leased_tasks(&self) -> impl Iterator<Item = &Task> {
         self.leases.values().filter_map(|k| self.tasks.get(k))
@@ -1083,6 +1146,7 @@ pub(crate) mod tests {
             speculation_factor: 2.0,
             work_dir: "/w".into(),
             logs_dir: "/logs".into(),
+            limits: Default::default(),
         }
     }
 
@@ -1509,6 +1573,31 @@ pub(crate) mod tests {
             (start, end),
             (25, 40),
             "split two chunks past the committed frames"
+        );
+    }
+
+    #[test]
+    fn a_probe_over_the_limits_fails_the_job_naming_the_limit() {
+        let mut r = rules();
+        r.limits.max_height = 40;
+        let mut s = State::default();
+        s.submit(new_job("j1", "k"), 0, &r);
+        let (g, _) = s.lease("w0", "probe".into(), 0, &r).unwrap();
+        assert!(
+            s.complete("probe", g.epoch, Completion::Probe(media(20)), 1, &r)
+                .0
+        );
+        let j = &s.jobs["j1"];
+        assert_eq!(j.state, JobState::Failed);
+        assert!(
+            j.error.contains("48 pixels high")
+                && j.error.contains("coordinator.limits.max_height is 40"),
+            "{}",
+            j.error
+        );
+        assert!(
+            s.lease("w1", "l2".into(), 2, &r).is_none(),
+            "nothing left to do"
         );
     }
 

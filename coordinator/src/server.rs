@@ -91,6 +91,7 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
         speculation_factor: cfg.speculation_factor,
         work_dir: cfg.work_dir.clone(),
         logs_dir: cfg.logs_dir.clone(),
+        limits: cfg.limits.clone(),
     };
     let token = viewer_token(cfg)?;
     let http_listener = bind_http(cfg, token.is_some())?;
@@ -170,6 +171,7 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
     let services = Services {
         manager: manager_addr,
         metrics,
+        max_input_bytes: cfg.limits.max_input_bytes,
         lease_ttl_ms: cfg.lease_ttl_ms,
         heartbeat_interval_ms: cfg.heartbeat_interval_ms,
     };

@@ -180,6 +180,7 @@ mod tests {
             speculation_factor: 2.0,
             work_dir: "/w".into(),
             logs_dir: "/logs".into(),
+            limits: Default::default(),
         };
         let mut s = State::default();
         {

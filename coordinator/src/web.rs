@@ -87,6 +87,7 @@ fn coord_error(e: CoordError) -> HttpResponse {
     match e {
         CoordError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
         CoordError::Invalid(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        CoordError::Exhausted(_) => error(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
         CoordError::Store(_) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
