@@ -66,6 +66,7 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
         } => local::worker(&config, coordinator),
         #[cfg(feature = "worker")]
         Command::BenchModel(a) => local::bench_model(a),
+        #[cfg(feature = "worker")]
         Command::BenchMedia(a) => local::bench_media(a),
         #[cfg(feature = "worker")]
         Command::Styles { config } => local::styles(config.as_deref()),

@@ -17,6 +17,8 @@ pub enum MediaError {
     NoVideo(PathBuf),
     #[error("{path}: unsupported video codec {codec} (no decoder installed)")]
     UnsupportedCodec { path: PathBuf, codec: String },
+    #[error("{path}: its {codec} audio cannot be carried in an MP4 output (AAC, MP3, Opus, AC-3 and ALAC can)")]
+    UnsupportedAudio { path: PathBuf, codec: String },
     #[error("{path}: damaged or truncated ({detail})")]
     Corrupt { path: PathBuf, detail: String },
     #[error("{path}: timed out after {secs} s while {what}")]
@@ -45,6 +47,7 @@ impl MediaError {
                 | MediaError::NotMedia { .. }
                 | MediaError::NoVideo(_)
                 | MediaError::UnsupportedCodec { .. }
+                | MediaError::UnsupportedAudio { .. }
                 | MediaError::Corrupt { .. }
         )
     }

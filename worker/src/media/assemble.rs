@@ -24,6 +24,9 @@ pub struct SegmentFile {
 /// Writes `out` from `segments` (in order) plus every audio stream of `source`.
 /// Returns the number of video frames written.
 /// `audio_streams` is the probe's count: the muxer starts once that many audio pads are linked.
+/// Marks, on the pad-linking channel, an audio codec the MP4 muxer cannot take.
+const UNSUPPORTED_AUDIO: &str = "unsupported audio: ";
+
 pub fn assemble(
     source: &Path,
     segments: &[SegmentFile],
@@ -100,12 +103,20 @@ pub fn assemble(
                 let mp = mux
                     .request_pad_simple("audio_%u")
                     .ok_or("the muxer refused an audio stream")?;
+                let codec = caps
+                    .structure(0)
+                    .map(|s| s.name().to_string())
+                    .unwrap_or_default();
+                if !mp.pad_template_caps().can_intersect(&caps) {
+                    mux.release_request_pad(&mp);
+                    return Err(format!("{UNSUPPORTED_AUDIO}{codec}"));
+                }
                 pad.link(&q.static_pad("sink").ok_or("queue without sink")?)
                     .map_err(|e| e.to_string())?;
                 q.static_pad("src")
                     .ok_or("queue without src")?
                     .link(&mp)
-                    .map_err(|e| format!("audio {caps}: {e}"))?;
+                    .map_err(|e| format!("audio {codec}: {e}"))?;
             } else {
                 let f = gst::ElementFactory::make("fakesink")
                     .property("sync", false)
@@ -133,10 +144,16 @@ pub fn assemble(
             Ok(Ok(true)) => audio += 1,
             Ok(Ok(false)) => video = true,
             Ok(Err(e)) => {
-                return Err(MediaError::Pipeline {
-                    path: out.into(),
-                    what: "linking audio",
-                    detail: e,
+                return Err(match e.strip_prefix(UNSUPPORTED_AUDIO) {
+                    Some(codec) => MediaError::UnsupportedAudio {
+                        path: source.into(),
+                        codec: codec.to_string(),
+                    },
+                    None => MediaError::Pipeline {
+                        path: out.into(),
+                        what: "linking audio",
+                        detail: e,
+                    },
                 })
             }
             Err(mpsc::RecvTimeoutError::Timeout) if std::time::Instant::now() < deadline => {
