@@ -143,6 +143,10 @@ fn dashboard_api_and_metrics_during_a_job() {
         .find(|w| w["id"] == "w1")
         .expect("w1 listed");
     assert_eq!(w1["state"], "busy");
+    assert!(
+        w1["model_fps"].as_f64().unwrap() > 0.0,
+        "the worker reports its measured model throughput: {w1}"
+    );
     assert_eq!(w1["lease"]["job_id"], id.as_str());
 
     let ev = first_sse_event(cl.http_port);

@@ -136,9 +136,11 @@ function leaseHtml(l) {
 function workerRowHtml(w, now) {
   const hw = w.gpu ? 'GPU' : 'CPU';
   const threads = num(w.threads) > 0 ? ` <span class="muted">×${int(w.threads)}</span>` : '';
+  const cap = num(w.model_fps) > 0
+    ? ` <span class="muted" title="model frames/s at 640x360, measured at start-up">· ${fmtRate(w.model_fps)} f/s@360p</span>` : '';
   return `<tr data-worker-id="${esc(w.id)}" data-state="${esc(w.state)}">` +
     `<td class="mono">${swatch(w.id)}${esc(w.id)}</td><td>${esc(w.hostname) || '—'}</td>` +
-    `<td>${hw}${threads}</td><td>${badge(w.state)}</td><td class="num">${fmtRate(w.frames_per_s)}</td>` +
+    `<td>${hw}${threads}${cap}</td><td>${badge(w.state)}</td><td class="num">${fmtRate(w.frames_per_s)}</td>` +
     `<td class="mono">${leaseHtml(w.lease)}</td><td>${fmtAgo(w.last_seen_ms, now)}</td>` +
     `<td class="num">${int(w.evictions)}</td><td class="num">${int(w.frames_committed)}</td></tr>`;
 }

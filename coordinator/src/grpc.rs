@@ -232,6 +232,11 @@ impl pb::worker_service_server::WorkerService for Services {
             gpu: r.gpu,
             threads: r.cpu_threads,
             last_seen_ms: manager::now_ms(),
+            model_fps: if r.model_fps.is_finite() && r.model_fps > 0.0 {
+                r.model_fps
+            } else {
+                0.0
+            },
         };
         self.manager
             .send(manager::Register {

@@ -124,6 +124,8 @@ pub struct WorkerView {
     pub hostname: String,
     pub gpu: bool,
     pub threads: u32,
+    /// Model frames/s at 640x360 measured at the worker's start-up (its capacity).
+    pub model_fps: f64,
     pub state: &'static str,
     pub frames_per_s: f64,
     pub frames_committed: u64,
@@ -359,6 +361,7 @@ pub fn worker_views(state: &State, workers: &Workers, now: u64, ttl_ms: u64) -> 
                 hostname: w.hostname.clone(),
                 gpu: w.gpu,
                 threads: w.threads,
+                model_fps: w.model_fps,
                 state: activity.name(),
                 frames_per_s: if activity == Activity::Busy {
                     stats.fps
@@ -433,6 +436,7 @@ mod tests {
                     gpu: false,
                     threads: 2,
                     last_seen_ms: if id == "w3" { 0 } else { 5_000 },
+                    model_fps: 0.0,
                 },
             )
         }));

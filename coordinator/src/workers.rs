@@ -11,6 +11,9 @@ pub struct WorkerInfo {
     pub gpu: bool,
     pub threads: u32,
     pub last_seen_ms: u64,
+    /// Model frames/s at 640x360 measured by the worker at start-up (0 = unknown).
+    #[serde(default)]
+    pub model_fps: f64,
 }
 
 /// What a worker did since this coordinator started.
@@ -146,6 +149,7 @@ mod tests {
                 gpu: false,
                 threads: 2,
                 last_seen_ms: 1_000,
+                model_fps: 0.0,
             },
         )])
     }

@@ -42,7 +42,12 @@ pub struct Worker {
     id: String,
     threads: usize,
     model: Arc<Mutex<Stylizer>>,
+    /// Model frames/s at `MEASURE_SIZE`, measured at start-up.
+    model_fps: f64,
 }
+
+/// The frame size start-up throughput is measured at (and reported at, to compare workers).
+pub const MEASURE_SIZE: (u32, u32) = (640, 360);
 
 /// How a task ended, as reported to the coordinator.
 enum Outcome {
@@ -73,11 +78,16 @@ impl Worker {
         } else {
             Stylizer::load(runtime(&cfg.onnxruntime_lib)?, &cfg.model, threads)?
         };
+        let mut model = model;
+        // Measured once at start-up and reported at registration (a bad model fails here, early).
+        let model_fps = model.measure_fps(MEASURE_SIZE.0, MEASURE_SIZE.1, 2)?;
+        info!(worker_id = %id, model_fps, width = MEASURE_SIZE.0, height = MEASURE_SIZE.1, "model throughput measured");
         Ok(Self {
             cfg,
             id,
             threads,
             model: Arc::new(Mutex::new(model)),
+            model_fps,
         })
     }
 
@@ -123,6 +133,7 @@ impl Worker {
                 hostname: hostname(),
                 gpu: false,
                 cpu_threads: self.threads as u32,
+                model_fps: self.model_fps,
             })
             .await
             .map_err(|e| AgentError::Coordinator {

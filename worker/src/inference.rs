@@ -82,6 +82,36 @@ impl Stylizer {
         })
     }
 
+    /// Frames per second at `w`x`h` (one warm-up, then `n` timed frames of a gradient): the
+    /// throughput a worker reports when it registers, so capacity can be compared across workers.
+    pub fn measure_fps(&mut self, w: u32, h: u32, n: usize) -> Result<f64, ModelError> {
+        let mut data = Vec::with_capacity((w * h * 3) as usize);
+        for y in 0..h {
+            for x in 0..w {
+                data.extend_from_slice(&[(x * 255 / w) as u8, (y * 255 / h) as u8, 128]);
+            }
+        }
+        let frame = Frame {
+            pts: 0,
+            width: w,
+            height: h,
+            data,
+        };
+        let mut style = vec![0.0f32; self.cfg.style_count];
+        if let Some(s) = style.first_mut() {
+            *s = 1.0;
+        }
+        if self.cfg.style_input.is_empty() {
+            style.clear();
+        }
+        self.stylize(&frame, &style)?;
+        let t = std::time::Instant::now();
+        for _ in 0..n.max(1) {
+            self.stylize(&frame, &style)?;
+        }
+        Ok(n.max(1) as f64 / t.elapsed().as_secs_f64().max(1e-9))
+    }
+
     /// Runs the model on one frame with the given style weights (ignored if the model has no style input).
     /// A stand-in for scheduler benchmarks only: sleeps `per_frame` and returns the frame unchanged.
     pub fn synthetic(per_frame: std::time::Duration, cfg: &ModelConfig) -> Self {
