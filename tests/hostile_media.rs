@@ -207,7 +207,7 @@ fn other_containers_and_names_work() {
     eprintln!("{}", report.join("\n"));
     for r in &report {
         if r.starts_with("real.webm") {
-            // Vorbis cannot go into MP4: refused at once (not retried), naming the file and codec.
+            // Vorbis cannot go into MP4: refused by the probe, before any frame is stylized.
             assert!(
                 r.contains("real.webm") && r.contains("audio/x-vorbis audio cannot be carried"),
                 "{r}"

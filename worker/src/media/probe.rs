@@ -55,6 +55,20 @@ struct Found {
     missing_pts: u64,
     container: String,
     running_offset: Option<i64>,
+    /// The first audio codec the MP4 output could not carry.
+    unsupported_audio: Option<String>,
+}
+
+/// Whether mp4mux (the output muxer) accepts this audio, asked of its pad template.
+fn mp4_takes(caps: &gst::Caps) -> bool {
+    gst::ElementFactory::find("mp4mux")
+        .and_then(|f| {
+            f.static_pad_templates()
+                .iter()
+                .find(|t| t.name_template().starts_with("audio"))
+                .map(|t| t.caps())
+        })
+        .is_none_or(|tmpl| tmpl.can_intersect(&caps))
 }
 
 /// Reads the container of `path`; fails with a clear error for anything that is not a decodable video.
@@ -114,6 +128,9 @@ pub fn probe(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
             });
         } else if name.starts_with("audio/") {
             st.audio += 1;
+            if st.unsupported_audio.is_none() && !mp4_takes(&caps) {
+                st.unsupported_audio = Some(name.clone());
+            }
         }
         let Ok(sink) = gst::ElementFactory::make("fakesink")
             .property("sync", false)
@@ -207,6 +224,13 @@ pub fn probe(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
         .collect();
     if keyframes.first() != Some(&0) {
         keyframes.insert(0, 0);
+    }
+    // Found now rather than after every segment was stylized: the output could not hold this audio.
+    if let Some(codec) = st.unsupported_audio.clone() {
+        return Err(MediaError::UnsupportedAudio {
+            path: path.into(),
+            codec,
+        });
     }
     let fd = frame_duration_ns(fps_num, fps_den, &frame_pts);
     let duration_ns = frame_pts[frame_pts.len() - 1] - frame_pts[0] + fd;
