@@ -68,7 +68,7 @@ fn mp4_takes(caps: &gst::Caps) -> bool {
                 .find(|t| t.name_template().starts_with("audio"))
                 .map(|t| t.caps())
         })
-        .is_none_or(|tmpl| tmpl.can_intersect(&caps))
+        .is_none_or(|tmpl| tmpl.can_intersect(caps))
 }
 
 /// Reads the container of `path`; fails with a clear error for anything that is not a decodable video.
