@@ -178,11 +178,13 @@ pub fn assemble(
                     vsrc.set_caps(Some(sample_caps));
                     caps_set = Some(sample_caps.clone());
                 }
-                Some(c) if c != sample_caps => {
+                Some(c) if !same_encoding(c, sample_caps) => {
                     return Err(MediaError::Corrupt {
                         path: seg.path.clone(),
-                        detail: "segment was encoded with other settings than the first segment"
-                            .into(),
+                        detail: format!(
+                            "segment was encoded with other settings than the first segment ({})",
+                            caps_difference(c, sample_caps)
+                        ),
                     })
                 }
                 Some(_) => {}
@@ -286,5 +288,86 @@ fn read_segment(
             }
             None => {}
         }
+    }
+}
+
+/// The caps fields two encodings disagree on, e.g. "level: 3.1 vs 4" (values shortened).
+fn caps_difference(a: &gst::Caps, b: &gst::Caps) -> String {
+    let (Some(sa), Some(sb)) = (a.structure(0), b.structure(0)) else {
+        return "no caps".into();
+    };
+    let short = |v: Option<String>| {
+        let v = v.unwrap_or_else(|| "unset".into());
+        if v.len() > 40 {
+            format!("{}…", &v[..40])
+        } else {
+            v
+        }
+    };
+    let mut diffs = Vec::new();
+    let mut names: Vec<String> = sa.fields().map(|f| f.to_string()).collect();
+    names.extend(sb.fields().map(|f| f.to_string()));
+    names.sort();
+    names.dedup();
+    for n in names {
+        let va = sa
+            .value(n.as_str())
+            .ok()
+            .and_then(|v| v.serialize().ok())
+            .map(|s| s.to_string());
+        let vb = sb
+            .value(n.as_str())
+            .ok()
+            .and_then(|v| v.serialize().ok())
+            .map(|s| s.to_string());
+        if va != vb {
+            diffs.push(format!("{n}: {} vs {}", short(va), short(vb)));
+        }
+    }
+    if diffs.is_empty() {
+        format!("{} vs {}", sa.name(), sb.name())
+    } else {
+        diffs.join(", ")
+    }
+}
+
+/// Whether two chunks can be concatenated into one stream: the same caps apart from the frame
+/// rate, which the demuxer derives from the sample durations (a chunk spanning an irregular
+/// frame interval in the source reads back as, say, 25000/1001 instead of 25/1).
+fn same_encoding(a: &gst::Caps, b: &gst::Caps) -> bool {
+    let strip = |c: &gst::Caps| {
+        let mut c = c.clone();
+        if let Some(s) = c.make_mut().structure_mut(0) {
+            s.remove_field("framerate");
+        }
+        c
+    };
+    strip(a) == strip(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn chunks_differing_only_in_derived_frame_rate_concatenate() {
+        gst::init().unwrap();
+        let caps = |rate: &str, level: &str| {
+            gst::Caps::from_str(&format!(
+                "video/x-h264, stream-format=avc, alignment=au, width=1280, height=720, \
+                 framerate={rate}, level=(string){level}, profile=high"
+            ))
+            .unwrap()
+        };
+        assert!(same_encoding(
+            &caps("25/1", "3.1"),
+            &caps("25000/1001", "3.1")
+        ));
+        assert!(!same_encoding(&caps("25/1", "3.1"), &caps("25/1", "4")));
+        assert_eq!(
+            caps_difference(&caps("25/1", "3.1"), &caps("25000/1001", "4")),
+            "framerate: 25/1 vs 25000/1001, level: 3.1 vs 4"
+        );
     }
 }
