@@ -152,8 +152,10 @@ impl JobManager {
         }
     }
 
-    /// Sets the state gauges (jobs, tasks, workers, queue) from the current state.
-    fn refresh_gauges(&self, now: u64) {
+    /// Sets the state gauges (jobs, tasks, workers, queue) from the current state; returns each
+    /// active job's (id, frames done) so the tick need not walk the tasks a second time.
+    fn refresh_gauges(&self, now: u64) -> Vec<(String, u64)> {
+        let mut active = Vec::new();
         let mut queue = 0u64;
         let mut tasks = [0i64; 4];
         let mut jobs: std::collections::BTreeMap<&'static str, i64> = Default::default();
@@ -163,7 +165,9 @@ impl JobManager {
                 continue;
             }
             let total = views::frames_total(job);
-            queue += total - self.state.frames_done(&job.id).min(total);
+            let done = self.state.frames_done(&job.id).min(total);
+            queue += total - done;
+            active.push((job.id.clone(), done));
             for t in self.state.tasks_of(&job.id) {
                 tasks[t.state as usize] += 1;
             }
@@ -191,27 +195,22 @@ impl JobManager {
             let n = workers.iter().filter(|w| w.state == state).count();
             m.workers.with_label_values(&[state]).set(n as i64);
         }
+        active
     }
 
     /// Once a second: progress samples, gauges, and the dashboard's overview if anyone watches.
     fn tick(&mut self) {
         let now = now_ms();
+        let active = self.refresh_gauges(now);
+        self.progress
+            .retain(|id| active.iter().any(|(a, _)| a == id));
         let mut fps = 0.0;
-        for job in self.state.jobs.values() {
-            if job.state.is_terminal() {
-                self.progress.finish(&job.id);
-                continue;
-            }
-            let done = self
-                .state
-                .frames_done(&job.id)
-                .min(views::frames_total(job));
-            self.progress.sample(&job.id, now, done);
-            fps += self.progress.rate(&job.id);
+        for (id, done) in &active {
+            self.progress.sample(id, now, *done);
+            fps += self.progress.rate(id);
         }
         self.progress.record_total(now, fps);
         self.metrics.frames_per_second.set(fps);
-        self.refresh_gauges(now);
         if self.overview.receiver_count() > 0 {
             match serde_json::to_string(&self.overview(now)) {
                 Ok(json) => {
@@ -655,6 +654,6 @@ pub struct RefreshGauges;
 impl Handler<RefreshGauges> for JobManager {
     type Result = ();
     fn handle(&mut self, _: RefreshGauges, _: &mut Context<Self>) {
-        self.refresh_gauges(now_ms());
+        let _ = self.refresh_gauges(now_ms());
     }
 }

@@ -29,9 +29,9 @@ impl Progress {
         }
     }
 
-    /// Forgets a finished job.
-    pub fn finish(&mut self, job: &str) {
-        self.jobs.remove(job);
+    /// Forgets every job `running` does not name (finished ones).
+    pub fn retain(&mut self, running: impl Fn(&str) -> bool) {
+        self.jobs.retain(|id, _| running(id));
     }
 
     /// Frames per second over the window (0 with fewer than two samples).
@@ -89,7 +89,7 @@ mod tests {
         // Progress going backwards restarts the window rather than reporting a negative rate.
         p.sample("j", 32_000, 100);
         assert_eq!(p.rate("j"), 0.0);
-        p.finish("j");
+        p.retain(|_| false);
         assert_eq!(p.rate("j"), 0.0);
     }
 

@@ -449,6 +449,31 @@ impl State {
         Some((grant, ch))
     }
 
+    /// If the task is being raced, ends only this attempt (its twin carries on), lets `note`
+    /// record why on the task (given the attempt's worker), and returns what changed; None when
+    /// the task has a single attempt.
+    fn end_twin(
+        &mut self,
+        key: &(String, u32),
+        slot: Slot,
+        note: impl FnOnce(&mut Task, &str),
+    ) -> Option<Changes> {
+        let t = self.tasks.get(key).filter(|t| t.spec.is_some())?;
+        let worker = lease_in(t, slot)
+            .map(|l| l.worker_id.clone())
+            .unwrap_or_default();
+        let wasted = self.drop_twin(key, slot);
+        if let Some(t) = self.tasks.get_mut(key) {
+            note(t, &worker);
+        }
+        let mut ch = Changes {
+            wasted_frames: wasted,
+            ..Changes::default()
+        };
+        ch.task(&key.0, key.1);
+        Some(ch)
+    }
+
     /// Ends one of a task's two racing leases; a surviving speculative twin becomes the primary.
     /// Returns the frames the dropped attempt computed beyond the committed ones.
     fn drop_twin(&mut self, key: &(String, u32), slot: Slot) -> u64 {
@@ -830,25 +855,15 @@ impl State {
         let Some((key, slot)) = self.current_slot(lease_id, epoch) else {
             return (false, Changes::default());
         };
-        if !permanent && self.tasks.get(&key).is_some_and(|t| t.spec.is_some()) {
+        if !permanent {
             // One of two racing attempts failed: the other carries on.
-            let worker = self
-                .tasks
-                .get(&key)
-                .and_then(|t| lease_in(t, slot))
-                .map(|l| l.worker_id.clone())
-                .unwrap_or_default();
-            let wasted = self.drop_twin(&key, slot);
-            let mut ch = Changes {
-                wasted_frames: wasted,
-                ..Changes::default()
-            };
-            if let Some(t) = self.tasks.get_mut(&key) {
+            let raced = self.end_twin(&key, slot, |t, worker| {
                 t.errors.push(format!("{worker}: {error}"));
                 t.failures += 1;
+            });
+            if let Some(ch) = raced {
+                return (true, ch);
             }
-            ch.task(&key.0, key.1);
-            return (true, ch);
         }
         let Some(t) = self.tasks.get_mut(&key) else {
             return (false, Changes::default());
@@ -898,17 +913,8 @@ impl State {
         let Some((key, slot)) = self.current_slot(lease_id, epoch) else {
             return (false, Changes::default());
         };
-        if self.tasks.get(&key).is_some_and(|t| t.spec.is_some()) {
-            // A racing attempt gives up; its twin carries on.
-            let wasted = self.drop_twin(&key, slot);
-            let mut ch = Changes {
-                wasted_frames: wasted,
-                ..Changes::default()
-            };
-            if let Some(t) = self.tasks.get_mut(&key) {
-                t.releases += 1;
-            }
-            ch.task(&key.0, key.1);
+        // A racing attempt gives up; its twin carries on.
+        if let Some(ch) = self.end_twin(&key, slot, |t, _| t.releases += 1) {
             return (true, ch);
         }
         let Some(t) = self.tasks.get_mut(&key) else {

@@ -94,7 +94,7 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
         limits: cfg.limits.clone(),
     };
     let token = viewer_token(cfg)?;
-    let http_listener = bind_http(cfg, token.is_some())?;
+    let (http_for_actors, http_addr) = bind_http(cfg, token.is_some())?.unzip();
     let metrics = Metrics::new();
     let (overview_tx, _) = tokio::sync::watch::channel::<std::sync::Arc<str>>("".into());
     let overview_tx = std::sync::Arc::new(overview_tx);
@@ -111,13 +111,6 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Started>();
     let web_metrics = metrics.clone();
     let logs_dir = cfg.logs_dir.clone();
-    let http_for_actors = match &http_listener {
-        Some((l, _)) => Some(
-            l.try_clone()
-                .map_err(|e| StartError::Internal(e.to_string()))?,
-        ),
-        None => None,
-    };
     let actors = std::thread::Builder::new()
         .name("fw-actors".into())
         .spawn(move || {
@@ -153,10 +146,7 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
         .recv()
         .map_err(|_| StartError::Internal("actor system did not start".into()))?
         .map_err(|e| StartError::Internal(format!("HTTP server: {e}")))?;
-    let http = match (http_listener, http_handle) {
-        (Some((_, a)), Some(h)) => Some((a, h)),
-        _ => None,
-    };
+    let http = http_addr.zip(http_handle);
 
     let listener = std::net::TcpListener::bind(&cfg.grpc_addr).map_err(|e| StartError::Bind {
         addr: cfg.grpc_addr.clone(),

@@ -167,21 +167,11 @@ fn decode<T: serde::de::DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T, Store
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::Rules;
 
     #[test]
     fn state_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let rules = Rules {
-            lease_ttl_ms: 1000,
-            max_attempts: 2,
-            segment_seconds: 1.0,
-            chunk_seconds: 0.5,
-            speculation_factor: 2.0,
-            work_dir: "/w".into(),
-            logs_dir: "/logs".into(),
-            limits: Default::default(),
-        };
+        let rules = crate::scheduler::tests::rules();
         let mut s = State::default();
         {
             let store = Store::open(dir.path()).unwrap();

@@ -330,11 +330,8 @@ pub fn worker_views(state: &State, workers: &Workers, now: u64, ttl_ms: u64) -> 
             TaskKind::Segment { end, .. } => end,
             _ => 0,
         };
-        let twins = [(t.lease.as_ref(), t.frames_done)]
-            .into_iter()
-            .chain(t.spec.as_ref().map(|s| (Some(s), s.frames_done)));
-        for (l, frames_done) in twins {
-            let Some(l) = l else { continue };
+        let twins = t.lease.iter().map(|l| (l, t.frames_done));
+        for (l, frames_done) in twins.chain(t.spec.iter().map(|s| (s, s.frames_done))) {
             current.insert(
                 &l.worker_id,
                 WorkerLease {
