@@ -28,6 +28,12 @@ pub enum Command {
         /// Coordinator URL, e.g. http://10.0.0.4:50051 (overrides the config).
         #[arg(long)]
         coordinator: Option<String>,
+        /// auto, cpu, cuda or cuda:N (overrides worker.device).
+        #[arg(long)]
+        device: Option<String>,
+        /// GPUs to use with --device cuda: all, or a list such as 0,2 (overrides worker.gpus).
+        #[arg(long)]
+        gpus: Option<String>,
     },
     /// Submit a job to a running coordinator and print its id.
     Submit(SubmitArgs),
@@ -47,6 +53,8 @@ pub enum Command {
     BenchModel(BenchArgs),
     /// Time decoding alone and encoding alone (the media stages' ceilings).
     BenchMedia(BenchMediaArgs),
+    /// Write a rewritten copy of the configured model (what workers run after the quality gate), to inspect or ship it.
+    OptimizeModel(OptimizeArgs),
     /// List the styles of the configured model.
     Styles {
         #[arg(short, long)]
@@ -74,9 +82,12 @@ pub struct RunArgs {
     pub output: PathBuf,
     #[command(flatten)]
     pub style: StyleArgs,
-    /// Local workers (default: embedded.workers from the config).
+    /// Local workers (default: embedded.workers on a CPU; on GPUs, worker.pipelines_per_gpu per GPU).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// auto, cpu, cuda or cuda:N (overrides worker.device).
+    #[arg(long)]
+    pub device: Option<String>,
     /// Seconds of video per Segment task.
     #[arg(long)]
     pub segment_seconds: Option<f64>,
@@ -131,6 +142,9 @@ pub struct BenchMediaArgs {
     /// Frames to encode (cycling through the first 50 decoded frames held in memory).
     #[arg(long, default_value_t = 250)]
     pub frames: usize,
+    /// Decoders (then encoders) running at once, as a worker's pipelines do; frames/s is their sum.
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
     #[arg(short, long)]
     pub config: Option<PathBuf>,
 }
@@ -153,6 +167,28 @@ pub struct BenchArgs {
     /// Scale like --max-size in `run`.
     #[arg(long, default_value_t = 0)]
     pub max_size: u32,
+    /// auto, cpu, cuda or cuda:N (overrides worker.device).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Sessions running at once (each on its own thread); frames/s is their sum.
+    #[arg(long, default_value_t = 1)]
+    pub sessions: usize,
+    /// auto (a rewritten model that passes its quality gate and is faster here), on (one that passes the gate) or off.
+    #[arg(long)]
+    pub optimize: Option<String>,
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `framewise optimize-model`.
+#[derive(Args, Debug)]
+pub struct OptimizeArgs {
+    /// Rewrites to apply, comma-separated: fuse (instance normalisation), u8 (uint8 NHWC in and out), fp16.
+    #[arg(long, default_value = "fuse,u8")]
+    pub rewrites: String,
+    /// Where to write the rewritten model.
+    #[arg(short, long)]
+    pub output: PathBuf,
     #[arg(short, long)]
     pub config: Option<PathBuf>,
 }

@@ -1,19 +1,21 @@
 //! Commands that run worker code in this process: the embedded `run`, a
 //! standalone `worker`, `bench-model` and `styles`.
 
-use crate::cli::{BenchArgs, BenchMediaArgs, RunArgs};
+use crate::cli::{BenchArgs, BenchMediaArgs, OptimizeArgs, RunArgs};
 use crate::client::{follow, report, style_weights};
 use crate::load_config;
 use anyhow::{anyhow, bail, Context, Result};
 use framewise_common::config::WorkerConfig;
+use framewise_common::device::{parse_device, parse_gpus, resolve, visible_gpus, Device};
 use framewise_common::proto::{self as pb, job_service_client::JobServiceClient};
 use framewise_common::storage::file_url;
 use framewise_worker::agent::{hostname, Worker};
-use framewise_worker::inference::{runtime, Stylizer};
+use framewise_worker::inference::runtime;
 use framewise_worker::media::decode::{decode_range, DecodeRequest};
 use framewise_worker::media::probe::probe;
 use framewise_worker::media::Frame;
 use framewise_worker::segment::inference_size;
+use framewise_worker::variant::{cache_dir, load_best};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -42,6 +44,76 @@ fn worker_id(cfg: &WorkerConfig, n: usize) -> String {
         };
     }
     format!("{}-{}-{n}", hostname(), std::process::id())
+}
+
+/// Applies --device/--gpus over the config, checked like the config is.
+fn override_device(
+    cfg: &mut WorkerConfig,
+    device: Option<String>,
+    gpus: Option<String>,
+) -> Result<()> {
+    if let Some(d) = device {
+        parse_device(&d).map_err(|e| anyhow!("--device: {e}"))?;
+        cfg.device = d;
+    }
+    if let Some(g) = gpus {
+        parse_gpus(&g).map_err(|e| anyhow!("--gpus: {e}"))?;
+        cfg.gpus = g;
+    }
+    Ok(())
+}
+
+/// The device of each inference pipeline: `count` (or 1) on the CPU; on GPUs `count` spread
+/// round-robin over them, or `pipelines_per_gpu` on each.
+fn plan_pipelines(cfg: &WorkerConfig, count: Option<usize>) -> Result<Vec<Device>> {
+    let setting = parse_device(&cfg.device).map_err(|e| anyhow!("worker.device: {e}"))?;
+    let gpus = parse_gpus(&cfg.gpus).map_err(|e| anyhow!("worker.gpus: {e}"))?;
+    let devices = resolve(setting, gpus.as_deref(), &visible_gpus())
+        .map_err(|e| anyhow!("worker.device = {:?}: {e}", cfg.device))?;
+    Ok(match devices.as_slice() {
+        [Device::Cpu] => vec![Device::Cpu; count.unwrap_or(1)],
+        gpus => {
+            let n = count.unwrap_or(gpus.len() * cfg.pipelines_per_gpu);
+            (0..n).map(|i| gpus[i % gpus.len()]).collect()
+        }
+    })
+}
+
+/// Loads one Worker per pipeline. With `device = "auto"`, a CUDA provider that does not start
+/// falls back to the CPU with a warning; with "cuda" it is an error.
+fn start_workers(
+    cfg: &WorkerConfig,
+    count: Option<usize>,
+    cpu_count: usize,
+    id: impl Fn(usize) -> String,
+) -> Result<Vec<Worker>> {
+    let mut devices = plan_pipelines(cfg, count)?;
+    let threads_for = |d: Device, n: usize| match (cfg.intra_threads, d) {
+        (t, _) if t > 0 => t,
+        (_, Device::Cuda(_)) => 1,
+        (_, Device::Cpu) => (cores() / n).max(1),
+    };
+    let mut ws = Vec::with_capacity(devices.len());
+    let mut i = 0;
+    while i < devices.len() {
+        let d = devices[i];
+        let mut wcfg = cfg.clone();
+        // Several pipelines encode at once: share the cores rather than each asking for all.
+        if wcfg.encoder.threads == 0 && devices.len() > 1 {
+            wcfg.encoder.threads = cores().div_ceil(devices.len()) as u32;
+        }
+        match Worker::new(wcfg, id(i), threads_for(d, devices.len()), d) {
+            Ok(w) => ws.push(w),
+            Err(e) if d != Device::Cpu && cfg.device == "auto" && ws.is_empty() => {
+                tracing::warn!(device = %d, error = %e, "the GPU could not be used; running on the CPU");
+                devices = vec![Device::Cpu; cpu_count];
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        i += 1;
+    }
+    Ok(ws)
 }
 
 /// `framewise run`: coordinator + N workers in this process, over loopback gRPC.
@@ -84,10 +156,12 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
             cfg.worker.model.style_count
         },
     )?;
-    let workers = a.workers.unwrap_or(cfg.embedded.workers);
-    if workers == 0 || workers > 64 {
-        bail!("--workers: must be 1 to 64, got {workers}");
+    if let Some(n) = a.workers {
+        if n == 0 || n > 64 {
+            bail!("--workers: must be 1 to 64, got {n}");
+        }
     }
+    override_device(&mut cfg.worker, a.device.clone(), None)?;
     if let Some(s) = a.segment_seconds {
         if !(s.is_finite() && s > 0.0) {
             bail!("--segment-seconds: must be > 0, got {s}");
@@ -126,19 +200,14 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     }
 
     // Load the model once per worker before anything starts, so a bad model is one clear error.
-    let threads = if cfg.worker.intra_threads > 0 {
-        cfg.worker.intra_threads
-    } else {
-        (cores() / workers).max(1)
-    };
-    let mut ws = Vec::with_capacity(workers);
-    for n in 0..workers {
-        ws.push(Worker::new(
-            cfg.worker.clone(),
-            worker_id(&cfg.worker, n),
-            threads,
-        )?);
-    }
+    let on_cpu = plan_pipelines(&cfg.worker, None)?.first() == Some(&Device::Cpu);
+    let count = a.workers.or(on_cpu.then_some(cfg.embedded.workers));
+    let ws = start_workers(
+        &cfg.worker,
+        count,
+        a.workers.unwrap_or(cfg.embedded.workers),
+        |n| worker_id(&cfg.worker, n),
+    )?;
 
     let coord = framewise_coordinator::start(&cfg.coordinator)?;
     let url = coord.url();
@@ -208,17 +277,21 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
 }
 
 /// `framewise worker`: one worker process pulling from a coordinator until Ctrl-C.
-pub fn worker(config: &Path, coordinator: Option<String>) -> Result<ExitCode> {
+pub fn worker(
+    config: &Path,
+    coordinator: Option<String>,
+    device: Option<String>,
+    gpus: Option<String>,
+) -> Result<ExitCode> {
     let mut cfg = load_config(Some(config), "")?;
     if let Some(u) = coordinator {
         cfg.worker.coordinator_url = u;
     }
-    let threads = if cfg.worker.intra_threads > 0 {
-        cfg.worker.intra_threads
-    } else {
-        cores()
-    };
-    let w = Worker::new(cfg.worker.clone(), worker_id(&cfg.worker, 0), threads)?;
+    override_device(&mut cfg.worker, device, gpus)?;
+    // One pipeline on a CPU (using every core); pipelines_per_gpu on each GPU, each pipeline a
+    // worker of its own to the coordinator (its own leases), so losing the node loses at most
+    // one chunk per pipeline.
+    let ws = start_workers(&cfg.worker, None, 1, |n| worker_id(&cfg.worker, n))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -229,8 +302,22 @@ pub fn worker(config: &Path, coordinator: Option<String>) -> Result<ExitCode> {
             let _ = stop_tx.send(true);
         }
     });
-    rt.block_on(w.run(stop_rx))?;
-    Ok(ExitCode::SUCCESS)
+    let handles: Vec<_> = ws
+        .into_iter()
+        .map(|w| rt.spawn(w.run(stop_rx.clone())))
+        .collect();
+    let mut failed = None;
+    for h in handles {
+        match rt.block_on(h) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed = Some(anyhow::Error::from(e)),
+            Err(e) => failed = Some(anyhow!("worker task ended abnormally: {e}")),
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 fn synthetic(w: u32, h: u32) -> Frame {
@@ -255,7 +342,6 @@ fn synthetic(w: u32, h: u32) -> Frame {
 /// `framewise bench-model`: inference alone on frames already in memory.
 pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
     let cfg = load_config(a.config.as_deref(), "config/embedded.toml")?;
-    let threads = if a.threads > 0 { a.threads } else { cores() };
     let frames: Vec<Frame> = match &a.input {
         Some(path) => {
             let p = probe(path, Duration::from_secs(300))?;
@@ -268,6 +354,7 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
                 seek_ns: 0,
                 size: (size != (p.width, p.height)).then_some(size),
                 stall_timeout: Duration::from_secs(60),
+                threads: 0,
             };
             decode_range(&req, &mut |f| {
                 out.push(f);
@@ -288,30 +375,78 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
     if frames.len() < 2 {
         bail!("need at least 2 frames to time, got {}", frames.len());
     }
-    let env = runtime(&cfg.worker.onnxruntime_lib)?;
-    let mut model = Stylizer::load(env, &cfg.worker.model, threads)?;
+    let mut wcfg = cfg.worker.clone();
+    override_device(&mut wcfg, a.device.clone(), None)?;
+    if let Some(o) = &a.optimize {
+        if !["auto", "on", "off"].contains(&o.as_str()) {
+            bail!("--optimize: {o:?} is not one of auto, on, off");
+        }
+        wcfg.optimize = o.clone();
+    }
+    if a.sessions == 0 || a.sessions > 64 {
+        bail!("--sessions: must be 1 to 64, got {}", a.sessions);
+    }
+    let devices = plan_pipelines(&wcfg, Some(a.sessions))?;
+    let threads = match (a.threads, devices[0]) {
+        (t, _) if t > 0 => t,
+        (_, Device::Cuda(_)) => 1,
+        (_, Device::Cpu) => (cores() / a.sessions).max(1),
+    };
+    let env = runtime(&wcfg.onnxruntime_lib)?;
+    let cache = cache_dir(&wcfg.model_cache_dir, &wcfg.model.path);
+    let mut models = Vec::with_capacity(devices.len());
+    let mut variant = String::new();
+    for &d in &devices {
+        let (m, choice) = load_best(env, &wcfg.model, threads, d, &wcfg.optimize, &cache)?;
+        variant = match choice.psnr_db {
+            Some(p) => format!("{} ({p:.1} dB vs the original)", choice.variant),
+            None => choice.variant,
+        };
+        models.push(m);
+    }
     let style = style_weights(
         &crate::cli::StyleArgs {
             style: None,
             style_mix: None,
         },
-        if cfg.worker.model.style_input.is_empty() {
+        if wcfg.model.style_input.is_empty() {
             0
         } else {
-            cfg.worker.model.style_count
+            wcfg.model.style_count
         },
     )?;
-    model.stylize(&frames[0], &style)?; // warm-up
-    let t = Instant::now();
-    for f in &frames[1..] {
-        model.stylize(f, &style)?;
+    for m in models.iter_mut() {
+        m.stylize(&frames[0], &style)?; // warm-up
     }
+    // Every session runs every frame at once; frames/s is the sum.
+    let t = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = models
+            .iter_mut()
+            .map(|m| {
+                let (frames, style) = (&frames, &style);
+                s.spawn(move || -> Result<()> {
+                    for f in &frames[1..] {
+                        m.stylize(f, style)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow!("a session thread panicked"))??;
+        }
+        Ok(())
+    })?;
     let secs = t.elapsed().as_secs_f64();
-    let n = frames.len() - 1;
+    let n = (frames.len() - 1) * models.len();
     println!(
-        "bench-model: {}x{}, {n} frames, {threads} threads: {:.1} ms/frame, {:.2} frames/s (inference only, pre/post-processing included)",
+        "bench-model: {}x{}, {n} frames, device {}, {} session(s), {threads} threads each, model {variant}: {:.1} ms/frame, {:.2} frames/s (inference only, pre/post-processing included)",
         frames[0].width,
         frames[0].height,
+        devices[0],
+        models.len(),
         secs * 1000.0 / n as f64,
         n as f64 / secs
     );
@@ -322,28 +457,62 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
 pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
     use framewise_worker::media::encode::{EncoderSettings, Geometry, SegmentEncoder};
     let cfg = load_config(a.config.as_deref(), "config/embedded.toml")?;
+    if a.streams == 0 || a.streams > 64 {
+        bail!("--streams: must be 1 to 64, got {}", a.streams);
+    }
     let p = probe(&a.input, Duration::from_secs(300))?;
     let (w, h) = (p.width, p.height);
-    let mut kept: Vec<Frame> = Vec::new();
-    let mut n = 0usize;
-    let req = DecodeRequest {
-        path: &a.input,
-        frame_pts: &p.frame_pts,
-        seek_ns: 0,
-        size: None,
-        stall_timeout: Duration::from_secs(60),
+    // Each stream decodes the whole clip at the same time as the others (as the pipelines of a
+    // worker do); frames/s is their sum.
+    let decode_one = |keep: bool| -> Result<(usize, Vec<Frame>)> {
+        let mut kept: Vec<Frame> = Vec::new();
+        let mut n = 0usize;
+        let req = DecodeRequest {
+            path: &a.input,
+            frame_pts: &p.frame_pts,
+            seek_ns: 0,
+            size: None,
+            stall_timeout: Duration::from_secs(60),
+            threads: if a.streams > 1 {
+                cores().div_ceil(a.streams) as u32
+            } else {
+                0
+            },
+        };
+        decode_range(&req, &mut |f| {
+            n += 1;
+            if keep && kept.len() < 50 {
+                kept.push(f);
+            }
+            true
+        })?;
+        Ok((n, kept))
     };
     let t = Instant::now();
-    decode_range(&req, &mut |f| {
-        n += 1;
-        if kept.len() < 50 {
-            kept.push(f);
-        }
-        true
-    })?;
+    let decoded: Vec<Result<(usize, Vec<Frame>)>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..a.streams)
+            .map(|i| s.spawn(move || decode_one(i == 0)))
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("decoder thread panicked")))
+            })
+            .collect()
+    });
     let secs = t.elapsed().as_secs_f64();
+    let mut n = 0;
+    let mut kept = Vec::new();
+    for d in decoded {
+        let (k, frames) = d?;
+        n += k;
+        if kept.is_empty() {
+            kept = frames;
+        }
+    }
     println!(
-        "bench-media: decode {w}x{h}, {n} frames: {:.1} frames/s (GStreamer decode to RGB, whole clip)",
+        "bench-media: decode {w}x{h}, {n} frames, {} stream(s): {:.1} frames/s (GStreamer decode to RGB, whole clip)",
+        a.streams,
         n as f64 / secs
     );
     if kept.is_empty() {
@@ -358,19 +527,48 @@ pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
     let settings = EncoderSettings {
         crf: cfg.worker.encoder.crf,
         preset: cfg.worker.encoder.preset.clone(),
+        // As the pipelines of a worker do: the cores shared between the streams.
+        threads: if cfg.worker.encoder.threads > 0 {
+            cfg.worker.encoder.threads
+        } else if a.streams > 1 {
+            cores().div_ceil(a.streams) as u32
+        } else {
+            0
+        },
     };
     let frame_ns = 1_000_000_000u64 * p.fps_den.max(1) as u64 / p.fps_num.max(1) as u64;
     let t = Instant::now();
-    let enc = SegmentEncoder::create(&dir.path().join("enc.mp4"), geo, &settings)?;
-    for i in 0..a.frames {
-        enc.push(&kept[i % kept.len()], i as u64 * frame_ns, frame_ns)?;
-    }
-    enc.finish(Duration::from_secs(120))?;
+    let encoded: Vec<Result<()>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..a.streams)
+            .map(|i| {
+                let (kept, settings, dir) = (&kept, &settings, dir.path());
+                s.spawn(move || -> Result<()> {
+                    let enc =
+                        SegmentEncoder::create(&dir.join(format!("enc{i}.mp4")), geo, settings)?;
+                    for f in 0..a.frames {
+                        enc.push(&kept[f % kept.len()], f as u64 * frame_ns, frame_ns)?;
+                    }
+                    enc.finish(Duration::from_secs(120))?;
+                    Ok(())
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("encoder thread panicked")))
+            })
+            .collect()
+    });
     let secs = t.elapsed().as_secs_f64();
+    for e in encoded {
+        e?;
+    }
     println!(
-        "bench-media: encode {w}x{h}, {} frames: {:.1} frames/s (x264 {} crf {}, from RGB in memory)",
-        a.frames,
-        a.frames as f64 / secs,
+        "bench-media: encode {w}x{h}, {} frames, {} stream(s): {:.1} frames/s (x264 {} crf {}, from RGB in memory)",
+        a.frames * a.streams,
+        a.streams,
+        (a.frames * a.streams) as f64 / secs,
         settings.preset,
         settings.crf
     );
@@ -392,5 +590,46 @@ pub fn styles(config: Option<&Path>) -> Result<ExitCode> {
             m.style_input
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `framewise optimize-model`: the rewrites of optimize.rs applied to the configured model.
+pub fn optimize_model(a: OptimizeArgs) -> Result<ExitCode> {
+    use framewise_worker::optimize::{optimize, ImageIo, Rewrites};
+    let cfg = load_config(a.config.as_deref(), "config/embedded.toml")?;
+    let mut r = Rewrites::default();
+    for w in a
+        .rewrites
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+    {
+        match w {
+            "fuse" => r.fuse_instance_norm = true,
+            "u8" => r.uint8_io = true,
+            "fp16" => r.fp16 = true,
+            other => bail!("--rewrites: {other:?} is not one of fuse, u8, fp16"),
+        }
+    }
+    let m = &cfg.worker.model;
+    let bytes = std::fs::read(&m.path).with_context(|| format!("model {}", m.path.display()))?;
+    let io = ImageIo {
+        input: m.input.clone(),
+        output: m.output.clone(),
+        value_range: m.value_range,
+    };
+    let (out, report) =
+        optimize(&bytes, &io, r).map_err(|e| anyhow!("model {}: {e}", m.path.display()))?;
+    std::fs::write(&a.output, out).with_context(|| format!("writing {}", a.output.display()))?;
+    println!(
+        "optimize-model: {} -> {}: {} instance normalisations fused, uint8 I/O {}, {} tensors in fp16, {} -> {} nodes",
+        m.path.display(),
+        a.output.display(),
+        report.fused_instance_norms,
+        if report.uint8_io { "yes" } else { "no" },
+        report.fp16_tensors,
+        report.nodes_before,
+        report.nodes_after
+    );
     Ok(ExitCode::SUCCESS)
 }

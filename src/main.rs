@@ -63,11 +63,15 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
         Command::Worker {
             config,
             coordinator,
-        } => local::worker(&config, coordinator),
+            device,
+            gpus,
+        } => local::worker(&config, coordinator, device, gpus),
         #[cfg(feature = "worker")]
         Command::BenchModel(a) => local::bench_model(a),
         #[cfg(feature = "worker")]
         Command::BenchMedia(a) => local::bench_media(a),
+        #[cfg(feature = "worker")]
+        Command::OptimizeModel(a) => local::optimize_model(a),
         #[cfg(feature = "worker")]
         Command::Styles { config } => local::styles(config.as_deref()),
         #[cfg(not(feature = "worker"))]

@@ -117,6 +117,7 @@ fn common_scale(
         &EncoderSettings {
             crf: 0,
             preset: "ultrafast".into(),
+            threads: 0,
         },
     )
     .unwrap();

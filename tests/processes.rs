@@ -323,6 +323,7 @@ fn all_frames(path: &Path) -> Vec<Vec<u8>> {
         seek_ns: 0,
         size: None,
         stall_timeout: Duration::from_secs(60),
+        threads: 0,
     };
     decode_range(&req, &mut |f| {
         frames.push(f.data);

@@ -143,6 +143,19 @@ pub struct WorkerConfig {
     pub vm_name: String,
     /// Scheduler benchmarks only: no model, each frame "takes" this long and is copied unchanged (0 = off).
     pub synthetic_model_ms_per_frame: u64,
+    /// Where inference runs: "auto" (CUDA when a GPU and the CUDA provider are there), "cpu",
+    /// "cuda" (every GPU in `gpus`) or "cuda:N".
+    pub device: String,
+    /// GPUs a CUDA worker uses: "all" or a list such as "0,2".
+    pub gpus: String,
+    /// Inference pipelines per GPU (each its own session, decoder, encoder and lease), so the
+    /// GPU always has frames in flight and x264 gets every core.
+    pub pipelines_per_gpu: usize,
+    /// "auto": a rewritten model that passes its quality gate and is faster here; "on": one that
+    /// passes its quality gate; "off": the file as is.
+    pub optimize: String,
+    /// Where rewritten models are cached by content hash; "" = `optimized/` beside the model.
+    pub model_cache_dir: PathBuf,
     pub model: ModelConfig,
     pub encoder: EncoderConfig,
 }
@@ -158,6 +171,11 @@ impl Default for WorkerConfig {
             preemption_poll_ms: 1000,
             vm_name: String::new(),
             synthetic_model_ms_per_frame: 0,
+            device: "auto".into(),
+            gpus: "all".into(),
+            pipelines_per_gpu: 4,
+            optimize: "auto".into(),
+            model_cache_dir: PathBuf::new(),
             model: ModelConfig::default(),
             encoder: EncoderConfig::default(),
         }
@@ -209,6 +227,8 @@ pub struct EncoderConfig {
     pub crf: u32,
     /// x264 speed preset: ultrafast, superfast, veryfast, faster, fast, medium, ...
     pub preset: String,
+    /// x264 threads per pipeline; 0 = the cores shared evenly between this process's pipelines.
+    pub threads: u32,
 }
 
 impl Default for EncoderConfig {
@@ -216,6 +236,7 @@ impl Default for EncoderConfig {
         Self {
             crf: 20,
             preset: "superfast".into(),
+            threads: 0,
         }
     }
 }
@@ -322,6 +343,24 @@ impl Config {
             return err(
                 "worker.preemption_poll_ms",
                 format!("must be at least 100, got {}", w.preemption_poll_ms),
+            );
+        }
+        if let Err(why) = crate::device::parse_device(&w.device) {
+            return err("worker.device", why);
+        }
+        if let Err(why) = crate::device::parse_gpus(&w.gpus) {
+            return err("worker.gpus", why);
+        }
+        if w.pipelines_per_gpu == 0 || w.pipelines_per_gpu > 32 {
+            return err(
+                "worker.pipelines_per_gpu",
+                format!("must be 1 to 32, got {}", w.pipelines_per_gpu),
+            );
+        }
+        if !["auto", "on", "off"].contains(&w.optimize.as_str()) {
+            return err(
+                "worker.optimize",
+                format!("{:?} is not one of auto, on, off", w.optimize),
             );
         }
         if w.model.pad_multiple == 0 {

@@ -2,6 +2,7 @@
 //! protocol, segment planning, style weights and storage locations.
 
 pub mod config;
+pub mod device;
 pub mod plan;
 pub mod storage;
 pub mod style;

@@ -134,6 +134,7 @@ pub fn frame_at(path: &Path, index: usize, size: Option<(u32, u32)>) -> Frame {
         seek_ns: 0,
         size,
         stall_timeout: Duration::from_secs(60),
+        threads: 0,
     };
     decode_range(&req, &mut |f| {
         out = Some(f);

@@ -9,6 +9,7 @@ use crate::media::probe::{frame_duration_ns, probe, Probe};
 use crate::preemption::watch_notices;
 use crate::segment::{run_segment, ChunkDone, SegmentControl, SegmentError, SegmentSpec};
 use framewise_common::config::WorkerConfig;
+use framewise_common::device::Device;
 use framewise_common::proto::{
     self, lease_task_response::Task, worker_service_client::WorkerServiceClient,
 };
@@ -44,6 +45,7 @@ pub struct Worker {
     model: Arc<Mutex<Stylizer>>,
     /// Model frames/s at `MEASURE_SIZE`, measured at start-up.
     model_fps: f64,
+    device: Device,
 }
 
 /// The frame size start-up throughput is measured at (and reported at, to compare workers).
@@ -63,10 +65,16 @@ enum Outcome {
 }
 
 impl Worker {
-    /// Loads the runtime and the model; `threads` = ONNX Runtime intra-op threads.
-    pub fn new(cfg: WorkerConfig, id: String, threads: usize) -> Result<Self, AgentError> {
+    /// Loads the runtime and the model for `device` (the best variant that passes its quality
+    /// gate, see variant.rs); `threads` = ONNX Runtime intra-op threads.
+    pub fn new(
+        cfg: WorkerConfig,
+        id: String,
+        threads: usize,
+        device: Device,
+    ) -> Result<Self, AgentError> {
         crate::media::init()?;
-        let model = if cfg.synthetic_model_ms_per_frame > 0 {
+        let mut model = if cfg.synthetic_model_ms_per_frame > 0 {
             warn!(
                 ms = cfg.synthetic_model_ms_per_frame,
                 "SYNTHETIC MODEL: frames are not stylized (scheduler benchmarks only)"
@@ -76,18 +84,28 @@ impl Worker {
                 &cfg.model,
             )
         } else {
-            Stylizer::load(runtime(&cfg.onnxruntime_lib)?, &cfg.model, threads)?
+            let cache = crate::variant::cache_dir(&cfg.model_cache_dir, &cfg.model.path);
+            let (s, choice) = crate::variant::load_best(
+                runtime(&cfg.onnxruntime_lib)?,
+                &cfg.model,
+                threads,
+                device,
+                &cfg.optimize,
+                &cache,
+            )?;
+            info!(worker_id = %id, %device, variant = %choice.variant, psnr_db = ?choice.psnr_db, model = %choice.path.display(), "model loaded");
+            s
         };
-        let mut model = model;
         // Measured once at start-up and reported at registration (a bad model fails here, early).
         let model_fps = model.measure_fps(MEASURE_SIZE.0, MEASURE_SIZE.1, 2)?;
-        info!(worker_id = %id, model_fps, width = MEASURE_SIZE.0, height = MEASURE_SIZE.1, "model throughput measured");
+        info!(worker_id = %id, %device, model_fps, width = MEASURE_SIZE.0, height = MEASURE_SIZE.1, "model throughput measured");
         Ok(Self {
             cfg,
             id,
             threads,
             model: Arc::new(Mutex::new(model)),
             model_fps,
+            device,
         })
     }
 
@@ -131,7 +149,7 @@ impl Worker {
             .register(proto::RegisterRequest {
                 worker_id: self.id.clone(),
                 hostname: hostname(),
-                gpu: false,
+                gpu: matches!(self.device, Device::Cuda(_)),
                 cpu_threads: self.threads as u32,
                 model_fps: self.model_fps,
             })
@@ -230,6 +248,7 @@ impl Worker {
         let settings = EncoderSettings {
             crf: self.cfg.encoder.crf,
             preset: self.cfg.encoder.preset.clone(),
+            threads: self.cfg.encoder.threads,
         };
         let lease_id = lease.lease_id.clone();
         info!(worker_id = %self.id, job_id, task_index, lease_id = %lease_id, kind = kind(&task), "task leased");

@@ -19,6 +19,8 @@ pub enum MediaError {
     UnsupportedCodec { path: PathBuf, codec: String },
     #[error("{path}: its {codec} audio cannot be carried in an MP4 output (AAC, MP3, Opus, AC-3 and ALAC can)")]
     UnsupportedAudio { path: PathBuf, codec: String },
+    #[error("{path}: its audio ({codec}) cannot be read by the installed GStreamer plugins, so it would be lost: install a decoder for it (scripts/bootstrap.sh installs them)")]
+    UnparsedAudio { path: PathBuf, codec: String },
     #[error("{path}: damaged or truncated ({detail})")]
     Corrupt { path: PathBuf, detail: String },
     #[error("{path}: timed out after {secs} s while {what}")]
@@ -68,4 +70,6 @@ pub enum ModelError {
     Shape { path: PathBuf, detail: String },
     #[error("model {path}: inference failed: {detail}")]
     Run { path: PathBuf, detail: String },
+    #[error("device {device}: the execution provider did not start: {detail} (set worker.device = \"cpu\" to run on the CPU)")]
+    Device { device: String, detail: String },
 }

@@ -5,6 +5,7 @@
 use crate::error::ModelError;
 use crate::media::Frame;
 use framewise_common::config::ModelConfig;
+use framewise_common::device::Device;
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 use std::borrow::Cow;
@@ -41,69 +42,101 @@ pub fn runtime(lib: &Path) -> Result<&'static ort::environment::Environment, Mod
     Ok(RUNTIME.get_or_init(|| env))
 }
 
+/// How the session takes and returns images: planar float in the model's range (the file as
+/// published), or packed RGB bytes with the conversion folded into the graph (optimize.rs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageLayout {
+    F32Nchw,
+    U8Nhwc,
+}
+
 /// One loaded model, ready to stylize frames of any size.
 pub struct Stylizer {
     /// None in the synthetic mode used by scheduler benchmarks.
     session: Option<Session>,
     cfg: ModelConfig,
+    /// The file the session was built from (a rewritten model lives in the cache).
+    path: PathBuf,
+    layout: ImageLayout,
+    device: Device,
     input_buf: Vec<f32>,
+    input_u8: Vec<u8>,
     synthetic: std::time::Duration,
 }
 
 impl Stylizer {
-    /// Loads and checks the model: the configured inputs and outputs must exist with usable shapes.
+    /// Loads and checks the model on the CPU: the configured inputs and outputs must exist with usable shapes.
     pub fn load(
         env: &ort::environment::Environment,
         cfg: &ModelConfig,
         threads: usize,
     ) -> Result<Self, ModelError> {
-        let path = &cfg.path;
+        Self::load_on(env, cfg, threads, Device::Cpu, &cfg.path)
+    }
+
+    /// Loads `path` (the configured model or a rewritten copy of it) for `device`. A CUDA
+    /// provider that cannot start is an error here, never a quiet fallback to the CPU.
+    pub fn load_on(
+        env: &ort::environment::Environment,
+        cfg: &ModelConfig,
+        threads: usize,
+        device: Device,
+        path: &Path,
+    ) -> Result<Self, ModelError> {
         if !path.is_file() {
-            return Err(ModelError::NotFound(path.clone()));
+            return Err(ModelError::NotFound(path.to_path_buf()));
         }
         let load = |e: &dyn std::fmt::Display| ModelError::Load {
-            path: path.clone(),
+            path: path.to_path_buf(),
             detail: e.to_string(),
         };
-        let session = Session::builder(env)
+        let mut builder = Session::builder(env)
             .map_err(|e| load(&e))?
             .with_intra_threads(threads.max(1))
             .map_err(|e| load(&e))?
             .with_inter_threads(1)
-            .map_err(|e| load(&e))?
-            .commit_from_file(path)
             .map_err(|e| load(&e))?;
-        check_shapes(&session, cfg)?;
+        if let Device::Cuda(n) = device {
+            let ep = ort::ep::CUDA::default()
+                .with_device_id(n as i32)
+                .build()
+                .error_on_failure();
+            builder = builder
+                .with_execution_providers([ep])
+                .map_err(|e| ModelError::Device {
+                    device: device.to_string(),
+                    detail: e.to_string(),
+                })?;
+        }
+        let session = builder.commit_from_file(path).map_err(|e| load(&e))?;
+        let layout = check_shapes(&session, cfg, path)?;
         Ok(Self {
             session: Some(session),
             cfg: cfg.clone(),
+            path: path.to_path_buf(),
+            layout,
+            device,
             input_buf: Vec::new(),
+            input_u8: Vec::new(),
             synthetic: std::time::Duration::ZERO,
         })
+    }
+
+    /// The device this model runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The model file in use (the configured one or its rewritten copy).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Frames per second at `w`x`h` (one warm-up, then `n` timed frames of a gradient): the
     /// throughput a worker reports when it registers, so capacity can be compared across workers.
     pub fn measure_fps(&mut self, w: u32, h: u32, n: usize) -> Result<f64, ModelError> {
-        let mut data = Vec::with_capacity((w * h * 3) as usize);
-        for y in 0..h {
-            for x in 0..w {
-                data.extend_from_slice(&[(x * 255 / w) as u8, (y * 255 / h) as u8, 128]);
-            }
-        }
-        let frame = Frame {
-            pts: 0,
-            width: w,
-            height: h,
-            data,
-        };
-        let mut style = vec![0.0f32; self.cfg.style_count];
-        if let Some(s) = style.first_mut() {
-            *s = 1.0;
-        }
-        if self.cfg.style_input.is_empty() {
-            style.clear();
-        }
+        let frame = gradient(w, h);
+        let style = self.default_style();
         self.stylize(&frame, &style)?;
         let t = std::time::Instant::now();
         for _ in 0..n.max(1) {
@@ -112,17 +145,33 @@ impl Stylizer {
         Ok(n.max(1) as f64 / t.elapsed().as_secs_f64().max(1e-9))
     }
 
-    /// Runs the model on one frame with the given style weights (ignored if the model has no style input).
+    /// The first style at full weight (or no weights for a model without a style input).
+    pub fn default_style(&self) -> Vec<f32> {
+        if self.cfg.style_input.is_empty() {
+            return Vec::new();
+        }
+        let mut style = vec![0.0f32; self.cfg.style_count];
+        if let Some(s) = style.first_mut() {
+            *s = 1.0;
+        }
+        style
+    }
+
     /// A stand-in for scheduler benchmarks only: sleeps `per_frame` and returns the frame unchanged.
     pub fn synthetic(per_frame: std::time::Duration, cfg: &ModelConfig) -> Self {
         Self {
             session: None,
             cfg: cfg.clone(),
+            path: cfg.path.clone(),
+            layout: ImageLayout::F32Nchw,
+            device: Device::Cpu,
             input_buf: Vec::new(),
+            input_u8: Vec::new(),
             synthetic: per_frame,
         }
     }
 
+    /// Runs the model on one frame with the given style weights (ignored if the model has no style input).
     pub fn stylize(&mut self, frame: &Frame, style: &[f32]) -> Result<Frame, ModelError> {
         let Some(session) = self.session.as_mut() else {
             std::thread::sleep(self.synthetic);
@@ -132,17 +181,34 @@ impl Stylizer {
         let m = self.cfg.pad_multiple.max(1) as usize;
         let (pw, ph) = (w.div_ceil(m) * m, h.div_ceil(m) * m);
         let [lo, hi] = self.cfg.value_range;
-        to_nchw_padded(&frame.data, w, h, pw, ph, lo, hi, &mut self.input_buf);
+        let path = &self.path;
         let run_err = |e: &dyn std::fmt::Display| ModelError::Run {
-            path: self.cfg.path.clone(),
+            path: path.clone(),
             detail: e.to_string(),
         };
 
         let mut inputs: Vec<(Cow<str>, SessionInputValue)> =
             Vec::with_capacity(2 + self.cfg.extra_inputs.len());
-        let image = TensorRef::from_array_view(([1usize, 3, ph, pw], self.input_buf.as_slice()))
-            .map_err(|e| run_err(&e))?;
-        inputs.push((Cow::Borrowed(self.cfg.input.as_str()), image.into()));
+        let image: SessionInputValue = match self.layout {
+            ImageLayout::F32Nchw => {
+                to_nchw_padded(&frame.data, w, h, pw, ph, lo, hi, &mut self.input_buf);
+                TensorRef::from_array_view(([1usize, 3, ph, pw], self.input_buf.as_slice()))
+                    .map_err(|e| run_err(&e))?
+                    .into()
+            }
+            ImageLayout::U8Nhwc => {
+                let data: &[u8] = if (pw, ph) == (w, h) {
+                    &frame.data
+                } else {
+                    pad_rgb(&frame.data, w, h, pw, ph, &mut self.input_u8);
+                    &self.input_u8
+                };
+                TensorRef::from_array_view(([1usize, ph, pw, 3], data))
+                    .map_err(|e| run_err(&e))?
+                    .into()
+            }
+        };
+        inputs.push((Cow::Borrowed(self.cfg.input.as_str()), image));
         if !self.cfg.style_input.is_empty() {
             if style.len() != self.cfg.style_count {
                 return Err(run_err(&format!(
@@ -163,15 +229,39 @@ impl Stylizer {
         let out = outputs
             .get(&self.cfg.output)
             .ok_or_else(|| run_err(&format!("no output named {:?}", self.cfg.output)))?;
-        let (shape, data) = out.try_extract_tensor::<f32>().map_err(|e| run_err(&e))?;
-        if shape.len() != 4 || shape[1] != 3 || shape[2] as usize != ph || shape[3] as usize != pw {
-            return Err(run_err(&format!(
-                "output shape {:?}, expected [1, 3, {ph}, {pw}]",
-                &shape[..]
-            )));
-        }
         let mut rgb = vec![0u8; w * h * 3];
-        from_nchw_cropped(data, w, h, pw, ph, lo, hi, &mut rgb);
+        match self.layout {
+            ImageLayout::F32Nchw => {
+                let (shape, data) = out.try_extract_tensor::<f32>().map_err(|e| run_err(&e))?;
+                if shape.len() != 4
+                    || shape[1] != 3
+                    || shape[2] as usize != ph
+                    || shape[3] as usize != pw
+                {
+                    return Err(run_err(&format!(
+                        "output shape {:?}, expected [1, 3, {ph}, {pw}]",
+                        &shape[..]
+                    )));
+                }
+                from_nchw_cropped(data, w, h, pw, ph, lo, hi, &mut rgb);
+            }
+            ImageLayout::U8Nhwc => {
+                let (shape, data) = out.try_extract_tensor::<u8>().map_err(|e| run_err(&e))?;
+                if shape.len() != 4
+                    || shape[3] != 3
+                    || shape[1] as usize != ph
+                    || shape[2] as usize != pw
+                {
+                    return Err(run_err(&format!(
+                        "output shape {:?}, expected [1, {ph}, {pw}, 3]",
+                        &shape[..]
+                    )));
+                }
+                for (y, row) in rgb.chunks_exact_mut(w * 3).enumerate() {
+                    row.copy_from_slice(&data[y * pw * 3..y * pw * 3 + w * 3]);
+                }
+            }
+        }
         Ok(Frame {
             pts: frame.pts,
             width: frame.width,
@@ -181,9 +271,29 @@ impl Stylizer {
     }
 }
 
-fn check_shapes(session: &Session, cfg: &ModelConfig) -> Result<(), ModelError> {
+/// A smooth test image with colour in both directions (start-up throughput, quality gates).
+pub fn gradient(w: u32, h: u32) -> Frame {
+    let mut data = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            data.extend_from_slice(&[(x * 255 / w) as u8, (y * 255 / h) as u8, 128]);
+        }
+    }
+    Frame {
+        pts: 0,
+        width: w,
+        height: h,
+        data,
+    }
+}
+
+fn check_shapes(
+    session: &Session,
+    cfg: &ModelConfig,
+    path: &Path,
+) -> Result<ImageLayout, ModelError> {
     let shape_err = |detail: String| ModelError::Shape {
-        path: cfg.path.clone(),
+        path: path.to_path_buf(),
         detail,
     };
     let names = |v: &[ort::value::Outlet]| {
@@ -205,18 +315,35 @@ fn check_shapes(session: &Session, cfg: &ModelConfig) -> Result<(), ModelError> 
                 .map(|s| s.to_vec())
                 .ok_or_else(|| shape_err(format!("{what} {name:?} is not a tensor")))
         };
-    let image_ok = |s: &[i64]| s.len() == 4 && (s[0] == 1 || s[0] < 0) && (s[1] == 3 || s[1] < 0);
+    // A uint8 image input means the conversion was folded into the graph: NHWC bytes in and out.
+    let layout = match session
+        .inputs()
+        .iter()
+        .find(|o| o.name() == cfg.input)
+        .and_then(|o| o.dtype().tensor_type())
+    {
+        Some(ort::value::TensorElementType::Uint8) => ImageLayout::U8Nhwc,
+        _ => ImageLayout::F32Nchw,
+    };
+    let image_ok = |s: &[i64]| match layout {
+        ImageLayout::F32Nchw => s.len() == 4 && (s[0] == 1 || s[0] < 0) && (s[1] == 3 || s[1] < 0),
+        ImageLayout::U8Nhwc => s.len() == 4 && (s[0] == 1 || s[0] < 0) && (s[3] == 3 || s[3] < 0),
+    };
+    let expected = match layout {
+        ImageLayout::F32Nchw => "[1, 3, H, W]",
+        ImageLayout::U8Nhwc => "[1, H, W, 3]",
+    };
     let i = find(session.inputs(), &cfg.input, "input")?;
     if !image_ok(&i) {
         return Err(shape_err(format!(
-            "input {:?} has shape {i:?}, expected [1, 3, H, W]",
+            "input {:?} has shape {i:?}, expected {expected}",
             cfg.input
         )));
     }
     let o = find(session.outputs(), &cfg.output, "output")?;
     if !image_ok(&o) {
         return Err(shape_err(format!(
-            "output {:?} has shape {o:?}, expected [1, 3, H, W]",
+            "output {:?} has shape {o:?}, expected {expected}",
             cfg.output
         )));
     }
@@ -232,7 +359,22 @@ fn check_shapes(session: &Session, cfg: &ModelConfig) -> Result<(), ModelError> 
     for name in cfg.extra_inputs.keys() {
         find(session.inputs(), name, "input")?;
     }
-    Ok(())
+    Ok(layout)
+}
+
+/// Packed RGB bytes reflect-padded to pw x ph (the rewritten model's input).
+pub fn pad_rgb(rgb: &[u8], w: usize, h: usize, pw: usize, ph: usize, out: &mut Vec<u8>) {
+    out.resize(pw * ph * 3, 0);
+    for y in 0..ph {
+        let sy = reflect(y, h);
+        let row = &rgb[sy * w * 3..(sy + 1) * w * 3];
+        let o = y * pw * 3;
+        out[o..o + w * 3].copy_from_slice(row);
+        for x in w..pw {
+            let sx = reflect(x, w) * 3;
+            out[o + x * 3..o + x * 3 + 3].copy_from_slice(&row[sx..sx + 3]);
+        }
+    }
 }
 
 /// Reflect index (numpy's "reflect": the edge pixel is not repeated).
@@ -324,6 +466,19 @@ mod tests {
         let mut back = vec![0u8; w * h * 3];
         from_nchw_cropped(&f, w, h, 8, 4, 0.0, 1.0, &mut back);
         assert_eq!(back, rgb);
+        // The byte padding for rewritten models mirrors the same pixels.
+        let mut p = Vec::new();
+        pad_rgb(&rgb, w, h, 8, 4, &mut p);
+        assert_eq!(p.len(), 8 * 4 * 3);
+        for y in 0..4 {
+            for x in 0..8 {
+                for c in 0..3 {
+                    let planar = f[c * 32 + y * 8 + x];
+                    let byte = p[(y * 8 + x) * 3 + c] as f32 / 255.0;
+                    assert!((byte - planar).abs() < 1e-6, "{x},{y},{c}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@ pub mod agent;
 pub mod error;
 pub mod inference;
 pub mod media;
+pub mod optimize;
 pub mod preemption;
 pub mod segment;
 pub mod tasklog;
+pub mod variant;

@@ -148,6 +148,7 @@ pub fn run_segment(
                 seek_ns: spec.seek_ns,
                 size: (infer_size != spec.size).then_some(infer_size),
                 stall_timeout: STALL,
+                threads: spec.encoder.threads,
             };
             let mut i = start;
             decode_range(&req, &mut |f| {

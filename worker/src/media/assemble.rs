@@ -86,51 +86,53 @@ pub fn assemble(
     let mux_w = mux.downgrade();
     let tx = pads_tx;
     pbin.connect_pad_added(move |_, pad| {
-        let (Some(pipeline), Some(mux)) = (weak.upgrade(), mux_w.upgrade()) else {
-            return;
-        };
-        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-        let is_audio = caps
-            .structure(0)
-            .is_some_and(|s| s.name().starts_with("audio/"));
-        let r = (|| -> Result<bool, String> {
-            if is_audio {
-                let q = gst::ElementFactory::make("queue")
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                pipeline.add(&q).map_err(|e| e.to_string())?;
-                q.sync_state_with_parent().map_err(|e| e.to_string())?;
-                let mp = mux
-                    .request_pad_simple("audio_%u")
-                    .ok_or("the muxer refused an audio stream")?;
-                let codec = caps
-                    .structure(0)
-                    .map(|s| s.name().to_string())
-                    .unwrap_or_default();
-                if !mp.pad_template_caps().can_intersect(&caps) {
-                    mux.release_request_pad(&mp);
-                    return Err(format!("{UNSUPPORTED_AUDIO}{codec}"));
+        let (weak, mux_w, tx) = (weak.clone(), mux_w.clone(), tx.clone());
+        super::on_final_caps(pad, move |pad, caps| {
+            let (Some(pipeline), Some(mux)) = (weak.upgrade(), mux_w.upgrade()) else {
+                return;
+            };
+            let is_audio = caps
+                .structure(0)
+                .is_some_and(|s| s.name().starts_with("audio/"));
+            let r = (|| -> Result<bool, String> {
+                if is_audio {
+                    let q = gst::ElementFactory::make("queue")
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    pipeline.add(&q).map_err(|e| e.to_string())?;
+                    q.sync_state_with_parent().map_err(|e| e.to_string())?;
+                    let mp = mux
+                        .request_pad_simple("audio_%u")
+                        .ok_or("the muxer refused an audio stream")?;
+                    let codec = caps
+                        .structure(0)
+                        .map(|s| s.name().to_string())
+                        .unwrap_or_default();
+                    if !mp.pad_template_caps().can_intersect(caps) {
+                        mux.release_request_pad(&mp);
+                        return Err(format!("{UNSUPPORTED_AUDIO}{codec}"));
+                    }
+                    pad.link(&q.static_pad("sink").ok_or("queue without sink")?)
+                        .map_err(|e| e.to_string())?;
+                    q.static_pad("src")
+                        .ok_or("queue without src")?
+                        .link(&mp)
+                        .map_err(|e| format!("audio {codec}: {e}"))?;
+                } else {
+                    let f = gst::ElementFactory::make("fakesink")
+                        .property("sync", false)
+                        .property("async", false)
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    pipeline.add(&f).map_err(|e| e.to_string())?;
+                    f.sync_state_with_parent().map_err(|e| e.to_string())?;
+                    pad.link(&f.static_pad("sink").ok_or("fakesink without sink")?)
+                        .map_err(|e| e.to_string())?;
                 }
-                pad.link(&q.static_pad("sink").ok_or("queue without sink")?)
-                    .map_err(|e| e.to_string())?;
-                q.static_pad("src")
-                    .ok_or("queue without src")?
-                    .link(&mp)
-                    .map_err(|e| format!("audio {codec}: {e}"))?;
-            } else {
-                let f = gst::ElementFactory::make("fakesink")
-                    .property("sync", false)
-                    .property("async", false)
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                pipeline.add(&f).map_err(|e| e.to_string())?;
-                f.sync_state_with_parent().map_err(|e| e.to_string())?;
-                pad.link(&f.static_pad("sink").ok_or("fakesink without sink")?)
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(is_audio)
-        })();
-        let _ = tx.send(r);
+                Ok(is_audio)
+            })();
+            let _ = tx.send(r);
+        });
     });
 
     set_state(&pipeline, out, gst::State::Playing, "starting assembly")?;

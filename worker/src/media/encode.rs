@@ -15,6 +15,8 @@ use std::time::Duration;
 pub struct EncoderSettings {
     pub crf: u32,
     pub preset: String,
+    /// x264 threads; 0 = x264's own choice (all cores), right for one pipeline per machine.
+    pub threads: u32,
 }
 
 /// Picture geometry of a segment.
@@ -91,6 +93,7 @@ impl SegmentEncoder {
         x264.set_property("quantizer", settings.crf.clamp(0, 50));
         x264.set_property("bframes", 0u32);
         x264.set_property("key-int-max", 250u32);
+        x264.set_property("threads", settings.threads);
         let parse = make("h264parse")?;
         let mux = make("mp4mux")?;
         let sink = make("filesink")?;

@@ -45,6 +45,30 @@ pub(crate) fn check_input(path: &Path) -> Result<(), MediaError> {
     }
 }
 
+/// Calls `f` with the pad's caps once they are final: at once when they are already set, else
+/// when the caps event arrives. parsebin may expose a pad before its caps are fixed (it depends
+/// on which decoders are installed), and a pad classified by its template caps loses streams.
+pub(crate) fn on_final_caps<F>(pad: &gst::Pad, f: F)
+where
+    F: FnOnce(&gst::Pad, &gst::Caps) + Send + 'static,
+{
+    if let Some(c) = pad.current_caps().filter(|c| c.is_fixed()) {
+        f(pad, &c);
+        return;
+    }
+    let f = std::sync::Mutex::new(Some(f));
+    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |pad, info| {
+        if let Some(gst::EventView::Caps(c)) = info.event().map(|e| e.view()) {
+            let f = f.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(f) = f {
+                f(pad, &c.caps_owned());
+            }
+            return gst::PadProbeReturn::Remove;
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
 pub(crate) fn make(factory: &str) -> Result<gst::Element, MediaError> {
     gst::ElementFactory::make(factory)
         .build()

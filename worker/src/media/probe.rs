@@ -57,6 +57,8 @@ struct Found {
     running_offset: Option<i64>,
     /// The first audio codec the MP4 output could not carry.
     unsupported_audio: Option<String>,
+    /// Audio streams as the demuxer lists them (parsebin may expose fewer: see below).
+    demuxed_audio: Vec<String>,
 }
 
 /// Whether mp4mux (the output muxer) accepts this audio, asked of its pad template.
@@ -92,46 +94,48 @@ pub fn probe(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
         let Some(pipeline) = weak.upgrade() else {
             return;
         };
-        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-        let name = caps
-            .structure(0)
-            .map(|s| s.name().to_string())
-            .unwrap_or_default();
-        let mut st = f.lock().unwrap_or_else(|p| p.into_inner());
-        if name.starts_with("video/") && st.video.is_none() {
-            st.video = Some(caps.clone());
-            let f2 = f.clone();
-            pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
-                if let Some(buf) = info.buffer() {
-                    let mut st = f2.lock().unwrap_or_else(|p| p.into_inner());
-                    if st.running_offset.is_none() {
-                        if let (Some(pts), Some(ev)) =
-                            (buf.pts(), pad.sticky_event::<gst::event::Segment>(0))
-                        {
-                            if let Some(seg) = ev.segment().downcast_ref::<gst::ClockTime>() {
-                                if let Some(rt) = seg.to_running_time(pts) {
-                                    st.running_offset =
-                                        Some(rt.nseconds() as i64 - pts.nseconds() as i64);
+        let f = f.clone();
+        super::on_final_caps(pad, move |pad, caps| {
+            let name = caps
+                .structure(0)
+                .map(|s| s.name().to_string())
+                .unwrap_or_default();
+            let mut st = f.lock().unwrap_or_else(|p| p.into_inner());
+            if name.starts_with("video/") && st.video.is_none() {
+                st.video = Some(caps.clone());
+                let f2 = f.clone();
+                pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+                    if let Some(buf) = info.buffer() {
+                        let mut st = f2.lock().unwrap_or_else(|p| p.into_inner());
+                        if st.running_offset.is_none() {
+                            if let (Some(pts), Some(ev)) =
+                                (buf.pts(), pad.sticky_event::<gst::event::Segment>(0))
+                            {
+                                if let Some(seg) = ev.segment().downcast_ref::<gst::ClockTime>() {
+                                    if let Some(rt) = seg.to_running_time(pts) {
+                                        st.running_offset =
+                                            Some(rt.nseconds() as i64 - pts.nseconds() as i64);
+                                    }
                                 }
                             }
                         }
+                        match buf.pts().or(buf.dts()) {
+                            Some(t) => st.samples.push((
+                                t.nseconds(),
+                                !buf.flags().contains(gst::BufferFlags::DELTA_UNIT),
+                            )),
+                            None => st.missing_pts += 1,
+                        }
                     }
-                    match buf.pts().or(buf.dts()) {
-                        Some(t) => st.samples.push((
-                            t.nseconds(),
-                            !buf.flags().contains(gst::BufferFlags::DELTA_UNIT),
-                        )),
-                        None => st.missing_pts += 1,
-                    }
+                    gst::PadProbeReturn::Ok
+                });
+            } else if name.starts_with("audio/") {
+                st.audio += 1;
+                if st.unsupported_audio.is_none() && !mp4_takes(caps) {
+                    st.unsupported_audio = Some(name.clone());
                 }
-                gst::PadProbeReturn::Ok
-            });
-        } else if name.starts_with("audio/") {
-            st.audio += 1;
-            if st.unsupported_audio.is_none() && !mp4_takes(&caps) {
-                st.unsupported_audio = Some(name.clone());
             }
-        }
+        });
         let Ok(sink) = gst::ElementFactory::make("fakesink")
             .property("sync", false)
             .property("async", false)
@@ -139,7 +143,6 @@ pub fn probe(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
         else {
             return;
         };
-        drop(st);
         if pipeline.add(&sink).is_ok() {
             let _ = sink.sync_state_with_parent();
             if let Some(sp) = sink.static_pad("sink") {
@@ -154,6 +157,20 @@ pub fn probe(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
             if let Some(fac) = el.factory() {
                 if fac.has_type(gst::ElementFactoryType::DEMUXER) {
                     f.lock().unwrap_or_else(|p| p.into_inner()).container = fac.name().to_string();
+                    let f = f.clone();
+                    el.connect_pad_added(move |_, pad| {
+                        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+                        if let Some(name) = caps
+                            .structure(0)
+                            .map(|s| s.name().to_string())
+                            .filter(|n| n.starts_with("audio/"))
+                        {
+                            f.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .demuxed_audio
+                                .push(name);
+                        }
+                    });
                 }
             }
         }
@@ -224,6 +241,14 @@ pub fn probe(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
         .collect();
     if keyframes.first() != Some(&0) {
         keyframes.insert(0, 0);
+    }
+    // An audio stream parsebin never exposed (it happens when no decoder for it is installed)
+    // would silently vanish from the output: refuse rather than drop it.
+    if st.demuxed_audio.len() > st.audio as usize {
+        return Err(MediaError::UnparsedAudio {
+            path: path.into(),
+            codec: st.demuxed_audio.join(", "),
+        });
     }
     // Found now rather than after every segment was stylized: the output could not hold this audio.
     if let Some(codec) = st.unsupported_audio.clone() {

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The GPU benchmark (issues 7 and 10), run ON the GPU machine from the repository root with
+# .gpu/ (made by bench/gpu-pack.sh) carried along. Steps:
+#   bench/gpu.sh --stash          copy the .gpu/ort.part.* of this call to /root/parts (repeat per call)
+#   bench/gpu.sh --unpack         unpack framewise + GStreamer (and ONNX Runtime once all parts are there)
+#   bench/gpu.sh [--check|STEP…]  run the benchmark steps (default: all), results under $OUT
+# Each step prints one line per number; nvidia-smi samples GPU utilisation during end-to-end runs.
+set -uo pipefail
+R=${FW_GPU_ROOT:-/root/fw}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+case "${1:-all}" in
+  --stash) mkdir -p /root/parts; cp .gpu/ort.part.* /root/parts/ 2>/dev/null; ls -la /root/parts; exit 0 ;;
+  --unpack)
+    mkdir -p "$R" /root/ort
+    .gpu/zstd -dc .gpu/fw.tar.zst | tar xf - -C "$(dirname "$R")"
+    cp .gpu/clip720.mp4 "$R/" 2>/dev/null
+    if ls /root/parts/ort.part.* >/dev/null 2>&1; then
+      cat /root/parts/ort.part.* | .gpu/zstd -d --long=27 | tar xf - -C /root/ort && ls -la /root/ort
+    fi
+    exit 0 ;;
+esac
+export XDG_RUNTIME_DIR=/tmp  # GStreamer's GL library asks for it
+export LD_LIBRARY_PATH=$R/gst/lib:/usr/local/cuda-13.0/targets/x86_64-linux/lib:/usr/lib/x86_64-linux-gnu
+export GST_PLUGIN_SYSTEM_PATH=$R/gst/plugins GST_PLUGIN_PATH=$R/gst/plugins
+export GST_PLUGIN_SCANNER=$R/gst/gst-plugin-scanner GST_REGISTRY=$R/registry.bin
+export ORT_DYLIB_PATH=/root/ort/libonnxruntime.so.1.31.1
+export FRAMEWISE_WORKER__MODEL__PATH=$R/multistyle26.onnx FRAMEWISE_WORKER__MODEL_CACHE_DIR=$R/cache
+fw=$R/framewise
+clip=$R/clip720.mp4
+steps=("$@"); [ "${1:-all}" = all ] && steps=(info media model e2e)
+log() { echo "== $*"; }
+for step in "${steps[@]}"; do case $step in
+  --check|info)
+    log "machine: $(nproc) cores, $(nvidia-smi -L | tr '\n' ';')"
+    # Which H.264 decoder decodebin picks (nvh264dec = NVDEC, openh264dec = CPU).
+    GST_DEBUG=GST_ELEMENT_FACTORY:4 $fw bench-media --input "$clip" --frames 50 2>&1 \
+      | grep -o 'creating element "[a-z0-9]*dec[a-z0-9]*"' | sort | uniq -c
+    ;;
+  media)
+    for s in 1 4 8; do $fw bench-media --input "$clip" --frames 300 --streams $s; done ;;
+  model)
+    for v in off auto; do
+      CUDA_VISIBLE_DEVICES=0 FRAMEWISE_LOG=info $fw bench-model --device cuda --optimize $v --sessions 1 --frames 100 --size 1280x720 2>&1 \
+        | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'bench-model|accepted|rejected|not faster' | sed 's/^.*variant: //'
+    done
+    for s in 2 4 8; do
+      CUDA_VISIBLE_DEVICES=0 $fw bench-model --device cuda --sessions $s --frames 100 --size 1280x720
+    done
+    CUDA_VISIBLE_DEVICES=0 $fw bench-model --device cuda --sessions 8 --frames 200 --size 640x360
+    $fw bench-model --device cpu --optimize off --frames 4 --size 1280x720
+    $fw bench-model --device cpu --optimize on --frames 4 --size 1280x720
+    FRAMEWISE_LOG=info $fw bench-model --device cpu --optimize auto --frames 4 --size 1280x720 2>&1 \
+      | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'bench-model|accepted|rejected|not faster' | sed 's/^.*variant: //'
+    ;;
+  e2e)
+    gpus=$(nvidia-smi -L | wc -l)
+    for g in $(seq 1 "$gpus"); do
+      for p in ${FW_PIPELINES:-4 8}; do
+        vis=$(seq -s, 0 $((g - 1)))
+        nvidia-smi --query-gpu=index,utilization.gpu --format=csv,noheader,nounits -lms 250 > "$OUT/util-g$g-p$p.csv" &
+        smi=$!
+        CUDA_VISIBLE_DEVICES=$vis FRAMEWISE_WORKER__PIPELINES_PER_GPU=$p FRAMEWISE_LOG=info \
+          FRAMEWISE_COORDINATOR__CHUNK_SECONDS=${FW_CHUNK:-2} \
+          $fw run "$clip" -o "$R/out-g$g-p$p.mp4" --device cuda --quiet --segment-seconds ${FW_SEGMENT:-20} \
+          > "$OUT/run-g$g-p$p.log" 2>&1
+        grep -h "wrote\|error" "$OUT/run-g$g-p$p.log" | tail -2
+        sed 's/\x1b\[[0-9;]*m//g' "$OUT/run-g$g-p$p.log" | grep -o 'segment stages.*' | awk '
+          { for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] += kv[2] } n++ }
+          END { printf "   %d segments: per frame decode_wait %.1f ms, infer %.1f ms, encode %.1f ms, wall %.1f ms\n",
+                n, v["decode_wait_ms"]/v["frames"], v["infer_ms"]/v["frames"], v["encode_ms"]/v["frames"], v["wall_ms"]/v["frames"] }'
+        kill $smi
+        awk -F', ' '$2 > 0 {s[$1] += $2; n[$1]++} END {for (g in s) printf "   gpu %s busy %.0f%% (mean of samples while running)\n", g, s[g]/n[g]}' "$OUT/util-g$g-p$p.csv"
+        echo "   ^ $g GPU(s), $p pipelines per GPU"
+      done
+    done
+    ;;
+  *) echo "unknown step $step"; exit 2 ;;
+esac; done

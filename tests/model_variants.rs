@@ -1,0 +1,116 @@
+//! The optimised model path on the real model and the real ONNX Runtime: the rewritten model is
+//! accepted by its quality gate, cached by content hash, gives the same pictures as the original
+//! on real video frames, and a broken cache entry falls back instead of failing the worker.
+
+mod common;
+
+use common::{psnr, repo};
+use framewise_common::config::ModelConfig;
+use framewise_common::device::Device;
+use framewise_worker::inference::{gradient, runtime, Stylizer};
+use framewise_worker::variant::{load_best, Choice};
+
+fn cfg() -> ModelConfig {
+    ModelConfig {
+        path: repo().join("models/multistyle26.onnx"),
+        ..Default::default()
+    }
+}
+
+fn lib() -> std::path::PathBuf {
+    repo().join(".deps/onnxruntime/libonnxruntime.so.1.32.0")
+}
+
+fn best(cache: &std::path::Path, mode: &str) -> (Stylizer, Choice) {
+    load_best(
+        runtime(&lib()).unwrap(),
+        &cfg(),
+        1,
+        Device::Cpu,
+        mode,
+        cache,
+    )
+    .unwrap()
+}
+
+#[test]
+fn cpu_gets_the_fused_uint8_model_and_the_same_pictures() {
+    let cache = tempfile::tempdir().unwrap();
+    let (mut fast, choice) = best(cache.path(), "on");
+    assert_eq!(choice.variant, "fused-u8", "{choice:?}");
+    let gate = choice.psnr_db.expect("a gated variant has a PSNR");
+    assert!(gate >= 40.0, "gate PSNR {gate}");
+    assert!(choice.path.starts_with(cache.path()), "{choice:?}");
+    let name = choice
+        .path
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        name.ends_with("-fused-u8-v2.onnx") && name.len() > 30,
+        "{name}"
+    );
+
+    // A real frame (odd size, so the padding path runs) through both models.
+    let clip = cache.path().join("clip.mp4");
+    common::make_clip(&clip, 322, 181, 3, false);
+    let frame = common::frame_at(&clip, 0, None);
+    let mut original = Stylizer::load(runtime(&lib()).unwrap(), &cfg(), 1).unwrap();
+    for style in [0usize, 7, 25] {
+        let mut w = vec![0.0f32; 26];
+        w[style] = 1.0;
+        let a = original.stylize(&frame, &w).unwrap();
+        let b = fast.stylize(&frame, &w).unwrap();
+        assert_eq!((b.width, b.height), (322, 181));
+        let p = psnr(&a, &b);
+        assert!(p >= 45.0, "style {style}: rewritten vs original {p:.1} dB");
+    }
+
+    // The second pipeline of the process reuses the decision and the cached file.
+    let (_, again) = best(cache.path(), "on");
+    assert_eq!(again.path, choice.path);
+    let files: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".onnx"))
+        .collect();
+    assert_eq!(files.len(), 1, "one cached model, no temporary files left");
+}
+
+#[test]
+fn optimize_off_runs_the_file_as_is() {
+    let cache = tempfile::tempdir().unwrap();
+    let (mut m, choice) = best(cache.path(), "off");
+    assert_eq!(choice.variant, "original");
+    assert_eq!(choice.path, cfg().path);
+    assert!(m.stylize(&gradient(64, 36), &m.default_style()).is_ok());
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_broken_cache_entry_falls_back_to_the_original() {
+    let cache = tempfile::tempdir().unwrap();
+    // Find the name the cache would use, then plant garbage under it.
+    let probe_dir = tempfile::tempdir().unwrap();
+    let (_, c) = best(probe_dir.path(), "on");
+    let planted = cache.path().join(c.path.file_name().unwrap());
+    std::fs::write(&planted, b"this is not a model").unwrap();
+    let (mut m, choice) = best(cache.path(), "on");
+    assert_eq!(choice.variant, "original", "{choice:?}");
+    assert!(m.stylize(&gradient(64, 36), &m.default_style()).is_ok());
+}
+
+#[test]
+fn asking_for_a_missing_gpu_is_a_clear_error() {
+    if !framewise_common::device::visible_gpus().is_empty() {
+        return; // this machine has a GPU: covered by the GPU benchmark instead
+    }
+    let e = framewise_common::device::resolve(
+        framewise_common::device::DeviceSetting::Cuda,
+        None,
+        &framewise_common::device::visible_gpus(),
+    )
+    .unwrap_err();
+    assert!(e.contains("no GPU found"), "{e}");
+}
