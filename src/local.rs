@@ -66,9 +66,17 @@ fn override_device(
 /// The device of each inference pipeline: `count` (or 1) on the CPU; on GPUs `count` spread
 /// round-robin over them, or `pipelines_per_gpu` on each.
 fn plan_pipelines(cfg: &WorkerConfig, count: Option<usize>) -> Result<Vec<Device>> {
+    plan_pipelines_on(cfg, count, &visible_gpus())
+}
+
+fn plan_pipelines_on(
+    cfg: &WorkerConfig,
+    count: Option<usize>,
+    visible: &[u32],
+) -> Result<Vec<Device>> {
     let setting = parse_device(&cfg.device).map_err(|e| anyhow!("worker.device: {e}"))?;
     let gpus = parse_gpus(&cfg.gpus).map_err(|e| anyhow!("worker.gpus: {e}"))?;
-    let devices = resolve(setting, gpus.as_deref(), &visible_gpus())
+    let devices = resolve(setting, gpus.as_deref(), visible)
         .map_err(|e| anyhow!("worker.device = {:?}: {e}", cfg.device))?;
     Ok(match devices.as_slice() {
         [Device::Cpu] => vec![Device::Cpu; count.unwrap_or(1)],
@@ -632,4 +640,47 @@ pub fn optimize_model(a: OptimizeArgs) -> Result<ExitCode> {
         report.nodes_after
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(device: &str, gpus: &str, per_gpu: usize) -> WorkerConfig {
+        WorkerConfig {
+            device: device.into(),
+            gpus: gpus.into(),
+            pipelines_per_gpu: per_gpu,
+            ..WorkerConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_multi_gpu_worker_runs_pipelines_per_gpu() {
+        use Device::*;
+        let two = [0, 1];
+        // Pipelines alternate between the GPUs, so the first leases spread over all of them.
+        assert_eq!(
+            plan_pipelines_on(&cfg("cuda", "all", 2), None, &two).unwrap(),
+            vec![Cuda(0), Cuda(1), Cuda(0), Cuda(1)]
+        );
+        // --gpus picks devices; --workers spreads that many round-robin.
+        assert_eq!(
+            plan_pipelines_on(&cfg("cuda", "1", 3), None, &two).unwrap(),
+            vec![Cuda(1); 3]
+        );
+        assert_eq!(
+            plan_pipelines_on(&cfg("auto", "all", 4), Some(3), &two).unwrap(),
+            vec![Cuda(0), Cuda(1), Cuda(0)]
+        );
+        // No GPU: auto means the CPU, cuda is an error that names the setting.
+        assert_eq!(
+            plan_pipelines_on(&cfg("auto", "all", 4), Some(2), &[]).unwrap(),
+            vec![Cpu, Cpu]
+        );
+        let e = plan_pipelines_on(&cfg("cuda", "all", 4), None, &[]).unwrap_err();
+        assert!(e.to_string().contains("worker.device"), "{e}");
+        let e = plan_pipelines_on(&cfg("cuda", "3", 4), None, &two).unwrap_err();
+        assert!(e.to_string().contains("GPU 3"), "{e}");
+    }
 }
