@@ -46,6 +46,10 @@ for step in "${steps[@]}"; do case $step in
     for s in 2 4 8; do
       CUDA_VISIBLE_DEVICES=0 $fw bench-model --device cuda --sessions $s --frames 100 --size 1280x720
     done
+    for sb in "1 4" "1 8" "2 4" "4 4" "4 8" "8 4"; do
+      set -- $sb
+      CUDA_VISIBLE_DEVICES=0 $fw bench-model --device cuda --sessions $1 --batch $2 --frames 96 --size 1280x720
+    done
     CUDA_VISIBLE_DEVICES=0 $fw bench-model --device cuda --sessions 8 --frames 200 --size 640x360
     $fw bench-model --device cpu --optimize off --frames 4 --size 1280x720
     $fw bench-model --device cpu --optimize on --frames 4 --size 1280x720
@@ -56,21 +60,23 @@ for step in "${steps[@]}"; do case $step in
     gpus=$(nvidia-smi -L | wc -l)
     for g in $(seq 1 "$gpus"); do
       for p in ${FW_PIPELINES:-4 8}; do
+       for b in ${FW_BATCH:-4}; do
         vis=$(seq -s, 0 $((g - 1)))
-        nvidia-smi --query-gpu=index,utilization.gpu --format=csv,noheader,nounits -lms 250 > "$OUT/util-g$g-p$p.csv" &
+        nvidia-smi --query-gpu=index,utilization.gpu --format=csv,noheader,nounits -lms 250 > "$OUT/util-g$g-p$p-b$b.csv" &
         smi=$!
-        CUDA_VISIBLE_DEVICES=$vis FRAMEWISE_WORKER__PIPELINES_PER_GPU=$p FRAMEWISE_LOG=info \
+        CUDA_VISIBLE_DEVICES=$vis FRAMEWISE_WORKER__PIPELINES_PER_GPU=$p FRAMEWISE_LOG=info FRAMEWISE_WORKER__BATCH_FRAMES=$b \
           FRAMEWISE_COORDINATOR__CHUNK_SECONDS=${FW_CHUNK:-2} \
-          $fw run "$clip" -o "$R/out-g$g-p$p.mp4" --device cuda --quiet --segment-seconds ${FW_SEGMENT:-20} \
-          > "$OUT/run-g$g-p$p.log" 2>&1
-        grep -h "wrote\|error" "$OUT/run-g$g-p$p.log" | tail -2
-        sed 's/\x1b\[[0-9;]*m//g' "$OUT/run-g$g-p$p.log" | grep -o 'segment stages.*' | awk '
+          $fw run "$clip" -o "$R/out-g$g-p$p-b$b.mp4" --device cuda --quiet --segment-seconds ${FW_SEGMENT:-20} \
+          > "$OUT/run-g$g-p$p-b$b.log" 2>&1
+        grep -h "wrote\|error" "$OUT/run-g$g-p$p-b$b.log" | tail -2
+        sed 's/\x1b\[[0-9;]*m//g' "$OUT/run-g$g-p$p-b$b.log" | grep -o 'segment stages.*' | awk '
           { for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] += kv[2] } n++ }
           END { printf "   %d segments: per frame decode_wait %.1f ms, infer %.1f ms, encode %.1f ms, wall %.1f ms\n",
                 n, v["decode_wait_ms"]/v["frames"], v["infer_ms"]/v["frames"], v["encode_ms"]/v["frames"], v["wall_ms"]/v["frames"] }'
         kill $smi
-        awk -F', ' '$2 > 0 {s[$1] += $2; n[$1]++} END {for (g in s) printf "   gpu %s busy %.0f%% (mean of samples while running)\n", g, s[g]/n[g]}' "$OUT/util-g$g-p$p.csv"
-        echo "   ^ $g GPU(s), $p pipelines per GPU"
+        awk -F', ' '$2 > 0 {s[$1] += $2; n[$1]++} END {for (g in s) printf "   gpu %s busy %.0f%% (mean of samples while running)\n", g, s[g]/n[g]}' "$OUT/util-g$g-p$p-b$b.csv"
+        echo "   ^ $g GPU(s), $p pipelines per GPU, batch $b"
+       done
       done
     done
     ;;

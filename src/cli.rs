@@ -173,6 +173,9 @@ pub struct BenchArgs {
     /// Sessions running at once (each on its own thread); frames/s is their sum.
     #[arg(long, default_value_t = 1)]
     pub sessions: usize,
+    /// Frames per run (when the model takes a batch, as the rewritten one does).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// auto (a rewritten model that passes its quality gate and is faster here), on (one that passes the gate) or off.
     #[arg(long)]
     pub optimize: Option<String>,
@@ -183,8 +186,8 @@ pub struct BenchArgs {
 /// `framewise optimize-model`.
 #[derive(Args, Debug)]
 pub struct OptimizeArgs {
-    /// Rewrites to apply, comma-separated: fuse (instance normalisation), u8 (uint8 NHWC in and out), fp16.
-    #[arg(long, default_value = "fuse,u8")]
+    /// Rewrites to apply, comma-separated: fuse (instance normalisation), u8 (uint8 NHWC in and out), fp16, batch (dynamic batch dimension).
+    #[arg(long, default_value = "fuse,u8,batch")]
     pub rewrites: String,
     /// Where to write the rewritten model.
     #[arg(short, long)]

@@ -394,6 +394,10 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
     if a.sessions == 0 || a.sessions > 64 {
         bail!("--sessions: must be 1 to 64, got {}", a.sessions);
     }
+    if a.batch == 0 || a.batch > 64 {
+        bail!("--batch: must be 1 to 64, got {}", a.batch);
+    }
+    let batch = a.batch;
     let devices = plan_pipelines(&wcfg, Some(a.sessions))?;
     let threads = match (a.threads, devices[0]) {
         (t, _) if t > 0 => t,
@@ -405,7 +409,8 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
     let mut models = Vec::with_capacity(devices.len());
     let mut variant = String::new();
     for &d in &devices {
-        let (m, choice) = load_best(env, &wcfg.model, threads, d, &wcfg.optimize, &cache)?;
+        let (mut m, choice) = load_best(env, &wcfg.model, threads, d, &wcfg.optimize, &cache)?;
+        m.set_max_batch(batch);
         variant = match choice.psnr_db {
             Some(p) => format!("{} ({p:.1} dB vs the original)", choice.variant),
             None => choice.variant,
@@ -434,8 +439,8 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
             .map(|m| {
                 let (frames, style) = (&frames, &style);
                 s.spawn(move || -> Result<()> {
-                    for f in &frames[1..] {
-                        m.stylize(f, style)?;
+                    for group in frames[1..].chunks(batch) {
+                        m.stylize_batch(group, style)?;
                     }
                     Ok(())
                 })
@@ -450,11 +455,12 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
     let secs = t.elapsed().as_secs_f64();
     let n = (frames.len() - 1) * models.len();
     println!(
-        "bench-model: {}x{}, {n} frames, device {}, {} session(s), {threads} threads each, model {variant}: {:.1} ms/frame, {:.2} frames/s (inference only, pre/post-processing included)",
+        "bench-model: {}x{}, {n} frames, device {}, {} session(s), batch {}, {threads} threads each, model {variant}: {:.1} ms/frame, {:.2} frames/s (inference only, pre/post-processing included)",
         frames[0].width,
         frames[0].height,
         devices[0],
         models.len(),
+        models[0].max_batch(),
         secs * 1000.0 / n as f64,
         n as f64 / secs
     );
@@ -616,7 +622,8 @@ pub fn optimize_model(a: OptimizeArgs) -> Result<ExitCode> {
             "fuse" => r.fuse_instance_norm = true,
             "u8" => r.uint8_io = true,
             "fp16" => r.fp16 = true,
-            other => bail!("--rewrites: {other:?} is not one of fuse, u8, fp16"),
+            "batch" => r.dynamic_batch = true,
+            other => bail!("--rewrites: {other:?} is not one of fuse, u8, fp16, batch"),
         }
     }
     let m = &cfg.worker.model;

@@ -48,7 +48,7 @@ fn cpu_gets_the_fused_uint8_model_and_the_same_pictures() {
         .to_string_lossy()
         .into_owned();
     assert!(
-        name.ends_with("-fused-u8-v2.onnx") && name.len() > 30,
+        name.ends_with("-fused-u8-v3.onnx") && name.len() > 30,
         "{name}"
     );
 
@@ -113,4 +113,39 @@ fn asking_for_a_missing_gpu_is_a_clear_error() {
     )
     .unwrap_err();
     assert!(e.contains("no GPU found"), "{e}");
+}
+
+#[test]
+fn a_batch_gives_the_same_frames_as_one_at_a_time() {
+    let cache = tempfile::tempdir().unwrap();
+    let (mut m, _) = best(cache.path(), "on");
+    m.set_max_batch(3);
+    assert_eq!(m.max_batch(), 3, "the rewritten model takes a batch");
+    let clip = cache.path().join("clip.mp4");
+    common::make_clip(&clip, 322, 181, 3, false);
+    let frames: Vec<_> = (0..3).map(|i| common::frame_at(&clip, i, None)).collect();
+    let mut w = vec![0.0f32; 26];
+    w[11] = 1.0;
+    let batched = m.stylize_batch(&frames, &w).unwrap();
+    assert_eq!(batched.len(), 3);
+    for (k, f) in frames.iter().enumerate() {
+        let one = m.stylize(f, &w).unwrap();
+        assert_eq!(batched[k].pts, f.pts, "frame {k} keeps its timestamp");
+        let worst = one
+            .data
+            .iter()
+            .zip(&batched[k].data)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(
+            worst <= 1,
+            "frame {k}: batched differs from single by {worst} levels"
+        );
+    }
+    // The published model has a fixed batch of 1: it never batches.
+    let mut original = Stylizer::load(runtime(&lib()).unwrap(), &cfg(), 1).unwrap();
+    original.set_max_batch(4);
+    assert_eq!(original.max_batch(), 1);
+    assert_eq!(original.stylize_batch(&frames, &w).unwrap().len(), 3);
 }

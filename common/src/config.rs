@@ -156,6 +156,8 @@ pub struct WorkerConfig {
     pub optimize: String,
     /// Where rewritten models are cached by content hash; "" = `optimized/` beside the model.
     pub model_cache_dir: PathBuf,
+    /// Frames per inference run when the model takes a batch (0 or 1 = one frame per run).
+    pub batch_frames: usize,
     pub model: ModelConfig,
     pub encoder: EncoderConfig,
 }
@@ -176,6 +178,7 @@ impl Default for WorkerConfig {
             pipelines_per_gpu: 4,
             optimize: "auto".into(),
             model_cache_dir: PathBuf::new(),
+            batch_frames: 0,
             model: ModelConfig::default(),
             encoder: EncoderConfig::default(),
         }
@@ -355,6 +358,12 @@ impl Config {
             return err(
                 "worker.pipelines_per_gpu",
                 format!("must be 1 to 32, got {}", w.pipelines_per_gpu),
+            );
+        }
+        if w.batch_frames > 64 {
+            return err(
+                "worker.batch_frames",
+                format!("must be 0 (auto) to 64, got {}", w.batch_frames),
             );
         }
         if !["auto", "on", "off"].contains(&w.optimize.as_str()) {

@@ -93,7 +93,10 @@ impl Worker {
                 &cfg.optimize,
                 &cache,
             )?;
-            info!(worker_id = %id, %device, variant = %choice.variant, psnr_db = ?choice.psnr_db, model = %choice.path.display(), "model loaded");
+            let mut s = s;
+            // Batching measured slower on an H100 with this model (BENCHMARKS.md): off unless asked.
+            s.set_max_batch(cfg.batch_frames.max(1));
+            info!(worker_id = %id, %device, variant = %choice.variant, psnr_db = ?choice.psnr_db, batch = s.max_batch(), model = %choice.path.display(), "model loaded");
             s
         };
         // Measured once at start-up and reported at registration (a bad model fails here, early).

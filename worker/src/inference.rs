@@ -62,6 +62,9 @@ pub struct Stylizer {
     input_buf: Vec<f32>,
     input_u8: Vec<u8>,
     synthetic: std::time::Duration,
+    /// The model's batch dimension is dynamic (a rewritten model), so frames can share a run.
+    batchable: bool,
+    max_batch: usize,
 }
 
 impl Stylizer {
@@ -110,6 +113,17 @@ impl Stylizer {
         }
         let session = builder.commit_from_file(path).map_err(|e| load(&e))?;
         let layout = check_shapes(&session, cfg, path)?;
+        let batchable = layout == ImageLayout::U8Nhwc
+            && session
+                .inputs()
+                .iter()
+                .find(|o| o.name() == cfg.input)
+                .and_then(|o| {
+                    o.dtype()
+                        .tensor_shape()
+                        .map(|s| s.first().is_some_and(|&d| d < 0))
+                })
+                .unwrap_or(false);
         Ok(Self {
             session: Some(session),
             cfg: cfg.clone(),
@@ -119,6 +133,8 @@ impl Stylizer {
             input_buf: Vec::new(),
             input_u8: Vec::new(),
             synthetic: std::time::Duration::ZERO,
+            batchable,
+            max_batch: 1,
         })
     }
 
@@ -168,42 +184,100 @@ impl Stylizer {
             input_buf: Vec::new(),
             input_u8: Vec::new(),
             synthetic: per_frame,
+            batchable: false,
+            max_batch: 1,
         }
     }
 
     /// Runs the model on one frame with the given style weights (ignored if the model has no style input).
     pub fn stylize(&mut self, frame: &Frame, style: &[f32]) -> Result<Frame, ModelError> {
+        let mut out = self.run(std::slice::from_ref(frame), style)?;
+        out.pop().ok_or_else(|| ModelError::Run {
+            path: self.path.clone(),
+            detail: "the model returned no frame".into(),
+        })
+    }
+
+    /// Several frames of one size in one run where the model takes a batch (a rewritten model
+    /// with a dynamic batch dimension): fewer, larger launches on a GPU. Else one at a time.
+    pub fn stylize_batch(
+        &mut self,
+        frames: &[Frame],
+        style: &[f32],
+    ) -> Result<Vec<Frame>, ModelError> {
+        let same = frames
+            .windows(2)
+            .all(|p| (p[0].width, p[0].height) == (p[1].width, p[1].height));
+        if frames.len() > 1 && self.batchable && same {
+            return self.run(frames, style);
+        }
+        frames.iter().map(|f| self.stylize(f, style)).collect()
+    }
+
+    /// The most frames one `stylize_batch` call should get (1 = the model takes no batch).
+    pub fn max_batch(&self) -> usize {
+        if self.batchable {
+            self.max_batch.max(1)
+        } else {
+            1
+        }
+    }
+
+    /// Sets how many frames to batch per run (used only if the model takes a batch).
+    pub fn set_max_batch(&mut self, n: usize) {
+        self.max_batch = n.max(1);
+    }
+
+    fn run(&mut self, frames: &[Frame], style: &[f32]) -> Result<Vec<Frame>, ModelError> {
         let Some(session) = self.session.as_mut() else {
-            std::thread::sleep(self.synthetic);
-            return Ok(frame.clone());
+            std::thread::sleep(self.synthetic * frames.len() as u32);
+            return Ok(frames.to_vec());
         };
-        let (w, h) = (frame.width as usize, frame.height as usize);
-        let m = self.cfg.pad_multiple.max(1) as usize;
-        let (pw, ph) = (w.div_ceil(m) * m, h.div_ceil(m) * m);
-        let [lo, hi] = self.cfg.value_range;
         let path = &self.path;
         let run_err = |e: &dyn std::fmt::Display| ModelError::Run {
             path: path.clone(),
             detail: e.to_string(),
         };
+        let Some(first) = frames.first() else {
+            return Ok(Vec::new());
+        };
+        let n = frames.len();
+        if n > 1 && self.layout == ImageLayout::F32Nchw {
+            return Err(run_err(&"this model takes one frame per run"));
+        }
+        let (w, h) = (first.width as usize, first.height as usize);
+        let m = self.cfg.pad_multiple.max(1) as usize;
+        let (pw, ph) = (w.div_ceil(m) * m, h.div_ceil(m) * m);
+        let [lo, hi] = self.cfg.value_range;
 
         let mut inputs: Vec<(Cow<str>, SessionInputValue)> =
             Vec::with_capacity(2 + self.cfg.extra_inputs.len());
         let image: SessionInputValue = match self.layout {
             ImageLayout::F32Nchw => {
-                to_nchw_padded(&frame.data, w, h, pw, ph, lo, hi, &mut self.input_buf);
+                to_nchw_padded(&first.data, w, h, pw, ph, lo, hi, &mut self.input_buf);
                 TensorRef::from_array_view(([1usize, 3, ph, pw], self.input_buf.as_slice()))
                     .map_err(|e| run_err(&e))?
                     .into()
             }
             ImageLayout::U8Nhwc => {
-                let data: &[u8] = if (pw, ph) == (w, h) {
-                    &frame.data
+                let data: &[u8] = if n == 1 && (pw, ph) == (w, h) {
+                    &first.data
                 } else {
-                    pad_rgb(&frame.data, w, h, pw, ph, &mut self.input_u8);
+                    let one = pw * ph * 3;
+                    self.input_u8.resize(n * one, 0);
+                    for (k, f) in frames.iter().enumerate() {
+                        pad_rgb_into(
+                            &f.data,
+                            w,
+                            h,
+                            pw,
+                            ph,
+                            &mut self.input_u8[k * one..(k + 1) * one],
+                        );
+                    }
                     &self.input_u8
                 };
-                TensorRef::from_array_view(([1usize, ph, pw, 3], data))
+                TensorRef::from_array_view(([n, ph, pw, 3], data))
                     .map_err(|e| run_err(&e))?
                     .into()
             }
@@ -229,7 +303,12 @@ impl Stylizer {
         let out = outputs
             .get(&self.cfg.output)
             .ok_or_else(|| run_err(&format!("no output named {:?}", self.cfg.output)))?;
-        let mut rgb = vec![0u8; w * h * 3];
+        let frame_of = |k: usize, data: Vec<u8>| Frame {
+            pts: frames[k].pts,
+            width: frames[k].width,
+            height: frames[k].height,
+            data,
+        };
         match self.layout {
             ImageLayout::F32Nchw => {
                 let (shape, data) = out.try_extract_tensor::<f32>().map_err(|e| run_err(&e))?;
@@ -243,31 +322,36 @@ impl Stylizer {
                         &shape[..]
                     )));
                 }
+                let mut rgb = vec![0u8; w * h * 3];
                 from_nchw_cropped(data, w, h, pw, ph, lo, hi, &mut rgb);
+                Ok(vec![frame_of(0, rgb)])
             }
             ImageLayout::U8Nhwc => {
                 let (shape, data) = out.try_extract_tensor::<u8>().map_err(|e| run_err(&e))?;
                 if shape.len() != 4
+                    || shape[0] as usize != n
                     || shape[3] != 3
                     || shape[1] as usize != ph
                     || shape[2] as usize != pw
                 {
                     return Err(run_err(&format!(
-                        "output shape {:?}, expected [1, {ph}, {pw}, 3]",
+                        "output shape {:?}, expected [{n}, {ph}, {pw}, 3]",
                         &shape[..]
                     )));
                 }
-                for (y, row) in rgb.chunks_exact_mut(w * 3).enumerate() {
-                    row.copy_from_slice(&data[y * pw * 3..y * pw * 3 + w * 3]);
-                }
+                let one = pw * ph * 3;
+                Ok((0..n)
+                    .map(|k| {
+                        let src = &data[k * one..(k + 1) * one];
+                        let mut rgb = vec![0u8; w * h * 3];
+                        for (y, row) in rgb.chunks_exact_mut(w * 3).enumerate() {
+                            row.copy_from_slice(&src[y * pw * 3..y * pw * 3 + w * 3]);
+                        }
+                        frame_of(k, rgb)
+                    })
+                    .collect())
             }
         }
-        Ok(Frame {
-            pts: frame.pts,
-            width: frame.width,
-            height: frame.height,
-            data: rgb,
-        })
     }
 }
 
@@ -365,6 +449,11 @@ fn check_shapes(
 /// Packed RGB bytes reflect-padded to pw x ph (the rewritten model's input).
 pub fn pad_rgb(rgb: &[u8], w: usize, h: usize, pw: usize, ph: usize, out: &mut Vec<u8>) {
     out.resize(pw * ph * 3, 0);
+    pad_rgb_into(rgb, w, h, pw, ph, out);
+}
+
+/// `pad_rgb` into a slice of exactly pw x ph x 3 bytes (one frame of a batch).
+pub fn pad_rgb_into(rgb: &[u8], w: usize, h: usize, pw: usize, ph: usize, out: &mut [u8]) {
     for y in 0..ph {
         let sy = reflect(y, h);
         let row = &rgb[sy * w * 3..(sy + 1) * w * 3];

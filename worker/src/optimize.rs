@@ -42,6 +42,8 @@ pub struct Rewrites {
     pub fuse_instance_norm: bool,
     pub uint8_io: bool,
     pub fp16: bool,
+    /// The image input's and output's first dimension made symbolic, so one run takes several frames.
+    pub dynamic_batch: bool,
 }
 
 /// What the model's image input and output are called and which value range they use.
@@ -58,6 +60,7 @@ pub struct Report {
     pub fused_instance_norms: usize,
     pub uint8_io: bool,
     pub fp16_tensors: usize,
+    pub dynamic_batch: bool,
     pub nodes_before: usize,
     pub nodes_after: usize,
 }
@@ -100,6 +103,9 @@ pub fn optimize_model(
     }
     if r.fp16 {
         report.fp16_tensors = to_fp16(g);
+    }
+    if r.dynamic_batch {
+        report.dynamic_batch = make_batch_dynamic(g, io);
     }
     remove_dead_nodes(g);
     // Shapes and types of intermediate values are re-inferred by the runtime.
@@ -810,6 +816,31 @@ fn is_float(v: &onnx::ValueInfoProto) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Rewrite 4: a batch dimension.
+
+/// Makes the first dimension of the image input and output symbolic ("batch"). Safe for
+/// models whose per-frame work does not mix frames (convolutions, instance normalisation,
+/// broadcast scale and shift): checked by the quality gate and a batched-equals-single test.
+pub fn make_batch_dynamic(g: &mut GraphProto, io: &ImageIo) -> bool {
+    let mut changed = false;
+    for v in g.input.iter_mut().chain(g.output.iter_mut()) {
+        if v.name() != io.input && v.name() != io.output {
+            continue;
+        }
+        if let Some(d) = tensor_type_mut(v)
+            .and_then(|t| t.shape.as_mut())
+            .and_then(|s| s.dim.first_mut())
+        {
+            d.value = Some(onnx::tensor_shape_proto::dimension::Value::DimParam(
+                "batch".into(),
+            ));
+            changed = true;
+        }
+    }
+    changed
+}
+
+// ---------------------------------------------------------------------------------------------
 
 /// Drops nodes whose outputs nobody uses, and initializers nobody reads.
 fn remove_dead_nodes(g: &mut GraphProto) {
@@ -924,6 +955,7 @@ mod tests {
                 fuse_instance_norm: true,
                 uint8_io: true,
                 fp16: true,
+                dynamic_batch: true,
             },
         )
         .unwrap();
@@ -935,13 +967,25 @@ mod tests {
             assert_eq!(t.data_type(), DataType::Float as i32, "{}", n.name());
         }
         for t in &g.initializer {
-            assert_ne!(
-                t.data_type(),
-                DataType::Float as i32,
-                "{} is still float",
-                t.name()
+            let for_norm = t.name().contains("__fw_in_");
+            assert_eq!(
+                t.data_type() == DataType::Float as i32,
+                for_norm,
+                "{} has type {}",
+                t.name(),
+                t.data_type()
             );
         }
+        // The normalisations run in fp32 between two casts.
+        for n in g
+            .node
+            .iter()
+            .filter(|n| n.op_type() == "InstanceNormalization")
+        {
+            assert!(n.input[0].contains("__fw_to_f32_for_"), "{:?}", n.input);
+            assert!(n.output[0].ends_with("__fw_f32"), "{:?}", n.output);
+        }
+        assert!(r.dynamic_batch);
         // style_weights stays a float input, cast inside.
         assert!(g
             .input

@@ -138,8 +138,10 @@ pub fn run_segment(
     );
     let _entered = seg_span.enter();
     let seg_span = &seg_span;
-    let (dec_tx, dec_rx) = sync_channel::<Frame>(DEPTH);
-    let (enc_tx, enc_rx) = sync_channel::<(u64, Frame)>(DEPTH);
+    // Room for a batch being decoded while the previous one is inferred.
+    let batch = model.max_batch();
+    let (dec_tx, dec_rx) = sync_channel::<Frame>(DEPTH.max(2 * batch));
+    let (enc_tx, enc_rx) = sync_channel::<(u64, Frame)>(DEPTH.max(2 * batch));
     std::thread::scope(|s| -> Result<u64, SegmentError> {
         let decoder = s.spawn(move || {
             let req = DecodeRequest {
@@ -207,19 +209,35 @@ pub fn run_segment(
         let mut failure: Option<SegmentError> = None;
         let began = Instant::now();
         let (mut waited, mut inferring) = (Duration::ZERO, Duration::ZERO);
-        loop {
+        let mut frames: Vec<Frame> = Vec::with_capacity(batch);
+        'frames: loop {
+            // One frame, waiting if need be, then whatever else is ready, up to a batch.
             let t = Instant::now();
             let Ok(frame) = dec_rx.recv() else { break };
+            frames.clear();
+            frames.push(frame);
+            while frames.len() < batch {
+                match dec_rx.try_recv() {
+                    Ok(f) => frames.push(f),
+                    Err(_) => break,
+                }
+            }
             waited += t.elapsed();
             if ctl.cancel.load(Ordering::Relaxed) {
                 failure = Some(SegmentError::Cancelled);
                 break;
             }
-            if !within(i) {
+            // Frames past the (possibly shortened) range are not stylized.
+            let keep = (0..frames.len() as u64)
+                .take_while(|&k| within(i + k))
+                .count();
+            let cut = keep < frames.len();
+            frames.truncate(keep);
+            if frames.is_empty() {
                 break;
             }
             let t = Instant::now();
-            let out = match model.stylize(&frame, spec.style) {
+            let outs = match model.stylize_batch(&frames, spec.style) {
                 Ok(o) => o,
                 Err(e) => {
                     failure = Some(e.into());
@@ -227,11 +245,16 @@ pub fn run_segment(
                 }
             };
             inferring += t.elapsed();
-            if enc_tx.send((i, out)).is_err() {
-                break; // the encoder failed; its error is reported below
+            for out in outs {
+                if enc_tx.send((i, out)).is_err() {
+                    break 'frames; // the encoder failed; its error is reported below
+                }
+                i += 1;
+                ctl.progress.store(i - start, Ordering::Relaxed);
             }
-            i += 1;
-            ctl.progress.store(i - start, Ordering::Relaxed);
+            if cut {
+                break;
+            }
         }
         drop(enc_tx);
         drop(dec_rx);

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use tracing::{info, warn};
 
 /// Bumped whenever a rewrite changes, so stale cached files are not reused.
-const OPTIMIZER_VERSION: u32 = 2;
+const OPTIMIZER_VERSION: u32 = 3;
 
 /// One rewritten model to try, and the quality it must keep.
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +34,7 @@ pub fn candidates(device: Device) -> Vec<Candidate> {
         fuse_instance_norm: true,
         uint8_io: true,
         fp16: false,
+        dynamic_batch: true,
     };
     let exact = Candidate {
         name: "fused-u8",
@@ -113,6 +114,54 @@ pub fn load_best(
         let s = Stylizer::load_on(env, cfg, threads, device, &choice.path)?;
         return Ok((s, choice));
     }
+    // Decided before by a process sharing this cache: every pipeline and every worker process
+    // on the machine then runs the same variant, so a job's frames agree wherever they were
+    // made (the speed check alone could flip between processes on a loaded machine).
+    let kind = match device {
+        Device::Cpu => "cpu",
+        Device::Cuda(_) => "cuda",
+    };
+    let decision = cache_dir.join(format!(
+        "{}-{kind}-{optimize_mode}-v{OPTIMIZER_VERSION}.choice",
+        &hash[..16]
+    ));
+    let variant_path =
+        |name: &str| cache_dir.join(format!("{}-{name}-v{OPTIMIZER_VERSION}.onnx", &hash[..16]));
+    let recorded = |decision: &Path| -> Option<Choice> {
+        let text = std::fs::read_to_string(decision).ok()?;
+        let mut lines = text.lines();
+        let variant = lines.next()?.trim().to_string();
+        let psnr_db = lines.next().and_then(|l| l.trim().parse().ok());
+        let path = if variant == "original" {
+            cfg.path.clone()
+        } else {
+            variant_path(&variant)
+        };
+        path.is_file().then_some(Choice {
+            path,
+            variant,
+            psnr_db,
+        })
+    };
+    let remember = |choice: &Choice| {
+        DECIDED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(HashMap::new)
+            .insert(key.clone(), choice.clone());
+    };
+    if let Some(choice) = recorded(&decision) {
+        match Stylizer::load_on(env, cfg, threads, device, &choice.path) {
+            Ok(s) => {
+                info!(variant = %choice.variant, decision = %decision.display(), "model variant decided earlier");
+                remember(&choice);
+                return Ok((s, choice));
+            }
+            Err(e) => {
+                warn!(error = %e, decision = %decision.display(), "the recorded model variant does not load; deciding again")
+            }
+        }
+    }
     // The reference: the original model on the same device.
     let mut reference = Stylizer::load_on(env, cfg, threads, device, &cfg.path)?;
     let style = reference.default_style();
@@ -134,11 +183,7 @@ pub fn load_best(
     // (with optimize = "on" the quality gate alone decides)
     let mut chosen = None;
     for c in candidates(device) {
-        let path = cache_dir.join(format!(
-            "{}-{}-v{OPTIMIZER_VERSION}.onnx",
-            &hash[..16],
-            c.name
-        ));
+        let path = variant_path(c.name);
         if let Err(e) = write_variant(&bytes, &io, c, &path) {
             warn!(variant = c.name, error = %e, "model rewrite skipped");
             continue;
@@ -183,11 +228,27 @@ pub fn load_best(
         Some(x) => x,
         None => (reference, original),
     };
-    DECIDED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get_or_insert_with(HashMap::new)
-        .insert(key, choice.clone());
+    // First decision wins: written whole under a temporary name, then hard-linked into place
+    // (fails if another process got there first, whose decision is then adopted).
+    let tmp = decision.with_extension(format!("tmp{}", std::process::id()));
+    let text = format!(
+        "{}\n{}\n",
+        choice.variant,
+        choice.psnr_db.map(|p| p.to_string()).unwrap_or_default()
+    );
+    let linked = std::fs::create_dir_all(cache_dir)
+        .and_then(|_| std::fs::write(&tmp, text))
+        .and_then(|_| std::fs::hard_link(&tmp, &decision));
+    let _ = std::fs::remove_file(&tmp);
+    if linked.is_err() {
+        if let Some(theirs) = recorded(&decision).filter(|t| t.variant != choice.variant) {
+            info!(ours = %choice.variant, theirs = %theirs.variant, "another process decided first; using its model variant");
+            let s = Stylizer::load_on(env, cfg, threads, device, &theirs.path)?;
+            remember(&theirs);
+            return Ok((s, theirs));
+        }
+    }
+    remember(&choice);
     Ok((stylizer, choice))
 }
 
