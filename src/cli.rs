@@ -34,6 +34,9 @@ pub enum Command {
         /// GPUs to use with --device cuda: all, or a list such as 0,2 (overrides worker.gpus).
         #[arg(long)]
         gpus: Option<String>,
+        /// This worker's id as the coordinator knows it (overrides worker.worker_id).
+        #[arg(long)]
+        worker_id: Option<String>,
     },
     /// Submit a job to a running coordinator and print its id.
     Submit(SubmitArgs),

@@ -290,10 +290,14 @@ pub fn worker(
     coordinator: Option<String>,
     device: Option<String>,
     gpus: Option<String>,
+    id: Option<String>,
 ) -> Result<ExitCode> {
     let mut cfg = load_config(Some(config), "")?;
     if let Some(u) = coordinator {
         cfg.worker.coordinator_url = u;
+    }
+    if let Some(id) = id {
+        cfg.worker.worker_id = id;
     }
     override_device(&mut cfg.worker, device, gpus)?;
     // One pipeline on a CPU (using every core); pipelines_per_gpu on each GPU, each pipeline a

@@ -284,6 +284,11 @@ fn viewer_token_guards_the_api_and_open_binds_need_one() {
     assert_eq!(get(&format!("{jobs}?token=s3cret-viewer"), None).0, 200);
     assert_eq!(get(&format!("{api}/metrics"), None).0, 401);
     assert_eq!(get(&format!("{api}/metrics"), Some("s3cret-viewer")).0, 200);
+    let scaler = format!("{api}/api/v1/autoscaler");
+    assert_eq!(get(&scaler, None).0, 401);
+    let (status, body) = get(&scaler, Some("s3cret-viewer"));
+    assert_eq!(status, 200);
+    assert!(body.contains("\"enabled\":false"), "off by default: {body}");
     assert_eq!(get(&format!("{api}/healthz"), None).0, 200);
     assert_eq!(get(&format!("{api}/"), None).0, 200);
     let log = std::fs::read_to_string(d.path().join("coordinator-0.log")).unwrap();

@@ -69,6 +69,52 @@ pub struct CoordinatorConfig {
     pub viewer_token_file: PathBuf,
     /// What the coordinator accepts: queue size and input media bounds.
     pub limits: Limits,
+    /// Starts and stops workers to follow the queue (off by default).
+    pub autoscaler: AutoscalerConfig,
+}
+
+/// The autoscaler: how many workers the queue needs, and how they are started and stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AutoscalerConfig {
+    /// Off by default: the coordinator then only uses the workers that come to it.
+    pub enabled: bool,
+    /// Where workers are started: "local" (`framewise worker` processes on this machine).
+    pub backend: String,
+    /// Workers kept even when nothing is queued.
+    pub min_workers: u32,
+    /// Most workers started at once.
+    pub max_workers: u32,
+    /// The queue should be done in about this many seconds: desired workers =
+    /// ceil(frames left / (frames/s per worker x target_seconds)), within min and max.
+    pub target_seconds: f64,
+    /// A worker is stopped only after this long without need for it (and never while it holds a lease).
+    pub idle_cooldown_ms: u64,
+    /// How often the autoscaler looks at the queue.
+    pub interval_ms: u64,
+    /// The worker config file the started workers load (`framewise worker -c FILE`).
+    pub worker_config: PathBuf,
+    /// The framewise binary that runs the workers; "" = the coordinator's own executable.
+    pub framewise_bin: PathBuf,
+    /// Frames/s one worker does, used until a worker has measured its real rate.
+    pub per_worker_fps_estimate: f64,
+}
+
+impl Default for AutoscalerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            backend: "local".into(),
+            min_workers: 0,
+            max_workers: 4,
+            target_seconds: 60.0,
+            idle_cooldown_ms: 60_000,
+            interval_ms: 2_000,
+            worker_config: PathBuf::from("config/worker.toml"),
+            framewise_bin: PathBuf::new(),
+            per_worker_fps_estimate: 5.0,
+        }
+    }
 }
 
 /// Bounds on what is accepted, so one oversized or hostile input cannot take the cluster.
@@ -118,6 +164,7 @@ impl Default for CoordinatorConfig {
             viewer_token: String::new(),
             viewer_token_file: PathBuf::new(),
             limits: Limits::default(),
+            autoscaler: AutoscalerConfig::default(),
         }
     }
 }
@@ -341,6 +388,52 @@ impl Config {
                 format!("must be > 0, got {}", c.segment_seconds),
             );
         }
+        let a = &c.autoscaler;
+        if a.backend != "local" {
+            return err(
+                "coordinator.autoscaler.backend",
+                format!("{:?} is not one of local", a.backend),
+            );
+        }
+        if a.max_workers == 0 || a.max_workers > 1000 {
+            return err(
+                "coordinator.autoscaler.max_workers",
+                format!("must be 1 to 1000, got {}", a.max_workers),
+            );
+        }
+        if a.min_workers > a.max_workers {
+            return err(
+                "coordinator.autoscaler.min_workers",
+                format!(
+                    "must be at most max_workers ({}), got {}",
+                    a.max_workers, a.min_workers
+                ),
+            );
+        }
+        if !(a.target_seconds.is_finite() && a.target_seconds > 0.0) {
+            return err(
+                "coordinator.autoscaler.target_seconds",
+                format!("must be > 0, got {}", a.target_seconds),
+            );
+        }
+        if a.interval_ms < 100 {
+            return err(
+                "coordinator.autoscaler.interval_ms",
+                format!("must be at least 100, got {}", a.interval_ms),
+            );
+        }
+        if !(a.per_worker_fps_estimate.is_finite() && a.per_worker_fps_estimate > 0.0) {
+            return err(
+                "coordinator.autoscaler.per_worker_fps_estimate",
+                format!("must be > 0, got {}", a.per_worker_fps_estimate),
+            );
+        }
+        if a.enabled && a.worker_config.as_os_str().is_empty() {
+            return err(
+                "coordinator.autoscaler.worker_config",
+                "must name the worker config file the started workers load".into(),
+            );
+        }
         let w = &self.worker;
         if w.preemption_poll_ms < 100 {
             return err(
@@ -473,6 +566,24 @@ mod tests {
         let (_d, p) = write("[coordinator]\nmax_attempts = \"three\"\n");
         let e = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("max_attempts"), "{e}");
+        let (_d, p) = write("[coordinator.autoscaler]\nmin_workers = 5\nmax_workers = 3\n");
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(
+            e.contains("coordinator.autoscaler.min_workers") && e.contains("max_workers (3)"),
+            "{e}"
+        );
+        let (_d, p) = write("[coordinator.autoscaler]\nbackend = \"k8s\"\n");
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("coordinator.autoscaler.backend"), "{e}");
+        let (_d, p) = write("[coordinator.autoscaler]\ntarget_secs = 5\n");
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("target_secs"), "{e}");
+        let (_d, p) = write("[coordinator.autoscaler]\nper_worker_fps_estimate = 0.0\n");
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(
+            e.contains("coordinator.autoscaler.per_worker_fps_estimate"),
+            "{e}"
+        );
         let e = Config::load(Some(Path::new("/nope/x.toml")))
             .unwrap_err()
             .to_string();

@@ -62,6 +62,8 @@ pub struct JobManager {
     dirty: bool,
     /// Queue of replies waiting for the next flush.
     flusher: std::sync::mpsc::Sender<FlushWaiter>,
+    /// Workers the autoscaler is stopping: they get no new lease (until they register again).
+    drained: std::collections::HashSet<String>,
 }
 
 type FlushWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
@@ -116,6 +118,7 @@ impl JobManager {
             overview,
             dirty: false,
             flusher,
+            drained: Default::default(),
         })
     }
 
@@ -270,6 +273,20 @@ impl JobManager {
         })
     }
 
+    /// Leases (primary and speculative) of jobs still active. A lease of a cancelled or failed
+    /// job is dead: its worker learns so at its next heartbeat and takes other work.
+    fn live_leases(&self) -> impl Iterator<Item = &crate::model::Lease> {
+        self.state
+            .leased_tasks()
+            .filter(|t| {
+                self.state
+                    .jobs
+                    .get(&t.job_id)
+                    .is_some_and(|j| !j.state.is_terminal())
+            })
+            .flat_map(|t| t.lease.iter().chain(t.spec.iter()))
+    }
+
     fn view(&self, id: &str) -> Result<JobView, CoordError> {
         let job = self
             .state
@@ -415,6 +432,7 @@ impl Handler<Register> for JobManager {
         if let Err(e) = self.store.put_worker(&m.worker_id, &m.info) {
             warn!(worker_id = %m.worker_id, error = %e, "could not persist the worker");
         }
+        self.drained.remove(&m.worker_id);
         self.workers.info.insert(m.worker_id, m.info);
     }
 }
@@ -432,6 +450,10 @@ impl Handler<LeaseTask> for JobManager {
         let r = (|| -> Result<Option<Grant>, CoordError> {
             let now = now_ms();
             self.touch(&m.worker_id, now);
+            if self.drained.contains(&m.worker_id) {
+                // Being stopped by the autoscaler: it must not take work it would then abandon.
+                return Ok(None);
+            }
             let lease_id = format!("lease-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
             match self.state.lease(&m.worker_id, lease_id, now, &self.rules) {
                 Some((grant, ch)) => {
@@ -655,5 +677,151 @@ impl Handler<RefreshGauges> for JobManager {
     type Result = ();
     fn handle(&mut self, _: RefreshGauges, _: &mut Context<Self>) {
         let _ = self.refresh_gauges(now_ms());
+    }
+}
+
+/// What the autoscaler needs to know about the queue and the workers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScaleFacts {
+    /// Jobs queued or running.
+    pub active_jobs: usize,
+    /// Frames of active jobs not yet done (jobs not yet probed count 0).
+    pub frames_left: u64,
+    /// Workers holding a lease (primary or speculative), with their smoothed frames/s (0 = not
+    /// measured yet, e.g. a probe or the first heartbeats of a segment).
+    pub lease_holders: std::collections::BTreeMap<String, f64>,
+}
+
+/// The queue and the lease holders, for the autoscaler.
+#[derive(Message)]
+#[rtype(result = "ScaleFacts")]
+pub struct GetScaleFacts;
+
+impl Handler<GetScaleFacts> for JobManager {
+    type Result = MessageResult<GetScaleFacts>;
+    fn handle(&mut self, _: GetScaleFacts, _: &mut Context<Self>) -> Self::Result {
+        let mut f = ScaleFacts::default();
+        for job in self.state.jobs.values().filter(|j| !j.state.is_terminal()) {
+            f.active_jobs += 1;
+            let total = views::frames_total(job);
+            f.frames_left += total - self.state.frames_done(&job.id).min(total);
+        }
+        for l in self.live_leases() {
+            let fps = self
+                .workers
+                .stats
+                .get(&l.worker_id)
+                .map(|s| s.fps)
+                .unwrap_or(0.0);
+            f.lease_holders.insert(l.worker_id.clone(), fps);
+        }
+        MessageResult(f)
+    }
+}
+
+/// The autoscaler wants to stop these workers (backend ids; a multi-pipeline worker's pipelines
+/// register as `ID-N`): those holding no lease are barred from new leases and returned, so
+/// stopping them loses nothing; the others keep working and are not stopped.
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct DrainWorkers(pub Vec<String>);
+
+impl Handler<DrainWorkers> for JobManager {
+    type Result = MessageResult<DrainWorkers>;
+    fn handle(&mut self, m: DrainWorkers, _: &mut Context<Self>) -> Self::Result {
+        use crate::autoscaler::belongs;
+        let holders: Vec<String> = self.live_leases().map(|l| l.worker_id.clone()).collect();
+        let mut idle = Vec::new();
+        for base in m.0 {
+            if holders.iter().any(|h| belongs(h, &base)) {
+                info!(worker_id = %base, "not stopping the worker: it took a lease meanwhile");
+                continue;
+            }
+            let pipelines: Vec<String> = self
+                .workers
+                .info
+                .keys()
+                .filter(|id| belongs(id, &base))
+                .cloned()
+                .collect();
+            self.drained.extend(pipelines);
+            self.drained.insert(base.clone());
+            idle.push(base);
+        }
+        MessageResult(idle)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::scheduler::tests::rules;
+
+    pub(crate) fn submit(key: &str) -> Submit {
+        Submit {
+            input_url: format!("/in/{key}.mp4"),
+            output_url: format!("/out/{key}.mp4"),
+            params: Params {
+                style_weights: vec![1.0],
+                segment_seconds: 1.0,
+                max_size: 0,
+                crf: 20,
+            },
+            idempotency_key: key.into(),
+        }
+    }
+
+    pub(crate) fn register(id: &str) -> Register {
+        Register {
+            worker_id: id.into(),
+            info: WorkerInfo {
+                hostname: "h".into(),
+                gpu: false,
+                threads: 1,
+                last_seen_ms: now_ms(),
+                model_fps: 0.0,
+            },
+        }
+    }
+
+    /// A JobManager over a fresh store in `dir` (start it inside an actix System).
+    pub(crate) fn manager(dir: &std::path::Path, metrics: Metrics) -> JobManager {
+        let store = Store::open(&dir.join("state")).unwrap();
+        let (tx, _) = tokio::sync::watch::channel::<Arc<str>>("".into());
+        JobManager::new(store, rules(), metrics, Arc::new(tx)).unwrap()
+    }
+
+    #[test]
+    fn drained_workers_get_no_lease_and_lease_holders_are_not_drained() {
+        let d = tempfile::tempdir().unwrap();
+        let m = manager(d.path(), Metrics::new());
+        actix::System::new().block_on(async move {
+            let m = m.start();
+            for w in ["auto-1", "auto-2", "auto-2-1"] {
+                m.send(register(w)).await.unwrap();
+            }
+            // Two jobs, so two probes are pending; auto-1 takes one.
+            m.send(submit("a")).await.unwrap().unwrap();
+            m.send(submit("b")).await.unwrap().unwrap();
+            let lease = |w: &str| LeaseTask {
+                worker_id: w.into(),
+            };
+            assert!(m.send(lease("auto-1")).await.unwrap().unwrap().is_some());
+            let f = m.send(GetScaleFacts).await.unwrap();
+            assert_eq!((f.active_jobs, f.frames_left), (2, 0));
+            assert_eq!(f.lease_holders.keys().collect::<Vec<_>>(), ["auto-1"]);
+            // auto-1 holds a lease: kept. auto-2 (and its pipeline auto-2-1) are barred from leases.
+            let drained = m
+                .send(DrainWorkers(vec!["auto-1".into(), "auto-2".into()]))
+                .await
+                .unwrap();
+            assert_eq!(drained, ["auto-2"]);
+            assert!(m.send(lease("auto-2")).await.unwrap().unwrap().is_none());
+            assert!(m.send(lease("auto-2-1")).await.unwrap().unwrap().is_none());
+            // A new process registering under the id may work again.
+            m.send(register("auto-2")).await.unwrap();
+            assert!(m.send(lease("auto-2")).await.unwrap().unwrap().is_some());
+            actix::System::current().stop();
+        });
     }
 }

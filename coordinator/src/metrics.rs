@@ -2,8 +2,8 @@
 //! JobManager refreshes every tick, rendered in the text format at /metrics.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every metric the coordinator exports, registered in its own registry.
@@ -21,6 +21,11 @@ pub struct Metrics {
     pub frames_per_second: Gauge,
     pub queue_frames: IntGauge,
     pub lease_latency: Histogram,
+    /// Workers the autoscaler wants now, and the live ones its backend runs.
+    pub autoscaler_desired: IntGauge,
+    pub autoscaler_current: IntGauge,
+    /// Autoscaler decisions by direction (up, down, hold), one per look at the queue.
+    pub autoscaler_decisions: IntCounterVec,
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -81,6 +86,24 @@ impl Metrics {
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
             ]),
         ));
+        let autoscaler_desired = must(IntGauge::new(
+            "framewise_autoscaler_desired_workers",
+            "Workers the autoscaler wants for the current queue",
+        ));
+        let autoscaler_current = must(IntGauge::new(
+            "framewise_autoscaler_current_workers",
+            "Live workers the autoscaler's backend runs (draining ones excluded)",
+        ));
+        let autoscaler_decisions = must(IntCounterVec::new(
+            Opts::new(
+                "framewise_autoscaler_decisions_total",
+                "Autoscaler decisions by direction",
+            ),
+            &["direction"],
+        ));
+        for d in ["up", "down", "hold"] {
+            autoscaler_decisions.with_label_values(&[d]);
+        }
         for c in [
             Box::new(jobs.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(tasks.clone()),
@@ -93,6 +116,9 @@ impl Metrics {
             Box::new(frames_per_second.clone()),
             Box::new(queue_frames.clone()),
             Box::new(lease_latency.clone()),
+            Box::new(autoscaler_desired.clone()),
+            Box::new(autoscaler_current.clone()),
+            Box::new(autoscaler_decisions.clone()),
         ] {
             must(registry.register(c));
         }
@@ -109,6 +135,9 @@ impl Metrics {
             frames_per_second,
             queue_frames,
             lease_latency,
+            autoscaler_desired,
+            autoscaler_current,
+            autoscaler_decisions,
         }
     }
 
@@ -145,6 +174,9 @@ mod tests {
             "framewise_lease_latency_seconds_bucket{le=\"0.005\"} 1",
             "framewise_queue_frames 0",
             "framewise_wasted_frames_total 0",
+            "framewise_autoscaler_desired_workers 0",
+            "framewise_autoscaler_current_workers 0",
+            "framewise_autoscaler_decisions_total{direction=\"up\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

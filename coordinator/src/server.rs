@@ -2,6 +2,7 @@
 //! dashboard/API) on its own thread, tonic on a tokio runtime on another, all
 //! stopped by one handle.
 
+use crate::autoscaler::{self, Autoscaler};
 use crate::grpc::Services;
 use crate::manager::JobManager;
 use crate::metrics::Metrics;
@@ -95,6 +96,18 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
     };
     let token = viewer_token(cfg)?;
     let (http_for_actors, http_addr) = bind_http(cfg, token.is_some())?.unzip();
+    // Bound before the actors start: the autoscaler passes the real address to its workers.
+    let listener = std::net::TcpListener::bind(&cfg.grpc_addr).map_err(|e| StartError::Bind {
+        addr: cfg.grpc_addr.clone(),
+        detail: e.to_string(),
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| StartError::Internal(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Internal(e.to_string()))?;
+    let scale_backend = scale_backend(cfg, addr)?;
     let metrics = Metrics::new();
     let (overview_tx, _) = tokio::sync::watch::channel::<std::sync::Arc<str>>("".into());
     let overview_tx = std::sync::Arc::new(overview_tx);
@@ -111,12 +124,19 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Started>();
     let web_metrics = metrics.clone();
     let logs_dir = cfg.logs_dir.clone();
+    let scale_config = cfg.autoscaler.clone();
     let actors = std::thread::Builder::new()
         .name("fw-actors".into())
         .spawn(move || {
             let sys = actix::System::new();
-            let started = sys.block_on(async move {
+            // The autoscaler's address lives as long as the system (the dashboard may hold none).
+            let mut scaler_addr = None;
+            let started = sys.block_on(async {
                 let addr = manager.start();
+                let scaler = scale_backend.map(|b| {
+                    Autoscaler::new(scale_config.clone(), b, addr.clone(), web_metrics.clone())
+                        .start()
+                });
                 let handle = match http_for_actors {
                     Some(l) => {
                         let state = WebState {
@@ -125,6 +145,8 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
                             overview: overview_tx,
                             token,
                             logs_dir,
+                            autoscaler: scaler.clone(),
+                            autoscaler_config: scale_config,
                         };
                         let srv = web::serve(l, state).map_err(|e| e.to_string())?;
                         let h = srv.handle();
@@ -133,6 +155,7 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
                     }
                     None => None,
                 };
+                scaler_addr = scaler;
                 Ok((addr, actix::System::current(), handle))
             });
             let ok = started.is_ok();
@@ -140,6 +163,7 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
             if ok {
                 let _ = sys.run();
             }
+            drop(scaler_addr);
         })
         .map_err(|e| StartError::Internal(e.to_string()))?;
     let (manager_addr, system, http_handle) = addr_rx
@@ -147,17 +171,6 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
         .map_err(|_| StartError::Internal("actor system did not start".into()))?
         .map_err(|e| StartError::Internal(format!("HTTP server: {e}")))?;
     let http = http_addr.zip(http_handle);
-
-    let listener = std::net::TcpListener::bind(&cfg.grpc_addr).map_err(|e| StartError::Bind {
-        addr: cfg.grpc_addr.clone(),
-        detail: e.to_string(),
-    })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| StartError::Internal(e.to_string()))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Internal(e.to_string()))?;
     let services = Services {
         manager: manager_addr,
         metrics,
@@ -208,6 +221,67 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
         system,
         threads: vec![grpc, actors],
     })
+}
+
+/// The autoscaler's backend, if it is enabled: checks the worker config and the binary now, so
+/// a mistake fails the start naming the key instead of failing every worker later.
+fn scale_backend(
+    cfg: &CoordinatorConfig,
+    grpc: SocketAddr,
+) -> Result<Option<Box<dyn autoscaler::ScaleBackend + Send>>, StartError> {
+    let a = &cfg.autoscaler;
+    if !a.enabled {
+        return Ok(None);
+    }
+    let absolute = |p: &std::path::Path| {
+        if p.is_absolute() {
+            Ok(p.to_path_buf())
+        } else {
+            std::env::current_dir()
+                .map(|d| d.join(p))
+                .map_err(|e| StartError::Internal(e.to_string()))
+        }
+    };
+    let worker_config = absolute(&a.worker_config)?;
+    if !worker_config.is_file() {
+        return Err(StartError::Config(format!(
+            "coordinator.autoscaler.worker_config: {} does not exist",
+            worker_config.display()
+        )));
+    }
+    let bin = if a.framewise_bin.as_os_str().is_empty() {
+        std::env::current_exe().map_err(|e| {
+            StartError::Config(format!(
+                "coordinator.autoscaler.framewise_bin: cannot find this executable ({e}); set the path"
+            ))
+        })?
+    } else {
+        absolute(&a.framewise_bin)?
+    };
+    if !bin.is_file() {
+        return Err(StartError::Config(format!(
+            "coordinator.autoscaler.framewise_bin: {} does not exist",
+            bin.display()
+        )));
+    }
+    // Workers on this machine reach a wildcard address through loopback.
+    let ip = match grpc.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        }
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => {
+            std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        }
+        ip => ip,
+    };
+    let url = format!("http://{}", SocketAddr::new(ip, grpc.port()));
+    info!(backend = %a.backend, bin = %bin.display(), worker_config = %worker_config.display(), %url, "autoscaler enabled");
+    Ok(Some(Box::new(autoscaler::local::Local::new(
+        bin,
+        worker_config,
+        url,
+        cfg.logs_dir.join("autoscaler"),
+    ))))
 }
 
 /// The viewer token from `viewer_token` or `viewer_token_file` (never logged).

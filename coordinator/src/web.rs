@@ -30,6 +30,9 @@ pub struct WebState {
     pub token: Option<Arc<str>>,
     /// Where workers write task attempt logs.
     pub logs_dir: std::path::PathBuf,
+    /// The autoscaler, when enabled, and its config (shown when it is not).
+    pub autoscaler: Option<Addr<crate::autoscaler::Autoscaler>>,
+    pub autoscaler_config: framewise_common::config::AutoscalerConfig,
 }
 
 /// Compares without an early exit, so response time does not reveal how much of a guess matched.
@@ -271,6 +274,20 @@ async fn workers(state: web::Data<WebState>, req: HttpRequest) -> HttpResponse {
     HttpResponse::Ok().json(v)
 }
 
+/// The autoscaler: its settings, its workers and its last decisions with their reasons.
+async fn autoscaler(state: web::Data<WebState>, req: HttpRequest) -> HttpResponse {
+    let v = match &state.autoscaler {
+        Some(a) => guarded!(state, req, a.send(crate::autoscaler::GetStatus)),
+        None => {
+            if let Some(denied) = check(&state, &req) {
+                return denied;
+            }
+            crate::autoscaler::AutoscalerView::disabled(&state.autoscaler_config)
+        }
+    };
+    HttpResponse::Ok().json(v)
+}
+
 fn sse(json: &str) -> Bytes {
     Bytes::from(format!("event: overview\ndata: {json}\n\n"))
 }
@@ -318,7 +335,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::get().to(task_log),
         )
         .route("/api/v1/jobs/{id}/cancel", web::post().to(cancel))
-        .route("/api/v1/workers", web::get().to(workers));
+        .route("/api/v1/workers", web::get().to(workers))
+        .route("/api/v1/autoscaler", web::get().to(autoscaler));
 }
 
 /// Answers unknown paths with a JSON 404 naming the path.
@@ -378,6 +396,7 @@ mod tests {
             "/api/v1/jobs/{id}/tasks/{index}/log",
             "/api/v1/jobs/{id}/cancel",
             "/api/v1/workers",
+            "/api/v1/autoscaler",
             "/api/v1/openapi.json",
             "/metrics",
             "/healthz",
