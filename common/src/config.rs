@@ -98,6 +98,41 @@ pub struct AutoscalerConfig {
     pub framewise_bin: PathBuf,
     /// Frames/s one worker does, used until a worker has measured its real rate.
     pub per_worker_fps_estimate: f64,
+    /// The scale set the `azure-vmss` backend drives.
+    pub azure: AzureScaleSetConfig,
+}
+
+/// An Azure VM scale set of framewise workers (deploy/azure/azuredeploy.json makes one).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AzureScaleSetConfig {
+    /// Azure Resource Manager's endpoint.
+    pub arm_endpoint: String,
+    pub subscription_id: String,
+    pub resource_group: String,
+    /// The scale set's name; its instances' VM names (`<name>_<id>`) are the workers' ids.
+    pub scale_set: String,
+    /// ARM API version for Microsoft.Compute/virtualMachineScaleSets.
+    pub api_version: String,
+    /// The managed identity token endpoint (used unless AZURE_TENANT_ID, AZURE_CLIENT_ID and
+    /// AZURE_CLIENT_SECRET name a service principal).
+    pub imds_token_url: String,
+    /// Microsoft Entra ID's endpoint for service principal tokens.
+    pub authority: String,
+}
+
+impl Default for AzureScaleSetConfig {
+    fn default() -> Self {
+        Self {
+            arm_endpoint: "https://management.azure.com".into(),
+            subscription_id: String::new(),
+            resource_group: String::new(),
+            scale_set: String::new(),
+            api_version: "2024-07-01".into(),
+            imds_token_url: "http://169.254.169.254/metadata/identity/oauth2/token".into(),
+            authority: "https://login.microsoftonline.com".into(),
+        }
+    }
 }
 
 impl Default for AutoscalerConfig {
@@ -113,6 +148,7 @@ impl Default for AutoscalerConfig {
             worker_config: PathBuf::from("config/worker.toml"),
             framewise_bin: PathBuf::new(),
             per_worker_fps_estimate: 5.0,
+            azure: AzureScaleSetConfig::default(),
         }
     }
 }
@@ -389,11 +425,30 @@ impl Config {
             );
         }
         let a = &c.autoscaler;
-        if a.backend != "local" {
+        if a.backend != "local" && a.backend != "azure-vmss" {
             return err(
                 "coordinator.autoscaler.backend",
-                format!("{:?} is not one of local", a.backend),
+                format!("{:?} is not one of local, azure-vmss", a.backend),
             );
+        }
+        if a.enabled && a.backend == "azure-vmss" {
+            for (key, v) in [
+                ("subscription_id", &a.azure.subscription_id),
+                ("resource_group", &a.azure.resource_group),
+                ("scale_set", &a.azure.scale_set),
+            ] {
+                if v.trim().is_empty() {
+                    return Err(ConfigError::Value {
+                        file: file.to_string(),
+                        key: match key {
+                            "subscription_id" => "coordinator.autoscaler.azure.subscription_id",
+                            "resource_group" => "coordinator.autoscaler.azure.resource_group",
+                            _ => "coordinator.autoscaler.azure.scale_set",
+                        },
+                        why: "must be set for backend \"azure-vmss\"".into(),
+                    });
+                }
+            }
         }
         if a.max_workers == 0 || a.max_workers > 1000 {
             return err(
@@ -572,6 +627,11 @@ mod tests {
             e.contains("coordinator.autoscaler.min_workers") && e.contains("max_workers (3)"),
             "{e}"
         );
+        let (_d, p) = write(
+            "[coordinator.autoscaler]\nenabled = true\nbackend = \"azure-vmss\"\n[coordinator.autoscaler.azure]\nsubscription_id = \"s\"\nresource_group = \"rg\"\n",
+        );
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("coordinator.autoscaler.azure.scale_set"), "{e}");
         let (_d, p) = write("[coordinator.autoscaler]\nbackend = \"k8s\"\n");
         let e = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("coordinator.autoscaler.backend"), "{e}");

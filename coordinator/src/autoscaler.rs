@@ -9,6 +9,7 @@
 //! kept in a ring of the last [`RING`] (GET /api/v1/autoscaler) and counted in /metrics.
 
 pub mod local;
+pub mod vmss;
 
 use crate::manager::{self, JobManager, ScaleFacts};
 use crate::metrics::Metrics;

@@ -634,14 +634,34 @@ impl State {
         now: u64,
     ) -> (bool, u64, Changes) {
         let mut ch = Changes::default();
+        // A file a committed chunk refers to is never collected: a worker that retries a
+        // CompleteChunk whose answer it lost (say, across a coordinator restart) sends the
+        // same path again, and refusing it must not delete the committed frames (found by
+        // the chaos test: assembly then failed on a missing chunk).
+        let committed_elsewhere = self
+            .tasks
+            .values()
+            .any(|t| t.chunks.iter().any(|c| c.url == url));
         let Some((key, slot)) = self.current_slot(lease_id, epoch) else {
-            ch.garbage.push(url);
+            if !committed_elsewhere {
+                ch.garbage.push(url);
+            }
             return (false, 0, ch);
         };
         let range_end = self.lease_end(&key);
         let Some(t) = self.tasks.get_mut(&key) else {
             return (false, 0, ch);
         };
+        if t.chunks
+            .iter()
+            .any(|c| c.start == start && c.end == end && c.url == url)
+        {
+            // The same chunk again: already committed, so accepted (idempotent).
+            return (true, range_end, ch);
+        }
+        if committed_elsewhere {
+            return (false, range_end, ch);
+        }
         let racing = t.spec.is_some();
         let committed = t.committed_until();
         if racing && start < committed && end > start {
@@ -1348,6 +1368,29 @@ pub(crate) mod tests {
         assert!(run_chunks(&mut s, &g2, 5).iter().all(|ok| *ok));
         assert_eq!(s.jobs[&id].state, JobState::Assembling);
         assert_eq!(s.frames_done(&id), 20);
+    }
+
+    #[test]
+    fn a_retried_commit_never_deletes_a_committed_chunk() {
+        let (mut s, r) = (State::default(), rules());
+        probed(&mut s, 20, 10.0);
+        let (g, _) = s.lease("w1", "l1".into(), 2, &r).unwrap();
+        assert!(
+            s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/a".into(), 0)
+                .0
+        );
+        // The same chunk again (its answer was lost): accepted, nothing collected.
+        let (ok, _, ch) = s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/a".into(), 0);
+        assert!(ok, "idempotent");
+        assert!(ch.garbage.is_empty(), "{:?}", ch.garbage);
+        // After the lease is lost, the old attempt retries it once more: refused (fenced),
+        // and still not deleted, since the task's committed frames live in that file.
+        s.expire(5000, &r);
+        let (_g2, _) = s.lease("w2", "l2".into(), 5001, &r).unwrap();
+        let (ok, _, ch) = s.commit_chunk("l1", g.epoch, (0, 5), "file:///w/a".into(), 0);
+        assert!(!ok, "fenced");
+        assert!(ch.garbage.is_empty(), "{:?}", ch.garbage);
+        assert_eq!(s.chunks_in_order(&g.job_id).len(), 1);
     }
 
     #[test]

@@ -131,11 +131,17 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
             let sys = actix::System::new();
             // The autoscaler's address lives as long as the system (the dashboard may hold none).
             let mut scaler_addr = None;
+            // The autoscaler runs on its own arbiter (thread): a backend call that blocks (ARM
+            // over HTTPS) never holds up the JobManager's lease handling.
+            let scaler_arbiter = actix::Arbiter::new();
             let started = sys.block_on(async {
                 let addr = manager.start();
                 let scaler = scale_backend.map(|b| {
-                    Autoscaler::new(scale_config.clone(), b, addr.clone(), web_metrics.clone())
-                        .start()
+                    let (cfg, manager, metrics) =
+                        (scale_config.clone(), addr.clone(), web_metrics.clone());
+                    Autoscaler::start_in_arbiter(&scaler_arbiter.handle(), move |_| {
+                        Autoscaler::new(cfg, b, manager, metrics)
+                    })
                 });
                 let handle = match http_for_actors {
                     Some(l) => {
@@ -164,6 +170,8 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
                 let _ = sys.run();
             }
             drop(scaler_addr);
+            scaler_arbiter.stop();
+            let _ = scaler_arbiter.join();
         })
         .map_err(|e| StartError::Internal(e.to_string()))?;
     let (manager_addr, system, http_handle) = addr_rx
@@ -232,6 +240,10 @@ fn scale_backend(
     let a = &cfg.autoscaler;
     if !a.enabled {
         return Ok(None);
+    }
+    if a.backend == "azure-vmss" {
+        info!(backend = %a.backend, scale_set = %a.azure.scale_set, resource_group = %a.azure.resource_group, "autoscaler enabled");
+        return Ok(Some(Box::new(autoscaler::vmss::Vmss::new(a.azure.clone()))));
     }
     let absolute = |p: &std::path::Path| {
         if p.is_absolute() {
