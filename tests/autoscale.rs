@@ -261,6 +261,24 @@ fn autoscaler_starts_replaces_and_stops_local_workers() {
     // Stopped by Ctrl-C, the workers exited cleanly.
     let log = std::fs::read_to_string(d.path().join("coordinator-0.log")).unwrap();
     assert!(log.contains("autoscaled worker stopped"), "{log}");
+    // The dashboard shows the autoscaler with its decisions, newest first, in a real browser.
+    let mut b = common::browser::Browser::open(&format!("{}/", cl.http_url()));
+    b.wait_until(
+        "document.querySelector('#autoscaler tr[data-direction=\"down\"]')",
+        30,
+    );
+    let text = b.eval("document.getElementById('autoscaler').textContent");
+    let text = text.as_str().unwrap_or_default();
+    assert!(
+        text.contains("Autoscaler") && text.contains("nothing queued"),
+        "{text}"
+    );
+    let errors = b.eval("document.getElementById('js-errors').textContent");
+    assert_eq!(
+        errors.as_str().unwrap_or_default().trim(),
+        "",
+        "JavaScript errors"
+    );
     drop(procs);
 }
 

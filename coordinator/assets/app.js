@@ -195,12 +195,29 @@ function throughputChartHtml(samples, now) {
     `<title>Throughput: ${cur.toFixed(1)} frames/s now, axis max ${ymax}</title>${g}${body}</svg>`;
 }
 
-function overviewHtml(ov, now) {
+// The autoscaler's state and its latest decisions, newest first (only when it is enabled).
+function autoscalerHtml(a, now) {
+  if (!isObj(a) || !a.enabled) return '';
+  const ds = Array.isArray(a.decisions) ? a.decisions.filter(isObj).slice(-8).reverse() : [];
+  const rows = ds.length ? ds.map((d) =>
+    `<tr data-direction="${esc(d.direction)}"><td>${esc(fmtAgo(num(d.last_ms || d.at_ms), now))}</td>` +
+    `<td>${badge(d.direction)}</td><td class="num">${int(d.current)} → ${int(d.desired)}</td>` +
+    `<td>${esc(d.last_reason || d.reason)}${num(d.looks) > 1 ? ` <span class="muted">(×${int(d.looks)})</span>` : ''}</td></tr>`).join('')
+    : '<tr class="empty"><td colspan="4">No decision yet</td></tr>';
+  return `<section class="card" id="autoscaler"><h2>Autoscaler <span class="muted">` +
+    `${int(a.current)} running, ${int(a.desired)} wanted, ${fmtRate(a.per_worker_fps)} frames/s per worker (${esc(a.rate_source)}), ` +
+    `${int(a.started_total)} started, ${int(a.died_total)} died</span></h2>` +
+    `<div class="scroll"><table class="grid"><thead><tr><th>When</th><th>Decision</th><th class="num">Workers</th><th>Why</th></tr></thead>` +
+    `<tbody>${rows}</tbody></table></div></section>`;
+}
+
+function overviewHtml(ov, now, scaler) {
   ov = isObj(ov) ? ov : {};
   return `<section class="card"><h2>Throughput <span class="muted">frames/s, last 10 minutes</span></h2>` +
     `${throughputChartHtml(ov.throughput, now)}</section>` +
     `<section class="card"><h2>Jobs</h2><div class="scroll">${jobsTableHtml(ov.jobs, now)}</div></section>` +
-    `<section class="card"><h2>Workers</h2><div class="scroll">${workersTableHtml(ov.workers, now)}</div></section>`;
+    `<section class="card"><h2>Workers</h2><div class="scroll">${workersTableHtml(ov.workers, now)}</div></section>` +
+    autoscalerHtml(scaler, now);
 }
 
 // ---- job page ----
@@ -465,7 +482,7 @@ function init() {
         { error: S.jobFor === r.id ? S.jobErr : '', cancelMsg: S.cancelMsg, cancelling: S.cancelling }));
     } else {
       document.title = 'framewise';
-      patch($('app'), overviewHtml(ov, now));
+      patch($('app'), overviewHtml(ov, now, S.scaler));
     }
   }
 
@@ -559,16 +576,29 @@ function init() {
   if (TOKEN) { // plain links to token-guarded endpoints (e.g. /metrics) carry the token too
     for (const a of document.querySelectorAll('a[data-with-token]')) a.href = `${a.getAttribute('href')}?token=${encodeURIComponent(TOKEN)}`;
   }
+  // The autoscaler's decisions are not in the overview stream: polled, and only while enabled.
+  async function refreshScaler() {
+    if (S.scalerOff || route().page !== 'overview') return;
+    try {
+      const a = await api('/api/v1/autoscaler');
+      S.scaler = isObj(a) ? a : null;
+      if (S.scaler && !S.scaler.enabled) S.scalerOff = true;
+      render();
+    } catch (e) { console.warn('autoscaler:', e.message); }
+  }
+
   setConn(false);
   render();
   poll();
   connect();
+  refreshScaler();
   setInterval(() => { if (!S.live) poll(); }, 2000); // fallback while the stream is down
+  setInterval(refreshScaler, 3000);
 }
 
 if (typeof window !== 'undefined' && typeof document !== 'undefined') init();
 if (typeof module !== 'undefined' && module.exports) {
   module.exports = { esc, num, fmtDuration, fmtAgo, fmtTime, fileName, pct, workerColor, niceMax, taskCounts,
-    totalsHtml, jobsTableHtml, workersTableHtml, throughputChartHtml, overviewHtml, segmentMapHtml,
+    totalsHtml, jobsTableHtml, workersTableHtml, throughputChartHtml, overviewHtml, autoscalerHtml, segmentMapHtml,
     tasksTableHtml, failuresHtml, summaryHtml, jobPageHtml };
 }
