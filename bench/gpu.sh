@@ -80,5 +80,40 @@ for step in "${steps[@]}"; do case $step in
       done
     done
     ;;
+  fleet)
+    # Sustained throughput: a coordinator and one worker process per GPU count, several
+    # jobs queued at once (job start and assembly overlap with other jobs' segments).
+    jobs=${FW_JOBS:-4}
+    gpus=$(nvidia-smi -L | wc -l)
+    for g in $(seq 1 "$gpus"); do
+      d=$R/fleet-g$g; rm -rf "$d"; mkdir -p "$d"
+      port=$((51000 + g))
+      FRAMEWISE_COORDINATOR__GRPC_ADDR=127.0.0.1:$port FRAMEWISE_COORDINATOR__HTTP_ADDR=127.0.0.1:0 \
+        FRAMEWISE_COORDINATOR__DATA_DIR=$d/state FRAMEWISE_COORDINATOR__WORK_DIR=$d/work \
+        FRAMEWISE_COORDINATOR__LOGS_DIR=$d/logs FRAMEWISE_COORDINATOR__CHUNK_SECONDS=2 \
+        $fw coordinator -c config/coordinator.toml > "$d/coord.log" 2>&1 &
+      cpid=$!
+      sleep 1
+      CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((g - 1))) FRAMEWISE_WORKER__PIPELINES_PER_GPU=${FW_PIPELINES:-4} \
+        $fw worker -c config/worker.toml --coordinator http://127.0.0.1:$port --device cuda > "$d/worker.log" 2>&1 &
+      wpid=$!
+      for i in $(seq 1 60); do grep -q "worker registered" "$d/worker.log" 2>/dev/null && break; sleep 1; done
+      sleep 2
+      t0=$(date +%s.%N)
+      pids=()
+      for j in $(seq 1 "$jobs"); do
+        $fw submit "$clip" --out "$d/out$j.mp4" --segment-seconds 20 --wait \
+          --coordinator http://127.0.0.1:$port > "$d/submit$j.log" 2>&1 &
+        pids+=($!)
+      done
+      wait "${pids[@]}"
+      t1=$(date +%s.%N)
+      ok=$(grep -l "wrote\|succeeded\|Succeeded" "$d"/submit*.log | wc -l)
+      awk -v n=$((jobs * 3000)) -v a="$t0" -v b="$t1" -v g="$g" -v ok="$ok" -v j="$jobs" \
+        'BEGIN { printf "   fleet: %d GPU(s), %d jobs of 3000 frames (%d reported done): %.1f s, %.1f frames/s\n", g, j, ok, b - a, n / (b - a) }'
+      tail -1 "$d/submit1.log"
+      kill -INT $wpid; sleep 2; kill -TERM $cpid; wait $wpid $cpid 2>/dev/null
+    done
+    ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac; done
