@@ -276,14 +276,9 @@ impl JobManager {
     /// Leases (primary and speculative) of jobs still active. A lease of a cancelled or failed
     /// job is dead: its worker learns so at its next heartbeat and takes other work.
     fn live_leases(&self) -> impl Iterator<Item = &crate::model::Lease> {
+        // leased_tasks already leaves out the tasks of finished jobs.
         self.state
             .leased_tasks()
-            .filter(|t| {
-                self.state
-                    .jobs
-                    .get(&t.job_id)
-                    .is_some_and(|j| !j.state.is_terminal())
-            })
             .flat_map(|t| t.lease.iter().chain(t.spec.iter()))
     }
 

@@ -1054,9 +1054,18 @@ impl State {
             .count()
     }
 
-    /// Every task under a live lease (cheap: walks the lease index, not all tasks).
+    /// Every task under a live lease of a job still running (cheap: walks the lease index,
+    /// not all tasks). A cancelled or failed job's leases end at their worker's next heartbeat,
+    /// so its worker is not shown busy with it (found by the autoscaler work).
     pub fn leased_tasks(&self) -> impl Iterator<Item = &Task> {
-        self.leases.values().filter_map(|k| self.tasks.get(k))
+        self.leases
+            .values()
+            .filter_map(|k| self.tasks.get(k))
+            .filter(|t| {
+                self.jobs
+                    .get(&t.job_id)
+                    .is_some_and(|j| !j.state.is_terminal())
+            })
     }
 
     /// The tasks of a job in order.
@@ -1764,7 +1773,9 @@ pub(crate) mod tests {
         let (mut s, r) = (State::default(), rules());
         let id = submit(&mut s);
         let (g, _) = s.lease("w1", "l1".into(), 0, &r).unwrap();
+        assert_eq!(s.leased_tasks().count(), 1);
         s.cancel(&id, 1).unwrap();
+        assert_eq!(s.leased_tasks().count(), 0, "its worker is not shown busy");
         assert!(!s.heartbeat("l1", g.epoch, 0, 2, &r).0);
         assert!(s.lease("w1", "l2".into(), 2, &r).is_none());
         assert_eq!(s.jobs[&id].state, JobState::Cancelled);
