@@ -87,6 +87,16 @@ fn plan_pipelines_on(
     })
 }
 
+/// ONNX Runtime intra-op threads per session: as configured, else 1 on a GPU (the kernels
+/// run there) and the cores shared between the sessions on a CPU.
+fn intra_threads(configured: usize, device: Device, sessions: usize) -> usize {
+    match (configured, device) {
+        (t, _) if t > 0 => t,
+        (_, Device::Cuda(_)) => 1,
+        (_, Device::Cpu) => (cores() / sessions.max(1)).max(1),
+    }
+}
+
 /// Loads one Worker per pipeline. With `device = "auto"`, a CUDA provider that does not start
 /// falls back to the CPU with a warning; with "cuda" it is an error.
 fn start_workers(
@@ -96,11 +106,6 @@ fn start_workers(
     id: impl Fn(usize) -> String,
 ) -> Result<Vec<Worker>> {
     let mut devices = plan_pipelines(cfg, count)?;
-    let threads_for = |d: Device, n: usize| match (cfg.intra_threads, d) {
-        (t, _) if t > 0 => t,
-        (_, Device::Cuda(_)) => 1,
-        (_, Device::Cpu) => (cores() / n).max(1),
-    };
     let mut ws = Vec::with_capacity(devices.len());
     let mut i = 0;
     while i < devices.len() {
@@ -110,7 +115,12 @@ fn start_workers(
         if wcfg.encoder.threads == 0 && devices.len() > 1 {
             wcfg.encoder.threads = cores().div_ceil(devices.len()) as u32;
         }
-        match Worker::new(wcfg, id(i), threads_for(d, devices.len()), d) {
+        match Worker::new(
+            wcfg,
+            id(i),
+            intra_threads(cfg.intra_threads, d, devices.len()),
+            d,
+        ) {
             Ok(w) => ws.push(w),
             Err(e) if d != Device::Cpu && cfg.device == "auto" && ws.is_empty() => {
                 tracing::warn!(device = %d, error = %e, "the GPU could not be used; running on the CPU");
@@ -403,11 +413,7 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
     }
     let batch = a.batch;
     let devices = plan_pipelines(&wcfg, Some(a.sessions))?;
-    let threads = match (a.threads, devices[0]) {
-        (t, _) if t > 0 => t,
-        (_, Device::Cuda(_)) => 1,
-        (_, Device::Cpu) => (cores() / a.sessions).max(1),
-    };
+    let threads = intra_threads(a.threads, devices[0], a.sessions);
     let env = runtime(&wcfg.onnxruntime_lib)?;
     let cache = cache_dir(&wcfg.model_cache_dir, &wcfg.model.path);
     let mut models = Vec::with_capacity(devices.len());

@@ -112,18 +112,7 @@ impl Stylizer {
                 })?;
         }
         let session = builder.commit_from_file(path).map_err(|e| load(&e))?;
-        let layout = check_shapes(&session, cfg, path)?;
-        let batchable = layout == ImageLayout::U8Nhwc
-            && session
-                .inputs()
-                .iter()
-                .find(|o| o.name() == cfg.input)
-                .and_then(|o| {
-                    o.dtype()
-                        .tensor_shape()
-                        .map(|s| s.first().is_some_and(|&d| d < 0))
-                })
-                .unwrap_or(false);
+        let (layout, batchable) = check_shapes(&session, cfg, path)?;
         Ok(Self {
             session: Some(session),
             cfg: cfg.clone(),
@@ -375,7 +364,7 @@ fn check_shapes(
     session: &Session,
     cfg: &ModelConfig,
     path: &Path,
-) -> Result<ImageLayout, ModelError> {
+) -> Result<(ImageLayout, bool), ModelError> {
     let shape_err = |detail: String| ModelError::Shape {
         path: path.to_path_buf(),
         detail,
@@ -443,16 +432,13 @@ fn check_shapes(
     for name in cfg.extra_inputs.keys() {
         find(session.inputs(), name, "input")?;
     }
-    Ok(layout)
+    // A symbolic batch dimension (a rewritten model) lets frames share one run.
+    let batchable = layout == ImageLayout::U8Nhwc && i[0] < 0;
+    Ok((layout, batchable))
 }
 
-/// Packed RGB bytes reflect-padded to pw x ph (the rewritten model's input).
-pub fn pad_rgb(rgb: &[u8], w: usize, h: usize, pw: usize, ph: usize, out: &mut Vec<u8>) {
-    out.resize(pw * ph * 3, 0);
-    pad_rgb_into(rgb, w, h, pw, ph, out);
-}
-
-/// `pad_rgb` into a slice of exactly pw x ph x 3 bytes (one frame of a batch).
+/// Packed RGB bytes reflect-padded to pw x ph, into a slice of exactly pw x ph x 3 bytes
+/// (one frame of the rewritten model's input).
 pub fn pad_rgb_into(rgb: &[u8], w: usize, h: usize, pw: usize, ph: usize, out: &mut [u8]) {
     for y in 0..ph {
         let sy = reflect(y, h);
@@ -556,8 +542,8 @@ mod tests {
         from_nchw_cropped(&f, w, h, 8, 4, 0.0, 1.0, &mut back);
         assert_eq!(back, rgb);
         // The byte padding for rewritten models mirrors the same pixels.
-        let mut p = Vec::new();
-        pad_rgb(&rgb, w, h, 8, 4, &mut p);
+        let mut p = vec![0u8; 8 * 4 * 3];
+        pad_rgb_into(&rgb, w, h, 8, 4, &mut p);
         assert_eq!(p.len(), 8 * 4 * 3);
         for y in 0..4 {
             for x in 0..8 {

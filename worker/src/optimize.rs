@@ -289,7 +289,7 @@ impl<'g> Index<'g> {
 }
 
 /// ReduceMean over the spatial axes of a 4-d tensor, keeping dims (axes as attribute or input).
-fn is_spatial_mean(g: &GraphProto, ix: &Index, n: &NodeProto) -> bool {
+fn is_spatial_mean(ix: &Index, n: &NodeProto) -> bool {
     if n.op_type() != "ReduceMean" || attr_int(n, "keepdims").unwrap_or(1) != 1 {
         return false;
     }
@@ -303,7 +303,6 @@ fn is_spatial_mean(g: &GraphProto, ix: &Index, n: &NodeProto) -> bool {
             None => return false,
         },
     };
-    let _ = g;
     let mut axes: Vec<i64> = axes
         .iter()
         .map(|&a| if a < 0 { a + 4 } else { a })
@@ -330,7 +329,7 @@ pub fn fuse_instance_norm(g: &mut GraphProto) -> usize {
     {
         let ix = Index::new(g);
         for (i1, n1) in g.node.iter().enumerate() {
-            if !is_spatial_mean(g, &ix, n1) {
+            if !is_spatial_mean(&ix, n1) {
                 continue;
             }
             let Some(x) = n1.input.first() else { continue };
@@ -357,7 +356,7 @@ pub fn fuse_instance_norm(g: &mut GraphProto) -> usize {
                     return None;
                 }
                 let imean2 = ix.only_consumer(g, g.node[ipow].output.first()?, "ReduceMean")?;
-                if !is_spatial_mean(g, &ix, &g.node[imean2]) {
+                if !is_spatial_mean(&ix, &g.node[imean2]) {
                     return None;
                 }
                 // std = sqrt(var + eps)
@@ -481,17 +480,26 @@ fn nchw_to_nhwc(t: &mut onnx::type_proto::Tensor) {
     }
 }
 
-fn rename_uses(g: &mut GraphProto, from: &str, to: &str, except: Option<usize>) {
-    for (i, n) in g.node.iter_mut().enumerate() {
-        if Some(i) == except {
-            continue;
-        }
+fn rename_uses(g: &mut GraphProto, from: &str, to: &str) {
+    for n in g.node.iter_mut() {
         for inp in n.input.iter_mut() {
             if inp == from {
                 *inp = to.to_string();
             }
         }
     }
+}
+
+/// Renames a tensor everywhere: where it is produced and where it is used.
+fn rename_tensor(g: &mut GraphProto, from: &str, to: &str) {
+    for n in g.node.iter_mut() {
+        for o in n.output.iter_mut() {
+            if o == from {
+                *o = to.to_string();
+            }
+        }
+    }
+    rename_uses(g, from, to);
 }
 
 /// The image input becomes uint8 [n, h, w, 3] and the image output uint8 [n, h, w, 3]; the
@@ -525,7 +533,7 @@ pub fn fold_uint8_io(g: &mut GraphProto, io: &ImageIo) -> Result<(), OptimizeErr
         format!("{name}__fw_scaled"),
         format!("{name}__fw_ready"),
     );
-    rename_uses(g, name, &ready, None);
+    rename_uses(g, name, &ready);
     let k = format!("{name}__fw_k");
     let off = format!("{name}__fw_lo");
     g.initializer
@@ -562,14 +570,7 @@ pub fn fold_uint8_io(g: &mut GraphProto, io: &ImageIo) -> Result<(), OptimizeErr
     t.elem_type = Some(DataType::Uint8 as i32);
     nchw_to_nhwc(t);
     let raw = format!("{out}__fw_raw");
-    for n in g.node.iter_mut() {
-        for o in n.output.iter_mut() {
-            if o == out {
-                *o = raw.clone();
-            }
-        }
-    }
-    rename_uses(g, out, &raw, None);
+    rename_tensor(g, out, &raw);
     let names: Vec<String> = ["shift", "scale", "clip", "round", "u8"]
         .iter()
         .map(|s| format!("{out}__fw_{s}"))
@@ -770,7 +771,7 @@ pub fn to_fp16(g: &mut GraphProto) -> usize {
     let mut pre = Vec::new();
     for name in float_inputs {
         let h = format!("{name}__fw_f16");
-        rename_uses(g, &name, &h, None);
+        rename_uses(g, &name, &h);
         pre.push(node(
             "Cast",
             &h,
@@ -789,14 +790,7 @@ pub fn to_fp16(g: &mut GraphProto) -> usize {
         .collect();
     for name in float_outputs {
         let h = format!("{name}__fw_f16");
-        for n in g.node.iter_mut() {
-            for o in n.output.iter_mut() {
-                if *o == name {
-                    *o = h.clone();
-                }
-            }
-        }
-        rename_uses(g, &name, &h, None);
+        rename_tensor(g, &name, &h);
         g.node.push(node(
             "Cast",
             &name,

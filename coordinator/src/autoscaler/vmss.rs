@@ -149,20 +149,15 @@ impl Vmss {
         let token = self.token()?;
         let url = self.scale_set_url(suffix);
         let auth = format!("Bearer {token}");
+        let send = |req: ureq::RequestBuilder<ureq::typestate::WithBody>, b: serde_json::Value| {
+            req.header("Authorization", &auth)
+                .content_type("application/json")
+                .send(b.to_string())
+        };
         let sent = match (method, body) {
             ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
-            ("PATCH", Some(b)) => self
-                .agent
-                .patch(&url)
-                .header("Authorization", &auth)
-                .content_type("application/json")
-                .send(b.to_string()),
-            ("POST", Some(b)) => self
-                .agent
-                .post(&url)
-                .header("Authorization", &auth)
-                .content_type("application/json")
-                .send(b.to_string()),
+            ("PATCH", Some(b)) => send(self.agent.patch(&url), b),
+            ("POST", Some(b)) => send(self.agent.post(&url), b),
             (m, _) => return Err(format!("unsupported ARM call {m}")),
         };
         let what = format!(
