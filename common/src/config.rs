@@ -34,6 +34,41 @@ pub struct Config {
     pub coordinator: CoordinatorConfig,
     pub worker: WorkerConfig,
     pub embedded: EmbeddedConfig,
+    pub storage: StorageConfig,
+}
+
+/// Azure Blob accounts (for `az://` URLs) and how workers move bytes to and from blobs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Credentials per storage account name (the coordinator's; workers need none).
+    pub accounts: BTreeMap<String, AccountConfig>,
+    /// How long the URLs signed for a lease stay valid, in seconds (at least 4 lease TTLs).
+    pub sas_valid_s: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            accounts: BTreeMap::new(),
+            sas_valid_s: 900,
+        }
+    }
+}
+
+/// One storage account's credential: a connection string (Azurite's includes its endpoint),
+/// an account key, or a SAS token (which cannot sign workers' URLs). Prefer the `_file` keys.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountConfig {
+    pub connection_string: String,
+    pub connection_string_file: PathBuf,
+    pub account_key: String,
+    pub account_key_file: PathBuf,
+    pub sas_token: String,
+    pub sas_token_file: PathBuf,
+    /// Blob endpoint; "" = the connection string's, else https://NAME.blob.core.windows.net.
+    pub blob_endpoint: String,
 }
 
 /// The coordinator: where it listens, where it keeps state, how leases behave.
@@ -71,6 +106,47 @@ pub struct CoordinatorConfig {
     pub limits: Limits,
     /// Starts and stops workers to follow the queue (off by default).
     pub autoscaler: AutoscalerConfig,
+    /// Where Segment outputs go when not `work_dir`: a URL such as az://ACCOUNT/CONTAINER/work
+    /// (needed when workers run on other machines).
+    pub work_url: String,
+    /// Where task logs go when not `logs_dir`: a URL, e.g. in a separate storage account that
+    /// users cannot reach.
+    pub logs_url: String,
+    /// Submits a job for every new video under an input prefix.
+    pub trigger: TriggerConfig,
+}
+
+/// The blob trigger: drop a video under `input_prefix`, find it stylized under `output_prefix`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TriggerConfig {
+    pub enabled: bool,
+    /// URL prefix watched for new videos, e.g. az://ACCOUNT/incoming/ (or a local directory).
+    pub input_prefix: String,
+    /// Where each output goes: the input's name under this prefix.
+    pub output_prefix: String,
+    /// How often the input prefix is listed.
+    pub poll_ms: u64,
+    /// Only names ending in one of these are submitted; others are recorded as rejected.
+    pub extensions: Vec<String>,
+    /// Style weights for triggered jobs (empty = the model's first style).
+    pub style_weights: Vec<f32>,
+}
+
+impl Default for TriggerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            input_prefix: String::new(),
+            output_prefix: String::new(),
+            poll_ms: 5_000,
+            extensions: ["mp4", "mov", "m4v", "mkv", "webm", "avi", "ts"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            style_weights: Vec::new(),
+        }
+    }
 }
 
 /// The autoscaler: how many workers the queue needs, and how they are started and stopped.
@@ -201,6 +277,9 @@ impl Default for CoordinatorConfig {
             viewer_token_file: PathBuf::new(),
             limits: Limits::default(),
             autoscaler: AutoscalerConfig::default(),
+            work_url: String::new(),
+            logs_url: String::new(),
+            trigger: TriggerConfig::default(),
         }
     }
 }
@@ -241,6 +320,12 @@ pub struct WorkerConfig {
     pub model_cache_dir: PathBuf,
     /// Frames per inference run when the model takes a batch (0 or 1 = one frame per run).
     pub batch_frames: usize,
+    /// Blob uploads (chunks, outputs, logs): files larger than this go in blocks of this size.
+    pub upload_block_bytes: u64,
+    /// Blocks uploaded at once.
+    pub upload_parallel: usize,
+    /// Tries per storage request before a transfer fails (exponential backoff, up to 5 s apart).
+    pub upload_retries: u32,
     pub model: ModelConfig,
     pub encoder: EncoderConfig,
 }
@@ -262,6 +347,9 @@ impl Default for WorkerConfig {
             optimize: "auto".into(),
             model_cache_dir: PathBuf::new(),
             batch_frames: 0,
+            upload_block_bytes: 4 << 20,
+            upload_parallel: 4,
+            upload_retries: 10,
             model: ModelConfig::default(),
             encoder: EncoderConfig::default(),
         }
@@ -422,6 +510,32 @@ impl Config {
             return err(
                 "coordinator.segment_seconds",
                 format!("must be > 0, got {}", c.segment_seconds),
+            );
+        }
+        let t = &c.trigger;
+        if t.enabled && (t.input_prefix.is_empty() || t.output_prefix.is_empty()) {
+            return err(
+                "coordinator.trigger",
+                "input_prefix and output_prefix must both be set when enabled".into(),
+            );
+        }
+        if t.enabled && t.poll_ms < 100 {
+            return err(
+                "coordinator.trigger.poll_ms",
+                format!("must be at least 100, got {}", t.poll_ms),
+            );
+        }
+        let st = &self.worker;
+        if st.upload_parallel == 0 || st.upload_parallel > 64 {
+            return err(
+                "worker.upload_parallel",
+                format!("must be 1 to 64, got {}", st.upload_parallel),
+            );
+        }
+        if !(64 << 10..=4000 << 20).contains(&st.upload_block_bytes) {
+            return err(
+                "worker.upload_block_bytes",
+                format!("must be 64 KiB to 4000 MiB, got {}", st.upload_block_bytes),
             );
         }
         let a = &c.autoscaler;

@@ -5,6 +5,7 @@ use crate::manager::JobView;
 use crate::model::{JobState, Media, Params, TaskKind, TaskState};
 use crate::scheduler::{Completion, Grant, Work};
 use framewise_common::proto as pb;
+use framewise_common::storage::{Access, StorageError};
 
 pub fn params_from(p: Option<pb::JobParams>) -> Params {
     let p = p.unwrap_or_default();
@@ -138,10 +139,39 @@ pub fn job_to(v: &JobView) -> pb::Job {
     }
 }
 
-pub fn grant_to(g: Grant, ttl_ms: u64) -> pb::LeaseTaskResponse {
+/// Signs the URLs a lease hands out: workers get one URL per blob they may read or write,
+/// never the account's credentials. Local files pass through unchanged.
+pub struct Signer<'a> {
+    pub blobs: &'a framewise_common::storage::Store,
+    pub valid_for: std::time::Duration,
+}
+
+impl Signer<'_> {
+    fn read(&self, url: &str) -> Result<String, StorageError> {
+        self.blobs.sign(url, Access::Read, self.valid_for)
+    }
+
+    /// A write-signed URL for a blob location; `None` for a local file (written in place).
+    fn write(&self, url: &str) -> Result<Option<String>, StorageError> {
+        if !self.blobs.locate(url)?.is_remote() {
+            return Ok(None);
+        }
+        self.blobs
+            .sign(url, Access::Write, self.valid_for)
+            .map(Some)
+    }
+}
+
+pub fn grant_to(
+    g: Grant,
+    ttl_ms: u64,
+    sign: &Signer,
+) -> Result<pb::LeaseTaskResponse, StorageError> {
     use pb::lease_task_response::Task;
     let task = match g.work {
-        Work::Probe { input_url } => Task::Probe(pb::ProbeTask { input_url }),
+        Work::Probe { input_url } => Task::Probe(pb::ProbeTask {
+            input_url: sign.read(&input_url)?,
+        }),
         Work::Segment {
             input_url,
             start,
@@ -152,37 +182,64 @@ pub fn grant_to(g: Grant, ttl_ms: u64) -> pb::LeaseTaskResponse {
             output_url,
             params,
             media,
-        } => Task::Segment(pb::SegmentTask {
-            input_url,
-            start_frame: start,
-            end_frame: end,
-            frame_pts,
-            seek_ns,
-            output_url,
-            params: Some(params_to(&params)),
-            media: Some(media_to(&media, false)),
-            chunk_frames,
-        }),
+        } => {
+            let mut chunk_targets = Vec::new();
+            let mut first = start;
+            while first < end {
+                let chunk = framewise_common::storage::join(
+                    &output_url,
+                    &framewise_common::storage::chunk_name(first),
+                );
+                match sign.write(&chunk)? {
+                    Some(write_url) => chunk_targets.push(pb::ChunkTarget {
+                        start_frame: first,
+                        write_url,
+                    }),
+                    None => break,
+                }
+                first += chunk_frames.max(1);
+            }
+            Task::Segment(pb::SegmentTask {
+                input_url: sign.read(&input_url)?,
+                start_frame: start,
+                end_frame: end,
+                frame_pts,
+                seek_ns,
+                output_url,
+                params: Some(params_to(&params)),
+                media: Some(media_to(&media, false)),
+                chunk_frames,
+                chunk_targets,
+            })
+        }
         Work::Assemble {
             input_url,
             segments,
             output_url,
             media,
         } => Task::Assemble(pb::AssembleTask {
-            input_url,
+            input_url: sign.read(&input_url)?,
             segments: segments
                 .into_iter()
-                .map(|(url, start_frame, end_frame)| pb::SegmentOutput {
-                    url,
-                    start_frame,
-                    end_frame,
+                .map(|(url, start_frame, end_frame)| {
+                    Ok(pb::SegmentOutput {
+                        url: sign.read(&url)?,
+                        start_frame,
+                        end_frame,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, StorageError>>()?,
+            output_write_url: sign.write(&output_url)?.unwrap_or_default(),
             output_url,
             media: Some(media_to(&media, true)),
         }),
     };
-    pb::LeaseTaskResponse {
+    let log_write_url = if g.log_url.is_empty() {
+        String::new()
+    } else {
+        sign.write(&g.log_url)?.unwrap_or_default()
+    };
+    Ok(pb::LeaseTaskResponse {
         job_id: g.job_id,
         task_index: g.index,
         lease: Some(pb::Lease {
@@ -190,10 +247,11 @@ pub fn grant_to(g: Grant, ttl_ms: u64) -> pb::LeaseTaskResponse {
             epoch: g.epoch,
             ttl_ms,
             log_url: g.log_url,
+            log_write_url,
         }),
         task: Some(task),
         retry_after_ms: 0,
-    }
+    })
 }
 
 pub fn completion_from(r: pb::complete_task_request::Result) -> Completion {

@@ -1,11 +1,11 @@
 //! Thin tonic handlers: validate the request, send a message to the
 //! JobManager actor, convert the reply.
 
-use crate::convert::{completion_from, grant_to, job_to, params_from};
+use crate::convert::{completion_from, grant_to, job_to, params_from, Signer};
 use crate::manager::{self, CoordError, JobManager, WorkerInfo};
 use actix::{Addr, MailboxError};
 use framewise_common::proto as pb;
-use framewise_common::storage::local_path;
+use framewise_common::storage::{Location, Store};
 use tonic::{Request, Response, Status};
 
 /// Serves JobService and WorkerService from one actor address.
@@ -17,6 +17,10 @@ pub struct Services {
     pub max_input_bytes: u64,
     pub lease_ttl_ms: u64,
     pub heartbeat_interval_ms: u64,
+    /// Storage credentials: sign workers' URLs, check inputs at submit.
+    pub blobs: Store,
+    /// How long a lease's signed URLs stay valid.
+    pub sas_valid: std::time::Duration,
 }
 
 fn status(e: CoordError) -> Status {
@@ -32,23 +36,57 @@ fn mailbox(e: MailboxError) -> Status {
     Status::unavailable(format!("coordinator is shutting down ({e})"))
 }
 
-/// Checks a job spec, naming the field at fault.
-pub fn validate_spec(spec: &pb::JobSpec, max_input_bytes: u64) -> Result<(), String> {
-    let input = local_path(&spec.input_url).map_err(|e| format!("spec.input_url: {e}"))?;
-    // A missing file is reported by the probe, with the job; a huge one is refused right here.
-    if let Ok(m) = std::fs::metadata(&input) {
-        if m.len() > max_input_bytes {
-            return Err(format!(
-                "spec.input_url: {} is {} bytes; coordinator.limits.max_input_bytes is {max_input_bytes}",
-                input.display(),
-                m.len()
-            ));
-        }
-    }
-    let output = local_path(&spec.output_url).map_err(|e| format!("spec.output_url: {e}"))?;
+/// Checks a job spec, naming the field at fault; `input_size` is the input's size if known.
+/// Blob URLs come back in their canonical `az://` form.
+pub fn validate_spec(
+    spec: &mut pb::JobSpec,
+    blobs: &Store,
+    max_input_bytes: u64,
+) -> Result<(), String> {
+    let input = blobs
+        .locate(&spec.input_url)
+        .map_err(|e| format!("spec.input_url: {e}"))?;
+    let output = blobs
+        .locate(&spec.output_url)
+        .map_err(|e| format!("spec.output_url: {e}"))?;
     if input == output {
         return Err("spec.output_url: must differ from the input".into());
     }
+    // The workers will need URLs signed for both: a location without usable credentials is
+    // refused now, naming the account, not after the probe.
+    for (field, loc) in [("spec.input_url", &input), ("spec.output_url", &output)] {
+        if loc.is_remote() {
+            blobs
+                .sign(
+                    &loc.url(),
+                    framewise_common::storage::Access::Read,
+                    std::time::Duration::from_secs(60),
+                )
+                .map_err(|e| format!("{field}: {e}"))?;
+        }
+    }
+    // A missing file is reported by the probe, with the job; a huge one is refused right here.
+    if let Location::File(path) = &input {
+        if let Ok(m) = std::fs::metadata(path) {
+            check_size(&spec.input_url, m.len(), max_input_bytes)?;
+        }
+    }
+    spec.input_url = input.url();
+    spec.output_url = output.url();
+    validate_params(spec)
+}
+
+/// Refuses an input over `coordinator.limits.max_input_bytes`.
+pub fn check_size(url: &str, size: u64, max_input_bytes: u64) -> Result<(), String> {
+    if size > max_input_bytes {
+        return Err(format!(
+            "spec.input_url: {url} is {size} bytes; coordinator.limits.max_input_bytes is {max_input_bytes}"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_params(spec: &pb::JobSpec) -> Result<(), String> {
     let p = spec.params.clone().unwrap_or_default();
     if !p.style_weights.is_empty() {
         if p.style_weights.iter().any(|w| !w.is_finite() || *w < 0.0)
@@ -141,10 +179,35 @@ impl pb::job_service_server::JobService for Services {
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let r = req.into_inner();
-        let spec = r
+        let mut spec = r
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: missing"))?;
-        validate_spec(&spec, self.max_input_bytes).map_err(Status::invalid_argument)?;
+        validate_spec(&mut spec, &self.blobs, self.max_input_bytes)
+            .map_err(Status::invalid_argument)?;
+        // The output's container is created if missing (the coordinator holds the key).
+        if let Err(e) = self.blobs.ensure_container(&spec.output_url).await {
+            return Err(if e.is_permanent() {
+                Status::invalid_argument(format!("spec.output_url: {e}"))
+            } else {
+                Status::unavailable(format!("spec.output_url: {e}"))
+            });
+        }
+        if self
+            .blobs
+            .locate(&spec.input_url)
+            .is_ok_and(|l| l.is_remote())
+        {
+            // A blob's size is one request away; a missing blob is left to the probe, like a file.
+            match self.blobs.size(&spec.input_url).await {
+                Ok(Some(n)) => check_size(&spec.input_url, n, self.max_input_bytes)
+                    .map_err(Status::invalid_argument)?,
+                Ok(None) => {}
+                Err(e) if e.is_permanent() => {
+                    return Err(Status::invalid_argument(format!("spec.input_url: {e}")))
+                }
+                Err(e) => return Err(Status::unavailable(format!("spec.input_url: {e}"))),
+            }
+        }
         if r.idempotency_key.len() > 256 {
             return Err(Status::invalid_argument(
                 "idempotency_key: at most 256 bytes",
@@ -267,7 +330,16 @@ impl pb::worker_service_server::WorkerService for Services {
             .map_err(status)?;
         timer.observe_duration();
         Ok(Response::new(match grant {
-            Some(g) => grant_to(g, self.lease_ttl_ms),
+            Some(g) => {
+                let signer = Signer {
+                    blobs: &self.blobs,
+                    valid_for: self.sas_valid,
+                };
+                grant_to(g, self.lease_ttl_ms, &signer).map_err(|e| {
+                    tracing::error!(error = %e, "cannot sign the lease's storage URLs; it will expire");
+                    Status::internal(format!("signing the lease's storage URLs: {e}"))
+                })?
+            }
             None => pb::LeaseTaskResponse {
                 retry_after_ms: 250,
                 ..Default::default()

@@ -6,6 +6,7 @@
 pub mod autoscaler;
 pub mod convert;
 pub mod grpc;
+pub mod janitor;
 pub mod manager;
 pub mod metrics;
 pub mod model;
@@ -15,6 +16,7 @@ pub mod scheduler;
 mod scheduler_props;
 pub mod server;
 pub mod store;
+pub mod trigger;
 pub mod views;
 pub mod web;
 pub mod workers;

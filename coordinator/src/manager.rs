@@ -4,7 +4,7 @@
 use crate::metrics::Metrics;
 use crate::model::{Job, Params, Task};
 use crate::progress::Progress;
-use crate::scheduler::{garbage_path, Changes, Completion, Grant, NewJob, Rules, State};
+use crate::scheduler::{Changes, Completion, Grant, NewJob, Rules, State};
 use crate::store::{Store, StoreError};
 use crate::views::{self, JobDetail, JobSummary, Overview, Totals, WorkerView};
 pub use crate::workers::WorkerInfo;
@@ -64,6 +64,8 @@ pub struct JobManager {
     flusher: std::sync::mpsc::Sender<FlushWaiter>,
     /// Workers the autoscaler is stopping: they get no new lease (until they register again).
     drained: std::collections::HashSet<String>,
+    /// Deletes unused work output off the actor's thread.
+    janitor: crate::janitor::Janitor,
 }
 
 type FlushWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
@@ -94,6 +96,7 @@ impl JobManager {
         rules: Rules,
         metrics: Metrics,
         overview: Arc<tokio::sync::watch::Sender<Arc<str>>>,
+        janitor: crate::janitor::Janitor,
     ) -> Result<Self, StoreError> {
         let (jobs, tasks) = store.load()?;
         let workers = Workers::new(store.load_workers()?);
@@ -119,6 +122,7 @@ impl JobManager {
             dirty: false,
             flusher,
             drained: Default::default(),
+            janitor,
         })
     }
 
@@ -230,20 +234,15 @@ impl JobManager {
         self.dirty |= !ch.is_empty();
         self.metrics.wasted_frames.inc_by(ch.wasted_frames);
         for url in &ch.garbage {
-            if let Some(p) = garbage_path(url) {
-                if let Err(e) = std::fs::remove_file(&p) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        warn!(path = %p.display(), error = %e, "could not delete an unused segment");
-                    }
-                }
-            }
+            self.janitor.delete(url);
         }
         for id in &ch.jobs {
             if let Some(j) = self.state.jobs.get(id) {
                 info!(job_id = %id, state = ?j.state, error = %j.error, "job state");
                 if j.state.is_terminal() {
                     // Also removes chunks that lost attempts left behind.
-                    let _ = std::fs::remove_dir_all(self.rules.work_dir.join(id));
+                    self.janitor
+                        .delete_prefix(&framewise_common::storage::join(&self.rules.work_url, id));
                 }
             }
         }
@@ -783,7 +782,9 @@ pub(crate) mod tests {
     pub(crate) fn manager(dir: &std::path::Path, metrics: Metrics) -> JobManager {
         let store = Store::open(&dir.join("state")).unwrap();
         let (tx, _) = tokio::sync::watch::channel::<Arc<str>>("".into());
-        JobManager::new(store, rules(), metrics, Arc::new(tx)).unwrap()
+        let janitor =
+            crate::janitor::Janitor::spawn(framewise_common::storage::Store::default()).unwrap();
+        JobManager::new(store, rules(), metrics, Arc::new(tx), janitor).unwrap()
     }
 
     #[test]

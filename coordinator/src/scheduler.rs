@@ -24,9 +24,10 @@ pub struct Rules {
     /// A lease running this many times longer than the job's typical segment (per frame) is a
     /// straggler: an idle worker races it (0 = never speculate).
     pub speculation_factor: f64,
-    pub work_dir: std::path::PathBuf,
-    /// Where each attempt's worker log is written (kept after the job, unlike `work_dir`).
-    pub logs_dir: std::path::PathBuf,
+    /// Where Segment outputs go (a file:// or az:// URL), one prefix per attempt.
+    pub work_url: String,
+    /// Where each attempt's worker log is written (kept after the job, unlike `work_url`).
+    pub logs_url: String,
     /// Input media bounds, checked once the probe has read the input.
     pub limits: framewise_common::config::Limits,
 }
@@ -349,10 +350,10 @@ impl State {
                 } else {
                     media.frame_pts.get(kf as usize).copied().unwrap_or(0)
                 };
-                let output = rules
-                    .work_dir
-                    .join(&job.id)
-                    .join(format!("seg-{index:05}-e{epoch}"));
+                let output = framewise_common::storage::join(
+                    &rules.work_url,
+                    &format!("{}/seg-{index:05}-e{epoch}", job.id),
+                );
                 Work::Segment {
                     input_url: job.input_url.clone(),
                     start: from,
@@ -364,7 +365,7 @@ impl State {
                         .map(|s| s.to_vec())
                         .unwrap_or_default(),
                     seek_ns,
-                    output_url: framewise_common::storage::file_url(&output),
+                    output_url: output,
                     params: job.params.clone(),
                     media: media.summary(),
                 }
@@ -376,14 +377,14 @@ impl State {
                 media: media.clone(),
             },
         };
-        let log = task_log_path(&rules.logs_dir, &key.0, index, epoch);
+        let log = task_log_url(&rules.logs_url, &key.0, index, epoch);
         Some(Grant {
             job_id: key.0.clone(),
             index,
             lease_id,
             epoch,
             work,
-            log_url: framewise_common::storage::file_url(&log),
+            log_url: log,
         })
     }
 
@@ -1126,46 +1127,18 @@ fn completion_name(c: &Completion) -> &'static str {
     }
 }
 
-/// Where attempt `epoch` of task `index` of a job logs: `<logs_dir>/<job>/task-<index>-e<epoch>.log`.
-pub fn task_log_path(
-    logs_dir: &std::path::Path,
-    job: &str,
-    index: u32,
-    epoch: u64,
-) -> std::path::PathBuf {
-    logs_dir
-        .join(job)
-        .join(format!("task-{index}-e{epoch}.log"))
+/// Where attempt `epoch` of task `index` of a job logs: `<logs_url>/<job>/task-<index>-e<epoch>.log`.
+pub fn task_log_url(logs_url: &str, job: &str, index: u32, epoch: u64) -> String {
+    framewise_common::storage::join(logs_url, &format!("{job}/task-{index}-e{epoch}.log"))
 }
 
-/// Every attempt's log of a task, oldest first: (epoch, path).
-pub fn task_logs(
-    logs_dir: &std::path::Path,
-    job: &str,
-    index: u32,
-) -> Vec<(u64, std::path::PathBuf)> {
-    let prefix = format!("task-{index}-e");
-    let mut out: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(logs_dir.join(job))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let epoch = name
-                .strip_prefix(&prefix)?
-                .strip_suffix(".log")?
-                .parse()
-                .ok()?;
-            Some((epoch, e.path()))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// The local file behind a collectable object URL, if it is one.
-pub fn garbage_path(url: &str) -> Option<std::path::PathBuf> {
-    framewise_common::storage::local_path(url).ok()
+/// The epoch of a task log's file name, when it is one of task `index`'s.
+pub fn task_log_epoch(name: &str, index: u32) -> Option<u64> {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    base.strip_prefix(&format!("task-{index}-e"))?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -1179,8 +1152,8 @@ pub(crate) mod tests {
             segment_seconds: 1.0,
             chunk_seconds: 0.5,
             speculation_factor: 2.0,
-            work_dir: "/w".into(),
-            logs_dir: "/logs".into(),
+            work_url: "file:///w".into(),
+            logs_url: "file:///logs".into(),
             limits: Default::default(),
         }
     }

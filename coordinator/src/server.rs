@@ -10,10 +10,11 @@ use crate::scheduler::Rules;
 use crate::store::{Store, StoreError};
 use crate::web::{self, WebState};
 use actix::Actor;
-use framewise_common::config::CoordinatorConfig;
+use framewise_common::config::{CoordinatorConfig, StorageConfig};
 use framewise_common::proto::{
     job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
 };
+use framewise_common::storage::{self as blob, Access};
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use thiserror::Error;
@@ -40,6 +41,8 @@ pub struct Coordinator {
     stop: Option<oneshot::Sender<()>>,
     system: actix::System,
     threads: Vec<JoinHandle<()>>,
+    /// The blob trigger, when enabled (stops polling when dropped).
+    _trigger: Option<crate::trigger::Trigger>,
 }
 
 impl Coordinator {
@@ -82,7 +85,13 @@ impl Coordinator {
 }
 
 /// Opens the state, starts the actors and the gRPC server.
-pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
+pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordinator, StartError> {
+    let blobs = blob::Store::from_config(storage).map_err(|e| StartError::Config(e.to_string()))?;
+    let work_url = storage_root(&blobs, "coordinator.work_url", &cfg.work_url, &cfg.work_dir)?;
+    let logs_url = storage_root(&blobs, "coordinator.logs_url", &cfg.logs_url, &cfg.logs_dir)?;
+    let trigger_cfg = trigger_config(&blobs, &cfg.trigger)?;
+    prepare_containers(&blobs, &[&work_url, &logs_url, &trigger_cfg.output_prefix])?;
+    let trigger_status = crate::trigger::Trigger::new_status(&trigger_cfg);
     let store = Store::open(&cfg.data_dir)?;
     let rules = Rules {
         lease_ttl_ms: cfg.lease_ttl_ms,
@@ -90,8 +99,8 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
         segment_seconds: cfg.segment_seconds,
         chunk_seconds: cfg.chunk_seconds,
         speculation_factor: cfg.speculation_factor,
-        work_dir: cfg.work_dir.clone(),
-        logs_dir: cfg.logs_dir.clone(),
+        work_url,
+        logs_url: logs_url.clone(),
         limits: cfg.limits.clone(),
     };
     let token = viewer_token(cfg)?;
@@ -111,7 +120,9 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
     let metrics = Metrics::new();
     let (overview_tx, _) = tokio::sync::watch::channel::<std::sync::Arc<str>>("".into());
     let overview_tx = std::sync::Arc::new(overview_tx);
-    let manager = JobManager::new(store, rules, metrics.clone(), overview_tx.clone())?;
+    let janitor = crate::janitor::Janitor::spawn(blobs.clone())
+        .map_err(|e| StartError::Internal(format!("janitor thread: {e}")))?;
+    let manager = JobManager::new(store, rules, metrics.clone(), overview_tx.clone(), janitor)?;
 
     type Started = Result<
         (
@@ -123,7 +134,8 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
     >;
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Started>();
     let web_metrics = metrics.clone();
-    let logs_dir = cfg.logs_dir.clone();
+    let web_blobs = blobs.clone();
+    let web_trigger = trigger_status.clone();
     let scale_config = cfg.autoscaler.clone();
     let actors = std::thread::Builder::new()
         .name("fw-actors".into())
@@ -150,9 +162,11 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
                             metrics: web_metrics,
                             overview: overview_tx,
                             token,
-                            logs_dir,
+                            logs_url,
+                            blobs: web_blobs,
                             autoscaler: scaler.clone(),
                             autoscaler_config: scale_config,
+                            trigger: web_trigger,
                         };
                         let srv = web::serve(l, state).map_err(|e| e.to_string())?;
                         let h = srv.handle();
@@ -179,12 +193,30 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
         .map_err(|_| StartError::Internal("actor system did not start".into()))?
         .map_err(|e| StartError::Internal(format!("HTTP server: {e}")))?;
     let http = http_addr.zip(http_handle);
+    let trigger = if trigger_cfg.enabled {
+        let sub = crate::trigger::Submitter {
+            manager: manager_addr.clone(),
+            blobs: blobs.clone(),
+            max_input_bytes: cfg.limits.max_input_bytes,
+        };
+        Some(
+            crate::trigger::Trigger::spawn(trigger_cfg, sub, trigger_status)
+                .map_err(|e| StartError::Internal(format!("trigger thread: {e}")))?,
+        )
+    } else {
+        None
+    };
     let services = Services {
         manager: manager_addr,
         metrics,
         max_input_bytes: cfg.limits.max_input_bytes,
         lease_ttl_ms: cfg.lease_ttl_ms,
         heartbeat_interval_ms: cfg.heartbeat_interval_ms,
+        blobs,
+        // Signed URLs outlive a lease by a few TTLs (a lease is renewed by heartbeats).
+        sas_valid: std::time::Duration::from_millis(
+            (cfg.lease_ttl_ms * 4).max(storage.sas_valid_s * 1000),
+        ),
     };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -228,7 +260,89 @@ pub fn start(cfg: &CoordinatorConfig) -> Result<Coordinator, StartError> {
         stop: Some(stop_tx),
         system,
         threads: vec![grpc, actors],
+        _trigger: trigger,
     })
+}
+
+/// The trigger's prefixes in canonical form, checked now (a typo fails the start, naming the key).
+fn trigger_config(
+    blobs: &blob::Store,
+    t: &framewise_common::config::TriggerConfig,
+) -> Result<framewise_common::config::TriggerConfig, StartError> {
+    let mut t = t.clone();
+    if !t.enabled {
+        return Ok(t);
+    }
+    for (key, v) in [
+        ("coordinator.trigger.input_prefix", &mut t.input_prefix),
+        ("coordinator.trigger.output_prefix", &mut t.output_prefix),
+    ] {
+        let loc = blobs
+            .locate_prefix(v)
+            .map_err(|e| StartError::Config(format!("{key}: {e}")))?;
+        let keep_slash = v.ends_with('/');
+        *v = loc.url();
+        if keep_slash && !v.ends_with('/') {
+            v.push('/');
+        }
+        if loc.is_remote() {
+            blobs
+                .sign(
+                    &blob::join(v, "probe"),
+                    Access::Read,
+                    std::time::Duration::from_secs(60),
+                )
+                .map_err(|e| StartError::Config(format!("{key}: {e}")))?;
+        }
+    }
+    Ok(t)
+}
+
+/// Creates the blob containers framewise writes to, if missing. A refusal (wrong key) fails the
+/// start; an unreachable service only warns (work waits for it).
+fn prepare_containers(blobs: &blob::Store, urls: &[&str]) -> Result<(), StartError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::Internal(e.to_string()))?;
+    for url in urls.iter().filter(|u| !u.is_empty()) {
+        if !blobs.locate_prefix(url).is_ok_and(|l| l.is_remote()) {
+            continue;
+        }
+        match rt.block_on(blobs.ensure_container(url)) {
+            Ok(()) => {}
+            Err(e) if e.is_permanent() => return Err(StartError::Config(e.to_string())),
+            Err(e) => tracing::warn!(%url, error = %e, "cannot reach storage yet; carrying on"),
+        }
+    }
+    Ok(())
+}
+
+/// The canonical URL of a work or logs location: `url` if set, else the local directory. A blob
+/// location must have credentials that can sign workers' URLs, checked now rather than at the
+/// first lease.
+fn storage_root(
+    blobs: &blob::Store,
+    key: &str,
+    url: &str,
+    dir: &std::path::Path,
+) -> Result<String, StartError> {
+    if url.is_empty() {
+        return Ok(blob::file_url(dir));
+    }
+    let loc = blobs
+        .locate_prefix(url)
+        .map_err(|e| StartError::Config(format!("{key}: {e}")))?;
+    if loc.is_remote() {
+        blobs
+            .sign(
+                &blob::join(&loc.url(), "probe"),
+                Access::Write,
+                std::time::Duration::from_secs(60),
+            )
+            .map_err(|e| StartError::Config(format!("{key}: {e}")))?;
+    }
+    Ok(loc.url().trim_end_matches('/').to_string())
 }
 
 /// The autoscaler's backend, if it is enabled: checks the worker config and the binary now, so

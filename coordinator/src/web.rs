@@ -28,11 +28,14 @@ pub struct WebState {
     pub overview: Arc<watch::Sender<Arc<str>>>,
     /// The viewer token; None = open (only allowed on loopback addresses).
     pub token: Option<Arc<str>>,
-    /// Where workers write task attempt logs.
-    pub logs_dir: std::path::PathBuf,
+    /// Where task logs are (file:// or az://), read through `blobs`.
+    pub logs_url: String,
+    pub blobs: framewise_common::storage::Store,
     /// The autoscaler, when enabled, and its config (shown when it is not).
     pub autoscaler: Option<Addr<crate::autoscaler::Autoscaler>>,
     pub autoscaler_config: framewise_common::config::AutoscalerConfig,
+    /// The blob trigger's status (`enabled: false` when it is off).
+    pub trigger: Arc<std::sync::Mutex<crate::trigger::TriggerStatus>>,
 }
 
 /// Compares without an early exit, so response time does not reveal how much of a guess matched.
@@ -246,7 +249,20 @@ async fn task_log(
             format!("job {id} has no task {index}"),
         );
     }
-    let logs = crate::scheduler::task_logs(&state.logs_dir, &id, index);
+    let dir = framewise_common::storage::join(&state.logs_url, &format!("{id}/"));
+    let mut logs: Vec<(u64, String)> = match state.blobs.list(&dir).await {
+        Ok(entries) => entries
+            .into_iter()
+            .filter_map(|e| Some((crate::scheduler::task_log_epoch(&e.name, index)?, e.url)))
+            .collect(),
+        Err(e) => {
+            return error(
+                actix_web::http::StatusCode::BAD_GATEWAY,
+                format!("listing the task logs of job {id}: {e}"),
+            )
+        }
+    };
+    logs.sort();
     if logs.is_empty() {
         return error(
             actix_web::http::StatusCode::NOT_FOUND,
@@ -254,13 +270,10 @@ async fn task_log(
         );
     }
     let mut text = String::new();
-    for (epoch, p) in logs {
-        text.push_str(&format!(
-            "==> attempt epoch {epoch} ({}) <==\n",
-            p.display()
-        ));
-        match std::fs::read_to_string(&p) {
-            Ok(t) => text.push_str(&t),
+    for (epoch, url) in logs {
+        text.push_str(&format!("==> attempt epoch {epoch} ({url}) <==\n"));
+        match state.blobs.get(&url).await {
+            Ok(t) => text.push_str(&String::from_utf8_lossy(&t)),
             Err(e) => text.push_str(&format!("(cannot read: {e})\n")),
         }
     }
@@ -271,6 +284,15 @@ async fn task_log(
 
 async fn workers(state: web::Data<WebState>, req: HttpRequest) -> HttpResponse {
     let v = guarded!(state, req, state.manager.send(manager::ListWorkers));
+    HttpResponse::Ok().json(v)
+}
+
+/// The blob trigger: what it watches, what it submitted, what it rejected and why.
+async fn trigger(state: web::Data<WebState>, req: HttpRequest) -> HttpResponse {
+    if let Some(denied) = check(&state, &req) {
+        return denied;
+    }
+    let v = state.trigger.lock().map(|s| s.clone()).unwrap_or_default();
     HttpResponse::Ok().json(v)
 }
 
@@ -336,7 +358,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/api/v1/jobs/{id}/cancel", web::post().to(cancel))
         .route("/api/v1/workers", web::get().to(workers))
-        .route("/api/v1/autoscaler", web::get().to(autoscaler));
+        .route("/api/v1/autoscaler", web::get().to(autoscaler))
+        .route("/api/v1/trigger", web::get().to(trigger));
 }
 
 /// Answers unknown paths with a JSON 404 naming the path.

@@ -2,6 +2,7 @@
 //! facts read back from its output with the same GStreamer the product uses.
 #![allow(dead_code)]
 
+pub mod azurite;
 pub mod browser;
 pub mod cluster;
 

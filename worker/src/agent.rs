@@ -13,7 +13,8 @@ use framewise_common::device::Device;
 use framewise_common::proto::{
     self, lease_task_response::Task, worker_service_client::WorkerServiceClient,
 };
-use framewise_common::storage::{file_url, local_path};
+use framewise_common::storage::sas::{self, TransferOptions};
+use framewise_common::storage::{chunk_name, file_url, is_http, join, local_path, UrlError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -200,7 +201,14 @@ impl Worker {
             };
             // Everything logged for this attempt (stage timings, commits, failures) also goes to
             // its task log, which the dashboard links.
-            let log_path = framewise_common::storage::local_path(&lease.log_url)
+            // A log bound for blob storage is written locally and uploaded when the task ends.
+            let log_file = if lease.log_write_url.is_empty() {
+                local_path(&lease.log_url).ok()
+            } else {
+                Some(scratch_dir(&lease.lease_id).with_extension("log"))
+            };
+            let log_path = log_file
+                .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
             let span = if log_path.is_empty() {
@@ -223,6 +231,34 @@ impl Worker {
             self.report(&mut client, &lease, outcome)
                 .instrument(span)
                 .await;
+            if let (false, Some(file)) = (lease.log_write_url.is_empty(), log_file) {
+                self.upload_log(&lease, file).await;
+            }
+        }
+    }
+
+    /// Uploads a task log to its signed URL (a failure loses only the log, never the task).
+    async fn upload_log(&self, lease: &proto::Lease, file: PathBuf) {
+        let url = lease.log_write_url.clone();
+        let opts = TransferOptions::from(&self.cfg);
+        let r = tokio::task::spawn_blocking(move || {
+            let r = if file.exists() {
+                sas::upload_file(&url, &file, &opts).map(|_| ())
+            } else {
+                Ok(())
+            };
+            let _ = std::fs::remove_file(&file);
+            r
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(worker_id = %self.id, lease_id = %lease.lease_id, error = %e, "task log upload failed")
+            }
+            Err(e) => {
+                warn!(worker_id = %self.id, lease_id = %lease.lease_id, error = %e, "task log upload panicked")
+            }
         }
     }
 
@@ -254,11 +290,17 @@ impl Worker {
             threads: self.cfg.encoder.threads,
         };
         let lease_id = lease.lease_id.clone();
+        let opts = TransferOptions::from(&self.cfg);
         info!(worker_id = %self.id, job_id, task_index, lease_id = %lease_id, kind = kind(&task), "task leased");
         // The blocking work logs under the lease's span too (it is not inherited across threads).
         let span = tracing::Span::current();
         let work = tokio::task::spawn_blocking(move || {
-            span.in_scope(|| run_task(task, &model, &settings, &lease_id, &task_ctl))
+            span.in_scope(|| {
+                let out = run_task(task, &model, &settings, &lease_id, &task_ctl, &opts);
+                // Chunks and outputs bound for blob storage were staged here.
+                let _ = std::fs::remove_dir_all(scratch_dir(&lease_id));
+                out
+            })
         });
         tokio::pin!(work);
         let mut tick = tokio::time::interval(hb_every);
@@ -327,7 +369,7 @@ impl Worker {
         &self,
         client: &mut WorkerServiceClient<Channel>,
         lease: &proto::Lease,
-        c: ChunkDone,
+        c: ReadyChunk,
         ctl: &TaskCtl,
     ) {
         let req = proto::CompleteChunkRequest {
@@ -336,7 +378,7 @@ impl Worker {
             epoch: lease.epoch,
             start_frame: c.start,
             end_frame: c.end,
-            url: file_url(&c.path),
+            url: c.url.clone(),
         };
         for attempt in 0..5u32 {
             match client.complete_chunk(req.clone()).await {
@@ -384,6 +426,8 @@ impl Worker {
                         }
                     }),
                 Outcome::Failed { error, permanent } => {
+                    // Errors may quote a signed URL: never pass its signature on.
+                    let error = &sas::scrub(error);
                     warn!(worker_id = %self.id, lease_id = %lease.lease_id, %error, permanent, "task failed");
                     client
                         .fail_task(proto::FailTaskRequest {
@@ -422,7 +466,67 @@ struct TaskCtl {
     cancel: AtomicBool,
     /// Where a Segment lease's range now ends (heartbeat and chunk replies lower it).
     limit: AtomicU64,
-    chunks: tokio::sync::mpsc::UnboundedSender<ChunkDone>,
+    chunks: tokio::sync::mpsc::UnboundedSender<ReadyChunk>,
+}
+
+/// A chunk stored where the coordinator can find it, ready to commit.
+struct ReadyChunk {
+    start: u64,
+    end: u64,
+    url: String,
+}
+
+/// Where a lease stages what it uploads to blob storage (removed when the task ends).
+fn scratch_dir(lease_id: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("framewise-{lease_id}"))
+}
+
+/// The local path of a file URL, or a signed blob URL as is (read over HTTP by GStreamer).
+fn input_path(url: &str) -> Result<PathBuf, UrlError> {
+    if is_http(url) {
+        Ok(PathBuf::from(url))
+    } else {
+        local_path(url)
+    }
+}
+
+/// Uploads finished chunks to their signed URLs in order and hands them on for commit; the
+/// first failure stops the task (its error is returned by `run_task`).
+fn upload_chunks(
+    rx: std::sync::mpsc::Receiver<ChunkDone>,
+    targets: &std::collections::HashMap<u64, String>,
+    output_url: &str,
+    opts: &TransferOptions,
+    ctl: &TaskCtl,
+) -> Option<String> {
+    let mut error = None;
+    for c in rx {
+        if error.is_none() {
+            let r = match targets.get(&c.start) {
+                Some(url) => sas::upload_file(url, &c.path, opts).map_err(|e| e.to_string()),
+                None => Err(format!(
+                    "the lease has no signed URL for the chunk at frame {}",
+                    c.start
+                )),
+            };
+            match r {
+                Ok(bytes) => {
+                    info!(start = c.start, end = c.end, bytes, "chunk uploaded");
+                    let _ = ctl.chunks.send(ReadyChunk {
+                        start: c.start,
+                        end: c.end,
+                        url: join(output_url, &chunk_name(c.start)),
+                    });
+                }
+                Err(e) => {
+                    ctl.cancel.store(true, Ordering::Relaxed);
+                    error = Some(e);
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&c.path);
+    }
+    error
 }
 
 fn run_task(
@@ -431,6 +535,7 @@ fn run_task(
     settings: &EncoderSettings,
     lease_id: &str,
     ctl: &TaskCtl,
+    opts: &TransferOptions,
 ) -> Outcome {
     let (progress, cancel) = (&ctl.progress, &ctl.cancel);
     use proto::complete_task_request::Result as R;
@@ -440,7 +545,7 @@ fn run_task(
     };
     match task {
         Task::Probe(p) => {
-            let path = match local_path(&p.input_url) {
+            let path = match input_path(&p.input_url) {
                 Ok(p) => p,
                 Err(e) => return url_err(e),
             };
@@ -450,10 +555,22 @@ fn run_task(
             }
         }
         Task::Segment(s) => {
-            let (input, output) = match (local_path(&s.input_url), local_path(&s.output_url)) {
+            // With blob storage, chunks are staged locally and uploaded to the lease's signed URLs.
+            let remote = !s.chunk_targets.is_empty();
+            let output = if remote {
+                Ok(scratch_dir(lease_id))
+            } else {
+                local_path(&s.output_url)
+            };
+            let (input, output) = match (input_path(&s.input_url), output) {
                 (Ok(i), Ok(o)) => (i, o),
                 (Err(e), _) | (_, Err(e)) => return url_err(e),
             };
+            let targets: std::collections::HashMap<u64, String> = s
+                .chunk_targets
+                .iter()
+                .map(|t| (t.start_frame, t.write_url.clone()))
+                .collect();
             let media = s.media.unwrap_or_default();
             let params = s.params.unwrap_or_default();
             let settings = if params.crf > 0 {
@@ -482,17 +599,42 @@ fn run_task(
                 style: &params.style_weights,
                 encoder: &settings,
             };
-            let on_chunk = |c: ChunkDone| {
-                let _ = ctl.chunks.send(c);
-            };
-            let seg_ctl = SegmentControl {
-                progress,
-                cancel,
-                limit: &ctl.limit,
-                on_chunk: &on_chunk,
-            };
-            let mut m = model.lock().unwrap_or_else(|p| p.into_inner());
-            match run_segment(&spec, &mut m, &seg_ctl) {
+            let (up_tx, up_rx) = std::sync::mpsc::channel::<ChunkDone>();
+            let (result, upload_error) = std::thread::scope(|sc| {
+                let uploader = remote
+                    .then(|| sc.spawn(|| upload_chunks(up_rx, &targets, &s.output_url, opts, ctl)));
+                let result = {
+                    let on_chunk = move |c: ChunkDone| {
+                        if remote {
+                            let _ = up_tx.send(c);
+                        } else {
+                            let _ = ctl.chunks.send(ReadyChunk {
+                                start: c.start,
+                                end: c.end,
+                                url: file_url(&c.path),
+                            });
+                        }
+                    };
+                    let seg_ctl = SegmentControl {
+                        progress,
+                        cancel,
+                        limit: &ctl.limit,
+                        on_chunk: &on_chunk,
+                    };
+                    let mut m = model.lock().unwrap_or_else(|p| p.into_inner());
+                    run_segment(&spec, &mut m, &seg_ctl)
+                    // on_chunk (and with it the uploader's sender) is dropped here.
+                };
+                let upload_error = uploader.and_then(|h| h.join().ok().flatten());
+                (result, upload_error)
+            });
+            if let Some(e) = upload_error {
+                return Outcome::Failed {
+                    error: format!("uploading a chunk: {e}"),
+                    permanent: false,
+                };
+            }
+            match result {
                 // Every chunk was committed as it finished.
                 Ok(_) => Outcome::Committed,
                 Err(e) => {
@@ -507,14 +649,27 @@ fn run_task(
                 }
             }
         }
-        Task::Assemble(a) => run_assemble(a, lease_id, cancel),
+        Task::Assemble(a) => run_assemble(a, lease_id, cancel, opts),
     }
 }
 
-fn run_assemble(a: proto::AssembleTask, lease_id: &str, cancel: &AtomicBool) -> Outcome {
+fn run_assemble(
+    a: proto::AssembleTask,
+    lease_id: &str,
+    cancel: &AtomicBool,
+    opts: &TransferOptions,
+) -> Outcome {
     use proto::complete_task_request::Result as R;
     let media = a.media.unwrap_or_default();
-    let (input, output) = match (local_path(&a.input_url), local_path(&a.output_url)) {
+    // With blob storage the output is assembled and verified here, then uploaded in one step.
+    let remote_out = !a.output_write_url.is_empty();
+    let output = if remote_out {
+        let name = a.output_url.rsplit('/').next().unwrap_or("output.mp4");
+        Ok(scratch_dir(lease_id).join(name))
+    } else {
+        local_path(&a.output_url)
+    };
+    let (input, output) = match (input_path(&a.input_url), output) {
         (Ok(i), Ok(o)) => (i, o),
         (Err(e), _) | (_, Err(e)) => {
             return Outcome::Failed {
@@ -525,7 +680,7 @@ fn run_assemble(a: proto::AssembleTask, lease_id: &str, cancel: &AtomicBool) -> 
     };
     let mut segs = Vec::with_capacity(a.segments.len());
     for s in &a.segments {
-        let path = match local_path(&s.url) {
+        let path = match input_path(&s.url) {
             Ok(p) => p,
             Err(e) => {
                 return Outcome::Failed {
@@ -547,6 +702,14 @@ fn run_assemble(a: proto::AssembleTask, lease_id: &str, cancel: &AtomicBool) -> 
             offset_ns,
             frames: s.end_frame - s.start_frame,
         });
+    }
+    if remote_out {
+        if let Err(e) = std::fs::create_dir_all(scratch_dir(lease_id)) {
+            return Outcome::Failed {
+                error: format!("{}: {e}", scratch_dir(lease_id).display()),
+                permanent: false,
+            };
+        }
     }
     let tmp = partial_path(&output, lease_id);
     let result =
@@ -577,6 +740,19 @@ fn run_assemble(a: proto::AssembleTask, lease_id: &str, cancel: &AtomicBool) -> 
                     path: output.clone(),
                     detail: "cancelled before the output was published".into(),
                 });
+            }
+            if remote_out {
+                // Blocks, then one block list: the blob appears whole or not at all.
+                let bytes = sas::upload_file(&a.output_write_url, &tmp, opts).map_err(|e| {
+                    MediaError::Upload {
+                        url: a.output_url.clone(),
+                        detail: e.to_string(),
+                        refused: e.is_refusal(),
+                    }
+                })?;
+                info!(output = %a.output_url, bytes, "output uploaded");
+                let _ = std::fs::remove_file(&tmp);
+                return Ok(check);
             }
             std::fs::rename(&tmp, &output).map_err(|e| MediaError::Write {
                 path: output.clone(),

@@ -37,6 +37,14 @@ pub enum MediaError {
     },
     #[error("{path}: cannot write: {detail}")]
     Write { path: PathBuf, detail: String },
+    /// Uploading to blob storage failed; a refusal (e.g. an expired signed URL) is cured by a
+    /// new lease, so this is never permanent.
+    #[error("{url}: upload failed: {detail}")]
+    Upload {
+        url: String,
+        detail: String,
+        refused: bool,
+    },
 }
 
 impl MediaError {

@@ -272,6 +272,16 @@ impl Stylizer {
             }
         };
         inputs.push((Cow::Borrowed(self.cfg.input.as_str()), image));
+        // No weights given (e.g. a job from the blob trigger): the model's first style.
+        let first_style: Vec<f32>;
+        let style = if style.is_empty() && self.cfg.style_count > 0 {
+            first_style = (0..self.cfg.style_count)
+                .map(|i| if i == 0 { 1.0 } else { 0.0 })
+                .collect();
+            &first_style[..]
+        } else {
+            style
+        };
         if !self.cfg.style_input.is_empty() {
             if style.len() != self.cfg.style_count {
                 return Err(run_err(&format!(

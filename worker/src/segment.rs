@@ -87,7 +87,7 @@ const STALL: Duration = Duration::from_secs(120);
 
 /// The chunk file for a chunk starting at `first`.
 pub fn chunk_path(dir: &Path, first: u64) -> PathBuf {
-    dir.join(format!("{first:09}.mp4"))
+    dir.join(framewise_common::storage::chunk_name(first))
 }
 
 /// Stylizes the range until it ends (or `limit` says it ends earlier), writing and handing

@@ -54,8 +54,7 @@ pub fn assemble(
     let mux = make("mp4mux")?;
     let sink = make("filesink")?;
     sink.set_property("location", out.to_string_lossy().as_ref());
-    let fsrc = make("filesrc")?;
-    fsrc.set_property("location", source.to_string_lossy().as_ref());
+    let fsrc = super::source_element(source)?;
     let pbin = make("parsebin")?;
     pipeline
         .add_many([
@@ -240,8 +239,7 @@ fn read_segment(
     };
     let pipeline = gst::Pipeline::new();
     let _stop = Stopper(pipeline.clone());
-    let src = make("filesrc")?;
-    src.set_property("location", path.to_string_lossy().as_ref());
+    let src = super::source_element(path)?;
     let demux = make("qtdemux")?;
     let parse = make("h264parse")?;
     let caps = gst::Caps::builder("video/x-h264")

@@ -72,8 +72,7 @@ fn decode_once(
         what: "building the decode pipeline",
         detail: e.to_string(),
     };
-    let src = make("filesrc")?;
-    src.set_property("location", path.to_string_lossy().as_ref());
+    let src = super::source_element(path)?;
     let dec = make("decodebin")?;
     let convert = make("videoconvert")?;
     let scale = make("videoscale")?;

@@ -79,8 +79,7 @@ pub fn probe(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
     super::init()?;
     let pipeline = gst::Pipeline::new();
     let _stop = Stopper(pipeline.clone());
-    let src = make("filesrc")?;
-    src.set_property("location", path.to_string_lossy().as_ref());
+    let src = super::source_element(path)?;
     let parse = make("parsebin")?;
     pipeline
         .add_many([&src, &parse])
