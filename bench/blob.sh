@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The overhead of the Azure Blob storage path (issue 5): one 20 s 720p clip with audio
+# The overhead of the Azure Blob storage path (issue 5): one 20 s 720p clip (coarse noise) with audio
 # through file:// and through Azure Blob (Azurite on this machine), side by side in one run,
 # alternating which goes first. Same coordinator settings, one worker; the input is uploaded
 # before the clock starts, the clock stops when `submit --wait` returns (output verified and,
@@ -28,8 +28,9 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 clip="$work/clip720.mp4"
-gst-launch-1.0 -q videotestsrc num-buffers=$frames pattern=ball ! video/x-raw,width=1280,height=720,framerate=25/1 \
-  ! videoconvert ! x264enc speed-preset=veryfast bframes=2 key-int-max=50 bitrate=4000 ! h264parse ! mp4mux name=m \
+# Coarse moving noise (320x180 snow scaled up): real-footage-like bitrates, unlike a bouncing ball.
+gst-launch-1.0 -q videotestsrc num-buffers=$frames pattern=snow ! video/x-raw,width=320,height=180,framerate=25/1 \
+  ! videoscale ! video/x-raw,width=1280,height=720 ! videoconvert ! x264enc speed-preset=veryfast bframes=2 key-int-max=50 bitrate=4000 ! h264parse ! mp4mux name=m \
   ! filesink location="$clip" \
   audiotestsrc num-buffers=$((secs * 25)) samplesperbuffer=1920 wave=sine ! audio/x-raw,rate=48000,channels=2 \
   ! avenc_aac ! aacparse ! m.
@@ -72,7 +73,7 @@ start_cluster file ""
 file_url=$url
 start_cluster blob "az://devstoreaccount1/work"
 blob_url=$url
-"$fw" storage -c "$work/blob/c.toml" put "$clip" az://devstoreaccount1/in/clip720.mp4 2>/dev/null
+"$fw" storage -c "$work/blob/c.toml" put "$clip" az://devstoreaccount1/input/clip720.mp4 >&2
 sleep 3 # workers load the model
 
 extra=()
@@ -82,7 +83,7 @@ run_one() { # kind round -> seconds
   if [ "$kind" = file ]; then
     in="$clip"; out="$work/file/out-$r.mp4"; url=$file_url
   else
-    in=az://devstoreaccount1/in/clip720.mp4; out=az://devstoreaccount1/out/clip720-$r.mp4; url=$blob_url
+    in=az://devstoreaccount1/input/clip720.mp4; out=az://devstoreaccount1/output/clip720-$r.mp4; url=$blob_url
   fi
   t0=$(date +%s.%N)
   "$fw" submit "$in" --out "$out" --wait --coordinator "$url" "${extra[@]}" >/dev/null 2>"$work/submit-$kind-$r.err" \
@@ -93,7 +94,7 @@ run_one() { # kind round -> seconds
 mode="real model"
 [ "$synthetic" -gt 0 ] && mode="SYNTHETIC model ($synthetic ms/frame: no inference)"
 [ "$max_size" -gt 0 ] && mode="$mode, --max-size $max_size"
-echo "# $(date -u +%F) $(uname -m), $(nproc) cores; ${secs} s 1280x720 25 fps clip with AAC audio ($(stat -c %s "$clip") bytes); $mode; 1 worker"
+echo "# $(date -u +%F) $(uname -m), $(nproc) cores; ${secs} s 1280x720 25 fps clip (coarse noise) with AAC audio ($(stat -c %s "$clip") bytes); $mode; 1 worker"
 echo "| round | file:// s | Azure Blob (Azurite) s | blob / file |"
 echo "|---|---|---|---|"
 for r in $(seq "$rounds"); do

@@ -138,6 +138,25 @@ fn a_video_dropped_into_incoming_comes_out_stylized_with_its_audio() {
     let notes = dir.join("notes.txt");
     std::fs::write(&notes, "not a video").unwrap();
     upload(&s, &notes, &az("incoming/notes.txt"));
+    // An upload still in progress (a block staged, no block list yet) is not picked up.
+    let staging = s
+        .sign(
+            &az("incoming/uploading.mp4"),
+            framewise_common::storage::Access::Write,
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let staged = agent
+        .put(&format!("{staging}&comp=block&blockid=MDAwMDAwMDA%3D"))
+        .send(&std::fs::read(&clip).unwrap()[..])
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(staged, 201);
 
     let cl = blob_cluster(&dir, &azurite, true);
     let mut procs = Procs(vec![cl.coordinator(1), cl.worker("w1"), cl.worker("w2")]);
@@ -162,7 +181,8 @@ fn a_video_dropped_into_incoming_comes_out_stylized_with_its_audio() {
     );
     assert!(p >= 30.0, "output vs model applied directly: {p:.1} dB");
 
-    // One job, succeeded; the non-video was rejected with a reason, not submitted.
+    // One job, succeeded (none for the unfinished upload); the non-video was rejected with a
+    // reason, not submitted.
     let jobs = list_jobs(&cl.url());
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     let job = wait_for(&cl.url(), &jobs[0].job_id, 30, "success", |j| {
@@ -203,6 +223,14 @@ fn a_video_dropped_into_incoming_comes_out_stylized_with_its_audio() {
             "work blobs left behind"
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // No key and no signature in any process's log (coordinator, both workers).
+    for name in ["coordinator-1.log", "w1.log", "w2.log"] {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        assert!(!text.is_empty(), "{name} is empty");
+        assert!(!text.contains(common::azurite::ACCOUNT_KEY), "account key in {name}");
+        assert!(!text.contains("sig="), "a signature in {name}");
     }
 
     // A restarted coordinator does not submit the same blob version again.
@@ -407,6 +435,22 @@ fn a_storage_restart_mid_job_is_ridden_out() {
         .into_inner()
         .job_id
     });
+    // A missing input fails its job with a reason that names the blob (and no signature).
+    let missing = rt().block_on(async {
+        let mut jobs = JobServiceClient::connect(cl.url()).await.unwrap();
+        jobs.submit_job(pb::SubmitJobRequest {
+            spec: Some(pb::JobSpec {
+                input_url: az("media/missing.mp4"),
+                output_url: az("out/missing.mp4"),
+                params: None,
+            }),
+            idempotency_key: "missing".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id
+    });
     // Once some frames are committed, the storage service goes away for a while and comes back.
     wait_for(&cl.url(), &id, 120, "first frames", |j| j.frames_done > 0);
     azurite.stop();
@@ -419,6 +463,51 @@ fn a_storage_restart_mid_job_is_ridden_out() {
     let out = dir.join("out.mp4");
     download(&s, &az("out/long.mp4"), &out);
     check_output(&clip, &out);
+    let m = wait_for(&cl.url(), &missing, 120, "the missing input's job to fail", |j| {
+        j.state == JobState::Failed as i32
+    });
+    assert!(m.error.contains("media/missing.mp4"), "{}", m.error);
+    assert!(!m.error.contains("sig="), "{}", m.error);
+    assert_eq!(
+        rt().block_on(s.size(&az("out/missing.mp4"))).unwrap(),
+        None,
+        "nothing written"
+    );
+}
+
+#[test]
+fn wrong_credentials_and_missing_blobs_are_named() {
+    let dir = tmpdir("creds");
+    let azurite = Azurite::start(&dir.join("azurite"));
+    let s = store(&azurite);
+    let clip = dir.join("c.mp4");
+    std::fs::write(&clip, b"0123456789").unwrap();
+    upload(&s, &clip, &az("media/c.mp4"));
+    // The right endpoint with a wrong key: refused, naming account, container and blob.
+    let mut cfg = StorageConfig::default();
+    cfg.accounts.insert(
+        ACCOUNT.into(),
+        AccountConfig {
+            account_key: "d3Jvbmcga2V5IHdyb25nIGtleQ==".into(),
+            blob_endpoint: azurite.endpoint(),
+            ..Default::default()
+        },
+    );
+    let wrong = Store::from_config(&cfg).unwrap();
+    let e = rt().block_on(wrong.get(&az("media/c.mp4"))).unwrap_err();
+    let msg = e.to_string();
+    assert!(e.is_permanent(), "{msg}");
+    assert!(msg.contains(&az("media/c.mp4")) && msg.contains("403"), "{msg}");
+    // A missing container or blob: reported as missing, naming it.
+    let e = rt().block_on(s.get(&az("nosuchcontainer/x.mp4"))).unwrap_err();
+    assert!(e.to_string().contains("nosuchcontainer/x.mp4"), "{e}");
+    assert_eq!(rt().block_on(s.size(&az("media/none.mp4"))).unwrap(), None);
+    // The service down: a clear error after the retries, not a hang.
+    drop(azurite);
+    let t = Instant::now();
+    let e = rt().block_on(s.size(&az("media/c.mp4"))).unwrap_err();
+    assert!(!e.is_permanent() && e.to_string().contains(&az("media/c.mp4")), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(120));
 }
 
 #[test]

@@ -155,6 +155,14 @@ impl Account {
             },
             creds,
         )
+        // Ride out a storage restart (seconds), but answer within half a minute when it is down.
+        .retry(azure_core::RetryOptions::exponential(
+            azure_core::ExponentialRetryOptions::default()
+                .initial_delay(Duration::from_millis(200))
+                .max_delay(Duration::from_secs(5))
+                .max_retries(8u32)
+                .max_total_elapsed(Duration::from_secs(30)),
+        ))
         .blob_service_client();
         Account {
             name: name.to_string(),
