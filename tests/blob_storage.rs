@@ -229,7 +229,10 @@ fn a_video_dropped_into_incoming_comes_out_stylized_with_its_audio() {
     for name in ["coordinator-1.log", "w1.log", "w2.log"] {
         let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
         assert!(!text.is_empty(), "{name} is empty");
-        assert!(!text.contains(common::azurite::ACCOUNT_KEY), "account key in {name}");
+        assert!(
+            !text.contains(common::azurite::ACCOUNT_KEY),
+            "account key in {name}"
+        );
         assert!(!text.contains("sig="), "a signature in {name}");
     }
 
@@ -463,9 +466,13 @@ fn a_storage_restart_mid_job_is_ridden_out() {
     let out = dir.join("out.mp4");
     download(&s, &az("out/long.mp4"), &out);
     check_output(&clip, &out);
-    let m = wait_for(&cl.url(), &missing, 120, "the missing input's job to fail", |j| {
-        j.state == JobState::Failed as i32
-    });
+    let m = wait_for(
+        &cl.url(),
+        &missing,
+        120,
+        "the missing input's job to fail",
+        |j| j.state == JobState::Failed as i32,
+    );
     assert!(m.error.contains("media/missing.mp4"), "{}", m.error);
     assert!(!m.error.contains("sig="), "{}", m.error);
     assert_eq!(
@@ -497,16 +504,24 @@ fn wrong_credentials_and_missing_blobs_are_named() {
     let e = rt().block_on(wrong.get(&az("media/c.mp4"))).unwrap_err();
     let msg = e.to_string();
     assert!(e.is_permanent(), "{msg}");
-    assert!(msg.contains(&az("media/c.mp4")) && msg.contains("403"), "{msg}");
+    assert!(
+        msg.contains(&az("media/c.mp4")) && msg.contains("403"),
+        "{msg}"
+    );
     // A missing container or blob: reported as missing, naming it.
-    let e = rt().block_on(s.get(&az("nosuchcontainer/x.mp4"))).unwrap_err();
+    let e = rt()
+        .block_on(s.get(&az("nosuchcontainer/x.mp4")))
+        .unwrap_err();
     assert!(e.to_string().contains("nosuchcontainer/x.mp4"), "{e}");
     assert_eq!(rt().block_on(s.size(&az("media/none.mp4"))).unwrap(), None);
     // The service down: a clear error after the retries, not a hang.
     drop(azurite);
     let t = Instant::now();
     let e = rt().block_on(s.size(&az("media/c.mp4"))).unwrap_err();
-    assert!(!e.is_permanent() && e.to_string().contains(&az("media/c.mp4")), "{e}");
+    assert!(
+        !e.is_permanent() && e.to_string().contains(&az("media/c.mp4")),
+        "{e}"
+    );
     assert!(t.elapsed() < Duration::from_secs(120));
 }
 
