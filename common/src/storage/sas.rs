@@ -308,56 +308,6 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// Reads a whole blob through a read-signed URL (small things: logs, listings in tests).
-pub fn download(url: &str, retries: u32) -> Result<Vec<u8>, TransferError> {
-    let agent = agent();
-    let mut last = String::new();
-    for attempt in 0..retries.max(1) {
-        if attempt > 0 {
-            std::thread::sleep(Duration::from_millis((200u64 << attempt.min(5)).min(5_000)));
-        }
-        match agent.get(url).call() {
-            Ok(mut resp) => {
-                let status = resp.status().as_u16();
-                if (200..300).contains(&status) {
-                    return resp
-                        .body_mut()
-                        .with_config()
-                        .limit(u64::MAX)
-                        .read_to_vec()
-                        .map_err(|e| TransferError::GaveUp {
-                            url: redact(url).to_string(),
-                            tries: attempt + 1,
-                            last: e.to_string(),
-                        });
-                }
-                let code = resp
-                    .headers()
-                    .get("x-ms-error-code")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
-                if status == 408 || status == 429 || status >= 500 {
-                    last = format!("HTTP {status} {code}");
-                    continue;
-                }
-                return Err(TransferError::Refused {
-                    url: redact(url).to_string(),
-                    status,
-                    code,
-                    detail: String::new(),
-                });
-            }
-            Err(e) => last = e.to_string(),
-        }
-    }
-    Err(TransferError::GaveUp {
-        url: redact(url).to_string(),
-        tries: retries.max(1),
-        last,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
