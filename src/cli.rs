@@ -45,12 +45,18 @@ pub enum Command {
         job: Option<String>,
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         coordinator: String,
+        /// Bearer token when the coordinator has a tokens file.
+        #[arg(long, env = "FRAMEWISE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Cancel a job: running workers stop at their next heartbeat; nothing is written to its output.
     Cancel {
         job: String,
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         coordinator: String,
+        /// Bearer token when the coordinator has a tokens file.
+        #[arg(long, env = "FRAMEWISE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Measure inference alone (no decode or encode): the ceiling end-to-end speed is compared with.
     BenchModel(BenchArgs),
@@ -153,6 +159,9 @@ pub struct SubmitArgs {
     pub wait: bool,
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub coordinator: String,
+    /// Bearer token when the coordinator has a tokens file (role submitter or admin).
+    #[arg(long, env = "FRAMEWISE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Args, Debug)]

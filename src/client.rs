@@ -3,12 +3,12 @@
 
 use crate::cli::{StyleArgs, SubmitArgs};
 use anyhow::{anyhow, bail, Context, Result};
+use framewise_common::bearer::{AuthChannel, Bearer};
 use framewise_common::proto::{self as pb, job_service_client::JobServiceClient};
 use framewise_common::style;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 /// Style weights from --style / --style-mix (style 0 when neither is given).
 pub fn style_weights(a: &StyleArgs, count: usize) -> Result<Vec<f32>> {
@@ -28,9 +28,13 @@ pub fn style_weights(a: &StyleArgs, count: usize) -> Result<Vec<f32>> {
 pub fn connect_blocking(
     rt: &tokio::runtime::Runtime,
     url: &str,
-) -> Result<JobServiceClient<Channel>> {
-    rt.block_on(JobServiceClient::connect(url.to_string()))
-        .map_err(|e| anyhow!("coordinator {url}: {e}"))
+    token: Option<&str>,
+) -> Result<JobServiceClient<AuthChannel>> {
+    let bearer = Bearer::new(token).map_err(|e| anyhow!("--token: {e}"))?;
+    let ch = rt
+        .block_on(framewise_common::bearer::connect(url, bearer))
+        .map_err(|e| anyhow!("coordinator {e}"))?;
+    Ok(JobServiceClient::new(ch))
 }
 
 fn state_name(s: i32) -> &'static str {
@@ -55,7 +59,7 @@ pub fn is_terminal(s: i32) -> bool {
 
 /// Polls a job until it ends, drawing frames done, frames/s and ETA.
 pub async fn follow(
-    client: &mut JobServiceClient<Channel>,
+    client: &mut JobServiceClient<AuthChannel>,
     job_id: &str,
     show_bar: bool,
 ) -> Result<pb::Job> {
@@ -122,7 +126,7 @@ pub fn submit(a: SubmitArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut client = connect_blocking(&rt, &a.coordinator)?;
+    let mut client = connect_blocking(&rt, &a.coordinator, a.token.as_deref())?;
     let spec = pb::JobSpec {
         input_url: a.input.clone(),
         output_url: a.out.clone(),
@@ -183,11 +187,11 @@ pub fn report(job: &pb::Job, wall: Duration) -> ExitCode {
     }
 }
 
-pub fn status(url: &str, job: Option<&str>) -> Result<ExitCode> {
+pub fn status(url: &str, job: Option<&str>, token: Option<&str>) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut client = connect_blocking(&rt, url)?;
+    let mut client = connect_blocking(&rt, url, token)?;
     match job {
         Some(id) => {
             let j = rt
@@ -253,11 +257,11 @@ pub fn status(url: &str, job: Option<&str>) -> Result<ExitCode> {
 }
 
 /// `framewise cancel JOB`.
-pub fn cancel(url: &str, job: &str) -> Result<ExitCode> {
+pub fn cancel(url: &str, job: &str, token: Option<&str>) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut client = connect_blocking(&rt, url)?;
+    let mut client = connect_blocking(&rt, url, token)?;
     let j = rt
         .block_on(client.cancel_job(pb::CancelJobRequest {
             job_id: job.to_string(),

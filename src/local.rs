@@ -245,9 +245,11 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
 
     let started = Instant::now();
     let result = rt.block_on(async {
-        let mut client = JobServiceClient::connect(url.clone())
+        // The embedded coordinator has no tokens file: no token to send.
+        let ch = framewise_common::bearer::connect(&url, Default::default())
             .await
-            .map_err(|e| anyhow!("embedded coordinator {url}: {e}"))?;
+            .map_err(|e| anyhow!("embedded coordinator {e}"))?;
+        let mut client = JobServiceClient::new(ch);
         let spec = pb::JobSpec {
             input_url: file_url(&input),
             output_url: file_url(&output),

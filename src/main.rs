@@ -84,8 +84,16 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit(a) => client::submit(a),
-        Command::Status { job, coordinator } => client::status(&coordinator, job.as_deref()),
-        Command::Cancel { job, coordinator } => client::cancel(&coordinator, &job),
+        Command::Status {
+            job,
+            coordinator,
+            token,
+        } => client::status(&coordinator, job.as_deref(), token.as_deref()),
+        Command::Cancel {
+            job,
+            coordinator,
+            token,
+        } => client::cancel(&coordinator, &job, token.as_deref()),
         Command::Storage { config, command } => blob::run(config.as_deref(), command),
         #[cfg(feature = "worker")]
         Command::Run(a) => local::run(a),

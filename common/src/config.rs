@@ -102,6 +102,9 @@ pub struct CoordinatorConfig {
     pub viewer_token: String,
     /// File holding the viewer token (read at start, so the token stays out of config files).
     pub viewer_token_file: PathBuf,
+    /// Bearer tokens with roles (`[[tokens]]` name, role = submitter|viewer|worker|admin, token);
+    /// "" = no authentication (loopback use). Every gRPC call then needs a token.
+    pub tokens_file: PathBuf,
     /// What the coordinator accepts: queue size and input media bounds.
     pub limits: Limits,
     /// Starts and stops workers to follow the queue (off by default).
@@ -275,6 +278,7 @@ impl Default for CoordinatorConfig {
             http_addr: "127.0.0.1:8080".into(),
             viewer_token: String::new(),
             viewer_token_file: PathBuf::new(),
+            tokens_file: PathBuf::new(),
             limits: Limits::default(),
             autoscaler: AutoscalerConfig::default(),
             work_url: String::new(),
@@ -320,6 +324,9 @@ pub struct WorkerConfig {
     pub model_cache_dir: PathBuf,
     /// Frames per inference run when the model takes a batch (0 or 1 = one frame per run).
     pub batch_frames: usize,
+    /// The worker's token when the coordinator has `tokens_file` (role worker); prefer `token_file`.
+    pub token: String,
+    pub token_file: PathBuf,
     /// Blob uploads (chunks, outputs, logs): files larger than this go in blocks of this size.
     pub upload_block_bytes: u64,
     /// Blocks uploaded at once.
@@ -347,6 +354,8 @@ impl Default for WorkerConfig {
             optimize: "auto".into(),
             model_cache_dir: PathBuf::new(),
             batch_frames: 0,
+            token: String::new(),
+            token_file: PathBuf::new(),
             upload_block_bytes: 4 << 20,
             upload_parallel: 4,
             upload_retries: 10,
@@ -457,7 +466,12 @@ impl Config {
             None => "(defaults)".to_string(),
         };
         // FRAMEWISE_LOG is the log filter, not a config key.
-        fig = fig.merge(Env::prefixed("FRAMEWISE_").ignore(&["LOG"]).split("__"));
+        // FRAMEWISE_TOKEN is the CLI's token, not a config key.
+        fig = fig.merge(
+            Env::prefixed("FRAMEWISE_")
+                .ignore(&["LOG", "TOKEN"])
+                .split("__"),
+        );
         let cfg: Config = fig.extract().map_err(|e| ConfigError::Invalid {
             file: name.clone(),
             source: Box::new(e),

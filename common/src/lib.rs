@@ -1,6 +1,7 @@
 //! Types shared by the coordinator and the workers: configuration, the wire
 //! protocol, segment planning, style weights and storage locations.
 
+pub mod bearer;
 pub mod config;
 pub mod device;
 pub mod plan;

@@ -1,6 +1,7 @@
 //! Thin tonic handlers: validate the request, send a message to the
 //! JobManager actor, convert the reply.
 
+use crate::auth::{require, Identity, Role, Tokens};
 use crate::convert::{completion_from, grant_to, job_to, params_from, Signer};
 use crate::manager::{self, CoordError, JobManager, WorkerInfo};
 use actix::{Addr, MailboxError};
@@ -21,6 +22,19 @@ pub struct Services {
     pub blobs: Store,
     /// How long a lease's signed URLs stay valid.
     pub sas_valid: std::time::Duration,
+    /// Who may call what (open when no tokens file is configured).
+    pub tokens: Tokens,
+}
+
+const READERS: &[Role] = &[Role::Admin, Role::Viewer, Role::Submitter];
+const SUBMITTERS: &[Role] = &[Role::Admin, Role::Submitter];
+
+/// A job the caller may not see or touch: named, without revealing anything about it.
+fn not_yours(who: &Identity, job: &str) -> Status {
+    Status::permission_denied(format!(
+        "job {job} belongs to another submitter than {}",
+        who.name
+    ))
 }
 
 fn status(e: CoordError) -> Status {
@@ -130,6 +144,7 @@ impl pb::job_service_server::JobService for Services {
         &self,
         req: Request<pb::GetJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let who = require(&self.tokens, &req, READERS)?;
         let id = req.into_inner().job_id;
         // Fail fast for an unknown job, before the stream starts.
         let first = self
@@ -138,6 +153,9 @@ impl pb::job_service_server::JobService for Services {
             .await
             .map_err(mailbox)?
             .map_err(status)?;
+        if !who.may_see(&first.job.owner) {
+            return Err(not_yours(&who, &id));
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let addr = self.manager.clone();
         tokio::spawn(async move {
@@ -178,6 +196,7 @@ impl pb::job_service_server::JobService for Services {
         &self,
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let who = require(&self.tokens, &req, SUBMITTERS)?;
         let r = req.into_inner();
         let mut spec = r
             .spec
@@ -220,6 +239,7 @@ impl pb::job_service_server::JobService for Services {
                 output_url: spec.output_url,
                 params: params_from(spec.params),
                 idempotency_key: r.idempotency_key,
+                owner: who.owner().to_string(),
             })
             .await
             .map_err(mailbox)?
@@ -228,19 +248,25 @@ impl pb::job_service_server::JobService for Services {
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let who = require(&self.tokens, &req, READERS)?;
+        let id = req.into_inner().job_id;
         let v = self
             .manager
-            .send(manager::GetJob(req.into_inner().job_id))
+            .send(manager::GetJob(id.clone()))
             .await
             .map_err(mailbox)?
             .map_err(status)?;
+        if !who.may_see(&v.job.owner) {
+            return Err(not_yours(&who, &id));
+        }
         Ok(Response::new(job_to(&v)))
     }
 
     async fn list_jobs(
         &self,
-        _: Request<pb::ListJobsRequest>,
+        req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let who = require(&self.tokens, &req, READERS)?;
         let all = self
             .manager
             .send(manager::ListJobs)
@@ -251,6 +277,7 @@ impl pb::job_service_server::JobService for Services {
             // jobs with their tasks would not fit a gRPC message.
             jobs: all
                 .iter()
+                .filter(|v| who.may_see(&v.job.owner))
                 .map(|v| pb::Job {
                     tasks: Vec::new(),
                     ..job_to(v)
@@ -263,9 +290,20 @@ impl pb::job_service_server::JobService for Services {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let who = require(&self.tokens, &req, SUBMITTERS)?;
+        let id = req.into_inner().job_id;
+        let current = self
+            .manager
+            .send(manager::GetJob(id.clone()))
+            .await
+            .map_err(mailbox)?
+            .map_err(status)?;
+        if !who.may_cancel(&current.job.owner) {
+            return Err(not_yours(&who, &id));
+        }
         let v = self
             .manager
-            .send(manager::Cancel(req.into_inner().job_id))
+            .send(manager::Cancel(id))
             .await
             .map_err(mailbox)?
             .map_err(status)?;

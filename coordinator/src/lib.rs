@@ -3,6 +3,7 @@
 //! actix-web serves the dashboard, the REST API and /metrics.
 //! It links neither GStreamer nor ONNX Runtime.
 
+pub mod auth;
 pub mod autoscaler;
 pub mod convert;
 pub mod grpc;

@@ -332,11 +332,17 @@ pub struct Submit {
     pub output_url: String,
     pub params: Params,
     pub idempotency_key: String,
+    /// The submitter's name ("" when auth is off); idempotency keys are per owner.
+    pub owner: String,
 }
 
 impl Handler<Submit> for JobManager {
     type Result = ResponseFuture<Result<(String, bool), CoordError>>;
-    fn handle(&mut self, m: Submit, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, mut m: Submit, _: &mut Context<Self>) -> Self::Result {
+        // One submitter's key never finds another's job.
+        if !m.owner.is_empty() && !m.idempotency_key.is_empty() {
+            m.idempotency_key = format!("{}\u{1f}{}", m.owner, m.idempotency_key);
+        }
         let r = (|| -> Result<(String, bool), CoordError> {
             let cap = self.rules.limits.max_queued_jobs as usize;
             if self.state.job_with_key(&m.idempotency_key).is_none()
@@ -354,6 +360,7 @@ impl Handler<Submit> for JobManager {
                 input_url: m.input_url,
                 output_url: m.output_url,
                 params: m.params,
+                owner: m.owner,
             };
             let (id, existing, ch) = self.state.submit(new, now_ms(), &self.rules);
             self.commit(&ch)?;
@@ -762,6 +769,7 @@ pub(crate) mod tests {
                 crf: 20,
             },
             idempotency_key: key.into(),
+            owner: String::new(),
         }
     }
 

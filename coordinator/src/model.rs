@@ -106,6 +106,9 @@ pub struct Job {
     /// Index the next new task gets.
     #[serde(default)]
     pub next_task: u32,
+    /// The submitter's name (auth on) or "" (auth off, the blob trigger).
+    #[serde(default)]
+    pub owner: String,
 }
 
 /// What a task does.

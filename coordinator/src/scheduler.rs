@@ -95,6 +95,8 @@ impl Changes {
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub id: String,
+    /// Who submitted it ("" when auth is off).
+    pub owner: String,
     pub idempotency_key: String,
     pub input_url: String,
     pub output_url: String,
@@ -224,6 +226,7 @@ impl State {
     pub fn submit(&mut self, new: NewJob, now: u64, rules: &Rules) -> (String, bool, Changes) {
         let NewJob {
             id,
+            owner,
             idempotency_key: key,
             input_url,
             output_url,
@@ -252,6 +255,7 @@ impl State {
             segments: 0,
             chunk_frames: 0,
             next_task: 1,
+            owner,
         };
         self.jobs.insert(id.clone(), job);
         self.tasks
@@ -1178,6 +1182,7 @@ pub(crate) mod tests {
             input_url: "file:///in.mp4".into(),
             output_url: "file:///out.mp4".into(),
             params: Params::default(),
+            owner: String::new(),
         }
     }
 

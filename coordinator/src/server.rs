@@ -104,7 +104,14 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
         limits: cfg.limits.clone(),
     };
     let token = viewer_token(cfg)?;
-    let (http_for_actors, http_addr) = bind_http(cfg, token.is_some())?.unzip();
+    let tokens = if cfg.tokens_file.as_os_str().is_empty() {
+        crate::auth::Tokens::open()
+    } else {
+        crate::auth::Tokens::load(&cfg.tokens_file)
+            .map_err(|e| StartError::Config(e.to_string()))?
+    };
+    let (http_for_actors, http_addr) = bind_http(cfg, token.is_some() || tokens.enabled())?.unzip();
+    let web_tokens = tokens.clone();
     // Bound before the actors start: the autoscaler passes the real address to its workers.
     let listener = std::net::TcpListener::bind(&cfg.grpc_addr).map_err(|e| StartError::Bind {
         addr: cfg.grpc_addr.clone(),
@@ -167,6 +174,7 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
                             autoscaler: scaler.clone(),
                             autoscaler_config: scale_config,
                             trigger: web_trigger,
+                            tokens: web_tokens,
                         };
                         let srv = web::serve(l, state).map_err(|e| e.to_string())?;
                         let h = srv.handle();
@@ -213,6 +221,7 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
         lease_ttl_ms: cfg.lease_ttl_ms,
         heartbeat_interval_ms: cfg.heartbeat_interval_ms,
         blobs,
+        tokens: tokens.clone(),
         // Signed URLs outlive a lease by a few TTLs (a lease is renewed by heartbeats).
         sas_valid: std::time::Duration::from_millis(
             (cfg.lease_ttl_ms * 4).max(storage.sas_valid_s * 1000),
@@ -239,7 +248,18 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
                 let r = tonic::transport::Server::builder()
                     .add_service(JobServiceServer::new(services.clone()))
-                    .add_service(WorkerServiceServer::new(services))
+                    // Every WorkerService call needs a worker (or admin) token when auth is on.
+                    .add_service(WorkerServiceServer::with_interceptor(
+                        services,
+                        move |req| {
+                            crate::auth::require(
+                                &tokens,
+                                &req,
+                                &[crate::auth::Role::Worker, crate::auth::Role::Admin],
+                            )?;
+                            Ok(req)
+                        },
+                    ))
                     .serve_with_incoming_shutdown(incoming, async {
                         let _ = stop_rx.await;
                     })

@@ -295,6 +295,8 @@ async fn submit(
             output_url: spec.output_url,
             params: params_from(spec.params),
             idempotency_key: key.to_string(),
+            // Triggered jobs belong to no submitter: admins and viewers see them.
+            owner: String::new(),
         })
         .await
         .map_err(|e| SubmitError::Later(format!("coordinator busy: {e}")))?;

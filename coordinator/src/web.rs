@@ -3,6 +3,7 @@
 //! Server-Sent Events stream, Prometheus /metrics, and health probes.
 //! Handlers are thin: they ask the JobManager actor and serialize its views.
 
+use crate::auth::Role;
 use crate::manager::{self, CoordError, JobManager};
 use crate::metrics::Metrics;
 use actix::{Addr, MailboxError};
@@ -34,6 +35,8 @@ pub struct WebState {
     /// The autoscaler, when enabled, and its config (shown when it is not).
     pub autoscaler: Option<Addr<crate::autoscaler::Autoscaler>>,
     pub autoscaler_config: framewise_common::config::AutoscalerConfig,
+    /// Role tokens (`coordinator.tokens_file`); viewers and admins read, admins cancel.
+    pub tokens: crate::auth::Tokens,
     /// The blob trigger's status (`enabled: false` when it is off).
     pub trigger: Arc<std::sync::Mutex<crate::trigger::TriggerStatus>>,
 }
@@ -62,8 +65,38 @@ fn error(status: actix_web::http::StatusCode, msg: impl Into<String>) -> HttpRes
     HttpResponse::build(status).json(serde_json::json!({ "error": msg.into() }))
 }
 
-/// None when the request may proceed; otherwise the 401 to send.
+/// None when the request may proceed; otherwise the 401 or 403 to send.
 fn check(state: &WebState, req: &HttpRequest) -> Option<HttpResponse> {
+    check_roles(state, req, &[Role::Viewer, Role::Admin])
+}
+
+/// Like `check`, for a role-token holder of one of `roles` (the viewer token, when set, passes
+/// as before; it is the dashboard's own token).
+fn check_roles(state: &WebState, req: &HttpRequest, roles: &[Role]) -> Option<HttpResponse> {
+    if state.tokens.enabled() {
+        let presented = presented_token(req);
+        let viewer_ok = match (&state.token, &presented) {
+            (Some(want), Some(t)) => constant_time_eq(t.as_bytes(), want.as_bytes()),
+            _ => false,
+        };
+        if viewer_ok {
+            return None;
+        }
+        return match state.tokens.identify(presented.as_deref()) {
+            Ok(id) if roles.contains(&id.role) => None,
+            Ok(id) => Some(error(
+                actix_web::http::StatusCode::FORBIDDEN,
+                format!(
+                    "{} has role {:?}; this needs one of {roles:?}",
+                    id.name, id.role
+                ),
+            )),
+            Err(e) => Some(error(
+                actix_web::http::StatusCode::UNAUTHORIZED,
+                e.message().to_string(),
+            )),
+        };
+    }
     let want = state.token.as_ref()?;
     match presented_token(req) {
         Some(t) if constant_time_eq(t.as_bytes(), want.as_bytes()) => None,
@@ -203,6 +236,9 @@ async fn cancel(
     id: web::Path<String>,
 ) -> HttpResponse {
     let id = id.into_inner();
+    if let Some(denied) = check_roles(&state, &req, &[Role::Admin]) {
+        return denied;
+    }
     let before = guarded!(
         state,
         req,

@@ -8,6 +8,7 @@ use crate::media::encode::EncoderSettings;
 use crate::media::probe::{frame_duration_ns, probe, Probe};
 use crate::preemption::watch_notices;
 use crate::segment::{run_segment, ChunkDone, SegmentControl, SegmentError, SegmentSpec};
+use framewise_common::bearer::{AuthChannel, Bearer};
 use framewise_common::config::WorkerConfig;
 use framewise_common::device::Device;
 use framewise_common::proto::{
@@ -20,7 +21,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
-use tonic::transport::Channel;
 use tracing::Instrument;
 use tracing::{info, warn};
 
@@ -136,10 +136,16 @@ impl Worker {
                 evict_tx.clone(),
             );
         }
+        let bearer = Bearer::from_config(&self.cfg.token, &self.cfg.token_file).map_err(|e| {
+            AgentError::Coordinator {
+                url: url.clone(),
+                detail: format!("worker.token_file: {e}"),
+            }
+        })?;
         let mut backoff = Duration::from_millis(100);
         let mut client = loop {
-            match WorkerServiceClient::connect(url.clone()).await {
-                Ok(c) => break c,
+            match framewise_common::bearer::connect(&url, bearer.clone()).await {
+                Ok(c) => break WorkerServiceClient::new(c),
                 Err(e) => {
                     warn!(worker_id = %self.id, %url, error = %e, "coordinator not reachable; retrying");
                     if wait_or_shutdown(&mut shutdown, backoff).await {
@@ -264,7 +270,7 @@ impl Worker {
 
     async fn execute(
         &self,
-        client: &mut WorkerServiceClient<Channel>,
+        client: &mut WorkerServiceClient<AuthChannel>,
         (job_id, task_index): (&str, u32),
         task: Task,
         lease: &proto::Lease,
@@ -367,7 +373,7 @@ impl Worker {
     /// Commits one finished chunk; the reply may shorten the range or say the lease is gone.
     async fn commit_chunk(
         &self,
-        client: &mut WorkerServiceClient<Channel>,
+        client: &mut WorkerServiceClient<AuthChannel>,
         lease: &proto::Lease,
         c: ReadyChunk,
         ctl: &TaskCtl,
@@ -405,7 +411,7 @@ impl Worker {
 
     async fn report(
         &self,
-        client: &mut WorkerServiceClient<Channel>,
+        client: &mut WorkerServiceClient<AuthChannel>,
         lease: &proto::Lease,
         outcome: Outcome,
     ) {

@@ -1,0 +1,256 @@
+//! Tokens and roles on a real coordinator process: without a token nothing gets in; a
+//! submitter sees and cancels only its own jobs; a viewer reads but cannot submit or cancel;
+//! only a worker token serves as a worker, and a real worker process with one runs a job.
+
+mod common;
+
+use common::cluster::{check_output, Cluster, Procs};
+use common::make_clip;
+use framewise_common::bearer::{connect, Bearer};
+use framewise_common::proto::job_service_client::JobServiceClient;
+use framewise_common::proto::worker_service_client::WorkerServiceClient;
+use framewise_common::proto::{self as pb, JobState};
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+const ADMIN: &str = "admin-token-0123456789";
+const ALICE: &str = "alice-token-0123456789";
+const BOB: &str = "bob-token-0123456789ab";
+const VIEWER: &str = "viewer-token-012345678";
+const WORKER: &str = "worker-token-012345678";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn jobs(
+    url: &str,
+    token: Option<&str>,
+) -> JobServiceClient<framewise_common::bearer::AuthChannel> {
+    JobServiceClient::new(connect(url, Bearer::new(token).unwrap()).await.unwrap())
+}
+
+fn spec(input: &std::path::Path, out: &std::path::Path) -> pb::JobSpec {
+    pb::JobSpec {
+        input_url: input.display().to_string(),
+        output_url: out.display().to_string(),
+        params: None,
+    }
+}
+
+fn http(url: &str, token: Option<&str>) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent.get(url);
+    if let Some(t) = token {
+        r = r.header("Authorization", &format!("Bearer {t}"));
+    }
+    r.call().unwrap().status().as_u16()
+}
+
+#[test]
+fn tokens_and_roles_decide_who_sees_and_does_what() {
+    let dir = std::env::temp_dir().join(format!("fw-auth-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("tokens.toml");
+    let mut t = String::new();
+    for (name, role, token) in [
+        ("ops", "admin", ADMIN),
+        ("alice", "submitter", ALICE),
+        ("bob", "submitter", BOB),
+        ("wall", "viewer", VIEWER),
+        ("pool", "worker", WORKER),
+    ] {
+        t.push_str(&format!(
+            "[[tokens]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken = \"{token}\"\n"
+        ));
+    }
+    std::fs::write(&tokens, t).unwrap();
+    let cl = Cluster::new(&dir);
+    let mut toml = std::fs::read_to_string(&cl.config).unwrap();
+    toml.push_str(&format!("tokens_file = \"{}\"\n", tokens.display()));
+    std::fs::write(&cl.config, toml).unwrap();
+    let mut procs = Procs(vec![cl.coordinator(1)]);
+    let clip = dir.join("clip.mp4");
+    make_clip(&clip, 96, 64, 20, true);
+    let url = cl.url();
+
+    let (alice_job, bob_job) = rt().block_on(async {
+        // No token, a wrong token, a viewer submitting: refused with the reason.
+        let e = jobs(&url, None)
+            .await
+            .list_jobs(pb::ListJobsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{}", e.message());
+        assert!(e.message().contains("Bearer"), "{}", e.message());
+        let e = jobs(&url, Some("not-a-token-at-all-x"))
+            .await
+            .list_jobs(pb::ListJobsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        let e = jobs(&url, Some(VIEWER))
+            .await
+            .submit_job(pb::SubmitJobRequest {
+                spec: Some(spec(&clip, &dir.join("v.mp4"))),
+                idempotency_key: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+        assert!(e.message().contains("wall"), "{}", e.message());
+
+        // Alice and Bob each submit, with the same idempotency key: two jobs, not one.
+        let mut alice = jobs(&url, Some(ALICE)).await;
+        let mut bob = jobs(&url, Some(BOB)).await;
+        let a = alice
+            .submit_job(pb::SubmitJobRequest {
+                spec: Some(spec(&clip, &dir.join("alice.mp4"))),
+                idempotency_key: "k".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .job_id;
+        let b = bob
+            .submit_job(pb::SubmitJobRequest {
+                spec: Some(spec(&clip, &dir.join("bob.mp4"))),
+                idempotency_key: "k".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .job_id;
+        assert_ne!(a, b, "one submitter's key never finds another's job");
+        // Each sees only its own.
+        let listed: Vec<String> = bob
+            .list_jobs(pb::ListJobsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs
+            .into_iter()
+            .map(|j| j.job_id)
+            .collect();
+        assert_eq!(listed, vec![b.clone()]);
+        let e = bob
+            .get_job(pb::GetJobRequest { job_id: a.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        let e = bob
+            .cancel_job(pb::CancelJobRequest { job_id: a.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        // The viewer reads everything but cancels nothing; the admin cancels Bob's job.
+        let mut viewer = jobs(&url, Some(VIEWER)).await;
+        let all = viewer
+            .list_jobs(pb::ListJobsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs;
+        assert_eq!(all.len(), 2);
+        let e = viewer
+            .cancel_job(pb::CancelJobRequest { job_id: b.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        jobs(&url, Some(ADMIN))
+            .await
+            .cancel_job(pb::CancelJobRequest { job_id: b.clone() })
+            .await
+            .unwrap();
+        // Only a worker (or admin) token serves as a worker.
+        let mut w = WorkerServiceClient::new(
+            connect(&url, Bearer::new(Some(ALICE)).unwrap())
+                .await
+                .unwrap(),
+        );
+        let e = w
+            .register(pb::RegisterRequest {
+                worker_id: "sneaky".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+        (a, b)
+    });
+
+    // A real worker process with the worker token runs Alice's job; the CLI with her token follows it.
+    let mut w = common::cluster::spawn(
+        &["worker", "-c", "config/worker.toml", "--coordinator", &url],
+        &[
+            ("FRAMEWISE_WORKER__WORKER_ID", "w1"),
+            ("FRAMEWISE_WORKER__INTRA_THREADS", "1"),
+            ("FRAMEWISE_WORKER__TOKEN", WORKER),
+        ],
+        &dir.join("w1.log"),
+    );
+    let t0 = Instant::now();
+    loop {
+        let j = rt().block_on(async {
+            jobs(&url, Some(ALICE))
+                .await
+                .get_job(pb::GetJobRequest {
+                    job_id: alice_job.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        });
+        if j.state == JobState::Succeeded as i32 {
+            break;
+        }
+        assert!(j.state != JobState::Failed as i32, "{}", j.error);
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "job did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    check_output(&clip, &dir.join("alice.mp4"));
+    let out = common::framewise(
+        &["status", &alice_job, "--coordinator", &url],
+        &[("FRAMEWISE_TOKEN", ALICE)],
+    );
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let out = common::framewise(
+        &["status", &bob_job, "--coordinator", &url],
+        &[("FRAMEWISE_TOKEN", ALICE)],
+    );
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("another submitter"),
+        "{}",
+        common::stderr(&out)
+    );
+
+    // The dashboard: viewers and admins read; a submitter's token is not a viewer's.
+    let api = format!("{}/api/v1/jobs", cl.http_url());
+    assert_eq!(http(&api, None), 401);
+    assert_eq!(http(&api, Some(ALICE)), 403);
+    assert_eq!(http(&api, Some(VIEWER)), 200);
+    assert_eq!(http(&api, Some(ADMIN)), 200);
+
+    // No token appears in any log.
+    let _ = w.kill();
+    let _ = w.wait();
+    procs.0[0].kill().unwrap();
+    procs.0[0].wait().unwrap();
+    for name in ["coordinator-1.log", "w1.log"] {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        for tok in [ADMIN, ALICE, BOB, VIEWER, WORKER] {
+            assert!(!text.contains(tok), "a token in {name}");
+        }
+    }
+}
