@@ -48,6 +48,9 @@ pub enum Command {
         /// Bearer token when the coordinator has a tokens file.
         #[arg(long, env = "FRAMEWISE_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// CA certificate (PEM) of an https:// coordinator (default: system roots).
+        #[arg(long, env = "FRAMEWISE_CA_FILE")]
+        ca_file: Option<PathBuf>,
     },
     /// Cancel a job: running workers stop at their next heartbeat; nothing is written to its output.
     Cancel {
@@ -57,6 +60,9 @@ pub enum Command {
         /// Bearer token when the coordinator has a tokens file.
         #[arg(long, env = "FRAMEWISE_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// CA certificate (PEM) of an https:// coordinator (default: system roots).
+        #[arg(long, env = "FRAMEWISE_CA_FILE")]
+        ca_file: Option<PathBuf>,
     },
     /// Measure inference alone (no decode or encode): the ceiling end-to-end speed is compared with.
     BenchModel(BenchArgs),
@@ -162,6 +168,9 @@ pub struct SubmitArgs {
     /// Bearer token when the coordinator has a tokens file (role submitter or admin).
     #[arg(long, env = "FRAMEWISE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) that signed an https:// coordinator's certificate (default: system roots).
+    #[arg(long, env = "FRAMEWISE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -3,7 +3,7 @@
 
 use crate::cli::{StyleArgs, SubmitArgs};
 use anyhow::{anyhow, bail, Context, Result};
-use framewise_common::bearer::{AuthChannel, Bearer};
+use framewise_common::bearer::{AuthChannel, Bearer, ClientTls};
 use framewise_common::proto::{self as pb, job_service_client::JobServiceClient};
 use framewise_common::style;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -25,14 +25,34 @@ pub fn style_weights(a: &StyleArgs, count: usize) -> Result<Vec<f32>> {
     })
 }
 
+/// How the CLI proves who it is and whom it trusts.
+pub struct Auth {
+    pub token: Option<String>,
+    pub tls: ClientTls,
+}
+
+impl Auth {
+    pub fn new(token: Option<String>, ca_file: Option<std::path::PathBuf>) -> Auth {
+        Auth {
+            token,
+            tls: ClientTls {
+                ca_file,
+                identity: None,
+            },
+        }
+    }
+}
+
 pub fn connect_blocking(
     rt: &tokio::runtime::Runtime,
     url: &str,
-    token: Option<&str>,
+    auth: &Auth,
 ) -> Result<JobServiceClient<AuthChannel>> {
-    let bearer = Bearer::new(token).map_err(|e| anyhow!("--token: {e}"))?;
+    let bearer = Bearer::new(auth.token.as_deref()).map_err(|e| anyhow!("--token: {e}"))?;
     let ch = rt
-        .block_on(framewise_common::bearer::connect(url, bearer))
+        .block_on(framewise_common::bearer::connect_tls(
+            url, bearer, &auth.tls,
+        ))
         .map_err(|e| anyhow!("coordinator {e}"))?;
     Ok(JobServiceClient::new(ch))
 }
@@ -126,7 +146,8 @@ pub fn submit(a: SubmitArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut client = connect_blocking(&rt, &a.coordinator, a.token.as_deref())?;
+    let auth = Auth::new(a.token.clone(), a.ca_file.clone());
+    let mut client = connect_blocking(&rt, &a.coordinator, &auth)?;
     let spec = pb::JobSpec {
         input_url: a.input.clone(),
         output_url: a.out.clone(),
@@ -187,11 +208,11 @@ pub fn report(job: &pb::Job, wall: Duration) -> ExitCode {
     }
 }
 
-pub fn status(url: &str, job: Option<&str>, token: Option<&str>) -> Result<ExitCode> {
+pub fn status(url: &str, job: Option<&str>, auth: &Auth) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut client = connect_blocking(&rt, url, token)?;
+    let mut client = connect_blocking(&rt, url, auth)?;
     match job {
         Some(id) => {
             let j = rt
@@ -257,11 +278,11 @@ pub fn status(url: &str, job: Option<&str>, token: Option<&str>) -> Result<ExitC
 }
 
 /// `framewise cancel JOB`.
-pub fn cancel(url: &str, job: &str, token: Option<&str>) -> Result<ExitCode> {
+pub fn cancel(url: &str, job: &str, auth: &Auth) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut client = connect_blocking(&rt, url, token)?;
+    let mut client = connect_blocking(&rt, url, auth)?;
     let j = rt
         .block_on(client.cancel_job(pb::CancelJobRequest {
             job_id: job.to_string(),

@@ -88,12 +88,18 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             job,
             coordinator,
             token,
-        } => client::status(&coordinator, job.as_deref(), token.as_deref()),
+            ca_file,
+        } => client::status(
+            &coordinator,
+            job.as_deref(),
+            &client::Auth::new(token, ca_file),
+        ),
         Command::Cancel {
             job,
             coordinator,
             token,
-        } => client::cancel(&coordinator, &job, token.as_deref()),
+            ca_file,
+        } => client::cancel(&coordinator, &job, &client::Auth::new(token, ca_file)),
         Command::Storage { config, command } => blob::run(config.as_deref(), command),
         #[cfg(feature = "worker")]
         Command::Run(a) => local::run(a),

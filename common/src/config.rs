@@ -102,6 +102,11 @@ pub struct CoordinatorConfig {
     pub viewer_token: String,
     /// File holding the viewer token (read at start, so the token stays out of config files).
     pub viewer_token_file: PathBuf,
+    /// TLS for gRPC and HTTP: the server certificate chain and key (PEM); both or neither.
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
+    /// Mutual TLS for workers: WorkerService calls must present a certificate signed by this CA.
+    pub tls_client_ca_file: PathBuf,
     /// Bearer tokens with roles (`[[tokens]]` name, role = submitter|viewer|worker|admin, token);
     /// "" = no authentication (loopback use). Every gRPC call then needs a token.
     pub tokens_file: PathBuf,
@@ -279,6 +284,9 @@ impl Default for CoordinatorConfig {
             viewer_token: String::new(),
             viewer_token_file: PathBuf::new(),
             tokens_file: PathBuf::new(),
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
+            tls_client_ca_file: PathBuf::new(),
             limits: Limits::default(),
             autoscaler: AutoscalerConfig::default(),
             work_url: String::new(),
@@ -327,6 +335,11 @@ pub struct WorkerConfig {
     /// The worker's token when the coordinator has `tokens_file` (role worker); prefer `token_file`.
     pub token: String,
     pub token_file: PathBuf,
+    /// For an https:// coordinator: the CA that signed its certificate ("" = the system roots),
+    /// and this worker's own certificate and key when the coordinator wants mutual TLS.
+    pub tls_ca_file: PathBuf,
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
     /// Blob uploads (chunks, outputs, logs): files larger than this go in blocks of this size.
     pub upload_block_bytes: u64,
     /// Blocks uploaded at once.
@@ -356,6 +369,9 @@ impl Default for WorkerConfig {
             batch_frames: 0,
             token: String::new(),
             token_file: PathBuf::new(),
+            tls_ca_file: PathBuf::new(),
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
             upload_block_bytes: 4 << 20,
             upload_parallel: 4,
             upload_retries: 10,
@@ -469,7 +485,7 @@ impl Config {
         // FRAMEWISE_TOKEN is the CLI's token, not a config key.
         fig = fig.merge(
             Env::prefixed("FRAMEWISE_")
-                .ignore(&["LOG", "TOKEN"])
+                .ignore(&["LOG", "TOKEN", "CA_FILE"])
                 .split("__"),
         );
         let cfg: Config = fig.extract().map_err(|e| ConfigError::Invalid {
@@ -524,6 +540,26 @@ impl Config {
             return err(
                 "coordinator.segment_seconds",
                 format!("must be > 0, got {}", c.segment_seconds),
+            );
+        }
+        let empty = |p: &PathBuf| p.as_os_str().is_empty();
+        if empty(&c.tls_cert_file) != empty(&c.tls_key_file) {
+            return err(
+                "coordinator.tls_cert_file",
+                "tls_cert_file and tls_key_file go together".into(),
+            );
+        }
+        if !empty(&c.tls_client_ca_file) && empty(&c.tls_cert_file) {
+            return err(
+                "coordinator.tls_client_ca_file",
+                "mutual TLS needs the server's own tls_cert_file and tls_key_file".into(),
+            );
+        }
+        let w = &self.worker;
+        if empty(&w.tls_cert_file) != empty(&w.tls_key_file) {
+            return err(
+                "worker.tls_cert_file",
+                "tls_cert_file and tls_key_file go together".into(),
             );
         }
         let t = &c.trigger;

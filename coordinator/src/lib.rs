@@ -17,6 +17,7 @@ pub mod scheduler;
 mod scheduler_props;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod trigger;
 pub mod views;
 pub mod web;

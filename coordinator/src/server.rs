@@ -110,6 +110,11 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
         crate::auth::Tokens::load(&cfg.tokens_file)
             .map_err(|e| StartError::Config(e.to_string()))?
     };
+    let tls = crate::tls::load(cfg).map_err(StartError::Config)?;
+    let (http_tls, grpc_tls, mutual) = match tls {
+        Some(t) => (Some(t.http), Some(t.grpc), t.mutual),
+        None => (None, None, false),
+    };
     let (http_for_actors, http_addr) = bind_http(cfg, token.is_some() || tokens.enabled())?.unzip();
     let web_tokens = tokens.clone();
     // Bound before the actors start: the autoscaler passes the real address to its workers.
@@ -176,7 +181,7 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
                             trigger: web_trigger,
                             tokens: web_tokens,
                         };
-                        let srv = web::serve(l, state).map_err(|e| e.to_string())?;
+                        let srv = web::serve(l, state, http_tls).map_err(|e| e.to_string())?;
                         let h = srv.handle();
                         actix::spawn(srv);
                         Some(h)
@@ -246,12 +251,27 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
                     }
                 };
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                let r = tonic::transport::Server::builder()
+                let mut builder = tonic::transport::Server::builder();
+                if let Some(t) = grpc_tls {
+                    builder = match builder.tls_config(t) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot use the TLS settings");
+                            return;
+                        }
+                    };
+                }
+                let r = builder
                     .add_service(JobServiceServer::new(services.clone()))
                     // Every WorkerService call needs a worker (or admin) token when auth is on.
                     .add_service(WorkerServiceServer::with_interceptor(
                         services,
                         move |req| {
+                            if mutual && !crate::tls::has_client_cert(&req) {
+                                return Err(tonic::Status::permission_denied(
+                                    "workers must present a client certificate signed by coordinator.tls_client_ca_file (worker.tls_cert_file, tls_key_file)",
+                                ));
+                            }
                             crate::auth::require(
                                 &tokens,
                                 &req,
@@ -420,7 +440,12 @@ fn scale_backend(
         }
         ip => ip,
     };
-    let url = format!("http://{}", SocketAddr::new(ip, grpc.port()));
+    let scheme = if cfg.tls_cert_file.as_os_str().is_empty() {
+        "http"
+    } else {
+        "https"
+    };
+    let url = format!("{scheme}://{}", SocketAddr::new(ip, grpc.port()));
     info!(backend = %a.backend, bin = %bin.display(), worker_config = %worker_config.display(), %url, "autoscaler enabled");
     Ok(Some(Box::new(autoscaler::local::Local::new(
         bin,

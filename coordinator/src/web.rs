@@ -410,9 +410,10 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
 pub fn serve(
     listener: std::net::TcpListener,
     state: WebState,
+    tls: Option<rustls::ServerConfig>,
 ) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::new(state);
-    Ok(actix_web::HttpServer::new(move || {
+    let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .app_data(data.clone())
             .configure(routes)
@@ -420,8 +421,11 @@ pub fn serve(
     })
     .workers(2)
     .disable_signals()
-    .shutdown_timeout(1)
-    .listen(listener)?
+    .shutdown_timeout(1);
+    Ok(match tls {
+        Some(t) => server.listen_rustls_0_23(listener, t)?,
+        None => server.listen(listener)?,
+    }
     .run())
 }
 

@@ -142,9 +142,10 @@ impl Worker {
                 detail: format!("worker.token_file: {e}"),
             }
         })?;
+        let tls = framewise_common::bearer::ClientTls::from_worker(&self.cfg);
         let mut backoff = Duration::from_millis(100);
         let mut client = loop {
-            match framewise_common::bearer::connect(&url, bearer.clone()).await {
+            match framewise_common::bearer::connect_tls(&url, bearer.clone(), &tls).await {
                 Ok(c) => break WorkerServiceClient::new(c),
                 Err(e) => {
                     warn!(worker_id = %self.id, %url, error = %e, "coordinator not reachable; retrying");
