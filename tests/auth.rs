@@ -74,7 +74,10 @@ fn tokens_and_roles_decide_who_sees_and_does_what() {
     std::fs::write(&tokens, t).unwrap();
     let cl = Cluster::new(&dir);
     let mut toml = std::fs::read_to_string(&cl.config).unwrap();
-    toml.push_str(&format!("tokens_file = \"{}\"\n", tokens.display()));
+    toml.push_str(&format!(
+        "tokens_file = \"{}\"\n[coordinator.limits]\nmax_queued_jobs_per_owner = 2\nsubmits_per_minute = 4\n",
+        tokens.display()
+    ));
     std::fs::write(&cl.config, toml).unwrap();
     let mut procs = Procs(vec![cl.coordinator(1)]);
     let clip = dir.join("clip.mp4");
@@ -167,6 +170,50 @@ fn tokens_and_roles_decide_who_sees_and_does_what() {
         jobs(&url, Some(ADMIN))
             .await
             .cancel_job(pb::CancelJobRequest { job_id: b.clone() })
+            .await
+            .unwrap();
+        // Per-submitter protection: at most 2 jobs queued or running, 4 submits a minute.
+        let submit = |key: &str, out: &str| pb::SubmitJobRequest {
+            spec: Some(spec(&clip, &dir.join(out))),
+            idempotency_key: key.into(),
+        };
+        let a2 = alice
+            .submit_job(submit("k2", "alice2.mp4"))
+            .await
+            .unwrap()
+            .into_inner()
+            .job_id;
+        let e = alice
+            .submit_job(submit("k3", "alice3.mp4"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+        assert!(
+            e.message().contains("max_queued_jobs_per_owner"),
+            "{}",
+            e.message()
+        );
+        let again = alice
+            .submit_job(submit("k", "alice.mp4"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            again.existing && again.job_id == a,
+            "a retried key is not a new job"
+        );
+        let e = alice
+            .submit_job(submit("k4", "alice4.mp4"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+        assert!(
+            e.message().contains("submits_per_minute"),
+            "{}",
+            e.message()
+        );
+        alice
+            .cancel_job(pb::CancelJobRequest { job_id: a2 })
             .await
             .unwrap();
         // Only a worker (or admin) token serves as a worker.

@@ -243,6 +243,10 @@ impl Default for AutoscalerConfig {
 pub struct Limits {
     /// Jobs queued or running at once; more submits get ResourceExhausted.
     pub max_queued_jobs: u32,
+    /// Jobs one submitter (token name) may have queued or running at once (0 = no own cap).
+    pub max_queued_jobs_per_owner: u32,
+    /// Submits one submitter may make a minute, as a burst refilled over the minute (0 = off).
+    pub submits_per_minute: u32,
     /// Largest input file, in bytes.
     pub max_input_bytes: u64,
     /// Largest frame width and height, in pixels.
@@ -258,6 +262,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_queued_jobs: 1000,
+            max_queued_jobs_per_owner: 0,
+            submits_per_minute: 0,
             max_input_bytes: 64 << 30,
             max_width: 7680,
             max_height: 4320,

@@ -24,6 +24,8 @@ pub struct Services {
     pub sas_valid: std::time::Duration,
     /// Who may call what (open when no tokens file is configured).
     pub tokens: Tokens,
+    /// Submits per minute per owner (`coordinator.limits.submits_per_minute`).
+    pub submit_rate: std::sync::Arc<crate::ratelimit::RateLimiter>,
 }
 
 const READERS: &[Role] = &[Role::Admin, Role::Viewer, Role::Submitter];
@@ -198,6 +200,16 @@ impl pb::job_service_server::JobService for Services {
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let who = require(&self.tokens, &req, SUBMITTERS)?;
         let r = req.into_inner();
+        if let Err(wait) = self
+            .submit_rate
+            .take(who.owner(), std::time::Instant::now())
+        {
+            return Err(Status::resource_exhausted(format!(
+                "{}: more than {} submits a minute (coordinator.limits.submits_per_minute); retry in {wait:.0} s",
+                if who.name.is_empty() { "this coordinator" } else { &who.name },
+                self.submit_rate.per_minute()
+            )));
+        }
         let mut spec = r
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: missing"))?;

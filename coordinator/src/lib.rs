@@ -12,6 +12,7 @@ pub mod manager;
 pub mod metrics;
 pub mod model;
 pub mod progress;
+pub mod ratelimit;
 pub mod scheduler;
 #[cfg(test)]
 mod scheduler_props;

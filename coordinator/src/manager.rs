@@ -353,6 +353,19 @@ impl Handler<Submit> for JobManager {
                     self.state.active_count()
                 )));
             }
+            let per_owner = self.rules.limits.max_queued_jobs_per_owner as usize;
+            if per_owner > 0
+                && !m.owner.is_empty()
+                && self.state.job_with_key(&m.idempotency_key).is_none()
+            {
+                let n = self.state.active_count_of(&m.owner);
+                if n >= per_owner {
+                    return Err(CoordError::Exhausted(format!(
+                        "{} has {n} jobs queued or running (coordinator.limits.max_queued_jobs_per_owner = {per_owner}); retry when one finishes",
+                        m.owner
+                    )));
+                }
+            }
             let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
             let new = NewJob {
                 id,

@@ -1051,6 +1051,14 @@ impl State {
             .map(|j| j.id.as_str())
     }
 
+    /// Jobs of one owner queued or running.
+    pub fn active_count_of(&self, owner: &str) -> usize {
+        self.jobs
+            .values()
+            .filter(|j| j.owner == owner && !j.state.is_terminal())
+            .count()
+    }
+
     /// Jobs queued or running.
     pub fn active_count(&self) -> usize {
         self.jobs

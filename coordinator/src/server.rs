@@ -227,6 +227,9 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
         heartbeat_interval_ms: cfg.heartbeat_interval_ms,
         blobs,
         tokens: tokens.clone(),
+        submit_rate: std::sync::Arc::new(crate::ratelimit::RateLimiter::new(
+            cfg.limits.submits_per_minute,
+        )),
         // Signed URLs outlive a lease by a few TTLs (a lease is renewed by heartbeats).
         sas_valid: std::time::Duration::from_millis(
             (cfg.lease_ttl_ms * 4).max(storage.sas_valid_s * 1000),
