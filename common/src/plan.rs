@@ -25,13 +25,15 @@ pub fn plan_segments(
     let mut out = Vec::new();
     let mut start = 0u64;
     loop {
-        let ideal = start + target;
-        if ideal + slack >= frame_count {
+        // Saturating: a huge segment length (1e300 s) must plan one segment, not overflow
+        // (found by coordinator/src/fuzz_props.rs).
+        let ideal = start.saturating_add(target);
+        if ideal.saturating_add(slack) >= frame_count {
             out.push(start..frame_count);
             return out;
         }
         let lo = ideal.saturating_sub(slack).max(start + 1);
-        let hi = ideal + slack;
+        let hi = ideal.saturating_add(slack);
         let snapped = keyframes
             .iter()
             .copied()

@@ -6,6 +6,8 @@
 pub mod auth;
 pub mod autoscaler;
 pub mod convert;
+#[cfg(test)]
+mod fuzz_props;
 pub mod grpc;
 pub mod janitor;
 pub mod manager;
