@@ -190,6 +190,26 @@ fn inputs_over_the_configured_limits_are_refused_naming_the_limit() {
         &[("FRAMEWISE_COORDINATOR__LIMITS__MAX_INPUT_BYTES", "1000")],
         &["wide.mp4", "coordinator.limits.max_input_bytes is 1000"],
     );
+    // Allow-lists: an MP4 where only Matroska is allowed, H.264 where only VP9 is.
+    expect_failure(
+        &p,
+        &[(
+            "FRAMEWISE_COORDINATOR__LIMITS__ALLOWED_CONTAINERS",
+            "[matroska]",
+        )],
+        &[
+            "its container is mp4",
+            "coordinator.limits.allowed_containers is [\"matroska\"]",
+        ],
+    );
+    expect_failure(
+        &p,
+        &[(
+            "FRAMEWISE_COORDINATOR__LIMITS__ALLOWED_VIDEO_CODECS",
+            "[vp9, av1]",
+        )],
+        &["its video codec is h264", "allowed_video_codecs"],
+    );
 }
 
 #[test]

@@ -256,6 +256,42 @@ pub struct Limits {
     pub max_duration_s: f64,
     /// Most video frames in one input.
     pub max_frames: u64,
+    /// Containers accepted, by family: mp4 (also MOV, M4V), matroska (also WebM), avi, mpegts,
+    /// flv, ogg, ...; empty = whatever the installed plugins read.
+    pub allowed_containers: Vec<String>,
+    /// Video codecs accepted: h264, h265, vp8, vp9, av1, mpeg4, mpeg2, prores, ...; empty = any
+    /// with an installed decoder.
+    pub allowed_video_codecs: Vec<String>,
+}
+
+/// The family name of a container, from the demuxer the probe found (for
+/// `limits.allowed_containers`).
+pub fn container_family(demuxer: &str) -> String {
+    match demuxer {
+        "qtdemux" => "mp4",
+        "matroskademux" => "matroska",
+        "avidemux" => "avi",
+        "tsdemux" => "mpegts",
+        "flvdemux" => "flv",
+        "oggdemux" => "ogg",
+        other => other.strip_suffix("demux").unwrap_or(other),
+    }
+    .to_string()
+}
+
+/// The short name of a video codec, from its caps name (for `limits.allowed_video_codecs`).
+pub fn codec_name(caps: &str) -> String {
+    match caps {
+        "video/x-h264" => "h264",
+        "video/x-h265" => "h265",
+        "video/x-vp8" => "vp8",
+        "video/x-vp9" => "vp9",
+        "video/x-av1" => "av1",
+        "video/mpeg" => "mpeg",
+        "video/x-prores" => "prores",
+        other => other.strip_prefix("video/x-").unwrap_or(other),
+    }
+    .to_string()
 }
 
 impl Default for Limits {
@@ -269,6 +305,8 @@ impl Default for Limits {
             max_height: 4320,
             max_duration_s: 4.0 * 3600.0,
             max_frames: 1_000_000,
+            allowed_containers: Vec::new(),
+            allowed_video_codecs: Vec::new(),
         }
     }
 }
@@ -728,6 +766,15 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_and_codec_names_for_the_allow_lists() {
+        assert_eq!(container_family("qtdemux"), "mp4");
+        assert_eq!(container_family("matroskademux"), "matroska");
+        assert_eq!(container_family("asfdemux"), "asf");
+        assert_eq!(codec_name("video/x-h264"), "h264");
+        assert_eq!(codec_name("video/x-theora"), "theora");
+    }
     use std::io::Write;
 
     fn write(text: &str) -> (tempdir::Dir, PathBuf) {
