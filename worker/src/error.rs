@@ -17,7 +17,7 @@ pub enum MediaError {
     NoVideo(PathBuf),
     #[error("{path}: unsupported video codec {codec} (no decoder installed)")]
     UnsupportedCodec { path: PathBuf, codec: String },
-    #[error("{path}: its {codec} audio cannot be carried in an MP4 output (AAC, MP3, Opus, AC-3 and ALAC can)")]
+    #[error("{path}: its {codec} audio cannot be carried in an MP4 output (AAC, MP3, Opus, AC-3 and ALAC can) and no installed decoder can re-encode it")]
     UnsupportedAudio { path: PathBuf, codec: String },
     #[error("{path}: its audio ({codec}) cannot be read by the installed GStreamer plugins, so it would be lost: install a decoder for it (scripts/bootstrap.sh installs them)")]
     UnparsedAudio { path: PathBuf, codec: String },

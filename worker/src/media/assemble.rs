@@ -21,6 +21,40 @@ pub struct SegmentFile {
     pub frames: u64,
 }
 
+/// decodebin → audioconvert → audioresample → avenc_aac → aacparse, added to the running
+/// pipeline; returns its sink pad and its src pad.
+fn reencode_to_aac(pipeline: &gst::Pipeline) -> Result<(gst::Pad, gst::Pad), String> {
+    let mk = |f: &str| {
+        gst::ElementFactory::make(f)
+            .build()
+            .map_err(|_| format!("GStreamer element {f} is not installed"))
+    };
+    let (dec, conv, res, enc, parse) = (
+        mk("decodebin")?,
+        mk("audioconvert")?,
+        mk("audioresample")?,
+        mk("avenc_aac")?,
+        mk("aacparse")?,
+    );
+    pipeline
+        .add_many([&dec, &conv, &res, &enc, &parse])
+        .map_err(|e| e.to_string())?;
+    gst::Element::link_many([&conv, &res, &enc, &parse]).map_err(|e| e.to_string())?;
+    let conv_sink = conv.static_pad("sink").ok_or("audioconvert without sink")?;
+    dec.connect_pad_added(move |_, p| {
+        if !conv_sink.is_linked() {
+            let _ = p.link(&conv_sink);
+        }
+    });
+    for e in [&dec, &conv, &res, &enc, &parse] {
+        e.sync_state_with_parent().map_err(|e| e.to_string())?;
+    }
+    Ok((
+        dec.static_pad("sink").ok_or("decodebin without sink")?,
+        parse.static_pad("src").ok_or("aacparse without src")?,
+    ))
+}
+
 /// Writes `out` from `segments` (in order) plus every audio stream of `source`.
 /// Returns the number of video frames written.
 /// `audio_streams` is the probe's count: the muxer starts once that many audio pads are linked.
@@ -107,12 +141,26 @@ pub fn assemble(
                         .structure(0)
                         .map(|s| s.name().to_string())
                         .unwrap_or_default();
-                    if !mp.pad_template_caps().can_intersect(caps) {
-                        mux.release_request_pad(&mp);
-                        return Err(format!("{UNSUPPORTED_AUDIO}{codec}"));
+                    if mp.pad_template_caps().can_intersect(caps) {
+                        // Copied byte for byte.
+                        pad.link(&q.static_pad("sink").ok_or("queue without sink")?)
+                            .map_err(|e| e.to_string())?;
+                    } else {
+                        // MP4 cannot carry it (e.g. Vorbis from WebM): decoded and re-encoded
+                        // to AAC, the one change the output makes to the audio.
+                        let chain = reencode_to_aac(&pipeline).map_err(|e| {
+                            mux.release_request_pad(&mp);
+                            format!("{UNSUPPORTED_AUDIO}{codec} ({e})")
+                        })?;
+                        pad.link(&chain.0).map_err(|e| {
+                            mux.release_request_pad(&mp);
+                            format!("{UNSUPPORTED_AUDIO}{codec} ({e})")
+                        })?;
+                        chain
+                            .1
+                            .link(&q.static_pad("sink").ok_or("queue without sink")?)
+                            .map_err(|e| e.to_string())?;
                     }
-                    pad.link(&q.static_pad("sink").ok_or("queue without sink")?)
-                        .map_err(|e| e.to_string())?;
                     q.static_pad("src")
                         .ok_or("queue without src")?
                         .link(&mp)

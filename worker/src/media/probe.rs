@@ -153,7 +153,8 @@ fn probe_once(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
                 });
             } else if name.starts_with("audio/") {
                 st.audio += 1;
-                if st.unsupported_audio.is_none() && !mp4_takes(caps) {
+                // Audio MP4 cannot carry is re-encoded to AAC at assembly, if it can be decoded.
+                if st.unsupported_audio.is_none() && !mp4_takes(caps) && !decoder_exists(caps) {
                     st.unsupported_audio = Some(name.clone());
                 }
             }
