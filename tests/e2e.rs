@@ -182,3 +182,108 @@ fn truly_odd_dimensions_keep_full_chroma() {
     ));
     check_run(&i, &o, &["--workers", "1", "--segment-seconds", "0.4"], 5);
 }
+
+/// A variable-frame-rate clip (as phones record): frames 40 ms apart, then 120 ms, then 80 ms,
+/// pushed with their own timestamps through appsrc (caps framerate 0/1) into x264 and MP4.
+fn make_vfr_clip(path: &Path) -> usize {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    use gstreamer_app as gst_app;
+    gst::init().unwrap();
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src format=time ! videoconvert ! x264enc speed-preset=ultrafast key-int-max=10 \
+         ! h264parse ! mp4mux ! filesink location={}",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    let (w, h) = (96usize, 64usize);
+    src.set_caps(Some(
+        &gst::Caps::builder("video/x-raw")
+            .field("format", "RGB")
+            .field("width", w as i32)
+            .field("height", h as i32)
+            .field("framerate", gst::Fraction::new(0, 1))
+            .build(),
+    ));
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let gaps_ms = [40u64, 40, 40, 120, 120, 80, 80, 40, 200, 40];
+    let mut pts = 0u64;
+    let n = 36;
+    for i in 0..n {
+        let mut data = vec![0u8; w * h * 3];
+        for (k, px) in data.chunks_mut(3).enumerate() {
+            let (x, y) = (k % w, k / w);
+            px[0] = ((x * 2 + i * 7) % 256) as u8;
+            px[1] = ((y * 3 + i * 5) % 256) as u8;
+            px[2] = ((x + y + i * 11) % 256) as u8;
+        }
+        let gap = gaps_ms[i % gaps_ms.len()];
+        let mut buf = gst::Buffer::from_mut_slice(data);
+        {
+            let b = buf.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_mseconds(pts));
+            b.set_duration(gst::ClockTime::from_mseconds(gap));
+        }
+        src.push_buffer(buf).unwrap();
+        pts += gap;
+    }
+    src.end_of_stream().unwrap();
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(60),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .unwrap();
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    pipeline.set_state(gst::State::Null).unwrap();
+    n
+}
+
+/// Known bug, kept as its reproduction (not run by CI): a VFR input's first chunk comes out
+/// as an MP4 that qtdemux and ffprobe find "no playable streams" in (timescale
+/// 1/1215752192 with a nominal rate; failing the same way with caps framerate 0/1 or a
+/// 90 kHz trak timescale), so the job fails at assembly with that reason (it is not lost).
+/// Run with `cargo test --test e2e -- --ignored variable_frame`.
+#[test]
+#[ignore = "known bug: variable-frame-rate inputs fail at assembly (issue 9)"]
+fn variable_frame_rate_keeps_every_frame_time() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("vfr.mp4");
+    let pushed = make_vfr_clip(&input);
+    let src = probe_ok(&input);
+    // mp4mux keeps all but the last frame readable here (ffprobe also reads 35 of 36).
+    let n = src.frame_pts.len();
+    assert!(
+        n + 1 >= pushed && n > 30,
+        "{n} of {pushed} frames in the clip"
+    );
+    let gaps: std::collections::BTreeSet<u64> = src
+        .frame_pts
+        .windows(2)
+        .map(|w| (w[1] - w[0]) / 1_000_000)
+        .collect();
+    assert!(gaps.len() >= 3, "the clip really is VFR: gaps {gaps:?} ms");
+    let out = d.path().join("out.mp4");
+    check_run(&input, &out, &["--max-size", "64"], 0);
+    // Exactly the same per-frame times, not just within half a frame.
+    let dst = probe_ok(&out);
+    let shift = |p: &framewise_worker::media::probe::Probe, i: usize| {
+        p.frame_pts[i] as i64 + p.running_offset_ns
+    };
+    for i in 0..n {
+        assert!(
+            (shift(&src, i) - shift(&dst, i)).abs() <= 1_000_000,
+            "frame {i}: {} vs {}",
+            shift(&src, i),
+            shift(&dst, i)
+        );
+    }
+}
