@@ -61,25 +61,19 @@ pub fn over_limits(m: &Media, l: &framewise_common::config::Limits) -> Option<St
             l.max_duration_s
         ));
     }
+    // An empty allow-list allows everything.
+    let outside = |list: &[String], v: &str| {
+        !list.is_empty() && !list.iter().any(|c| c.eq_ignore_ascii_case(v))
+    };
     let family = framewise_common::config::container_family(&m.container);
-    if !l.allowed_containers.is_empty()
-        && !l
-            .allowed_containers
-            .iter()
-            .any(|c| c.eq_ignore_ascii_case(&family))
-    {
+    if outside(&l.allowed_containers, &family) {
         return Some(format!(
             "its container is {family}; {key}.allowed_containers is {:?}",
             l.allowed_containers
         ));
     }
     let codec = framewise_common::config::codec_name(&m.video_codec);
-    if !l.allowed_video_codecs.is_empty()
-        && !l
-            .allowed_video_codecs
-            .iter()
-            .any(|c| c.eq_ignore_ascii_case(&codec))
-    {
+    if outside(&l.allowed_video_codecs, &codec) {
         return Some(format!(
             "its video codec is {codec}; {key}.allowed_video_codecs is {:?}",
             l.allowed_video_codecs
