@@ -24,12 +24,35 @@ pub struct Services {
     pub sas_valid: std::time::Duration,
     /// Who may call what (open when no tokens file is configured).
     pub tokens: Tokens,
+    /// The work and logs locations: their containers are made sure of at submit (once each).
+    pub work_containers: Vec<String>,
     /// Submits per minute per owner (`coordinator.limits.submits_per_minute`).
     pub submit_rate: std::sync::Arc<crate::ratelimit::RateLimiter>,
 }
 
 const READERS: &[Role] = &[Role::Admin, Role::Viewer, Role::Submitter];
 const SUBMITTERS: &[Role] = &[Role::Admin, Role::Submitter];
+
+impl Services {
+    /// The job, if `allowed` says this caller may have it (else PermissionDenied).
+    async fn job_for(
+        &self,
+        who: &Identity,
+        id: &str,
+        allowed: fn(&Identity, &str) -> bool,
+    ) -> Result<manager::JobView, Status> {
+        let v = self
+            .manager
+            .send(manager::GetJob(id.to_string()))
+            .await
+            .map_err(mailbox)?
+            .map_err(status)?;
+        if !allowed(who, &v.job.owner) {
+            return Err(not_yours(who, id));
+        }
+        Ok(v)
+    }
+}
 
 /// A job the caller may not see or touch: named, without revealing anything about it.
 fn not_yours(who: &Identity, job: &str) -> Status {
@@ -71,15 +94,9 @@ pub fn validate_spec(
     // The workers will need URLs signed for both: a location without usable credentials is
     // refused now, naming the account, not after the probe.
     for (field, loc) in [("spec.input_url", &input), ("spec.output_url", &output)] {
-        if loc.is_remote() {
-            blobs
-                .sign(
-                    &loc.url(),
-                    framewise_common::storage::Access::Read,
-                    std::time::Duration::from_secs(60),
-                )
-                .map_err(|e| format!("{field}: {e}"))?;
-        }
+        blobs
+            .check_signable(loc)
+            .map_err(|e| format!("{field}: {e}"))?;
     }
     // A missing file is reported by the probe, with the job; a huge one is refused right here.
     if let Location::File(path) = &input {
@@ -149,15 +166,7 @@ impl pb::job_service_server::JobService for Services {
         let who = require(&self.tokens, &req, READERS)?;
         let id = req.into_inner().job_id;
         // Fail fast for an unknown job, before the stream starts.
-        let first = self
-            .manager
-            .send(manager::GetJob(id.clone()))
-            .await
-            .map_err(mailbox)?
-            .map_err(status)?;
-        if !who.may_see(&first.job.owner) {
-            return Err(not_yours(&who, &id));
-        }
+        let first = self.job_for(&who, &id, Identity::may_see).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let addr = self.manager.clone();
         tokio::spawn(async move {
@@ -215,13 +224,20 @@ impl pb::job_service_server::JobService for Services {
             .ok_or_else(|| Status::invalid_argument("spec: missing"))?;
         validate_spec(&mut spec, &self.blobs, self.max_input_bytes)
             .map_err(Status::invalid_argument)?;
-        // The output's container is created if missing (the coordinator holds the key).
+        // The output's container (and the work and logs containers, if the start could not
+        // reach storage) are created if missing; each is checked once per process.
         if let Err(e) = self.blobs.ensure_container(&spec.output_url).await {
             return Err(if e.is_permanent() {
                 Status::invalid_argument(format!("spec.output_url: {e}"))
             } else {
                 Status::unavailable(format!("spec.output_url: {e}"))
             });
+        }
+        for url in &self.work_containers {
+            self.blobs
+                .ensure_container(url)
+                .await
+                .map_err(|e| Status::unavailable(format!("work storage: {e}")))?;
         }
         if self
             .blobs
@@ -262,15 +278,7 @@ impl pb::job_service_server::JobService for Services {
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let who = require(&self.tokens, &req, READERS)?;
         let id = req.into_inner().job_id;
-        let v = self
-            .manager
-            .send(manager::GetJob(id.clone()))
-            .await
-            .map_err(mailbox)?
-            .map_err(status)?;
-        if !who.may_see(&v.job.owner) {
-            return Err(not_yours(&who, &id));
-        }
+        let v = self.job_for(&who, &id, Identity::may_see).await?;
         Ok(Response::new(job_to(&v)))
     }
 
@@ -304,15 +312,7 @@ impl pb::job_service_server::JobService for Services {
     ) -> Result<Response<pb::Job>, Status> {
         let who = require(&self.tokens, &req, SUBMITTERS)?;
         let id = req.into_inner().job_id;
-        let current = self
-            .manager
-            .send(manager::GetJob(id.clone()))
-            .await
-            .map_err(mailbox)?
-            .map_err(status)?;
-        if !who.may_cancel(&current.job.owner) {
-            return Err(not_yours(&who, &id));
-        }
+        self.job_for(&who, &id, Identity::may_cancel).await?;
         let v = self
             .manager
             .send(manager::Cancel(id))

@@ -14,7 +14,7 @@ use framewise_common::config::{CoordinatorConfig, StorageConfig};
 use framewise_common::proto::{
     job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
 };
-use framewise_common::storage::{self as blob, Access};
+use framewise_common::storage as blob;
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use thiserror::Error;
@@ -92,6 +92,7 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
     let trigger_cfg = trigger_config(&blobs, &cfg.trigger)?;
     prepare_containers(&blobs, &[&work_url, &logs_url, &trigger_cfg.output_prefix])?;
     let trigger_status = crate::trigger::Trigger::new_status(&trigger_cfg);
+    let (rules_work_url, logs_url_for_submit) = (work_url.clone(), logs_url.clone());
     let store = Store::open(&cfg.data_dir)?;
     let rules = Rules {
         lease_ttl_ms: cfg.lease_ttl_ms,
@@ -227,6 +228,7 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
         heartbeat_interval_ms: cfg.heartbeat_interval_ms,
         blobs,
         tokens: tokens.clone(),
+        work_containers: vec![rules_work_url, logs_url_for_submit],
         submit_rate: std::sync::Arc::new(crate::ratelimit::RateLimiter::new(
             cfg.limits.submits_per_minute,
         )),
@@ -328,21 +330,15 @@ fn trigger_config(
         if keep_slash && !v.ends_with('/') {
             v.push('/');
         }
-        if loc.is_remote() {
-            blobs
-                .sign(
-                    &blob::join(v, "probe"),
-                    Access::Read,
-                    std::time::Duration::from_secs(60),
-                )
-                .map_err(|e| StartError::Config(format!("{key}: {e}")))?;
-        }
+        blobs
+            .check_signable(&loc)
+            .map_err(|e| StartError::Config(format!("{key}: {e}")))?;
     }
     Ok(t)
 }
 
 /// Creates the blob containers framewise writes to, if missing. A refusal (wrong key) fails the
-/// start; an unreachable service only warns (work waits for it).
+/// start; an unreachable service only warns, once (submits make sure of them later).
 fn prepare_containers(blobs: &blob::Store, urls: &[&str]) -> Result<(), StartError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -355,7 +351,11 @@ fn prepare_containers(blobs: &blob::Store, urls: &[&str]) -> Result<(), StartErr
         match rt.block_on(blobs.ensure_container(url)) {
             Ok(()) => {}
             Err(e) if e.is_permanent() => return Err(StartError::Config(e.to_string())),
-            Err(e) => tracing::warn!(%url, error = %e, "cannot reach storage yet; carrying on"),
+            Err(e) => {
+                // One wait for an unreachable service is enough; submits create what is missing.
+                tracing::warn!(%url, error = %e, "cannot reach storage yet; carrying on");
+                break;
+            }
         }
     }
     Ok(())
@@ -376,15 +376,9 @@ fn storage_root(
     let loc = blobs
         .locate_prefix(url)
         .map_err(|e| StartError::Config(format!("{key}: {e}")))?;
-    if loc.is_remote() {
-        blobs
-            .sign(
-                &blob::join(&loc.url(), "probe"),
-                Access::Write,
-                std::time::Duration::from_secs(60),
-            )
-            .map_err(|e| StartError::Config(format!("{key}: {e}")))?;
-    }
+    blobs
+        .check_signable(&loc)
+        .map_err(|e| StartError::Config(format!("{key}: {e}")))?;
     Ok(loc.url().trim_end_matches('/').to_string())
 }
 

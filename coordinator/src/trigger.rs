@@ -8,7 +8,7 @@
 //! without a video extension are recorded as rejected (shown at /api/v1/trigger).
 
 use crate::convert::params_from;
-use crate::manager::{self, CoordError, JobManager};
+use crate::manager::{self, now_ms, CoordError, JobManager};
 use actix::Addr;
 use framewise_common::config::TriggerConfig;
 use framewise_common::proto as pb;
@@ -176,13 +176,6 @@ impl Trigger {
         info!(input = %status.lock().map(|s| s.input_prefix.clone()).unwrap_or_default(), "blob trigger watching");
         Ok(Trigger { status, stop })
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 async fn poll(

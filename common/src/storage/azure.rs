@@ -204,6 +204,17 @@ impl Account {
         }
     }
 
+    /// Whether this account's credential can sign workers' URLs (only the account key can).
+    pub fn can_sign(&self) -> Result<(), StorageError> {
+        match self.key {
+            Some(_) => Ok(()),
+            None => Err(cred_err(
+                &self.name,
+                "signing workers' URLs needs the account key (a connection string with AccountKey, or account_key): a SAS token cannot sign",
+            )),
+        }
+    }
+
     /// A URL for this one blob with `access` until `valid_for` from now (service SAS, signed
     /// with the account key: nothing else of the account is reachable through it).
     pub fn sign(
@@ -212,12 +223,10 @@ impl Account {
         access: Access,
         valid_for: Duration,
     ) -> Result<String, StorageError> {
-        let key = self.key.clone().ok_or_else(|| {
-            cred_err(
-                &self.name,
-                "signing workers' URLs needs the account key (a connection string with AccountKey, or account_key): a SAS token cannot sign",
-            )
-        })?;
+        self.can_sign()?;
+        let Some(key) = self.key.clone() else {
+            return Err(cred_err(&self.name, "no account key"));
+        };
         let perms = match access {
             Access::Read => BlobSasPermissions {
                 read: true,

@@ -238,6 +238,8 @@ pub struct Entry {
 #[derive(Clone, Default)]
 pub struct Store {
     accounts: HashMap<String, Arc<azure::Account>>,
+    /// Containers known to exist (account, container): checked once, not on every submit.
+    ensured: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
 }
 
 impl Store {
@@ -247,14 +249,10 @@ impl Store {
         for acct in azure::Account::from_config(cfg)? {
             accounts.insert(acct.name.clone(), Arc::new(acct));
         }
-        Ok(Store { accounts })
-    }
-
-    /// Accounts this store has credentials for.
-    pub fn account_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.accounts.keys().cloned().collect();
-        v.sort();
-        v
+        Ok(Store {
+            accounts,
+            ..Default::default()
+        })
     }
 
     /// Parses a URL, also mapping a configured account's own endpoint (e.g. Azurite's
@@ -282,9 +280,26 @@ impl Store {
 
     /// Creates the container of a blob location if it does not exist (nothing for a file).
     pub async fn ensure_container(&self, url: &str) -> Result<(), StorageError> {
-        match self.locate_prefix(url)? {
+        let Location::Azure(b) = self.locate_prefix(url)? else {
+            return Ok(());
+        };
+        let key = (b.account.clone(), b.container.clone());
+        if self.ensured.lock().is_ok_and(|s| s.contains(&key)) {
+            return Ok(());
+        }
+        self.account(&b)?.ensure_container(&b).await?;
+        if let Ok(mut s) = self.ensured.lock() {
+            s.insert(key);
+        }
+        Ok(())
+    }
+
+    /// Whether workers' URLs can be signed for a location (a blob account needs its key):
+    /// checked at start and submit rather than at the first lease.
+    pub fn check_signable(&self, loc: &Location) -> Result<(), StorageError> {
+        match loc {
             Location::File(_) => Ok(()),
-            Location::Azure(b) => self.account(&b)?.ensure_container(&b).await,
+            Location::Azure(b) => self.account(b)?.can_sign(),
         }
     }
 
