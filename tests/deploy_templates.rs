@@ -25,7 +25,10 @@ const SCHEDULED_EVENTS: &str =
     "http://169.254.169.254/metadata/scheduledevents?api-version=2020-07-01";
 
 fn read(rel: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);
+    let p = PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{rel}: cannot read: {e}"))
 }
 

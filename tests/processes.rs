@@ -806,9 +806,14 @@ fn coordinator_scale_benchmark() {
                                 end_frame: s.end_frame,
                                 url: format!("{}/{}.mp4", s.output_url, s.start_frame),
                             };
-                            assert!(c.complete_chunk(req).await.unwrap().into_inner().accepted);
+                            // Refused only for the loser of a tail-speculation race; the
+                            // count of accepted commits must still be one per segment.
+                            let accepted =
+                                c.complete_chunk(req).await.unwrap().into_inner().accepted;
                             commit_lat.push(t.elapsed());
-                            done.fetch_add(1, Ordering::Relaxed);
+                            if accepted {
+                                done.fetch_add(1, Ordering::Relaxed);
+                            }
                             last_commit_us
                                 .fetch_max(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
                             None

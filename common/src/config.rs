@@ -805,10 +805,16 @@ mod tests {
         }
     }
 
+    /// The package directory at run time (cargo sets it for tests): a build reused from a
+    /// clone at another path must read this checkout's files, not the path it was built at.
+    fn manifest_dir() -> String {
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())
+    }
+
     #[test]
     fn shipped_configs_load() {
         for f in ["embedded.toml", "coordinator.toml", "worker.toml"] {
-            let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            let p = std::path::PathBuf::from(manifest_dir())
                 .join("../config")
                 .join(f);
             Config::load(Some(&p)).unwrap_or_else(|e| panic!("{f}: {e}"));

@@ -25,5 +25,6 @@ pub mod trigger;
 pub mod views;
 pub mod web;
 pub mod workers;
+pub mod writer;
 
 pub use server::{start, Coordinator, StartError};

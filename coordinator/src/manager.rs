@@ -9,6 +9,7 @@ use crate::store::{Store, StoreError};
 use crate::views::{self, JobDetail, JobSummary, Overview, Totals, WorkerView};
 pub use crate::workers::WorkerInfo;
 use crate::workers::Workers;
+use crate::writer::Writer;
 use actix::prelude::*;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -60,33 +61,12 @@ pub struct JobManager {
     overview: Arc<tokio::sync::watch::Sender<Arc<str>>>,
     /// Written since the last flush was requested.
     dirty: bool,
-    /// Queue of replies waiting for the next flush.
-    flusher: std::sync::mpsc::Sender<FlushWaiter>,
+    /// Writes and flushes the state off this thread (group commit).
+    writer: Writer,
     /// Workers the autoscaler is stopping: they get no new lease (until they register again).
     drained: std::collections::HashSet<String>,
     /// Deletes unused work output off the actor's thread.
     janitor: crate::janitor::Janitor,
-}
-
-type FlushWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
-
-/// The group-commit thread: one `flush` (fsync) serves every waiter queued before it started.
-fn spawn_flusher(store: &Store) -> std::io::Result<std::sync::mpsc::Sender<FlushWaiter>> {
-    let (tx, rx) = std::sync::mpsc::channel::<FlushWaiter>();
-    let db = store.db();
-    std::thread::Builder::new()
-        .name("fw-flush".into())
-        .spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let mut batch = vec![first];
-                batch.extend(rx.try_iter());
-                let r = db.flush().map(|_| ()).map_err(|e| e.to_string());
-                for w in batch {
-                    let _ = w.send(r.clone());
-                }
-            }
-        })?;
-    Ok(tx)
 }
 
 impl JobManager {
@@ -109,8 +89,8 @@ impl JobManager {
             .filter(|j| !j.state.is_terminal())
             .count();
         info!(jobs = state.jobs.len(), active, "coordinator state loaded");
-        let flusher =
-            spawn_flusher(&store).map_err(|e| StoreError::Io(format!("flusher thread: {e}")))?;
+        let writer = Writer::spawn(store.clone())
+            .map_err(|e| StoreError::Io(format!("writer thread: {e}")))?;
         Ok(Self {
             state,
             store,
@@ -120,7 +100,7 @@ impl JobManager {
             metrics,
             overview,
             dirty: false,
-            flusher,
+            writer,
             drained: Default::default(),
             janitor,
         })
@@ -230,7 +210,9 @@ impl JobManager {
 
     /// Writes the changes (not yet flushed) and does what they imply (collect garbage, log).
     fn commit(&mut self, ch: &Changes) -> Result<(), CoordError> {
-        self.store.persist(&self.state, ch)?;
+        self.writer
+            .write(crate::store::rows(&self.state, ch)?)
+            .map_err(StoreError::Io)?;
         self.dirty |= !ch.is_empty();
         self.metrics.wasted_frames.inc_by(ch.wasted_frames);
         for url in &ch.garbage {
@@ -250,22 +232,18 @@ impl JobManager {
     }
 
     /// Replies only once what the handler wrote is on disk. Concurrent handlers share one
-    /// fsync (group commit): the flusher thread flushes once for every waiter queued before it.
+    /// write and fsync (group commit): the writer thread serves every waiter queued before its turn.
     fn durably<T: 'static>(
         &mut self,
         r: Result<T, CoordError>,
     ) -> ResponseFuture<Result<T, CoordError>> {
-        let waiter = std::mem::take(&mut self.dirty).then(|| {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let _ = self.flusher.send(tx);
-            rx
-        });
+        let waiter = std::mem::take(&mut self.dirty).then(|| self.writer.flushed());
         Box::pin(async move {
             let v = r?;
             if let Some(rx) = waiter {
                 let flushed = rx
                     .await
-                    .map_err(|_| StoreError::Io("the flusher thread stopped".into()))?;
+                    .map_err(|_| StoreError::Io("the state writer thread stopped".into()))?;
                 flushed.map_err(|e| CoordError::Store(StoreError::Io(e)))?;
             }
             Ok(v)
@@ -314,7 +292,8 @@ impl Actor for JobManager {
             if !ch.is_empty() {
                 warn!(tasks = ch.tasks.len(), "leases expired; tasks requeued");
                 act.metrics.leases_expired.inc_by(ch.tasks.len() as u64);
-                if let Err(e) = act.commit(&ch).and_then(|_| Ok(act.store.flush()?)) {
+                // The writer flushes what it is given; nobody waits for it here.
+                if let Err(e) = act.commit(&ch) {
                     warn!(error = %e, "could not persist expired leases");
                 }
                 act.dirty = false;

@@ -11,7 +11,7 @@ use crate::model::{
     Chunk, Job, JobState, Lease, Media, Origin, Params, Task, TaskKind, TaskState, SCHEMA_VERSION,
 };
 use framewise_common::plan::{keyframe_at_or_before, plan_segments};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Lease and retry rules, from the coordinator config.
 #[derive(Debug, Clone)]
@@ -184,6 +184,14 @@ pub struct State {
     /// Per job, milliseconds per frame of each finished segment attempt (in memory: after a
     /// restart speculation waits for fresh samples).
     ms_per_frame: HashMap<String, Vec<f64>>,
+    /// Every committed chunk's URL (an index: a commit checks it instead of walking every task).
+    committed_urls: HashSet<String>,
+    /// Jobs not yet finished, in queue order (created, id): leasing walks these, not every job
+    /// the coordinator ever ran.
+    active: BTreeSet<(u64, String)>,
+    /// Tasks that may be pending, in lease order (job created, job id, task index). A hint kept
+    /// cheaply: an entry whose task is no longer pending, or whose job ended, is dropped when met.
+    pending: BTreeSet<(u64, String, u32)>,
 }
 
 /// Which of a task's two possible leases a call is about.
@@ -220,6 +228,9 @@ impl State {
         let mut s = State::default();
         let mut ch = Changes::default();
         for j in jobs {
+            if !j.state.is_terminal() {
+                s.active.insert((j.created_ms, j.id.clone()));
+            }
             s.jobs.insert(j.id.clone(), j);
         }
         for mut t in tasks {
@@ -235,7 +246,9 @@ impl State {
                 s.leases.insert(l.id.clone(), (t.job_id.clone(), t.index));
                 ch.task(&t.job_id, t.index);
             }
-            s.tasks.insert((t.job_id.clone(), t.index), t);
+            s.committed_urls
+                .extend(t.chunks.iter().map(|c| c.url.clone()));
+            s.add_task(t);
         }
         (s, ch)
     }
@@ -275,9 +288,9 @@ impl State {
             next_task: 1,
             owner,
         };
+        self.active.insert((now, id.clone()));
         self.jobs.insert(id.clone(), job);
-        self.tasks
-            .insert((id.clone(), 0), Task::new(&id, 0, TaskKind::Probe));
+        self.add_task(Task::new(&id, 0, TaskKind::Probe));
         let mut ch = Changes::default();
         ch.job(&id);
         ch.task(&id, 0);
@@ -285,13 +298,82 @@ impl State {
     }
 
     fn active_jobs(&self) -> Vec<String> {
-        let mut active: Vec<&Job> = self
+        self.active.iter().map(|(_, id)| id.clone()).collect()
+    }
+
+    /// Where the indexes disagree with the records (property tests check it after every step).
+    #[cfg(test)]
+    pub(crate) fn index_errors(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        let active: BTreeSet<(u64, String)> = self
             .jobs
             .values()
             .filter(|j| !j.state.is_terminal())
+            .map(|j| (j.created_ms, j.id.clone()))
             .collect();
-        active.sort_by_key(|j| (j.created_ms, j.id.clone()));
-        active.into_iter().map(|j| j.id.clone()).collect()
+        if active != self.active {
+            errs.push(format!("active index {:?} != {:?}", self.active, active));
+        }
+        for t in self.tasks.values() {
+            let Some(j) = self.jobs.get(&t.job_id) else {
+                continue;
+            };
+            if t.state == TaskState::Pending
+                && !j.state.is_terminal()
+                && !self
+                    .pending
+                    .contains(&(j.created_ms, t.job_id.clone(), t.index))
+            {
+                errs.push(format!("pending task {}/{} not indexed", t.job_id, t.index));
+            }
+        }
+        let urls: HashSet<String> = self
+            .tasks
+            .values()
+            .flat_map(|t| t.chunks.iter().map(|c| c.url.clone()))
+            .collect();
+        if urls != self.committed_urls {
+            errs.push("committed-URL index differs from the chunks".into());
+        }
+        errs
+    }
+
+    /// Adds a task (new tasks are pending) and indexes it.
+    fn add_task(&mut self, t: Task) {
+        if t.state == TaskState::Pending {
+            self.mark_pending(&t.job_id, t.index);
+        }
+        self.tasks.insert((t.job_id.clone(), t.index), t);
+    }
+
+    /// Puts a task (already set pending) in the lease order.
+    fn mark_pending(&mut self, job_id: &str, index: u32) {
+        let created = self.jobs.get(job_id).map_or(0, |j| j.created_ms);
+        self.pending.insert((created, job_id.to_string(), index));
+    }
+
+    /// Takes a job out of the queue order once it ends.
+    fn mark_ended(&mut self, job_id: &str) {
+        if let Some(j) = self.jobs.get(job_id) {
+            self.active.remove(&(j.created_ms, job_id.to_string()));
+        }
+    }
+
+    /// The oldest active job's first pending task, dropping stale hints on the way.
+    fn next_pending(&mut self) -> Option<(String, u32)> {
+        while let Some((_, job, index)) = self.pending.first() {
+            let key = (job.clone(), *index);
+            let live = self.jobs.get(job).is_some_and(|j| !j.state.is_terminal());
+            let pending = self
+                .tasks
+                .get(&key)
+                .is_some_and(|t| t.state == TaskState::Pending);
+            self.pending.pop_first();
+            if live && pending {
+                return Some(key);
+            }
+        }
+        None
     }
 
     /// Hands the oldest pending task of the oldest active job to `worker`; with none pending,
@@ -304,13 +386,7 @@ impl State {
         rules: &Rules,
     ) -> Option<(Grant, Changes)> {
         let mut ch = Changes::default();
-        let pending = self.active_jobs().into_iter().find_map(|id| {
-            self.tasks
-                .range(job_range(&id))
-                .find(|(_, t)| t.state == TaskState::Pending)
-                .map(|(k, _)| k.clone())
-        });
-        let key = match pending {
+        let key = match self.next_pending() {
             Some(k) => k,
             None => match self.steal(&mut ch) {
                 Some(k) => k,
@@ -661,10 +737,7 @@ impl State {
         // CompleteChunk whose answer it lost (say, across a coordinator restart) sends the
         // same path again, and refusing it must not delete the committed frames (found by
         // the chaos test: assembly then failed on a missing chunk).
-        let committed_elsewhere = self
-            .tasks
-            .values()
-            .any(|t| t.chunks.iter().any(|c| c.url == url));
+        let committed_elsewhere = self.committed_urls.contains(&url);
         let Some((key, slot)) = self.current_slot(lease_id, epoch) else {
             if !committed_elsewhere {
                 ch.garbage.push(url);
@@ -705,6 +778,7 @@ impl State {
         let Some(l) = lease_in(t, slot).cloned() else {
             return (false, 0, ch);
         };
+        self.committed_urls.insert(url.clone());
         t.chunks.push(Chunk {
             start,
             end,
@@ -760,10 +834,7 @@ impl State {
         job.next_task += 1;
         job.state = JobState::Assembling;
         ch.job(job_id);
-        self.tasks.insert(
-            (job_id.to_string(), idx),
-            Task::new(job_id, idx, TaskKind::Assemble),
-        );
+        self.add_task(Task::new(job_id, idx, TaskKind::Assemble));
         ch.task(job_id, idx);
     }
 
@@ -830,17 +901,14 @@ impl State {
                 job.next_task += ranges.len() as u32;
                 for (i, r) in ranges.into_iter().enumerate() {
                     let idx = first + i as u32;
-                    self.tasks.insert(
-                        (id.clone(), idx),
-                        Task::new(
-                            &id,
-                            idx,
-                            TaskKind::Segment {
-                                start: r.start,
-                                end: r.end,
-                            },
-                        ),
-                    );
+                    self.add_task(Task::new(
+                        &id,
+                        idx,
+                        TaskKind::Segment {
+                            start: r.start,
+                            end: r.end,
+                        },
+                    ));
                     ch.task(&id, idx);
                 }
                 ch.job(&id);
@@ -853,6 +921,7 @@ impl State {
                 job.state = JobState::Succeeded;
                 job.finished_ms = now;
                 let id = job.id.clone();
+                self.mark_ended(&id);
                 ch.job(&id);
                 ch.garbage
                     .extend(self.chunks_in_order(&id).into_iter().map(|c| c.0));
@@ -948,6 +1017,7 @@ impl State {
             return (true, merge(ch, self.fail_job(&key.0, reason, now)));
         }
         t.state = TaskState::Pending;
+        self.mark_pending(&key.0, key.1);
         (true, ch)
     }
 
@@ -972,6 +1042,7 @@ impl State {
         t.frames_done = 0;
         t.releases += 1;
         t.state = TaskState::Pending;
+        self.mark_pending(&key.0, key.1);
         let mut ch = Changes {
             wasted_frames: wasted,
             ..Changes::default()
@@ -982,9 +1053,11 @@ impl State {
 
     /// Requeues tasks whose lease was not renewed in time.
     pub fn expire(&mut self, now: u64, rules: &Rules) -> Changes {
-        let expired: Vec<(String, u64)> = self
-            .tasks
-            .values()
+        // Walks the lease index, not every task ever run.
+        let leased: BTreeSet<&(String, u32)> = self.leases.values().collect();
+        let expired: Vec<(String, u64)> = leased
+            .into_iter()
+            .filter_map(|k| self.tasks.get(k))
             .filter(|t| t.state == TaskState::Leased)
             .flat_map(|t| {
                 [t.lease.as_ref(), t.spec.as_ref()]
@@ -1018,6 +1091,7 @@ impl State {
             job.error = "cancelled by the user".into();
             job.finished_ms = now;
             ch.job(job_id);
+            self.mark_ended(job_id);
         }
         Some(ch)
     }
@@ -1030,6 +1104,7 @@ impl State {
                 j.error = reason;
                 j.finished_ms = now;
                 ch.job(job_id);
+                self.mark_ended(job_id);
             }
         }
         ch
@@ -1797,6 +1872,7 @@ pub(crate) mod tests {
         let jobs = s.jobs.values().cloned().collect();
         let tasks = s.tasks.values().cloned().collect();
         let (mut s2, _) = State::restore(jobs, tasks, 10_000, &r);
+        assert_eq!(s2.index_errors(), Vec::<String>::new(), "indexes rebuilt");
         assert!(
             s2.heartbeat("l1", g.epoch, 7, 10_500, &r).0,
             "the worker reattaches"

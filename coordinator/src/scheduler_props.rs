@@ -90,6 +90,8 @@ fn check(s: &State, n: u64) -> Result<(), TestCaseError> {
     for t in s.leased_tasks() {
         prop_assert_eq!(t.state, TaskState::Leased);
     }
+    let errs = s.index_errors();
+    prop_assert!(errs.is_empty(), "indexes: {:?}", errs);
     Ok(())
 }
 

@@ -17,8 +17,14 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The package directory at run time (cargo sets it for tests): a build reused from a clone at
+/// another path must read this checkout's files, not the path it was built at.
+pub fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())
+}
+
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(manifest_dir())
 }
 
 /// A generated test clip: moving ball, H.264 with B-frames and a keyframe every 12 frames, optional AAC tone.

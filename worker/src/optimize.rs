@@ -856,9 +856,14 @@ fn remove_dead_nodes(g: &mut GraphProto) {
 mod tests {
     use super::*;
 
+    /// The package directory at run time (cargo sets it for tests): a build reused from a
+    /// clone at another path must read this checkout's files, not the path it was built at.
+    fn manifest_dir() -> String {
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())
+    }
+
     fn model_bytes() -> Vec<u8> {
-        let p =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/multistyle26.onnx");
+        let p = std::path::PathBuf::from(manifest_dir()).join("../models/multistyle26.onnx");
         std::fs::read(&p)
             .unwrap_or_else(|e| panic!("{}: {e} (run scripts/bootstrap.sh)", p.display()))
     }
