@@ -4,7 +4,8 @@
 # (git-ignored), in pieces of at most 55 MiB so each fits one 64 MiB transfer:
 #   .gpu/ort.part.NN   ONNX Runtime 1.31.1 with its CUDA provider, from the PyPI wheel
 #                      onnxruntime-gpu==1.31.1 (manylinux_2_28, CUDA 13), zstd-compressed tar
-#   .gpu/fw.tar.zst    the framewise release binary (stripped), the model, the GStreamer
+#   .gpu/fw.tar.zst    the framewise release binary (stripped), the tests/processes.rs release
+#                      test binary (stripped, for `gpu.sh scale`), the model, the GStreamer
 #                      plugins framewise uses and the shared libraries they need (this Debian 12
 #                      machine's, glibc excluded: they run on the target's newer glibc), zstd
 #   .gpu/zstd          this machine's zstd, to unpack there
@@ -40,6 +41,12 @@ cp "$scanner" "$b/gst/"
   | awk '/=>/ {print $3}' | sort -u \
   | grep -v -E '/(libc|libm|libpthread|libdl|librt|libstdc\+\+|libgcc_s|libresolv)\.so' \
   | xargs -I{} cp -L {} "$b/gst/lib/"
+# The coordinator-scale benchmark (bench/gpu.sh scale) runs the release test binary there; it
+# starts the framewise binary at the path it was built with (bin-path), which gpu.sh links.
+cargo test --locked --release --test processes --no-run
+t=$(ls -t "$CARGO_TARGET_DIR"/release/deps/processes-* | grep -v '\.d$' | head -1)
+strip -o "$b/processes-test" "$t"
+echo "$CARGO_TARGET_DIR/release/framewise" > "$b/bin-path"
 tar cf - -C "$work" fw | zstd -T0 -19 -q -f -o .gpu/fw.tar.zst
 cp "$(command -v zstd)" .gpu/zstd
 [ -f .gpu/clip720.mp4 ] || ffmpeg -v error -y -stream_loop 25 -i media/bigbuckbunny.mp4 -t 120 \

@@ -115,5 +115,32 @@ for step in "${steps[@]}"; do case $step in
       kill -INT $wpid; sleep 2; kill -TERM $cpid; wait $wpid $cpid 2>/dev/null
     done
     ;;
+  scale)
+    # Coordinator scale (issue 4) where the simulated workers do not share two cores with the
+    # coordinator: the release test binary packed by gpu-pack.sh, its framewise at the path it
+    # was built with. Per-thread CPU of the coordinator over 3 s of the first run.
+    [ -x "$R/processes-test" ] || { echo "no test binary packed"; exit 2; }
+    mkdir -p "$(dirname "$(cat "$R/bin-path")")"; ln -sf "$fw" "$(cat "$R/bin-path")"
+    ulimit -n 65536 2>/dev/null
+    for think in ${FW_THINK:-0 200}; do
+      CARGO_MANIFEST_DIR=$PWD FW_BENCH_WORKERS=${FW_WORKERS:-1000} FW_BENCH_TASKS=${FW_TASKS:-100000} \
+        FW_BENCH_THINK_MS=$think FW_BENCH_CLIENT_THREADS=${FW_CLIENT_THREADS:-8} \
+        "$R/processes-test" coordinator_scale_benchmark --ignored --nocapture > "$OUT/scale-$think.log" 2>&1 &
+      bpid=$!
+      if [ -z "${sampled:-}" ]; then
+        sampled=1
+        sleep 4
+        c=$(pgrep -f "framewise coordinator" | head -1)
+        snap() { for t in /proc/$c/task/*; do echo "$(tr ' ' _ < $t/comm) $(awk '{print $14+$15}' $t/stat)"; done 2>/dev/null; }
+        snap > "$OUT/t1"; sleep 3; snap > "$OUT/t2"
+        echo "   coordinator threads, CPU seconds over 3 s (think $think ms):"
+        join <(sort "$OUT/t1" | awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort) \
+             <(sort "$OUT/t2" | awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort) \
+          | awk '{d = ($3 - $2) / 100; if (d > 0.05) printf "     %-16s %.1f\n", $1, d}' | sort -k2 -rn
+      fi
+      wait $bpid
+      grep -E '^(coordinator scale|\|)|panicked' "$OUT/scale-$think.log" | grep -v -- '---'
+    done
+    ;;
   *) echo "unknown step $step"; exit 2 ;;
 esac; done

@@ -613,10 +613,16 @@ fn eviction_cost_benchmark() {
     let n: usize = env_or("FW_BENCH_WORKERS", 6);
     let ms: u64 = env_or("FW_BENCH_MS_PER_FRAME", 100);
     let frames: u32 = env_or("FW_BENCH_FRAMES", 750);
+    // FW_BENCH_MS_PER_FRAME=0 runs the real model (at a frame size FW_BENCH_SIZE, WxH).
+    let size: String = env_or("FW_BENCH_SIZE", "96x64".to_string());
+    let (w, h) = size
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+        .expect("FW_BENCH_SIZE is WxH");
     let k = n / 3;
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in.mp4");
-    make_clip(&input, 96, 64, frames, true);
+    make_clip(&input, w, h, frames, true);
     let seconds = frames as f64 / 25.0;
 
     // 1. Leases, undisturbed.
@@ -670,7 +676,12 @@ fn eviction_cost_benchmark() {
     let static_split = t0.elapsed().as_secs_f64();
     drop(p3);
 
-    println!("eviction cost: {n} synthetic workers x {ms} ms/frame, {frames} frames (96x64), {k} SIGKILLed at 50 %");
+    let model = if ms > 0 {
+        format!("synthetic-model workers x {ms} ms/frame")
+    } else {
+        "workers running the real model".to_string()
+    };
+    println!("eviction cost: {n} {model}, {frames} frames ({size}), {k} SIGKILLed at 50 %");
     println!("| run | makespan | vs undisturbed | frames redone |");
     println!("|---|---|---|---|");
     println!("| leases + 1 s chunks, undisturbed | {undisturbed:.1} s | 1.00 | 0 |");
@@ -707,8 +718,10 @@ fn coordinator_scale_benchmark() {
     let mut procs = Procs(vec![cl.coordinator(0)]);
     let pid = procs.0[0].id();
     let url = cl.url();
+    // The simulated workers' threads (on a many-core machine, enough to keep the coordinator fed).
+    let client_threads: usize = env_or("FW_BENCH_CLIENT_THREADS", 2);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(client_threads)
         .enable_all()
         .build()
         .unwrap();
@@ -727,7 +740,7 @@ fn coordinator_scale_benchmark() {
     };
     let done = Arc::new(AtomicU64::new(0));
     let last_commit_us = Arc::new(AtomicU64::new(0));
-    let (elapsed, mut lat, mut commit_lat) = rt.block_on(async {
+    let (elapsed, lat, commit_lat) = rt.block_on(async {
         let mut jc = JobServiceClient::connect(url.clone()).await.unwrap();
         for j in 0..jobs {
             let spec = JobSpec {
@@ -773,7 +786,7 @@ fn coordinator_scale_benchmark() {
                         .await
                         .unwrap()
                         .into_inner();
-                    lat.push(t.elapsed());
+                    lat.push((t.duration_since(t0), t.elapsed()));
                     let (Some(task), Some(lease)) = (r.task, r.lease) else {
                         idle += 1;
                         tokio::time::sleep(Duration::from_millis(r.retry_after_ms.max(50))).await;
@@ -810,7 +823,7 @@ fn coordinator_scale_benchmark() {
                             // count of accepted commits must still be one per segment.
                             let accepted =
                                 c.complete_chunk(req).await.unwrap().into_inner().accepted;
-                            commit_lat.push(t.elapsed());
+                            commit_lat.push((t.duration_since(t0), t.elapsed()));
                             if accepted {
                                 done.fetch_add(1, Ordering::Relaxed);
                             }
@@ -855,6 +868,58 @@ fn coordinator_scale_benchmark() {
         })
         .unwrap_or(0.0)
         / 1024.0;
+    // The coordinator's own view of LeaseTask (its histogram: from the call reaching the actor's
+    // queue to the durable reply), to tell its latency from the network's and the clients'.
+    let metrics = ureq::get(&format!("{}/metrics", cl.http_url()))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .unwrap_or_default();
+    let bucket = |name: &str, le: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}_bucket{{le=\"{le}\"}}")))
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    for (name, what) in [
+        (
+            "framewise_lease_latency_seconds",
+            "coordinator-side LeaseTask",
+        ),
+        ("framewise_state_write_seconds", "state write turns"),
+    ] {
+        let all = bucket(name, "+Inf").max(1.0);
+        println!(
+            "| {what}: within 1 / 5 / 20 / 50 ms | {:.2} / {:.2} / {:.3} / {:.3} % of {all} |",
+            100.0 * bucket(name, "0.001") / all,
+            100.0 * bucket(name, "0.005") / all,
+            100.0 * bucket(name, "0.02") / all,
+            100.0 * bucket(name, "0.05") / all
+        );
+    }
+    // Stalls the coordinator logged (a slow state write or tick delays every call behind it).
+    let log = std::fs::read_to_string(d.path().join("coordinator-0.log")).unwrap_or_default();
+    for what in ["slow state write", "slow tick"] {
+        let ms: Vec<u64> = log
+            .lines()
+            .filter(|l| l.contains(what))
+            .filter_map(|l| {
+                l.split("ms=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        println!(
+            "| coordinator: {what} (> 50 / 20 ms) | {} times, longest {} ms, {} ms in all |",
+            ms.len(),
+            ms.iter().max().unwrap_or(&0),
+            ms.iter().sum::<u64>()
+        );
+    }
     // Restart recovery: SIGKILL, start again, time until the state answers.
     procs.0[0].kill().unwrap();
     procs.0[0].wait().unwrap();
@@ -871,6 +936,21 @@ fn coordinator_scale_benchmark() {
     });
     let recovery = t.elapsed();
     assert_eq!(n as u64, jobs);
+    // Steady state: calls started in the middle 80 % of the run, without the start (1,000
+    // workers registering and asking for work in the same instant) and the drained end.
+    let steady = |v: &[(Duration, Duration)]| -> Vec<Duration> {
+        let (a, b) = (elapsed.mul_f64(0.1), elapsed.mul_f64(0.9));
+        let mut s: Vec<Duration> = v
+            .iter()
+            .filter(|(at, _)| *at >= a && *at <= b)
+            .map(|x| x.1)
+            .collect();
+        s.sort();
+        s
+    };
+    let (lat_steady, commit_steady) = (steady(&lat), steady(&commit_lat));
+    let mut lat: Vec<Duration> = lat.into_iter().map(|x| x.1).collect();
+    let mut commit_lat: Vec<Duration> = commit_lat.into_iter().map(|x| x.1).collect();
     lat.sort();
     commit_lat.sort();
     let pct_of = |v: &[Duration], p: f64| {
@@ -878,7 +958,7 @@ fn coordinator_scale_benchmark() {
     };
     let pct = |p: f64| pct_of(&lat, p);
     let ops = 2.0 * segs as f64 / elapsed.as_secs_f64(); // a lease and a chunk commit per task
-    println!("coordinator scale: {workers} simulated workers (one gRPC connection each), {segs} segment tasks in {jobs} jobs, think time {think} ms");
+    println!("coordinator scale: {workers} simulated workers (one gRPC connection each, {client_threads} client threads), {segs} segment tasks in {jobs} jobs, think time {think} ms, {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
     println!("| measure | result |");
     println!("|---|---|");
     println!(
@@ -895,6 +975,19 @@ fn coordinator_scale_benchmark() {
         "| CompleteChunk latency p50 / p99 | {:.1} ms / {:.1} ms |",
         pct_of(&commit_lat, 0.5),
         pct_of(&commit_lat, 0.99)
+    );
+    println!(
+        "| steady state (calls in the middle 80 % of the run): LeaseTask p50 / p99 / p99.9 | {:.1} / {:.1} / {:.1} ms ({} calls) |",
+        pct_of(&lat_steady, 0.5),
+        pct_of(&lat_steady, 0.99),
+        pct_of(&lat_steady, 0.999),
+        lat_steady.len()
+    );
+    println!(
+        "| steady state: CompleteChunk p50 / p99 / p99.9 | {:.1} / {:.1} / {:.1} ms |",
+        pct_of(&commit_steady, 0.5),
+        pct_of(&commit_steady, 0.99),
+        pct_of(&commit_steady, 0.999)
     );
     println!("| coordinator peak RSS | {rss_mb:.0} MB |");
     println!(

@@ -89,7 +89,7 @@ impl JobManager {
             .filter(|j| !j.state.is_terminal())
             .count();
         info!(jobs = state.jobs.len(), active, "coordinator state loaded");
-        let writer = Writer::spawn(store.clone())
+        let writer = Writer::spawn(store.clone(), metrics.state_write.clone())
             .map_err(|e| StoreError::Io(format!("writer thread: {e}")))?;
         Ok(Self {
             state,
@@ -187,6 +187,7 @@ impl JobManager {
 
     /// Once a second: progress samples, gauges, and the dashboard's overview if anyone watches.
     fn tick(&mut self) {
+        let t = std::time::Instant::now();
         let now = now_ms();
         let active = self.refresh_gauges(now);
         self.progress
@@ -205,6 +206,10 @@ impl JobManager {
                 }
                 Err(e) => warn!(error = %e, "could not serialize the overview"),
             }
+        }
+        // Every call waits behind the tick: a slow one shows in the callers' latency.
+        if t.elapsed() > Duration::from_millis(20) {
+            warn!(ms = t.elapsed().as_millis() as u64, "slow tick");
         }
     }
 
@@ -286,6 +291,9 @@ impl Actor for JobManager {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // Every gRPC call is a message; with the default 16 slots a thousand callers park and
+        // wake in no particular order, which shows as tail latency.
+        ctx.set_mailbox_capacity(1 << 14);
         let every = Duration::from_millis((self.rules.lease_ttl_ms / 4).clamp(100, 1000));
         ctx.run_interval(every, |act, _| {
             let ch = act.state.expire(now_ms(), &act.rules);

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub frames_per_second: Gauge,
     pub queue_frames: IntGauge,
     pub lease_latency: Histogram,
+    /// The writer thread's turns (write + fsync): every durable reply waits for one or two.
+    pub state_write: Histogram,
     /// Workers the autoscaler wants now, and the live ones its backend runs.
     pub autoscaler_desired: IntGauge,
     pub autoscaler_current: IntGauge,
@@ -86,6 +88,15 @@ impl Metrics {
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
             ]),
         ));
+        let state_write = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "framewise_state_write_seconds",
+                "Time to write and flush one turn of coordinator state changes",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+            ]),
+        ));
         let autoscaler_desired = must(IntGauge::new(
             "framewise_autoscaler_desired_workers",
             "Workers the autoscaler wants for the current queue",
@@ -116,6 +127,7 @@ impl Metrics {
             Box::new(frames_per_second.clone()),
             Box::new(queue_frames.clone()),
             Box::new(lease_latency.clone()),
+            Box::new(state_write.clone()),
             Box::new(autoscaler_desired.clone()),
             Box::new(autoscaler_current.clone()),
             Box::new(autoscaler_decisions.clone()),
@@ -135,6 +147,7 @@ impl Metrics {
             frames_per_second,
             queue_frames,
             lease_latency,
+            state_write,
             autoscaler_desired,
             autoscaler_current,
             autoscaler_decisions,

@@ -238,8 +238,13 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
         ),
     };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    // HTTP/2 framing and protobuf for every worker's connection: one thread per core (two on
+    // 16 cores queued calls behind each other: LeaseTask p99 44 ms at 17,000 operations/s).
+    let grpc_threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 16);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(grpc_threads)
         .thread_name("fw-grpc")
         .enable_all()
         .build()
@@ -255,7 +260,10 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
                         return;
                     }
                 };
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                // No Nagle: a reply written in more than one segment otherwise waits for the
+                // client's delayed ACK (measured: LeaseTask p50 43 ms on an idle coordinator).
+                let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                    .with_nodelay(Some(true));
                 let mut builder = tonic::transport::Server::builder();
                 if let Some(t) = grpc_tls {
                     builder = match builder.tls_config(t) {

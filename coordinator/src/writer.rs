@@ -7,7 +7,11 @@
 use crate::store::{Rows, Store};
 use std::collections::BTreeMap;
 use std::sync::mpsc;
-use tracing::error;
+use std::time::{Duration, Instant};
+use tracing::{error, warn};
+
+/// A write and flush slower than this is logged: every caller waiting on it waited that long.
+const SLOW: Duration = Duration::from_millis(50);
 
 /// Told once everything queued before it is on disk (or why not).
 pub type FlushWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
@@ -24,7 +28,7 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the thread.
-    pub fn spawn(store: Store) -> std::io::Result<Self> {
+    pub fn spawn(store: Store, turns: prometheus::Histogram) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Msg>();
         std::thread::Builder::new()
             .name("fw-writer".into())
@@ -32,10 +36,15 @@ impl Writer {
                 while let Ok(first) = rx.recv() {
                     let batch: Vec<Msg> = std::iter::once(first).chain(rx.try_iter()).collect();
                     let (rows, waiters) = merge(batch);
+                    let t = Instant::now();
                     let r = store
                         .write(&rows)
                         .and_then(|_| store.flush())
                         .map_err(|e| e.to_string());
+                    turns.observe(t.elapsed().as_secs_f64());
+                    if t.elapsed() > SLOW {
+                        warn!(ms = t.elapsed().as_millis() as u64, records = rows.jobs.len() + rows.tasks.len(), callers = waiters.len(), "slow state write");
+                    }
                     if let Err(e) = &r {
                         error!(error = %e, records = rows.jobs.len() + rows.tasks.len(), "could not write the coordinator state");
                     }
@@ -116,7 +125,7 @@ mod tests {
     fn a_waiter_is_answered_after_the_rows_before_it_are_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let w = Writer::spawn(store.clone()).unwrap();
+        let w = Writer::spawn(store.clone(), crate::metrics::Metrics::new().state_write).unwrap();
         let rows = |n: u32| Rows {
             jobs: vec![],
             tasks: vec![(n.to_be_bytes().to_vec(), b"{}".to_vec())],

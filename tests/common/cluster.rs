@@ -34,7 +34,11 @@ pub fn spawn(args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     c.stderr(std::fs::File::create(log).unwrap());
-    c.env("FRAMEWISE_LOG", "info");
+    // FW_TEST_LOG: another log level for the processes (benchmarks: what logging costs).
+    c.env(
+        "FRAMEWISE_LOG",
+        std::env::var("FW_TEST_LOG").unwrap_or_else(|_| "info".into()),
+    );
     for (k, v) in env {
         c.env(k, v);
     }
