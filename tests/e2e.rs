@@ -247,13 +247,11 @@ fn make_vfr_clip(path: &Path) -> usize {
     n
 }
 
-/// Known bug, kept as its reproduction (not run by CI): a VFR input's first chunk comes out
-/// as an MP4 that qtdemux and ffprobe find "no playable streams" in (timescale
-/// 1/1215752192 with a nominal rate; failing the same way with caps framerate 0/1 or a
-/// 90 kHz trak timescale), so the job fails at assembly with that reason (it is not lost).
-/// Run with `cargo test --test e2e -- --ignored variable_frame`.
+/// A variable-frame-rate input keeps every frame's own time. (It used to fail at assembly:
+/// qtdemux reported 1000000000/1 fps for this clip, x264 and mp4mux took it as the stream's
+/// rate and wrote chunks with a 10^11 timescale that nothing could play; the probe now
+/// checks the container's rate against the frames' spacing.)
 #[test]
-#[ignore = "known bug: variable-frame-rate inputs fail at assembly (issue 9)"]
 fn variable_frame_rate_keeps_every_frame_time() {
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("vfr.mp4");

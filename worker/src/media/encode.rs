@@ -85,6 +85,9 @@ impl SegmentEncoder {
                 .field("format", format)
                 .field("width", ow as i32)
                 .field("height", oh as i32)
+                // Square pixels at the exact size: otherwise videoscale keeps the inference
+                // frame's aspect by flagging the output's pixels non-square (32/33 was seen).
+                .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
                 .build(),
         );
         let x264 = make("x264enc")?;

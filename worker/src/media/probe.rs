@@ -237,9 +237,9 @@ fn probe_once(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
             detail: format!("{} video packets carry no timestamp", st.missing_pts),
         });
     }
-    let (fps_num, fps_den) = match s.get::<gst::Fraction>("framerate") {
-        Ok(f) if f.numer() > 0 && f.denom() > 0 => (f.numer(), f.denom()),
-        _ => (0, 1),
+    let caps_fps = match s.get::<gst::Fraction>("framerate") {
+        Ok(f) if f.numer() > 0 && f.denom() > 0 => Some((f.numer(), f.denom())),
+        _ => None,
     };
     let mut samples = st.samples;
     if samples.is_empty() {
@@ -256,6 +256,7 @@ fn probe_once(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
         });
     }
     let frame_pts: Vec<u64> = samples.iter().map(|s| s.0).collect();
+    let (fps_num, fps_den) = nominal_fps(caps_fps, &frame_pts);
     let mut keyframes: Vec<u64> = samples
         .iter()
         .enumerate()
@@ -297,6 +298,32 @@ fn probe_once(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
     })
 }
 
+/// The rate the encoder and muxer are told (every frame keeps its own timestamp whatever it is):
+/// the container's, unless the frames' spacing says it is implausible, as with variable-frame-rate
+/// files (qtdemux reported 1000000000/1 for one, and x264 and mp4mux then wrote an unplayable
+/// file); then the rate of the median frame interval, snapped to a standard rate where close.
+pub fn nominal_fps(caps: Option<(i32, i32)>, pts: &[u64]) -> (i32, i32) {
+    let mut gaps: Vec<u64> = pts
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .filter(|g| *g > 0)
+        .collect();
+    gaps.sort_unstable();
+    let Some(&median) = gaps.get(gaps.len() / 2) else {
+        return caps.unwrap_or((0, 1));
+    };
+    if let Some((n, d)) = caps {
+        let caps_gap = 1e9 * d as f64 / n as f64;
+        if caps_gap >= median as f64 / 2.0 && caps_gap <= median as f64 * 2.0 {
+            return (n, d);
+        }
+    }
+    match gstreamer_video::guess_framerate(gst::ClockTime::from_nseconds(median)) {
+        Some(f) if f.numer() > 0 && f.denom() > 0 => (f.numer(), f.denom()),
+        _ => caps.unwrap_or((0, 1)),
+    }
+}
+
 fn decoder_exists(caps: &gst::Caps) -> bool {
     if caps.structure(0).is_some_and(|s| s.name() == "video/x-raw") {
         return true;
@@ -311,5 +338,35 @@ fn pipe(path: &Path, e: impl std::fmt::Display) -> MediaError {
         path: path.into(),
         what: "building the probe pipeline",
         detail: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nominal_fps;
+
+    #[test]
+    fn the_container_rate_is_kept_unless_the_frames_contradict_it() {
+        gstreamer::init().unwrap();
+        let even: Vec<u64> = (0..10).map(|i| i * 40_000_000).collect();
+        assert_eq!(nominal_fps(Some((25, 1)), &even), (25, 1));
+        assert_eq!(
+            nominal_fps(Some((30000, 1001)), &[0, 33_366_667]),
+            (30000, 1001)
+        );
+        // Variable spacing around 40 ms with a nonsense container rate: 25 fps.
+        let vfr = [
+            0,
+            40_000_000,
+            70_000_000,
+            110_000_000,
+            160_000_000,
+            200_000_000,
+        ];
+        assert_eq!(nominal_fps(Some((1_000_000_000, 1)), &vfr), (25, 1));
+        assert_eq!(nominal_fps(None, &vfr), (25, 1));
+        // Nothing to go by.
+        assert_eq!(nominal_fps(None, &[0]), (0, 1));
+        assert_eq!(nominal_fps(Some((24, 1)), &[5]), (24, 1));
     }
 }
