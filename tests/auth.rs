@@ -42,6 +42,10 @@ fn spec(input: &std::path::Path, out: &std::path::Path) -> pb::JobSpec {
 }
 
 fn http(url: &str, token: Option<&str>) -> u16 {
+    http_body(url, token).0
+}
+
+fn http_body(url: &str, token: Option<&str>) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -50,7 +54,23 @@ fn http(url: &str, token: Option<&str>) -> u16 {
     if let Some(t) = token {
         r = r.header("Authorization", &format!("Bearer {t}"));
     }
-    r.call().unwrap().status().as_u16()
+    let mut resp = r.call().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_to_string().unwrap_or_default())
+}
+
+/// Every file under `dir` (task logs).
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 #[test]
@@ -289,7 +309,47 @@ fn tokens_and_roles_decide_who_sees_and_does_what() {
     assert_eq!(http(&api, Some(VIEWER)), 200);
     assert_eq!(http(&api, Some(ADMIN)), 200);
 
-    // No token appears in any log.
+    // No token in anything the dashboard serves, even to an admin (the job's tasks and their
+    // logs included).
+    let base = cl.http_url();
+    let mut pages = vec![
+        "/api/v1/overview".to_string(),
+        "/api/v1/jobs".to_string(),
+        format!("/api/v1/jobs/{alice_job}"),
+        format!("/api/v1/jobs/{alice_job}/tasks"),
+        "/api/v1/workers".to_string(),
+        "/metrics".to_string(),
+    ];
+    pages.extend((0..3).map(|i| format!("/api/v1/jobs/{alice_job}/tasks/{i}/log")));
+    let mut read = 0;
+    for page in &pages {
+        let (status, body) = http_body(&format!("{base}{page}"), Some(ADMIN));
+        if status == 200 {
+            read += 1;
+        }
+        for tok in [ADMIN, ALICE, BOB, VIEWER, WORKER] {
+            assert!(!body.contains(tok), "a token in {page}");
+        }
+    }
+    assert!(
+        read >= 7,
+        "the dashboard served {read} of {} pages",
+        pages.len()
+    );
+
+    // No token appears in any log: the processes' and the task logs the workers wrote.
+    let task_logs = files_under(&dir.join("logs"));
+    assert!(
+        !task_logs.is_empty(),
+        "no task logs under {}",
+        dir.display()
+    );
+    for p in task_logs {
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        for tok in [ADMIN, ALICE, BOB, VIEWER, WORKER] {
+            assert!(!text.contains(tok), "a token in {}", p.display());
+        }
+    }
     let _ = w.kill();
     let _ = w.wait();
     procs.0[0].kill().unwrap();

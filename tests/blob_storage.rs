@@ -211,6 +211,22 @@ fn a_video_dropped_into_incoming_comes_out_stylized_with_its_audio() {
         "{log}"
     );
     assert!(!log.contains("sig="), "no signature in logs: {log}");
+    // Nor in what the dashboard shows of the job, its tasks and the workers.
+    for page in [
+        format!("/api/v1/jobs/{}", job.job_id),
+        format!("/api/v1/jobs/{}/tasks", job.job_id),
+        "/api/v1/jobs".to_string(),
+        "/api/v1/workers".to_string(),
+        "/api/v1/overview".to_string(),
+    ] {
+        let (code, body) = http_get(&format!("{}{page}", cl.http_url()));
+        assert_eq!(code, 200, "{page}: {body}");
+        assert!(!body.contains("sig="), "a signature in {page}");
+        assert!(
+            !body.contains(common::azurite::ACCOUNT_KEY),
+            "the account key in {page}"
+        );
+    }
     // The job's work prefix is cleaned up once it succeeded.
     let t0 = Instant::now();
     while !rt()
