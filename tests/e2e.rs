@@ -285,3 +285,79 @@ fn variable_frame_rate_keeps_every_frame_time() {
         );
     }
 }
+
+/// Sets the display matrix of the MP4's video track (the first `tkhd` with a size) to a quarter
+/// turn clockwise, as phones write it (GStreamer 1.22's mp4mux cannot write one).
+fn tag_rotate_90(path: &Path) {
+    let mut data = std::fs::read(path).unwrap();
+    let mut from = 0;
+    loop {
+        let at = from
+            + data[from..]
+                .windows(4)
+                .position(|w| w == b"tkhd")
+                .expect("a video tkhd box");
+        let version = data[at + 4];
+        // From the box type: version/flags 4, times and ids (v0: 20, v1: 32), reserved 8,
+        // layer/group/volume/reserved 8; then the 3x3 matrix and the 16.16 width and height.
+        let matrix = at + 4 + 4 + if version == 1 { 32 } else { 20 } + 8 + 8;
+        let width = u32::from_be_bytes(data[matrix + 36..matrix + 40].try_into().unwrap());
+        if width == 0 {
+            from = at + 4; // the audio track's
+            continue;
+        }
+        let m: [u32; 9] = [0, 0x0001_0000, 0, 0xFFFF_0000, 0, 0, 0, 0, 0x4000_0000];
+        for (i, v) in m.iter().enumerate() {
+            data[matrix + 4 * i..matrix + 4 * i + 4].copy_from_slice(&v.to_be_bytes());
+        }
+        break;
+    }
+    std::fs::write(path, data).unwrap();
+}
+
+/// A frame turned a quarter clockwise.
+fn rotate_cw(f: &framewise_worker::media::Frame) -> framewise_worker::media::Frame {
+    let (w, h) = (f.width as usize, f.height as usize);
+    let mut data = vec![0u8; w * h * 3];
+    for y in 0..h {
+        for x in 0..w {
+            // (x, y) goes to column h-1-y, row x of the h-wide result.
+            let (nx, ny) = (h - 1 - y, x);
+            data[(ny * h + nx) * 3..(ny * h + nx) * 3 + 3]
+                .copy_from_slice(&f.data[(y * w + x) * 3..(y * w + x) * 3 + 3]);
+        }
+    }
+    framewise_worker::media::Frame {
+        pts: f.pts,
+        width: f.height,
+        height: f.width,
+        data,
+    }
+}
+
+/// Phone video stored sideways with a rotation tag is stylized upright: decoded frames are the
+/// stored ones turned as the tag says, and the output (no tag needed) has the upright size,
+/// every frame, its times and the audio, and the model's look.
+#[test]
+fn a_rotated_phone_clip_comes_out_upright() {
+    let d = tempfile::tempdir().unwrap();
+    let stored = d.path().join("stored.mp4");
+    make_clip(&stored, 96, 64, 50, true);
+    let input = d.path().join("phone.mp4");
+    std::fs::copy(&stored, &input).unwrap();
+    tag_rotate_90(&input);
+    let p = probe_ok(&input);
+    assert_eq!((p.width, p.height), (64, 96), "the upright size");
+    let upright = frame_at(&input, 10, None);
+    let turned = rotate_cw(&frame_at(&stored, 10, None));
+    assert_eq!((upright.width, upright.height), (64, 96));
+    let db = psnr(&upright, &turned);
+    assert!(
+        db > 60.0,
+        "decoded frames are the stored ones turned: {db:.1} dB"
+    );
+    let out = d.path().join("out.mp4");
+    check_run(&input, &out, &["--max-size", "64"], 3);
+    let o = probe_ok(&out);
+    assert_eq!((o.width, o.height), (64, 96));
+}

@@ -45,6 +45,9 @@ pub struct Store {
     workers: sled::Tree,
 }
 
+/// How long opening waits for another handle's file lock to go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// sled's page cache (bytes).
 const CACHE_BYTES: u64 = 64 << 20;
 
@@ -65,11 +68,28 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| open_err(&e))?;
         // sled's page cache defaults to 1 GiB; the state's working set is far smaller, and
         // the coordinator's memory must stay bounded (measured: 570 MB at 100,000 tasks).
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|e| open_err(&e))?;
+        let open = || {
+            sled::Config::new()
+                .path(dir)
+                .cache_capacity(CACHE_BYTES)
+                .open()
+        };
+        // The file lock of a store just closed (sled's background flusher lets go a moment
+        // after the last handle, and a restarted coordinator may start while the old process
+        // exits) is waited for, up to LOCK_WAIT; a store really in use is still refused.
+        let t = std::time::Instant::now();
+        let db = loop {
+            match open() {
+                // sled reports it as ErrorKind::Other with this message.
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && t.elapsed() < LOCK_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                r => break r.map_err(|e| open_err(&e))?,
+            }
+        };
         let meta = db.open_tree("meta").map_err(|e| open_err(&e))?;
         match meta.get("schema").map_err(|e| open_err(&e))? {
             Some(v) => {
@@ -235,6 +255,16 @@ mod tests {
         let (jobs, tasks) = store.load().unwrap();
         assert_eq!(jobs, s.jobs.values().cloned().collect::<Vec<_>>());
         assert_eq!(tasks, s.tasks.values().cloned().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_store_in_use_is_refused_after_the_lock_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = Store::open(dir.path()).unwrap();
+        let t = std::time::Instant::now();
+        let e = Store::open(dir.path()).err().expect("refused");
+        assert!(t.elapsed() >= LOCK_WAIT, "waited for the lock first");
+        assert!(e.to_string().contains("could not acquire lock"), "{e}");
     }
 
     #[test]

@@ -75,6 +75,10 @@ fn decode_once(
     let src = super::source_element(path)?;
     let dec = make("decodebin")?;
     let convert = make("videoconvert")?;
+    // Frames turned upright as the stream's orientation tag says (phone video); the probe
+    // reports the upright size, and the output needs no tag (mp4mux 1.22 cannot write one).
+    let flip = make("videoflip")?;
+    flip.set_property_from_str("video-direction", "auto");
     let scale = make("videoscale")?;
     // Single-threaded by default: at 720p the conversion to RGB alone caps a pipeline near 200
     // frames/s, below what a GPU infers.
@@ -96,10 +100,10 @@ fn decode_once(
         .max_buffers(4)
         .build();
     pipeline
-        .add_many([&src, &dec, &convert, &scale, sink.upcast_ref()])
+        .add_many([&src, &dec, &convert, &flip, &scale, sink.upcast_ref()])
         .map_err(|e| err(&e))?;
     src.link(&dec).map_err(|e| err(&e))?;
-    gst::Element::link_many([&convert, &scale, sink.upcast_ref()]).map_err(|e| err(&e))?;
+    gst::Element::link_many([&convert, &flip, &scale, sink.upcast_ref()]).map_err(|e| err(&e))?;
 
     let weak = pipeline.downgrade();
     let conv_sink = convert.static_pad("sink");

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 /// What a worker learned about an input; the coordinator plans segments from it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Probe {
+    /// As displayed: a stream tagged to be shown rotated by 90 or 270 degrees (phone video)
+    /// reports its stored width and height swapped, since decoding turns its frames upright.
     pub width: u32,
     pub height: u32,
     pub fps_num: i32,
@@ -55,6 +57,8 @@ struct Found {
     missing_pts: u64,
     container: String,
     running_offset: Option<i64>,
+    /// The video stream's image-orientation tag (e.g. rotate-90), if any.
+    orientation: Option<String>,
     /// The first audio codec the MP4 output could not carry.
     unsupported_audio: Option<String>,
     /// Audio streams as the demuxer lists them (parsebin may expose fewer: see below).
@@ -126,7 +130,16 @@ fn probe_once(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
             if name.starts_with("video/") && st.video.is_none() {
                 st.video = Some(caps.clone());
                 let f2 = f.clone();
-                pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+                let probe_type = gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM;
+                pad.add_probe(probe_type, move |pad, info| {
+                    if let Some(gst::PadProbeData::Event(ev)) = &info.data {
+                        if let gst::EventView::Tag(t) = ev.view() {
+                            if let Some(o) = t.tag().get::<gst::tags::ImageOrientation>() {
+                                f2.lock().unwrap_or_else(|p| p.into_inner()).orientation =
+                                    Some(o.get().to_string());
+                            }
+                        }
+                    }
                     if let Some(buf) = info.buffer() {
                         let mut st = f2.lock().unwrap_or_else(|p| p.into_inner());
                         if st.running_offset.is_none() {
@@ -223,8 +236,13 @@ fn probe_once(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
             codec,
         });
     }
-    let width = s.get::<i32>("width").unwrap_or(0);
-    let height = s.get::<i32>("height").unwrap_or(0);
+    let (mut width, mut height) = (
+        s.get::<i32>("width").unwrap_or(0),
+        s.get::<i32>("height").unwrap_or(0),
+    );
+    if st.orientation.as_deref().is_some_and(turns_sideways) {
+        std::mem::swap(&mut width, &mut height);
+    }
     if width <= 0 || height <= 0 {
         return Err(MediaError::Corrupt {
             path: path.into(),
@@ -296,6 +314,14 @@ fn probe_once(path: &Path, timeout: Duration) -> Result<Probe, MediaError> {
         container: st.container,
         running_offset_ns: st.running_offset.unwrap_or(0),
     })
+}
+
+/// Whether an image-orientation tag turns the picture a quarter turn (width and height swap).
+pub fn turns_sideways(orientation: &str) -> bool {
+    matches!(
+        orientation,
+        "rotate-90" | "rotate-270" | "flip-rotate-90" | "flip-rotate-270"
+    )
 }
 
 /// The rate the encoder and muxer are told (every frame keeps its own timestamp whatever it is):
