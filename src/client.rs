@@ -54,7 +54,9 @@ pub fn connect_blocking(
             url, bearer, &auth.tls,
         ))
         .map_err(|e| anyhow!("coordinator {e}"))?;
-    Ok(JobServiceClient::new(ch))
+    Ok(JobServiceClient::new(ch)
+        .max_decoding_message_size(framewise_common::CLIENT_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(framewise_common::CLIENT_MAX_MESSAGE_BYTES))
 }
 
 fn state_name(s: i32) -> &'static str {

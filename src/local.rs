@@ -249,7 +249,8 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         let ch = framewise_common::bearer::connect(&url, Default::default())
             .await
             .map_err(|e| anyhow!("embedded coordinator {e}"))?;
-        let mut client = JobServiceClient::new(ch);
+        let mut client = JobServiceClient::new(ch)
+            .max_decoding_message_size(framewise_common::CLIENT_MAX_MESSAGE_BYTES);
         let spec = pb::JobSpec {
             input_url: file_url(&input),
             output_url: file_url(&output),

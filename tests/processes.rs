@@ -1080,3 +1080,137 @@ fn a_stalled_worker_is_raced_by_an_idle_one_long_before_its_lease_expires() {
     signal(&sc.procs.0[1], "-CONT");
     w1_learns_its_lease_is_gone(sc.d.path());
 }
+
+/// A long video's every frame timestamp travels in one probe result and one assembly lease:
+/// 1,000,000 frames (the default `limits.max_frames`; 2.8 h at 100 fps) is about 9 MB of
+/// protobuf, past tonic's 4 MiB default that once capped this near 600,000 frames. A request
+/// past the coordinator's limit is refused with OutOfRange naming both sizes.
+#[test]
+fn a_million_frame_video_fits_the_messages_and_oversized_requests_are_refused() {
+    use framewise_common::proto::{
+        complete_task_request, lease_task_response::Task as T,
+        worker_service_client::WorkerServiceClient, AssembleResult, CompleteChunkRequest,
+        CompleteTaskRequest, GetJobRequest, JobParams, JobSpec, LeaseTaskRequest, MediaInfo,
+        RegisterRequest, SubmitJobRequest,
+    };
+    let d = tempfile::tempdir().unwrap();
+    let cl = Cluster::new(d.path());
+    let _procs = Procs(vec![cl.coordinator(0)]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let big = framewise_common::CLIENT_MAX_MESSAGE_BYTES;
+        let mut jc = JobServiceClient::connect(cl.url())
+            .await
+            .unwrap()
+            .max_encoding_message_size(big);
+        let mut wc = WorkerServiceClient::connect(cl.url())
+            .await
+            .unwrap()
+            .max_decoding_message_size(big)
+            .max_encoding_message_size(big);
+        let job = jc
+            .submit_job(SubmitJobRequest {
+                spec: Some(JobSpec {
+                    input_url: "/long/in.mp4".into(),
+                    output_url: "/long/out.mp4".into(),
+                    params: Some(JobParams {
+                        segment_seconds: 10_000.0,
+                        ..Default::default()
+                    }),
+                }),
+                idempotency_key: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .job_id;
+        // Oversized: refused before it is read, naming the sizes.
+        let e = jc
+            .submit_job(SubmitJobRequest {
+                spec: None,
+                idempotency_key: "k".repeat(30 << 20),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+        assert!(e.message().contains("too large"), "{}", e.message());
+        wc.register(RegisterRequest {
+            worker_id: "w".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let frames = 1_000_000u64;
+        let media = MediaInfo {
+            width: 64,
+            height: 48,
+            fps_num: 100,
+            fps_den: 1,
+            frame_count: frames,
+            duration_ns: frames * 10_000_000,
+            video_codec: "video/x-h264".into(),
+            frame_pts: (0..frames).map(|i| i * 10_000_000).collect(),
+            keyframes: (0..frames).step_by(250).collect(),
+            ..Default::default()
+        };
+        let lease = || LeaseTaskRequest {
+            worker_id: "w".into(),
+        };
+        let mut assembled = false;
+        for _ in 0..100 {
+            let r = wc.lease_task(lease()).await.unwrap().into_inner();
+            let (Some(task), Some(l)) = (r.task, r.lease) else {
+                break;
+            };
+            let result = match task {
+                T::Probe(_) => complete_task_request::Result::Probe(media.clone()),
+                T::Segment(s) => {
+                    let req = CompleteChunkRequest {
+                        worker_id: "w".into(),
+                        lease_id: l.lease_id.clone(),
+                        epoch: l.epoch,
+                        start_frame: s.start_frame,
+                        end_frame: s.end_frame,
+                        url: format!("{}/{}.mp4", s.output_url, s.start_frame),
+                    };
+                    assert!(wc.complete_chunk(req).await.unwrap().into_inner().accepted);
+                    continue;
+                }
+                T::Assemble(a) => {
+                    let m = a.media.clone().unwrap_or_default();
+                    assert_eq!(
+                        m.frame_pts.len() as u64,
+                        frames,
+                        "every timestamp in the lease"
+                    );
+                    assembled = true;
+                    complete_task_request::Result::Assemble(AssembleResult {
+                        output_url: a.output_url,
+                        frames,
+                        duration_ns: media.duration_ns,
+                    })
+                }
+            };
+            let req = CompleteTaskRequest {
+                worker_id: "w".into(),
+                lease_id: l.lease_id,
+                epoch: l.epoch,
+                result: Some(result),
+            };
+            assert!(wc.complete_task(req).await.unwrap().into_inner().accepted);
+        }
+        let j = jc
+            .get_job(GetJobRequest { job_id: job })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(assembled, "the assembly was leased: {}", j.error);
+        assert_eq!(
+            j.state,
+            framewise_common::proto::JobState::Succeeded as i32,
+            "{}",
+            j.error
+        );
+        assert_eq!(j.frames_total, frames);
+    });
+}

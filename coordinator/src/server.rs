@@ -237,6 +237,8 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
             (cfg.lease_ttl_ms * 4).max(storage.sas_valid_s * 1000),
         ),
     };
+    // Requests larger than a probe result of `limits.max_frames` frames are refused.
+    let request_limit = framewise_common::request_limit_bytes(cfg.limits.max_frames);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     // HTTP/2 framing and protobuf for every worker's connection: one thread per core (two on
     // 16 cores queued calls behind each other: LeaseTask p99 44 ms at 17,000 operations/s).
@@ -275,11 +277,17 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
                     };
                 }
                 let r = builder
-                    .add_service(JobServiceServer::new(services.clone()))
+                    .add_service(
+                        JobServiceServer::new(services.clone())
+                            .max_decoding_message_size(request_limit)
+                            .max_encoding_message_size(framewise_common::CLIENT_MAX_MESSAGE_BYTES),
+                    )
                     // Every WorkerService call needs a worker (or admin) token when auth is on.
-                    .add_service(WorkerServiceServer::with_interceptor(
-                        services,
-                        move |req| {
+                    .add_service(tonic::service::interceptor::InterceptedService::new(
+                        WorkerServiceServer::new(services)
+                            .max_decoding_message_size(request_limit)
+                            .max_encoding_message_size(framewise_common::CLIENT_MAX_MESSAGE_BYTES),
+                        move |req: tonic::Request<()>| {
                             if mutual && !crate::tls::has_client_cert(&req) {
                                 return Err(tonic::Status::permission_denied(
                                     "workers must present a client certificate signed by coordinator.tls_client_ca_file (worker.tls_cert_file, tls_key_file)",

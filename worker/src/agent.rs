@@ -146,7 +146,12 @@ impl Worker {
         let mut backoff = Duration::from_millis(100);
         let mut client = loop {
             match framewise_common::bearer::connect_tls(&url, bearer.clone(), &tls).await {
-                Ok(c) => break WorkerServiceClient::new(c),
+                Ok(c) => {
+                    // A probe result or an assembly lease carries every frame's timestamp.
+                    break WorkerServiceClient::new(c)
+                        .max_decoding_message_size(framewise_common::CLIENT_MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(framewise_common::CLIENT_MAX_MESSAGE_BYTES);
+                }
                 Err(e) => {
                     warn!(worker_id = %self.id, %url, error = %e, "coordinator not reachable; retrying");
                     if wait_or_shutdown(&mut shutdown, backoff).await {
