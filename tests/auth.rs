@@ -59,20 +59,6 @@ fn http_body(url: &str, token: Option<&str>) -> (u16, String) {
     (status, resp.body_mut().read_to_string().unwrap_or_default())
 }
 
-/// Every file under `dir` (task logs).
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[test]
 fn tokens_and_roles_decide_who_sees_and_does_what() {
     let dir = std::env::temp_dir().join(format!("fw-auth-{}", std::process::id()));
@@ -338,7 +324,7 @@ fn tokens_and_roles_decide_who_sees_and_does_what() {
     );
 
     // No token appears in any log: the processes' and the task logs the workers wrote.
-    let task_logs = files_under(&dir.join("logs"));
+    let task_logs = common::walk(&dir.join("logs"));
     assert!(
         !task_logs.is_empty(),
         "no task logs under {}",

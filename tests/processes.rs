@@ -206,19 +206,6 @@ fn hung_worker_loses_its_lease_and_its_late_result_is_refused() {
     }
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// Serves an Azure Scheduled Events document: no events until `evict` is set, then a Preempt notice.
 fn notice_server(evict: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
     use std::io::{Read, Write};
@@ -689,6 +676,24 @@ fn eviction_cost_benchmark() {
     println!("| static even split, whole step rerun on {} survivors | {static_split:.1} s | {:.2} | {static_wasted} |", n - k, static_split / undisturbed);
 }
 
+/// What a simulated worker reports as the probe of a 64x48 H.264 video of `frames` frames at
+/// `fps`, with a keyframe every `gop` frames.
+fn sim_media(frames: u64, fps: i32, gop: usize) -> framewise_common::proto::MediaInfo {
+    let step = 1_000_000_000 / fps as u64;
+    framewise_common::proto::MediaInfo {
+        width: 64,
+        height: 48,
+        fps_num: fps,
+        fps_den: 1,
+        frame_count: frames,
+        duration_ns: frames * step,
+        video_codec: "video/x-h264".into(),
+        frame_pts: (0..frames).map(|i| i * step).collect(),
+        keyframes: (0..frames).step_by(gop).collect(),
+        ..Default::default()
+    }
+}
+
 /// Coordinator scale (issue 4): many simulated workers over real gRPC connections lease and
 /// commit many small tasks against one coordinator process. Run by bench/scale.sh.
 #[test]
@@ -697,7 +702,7 @@ fn coordinator_scale_benchmark() {
     use framewise_common::proto::{
         complete_task_request, lease_task_response::Task as T,
         worker_service_client::WorkerServiceClient, AssembleResult, CompleteChunkRequest,
-        CompleteTaskRequest, JobParams, JobSpec, LeaseTaskRequest, ListJobsRequest, MediaInfo,
+        CompleteTaskRequest, JobParams, JobSpec, LeaseTaskRequest, ListJobsRequest,
         RegisterRequest, SubmitJobRequest,
     };
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -725,19 +730,7 @@ fn coordinator_scale_benchmark() {
         .enable_all()
         .build()
         .unwrap();
-    let frames = per_job * 25;
-    let media = MediaInfo {
-        width: 64,
-        height: 48,
-        fps_num: 25,
-        fps_den: 1,
-        frame_count: frames,
-        duration_ns: frames * 40_000_000,
-        video_codec: "video/x-h264".into(),
-        frame_pts: (0..frames).map(|i| i * 40_000_000).collect(),
-        keyframes: (0..frames).step_by(25).collect(),
-        ..Default::default()
-    };
+    let media = sim_media(per_job * 25, 25, 25);
     let done = Arc::new(AtomicU64::new(0));
     let last_commit_us = Arc::new(AtomicU64::new(0));
     let (elapsed, lat, commit_lat) = rt.block_on(async {
@@ -1090,8 +1083,8 @@ fn a_million_frame_video_fits_the_messages_and_oversized_requests_are_refused() 
     use framewise_common::proto::{
         complete_task_request, lease_task_response::Task as T,
         worker_service_client::WorkerServiceClient, AssembleResult, CompleteChunkRequest,
-        CompleteTaskRequest, GetJobRequest, JobParams, JobSpec, LeaseTaskRequest, MediaInfo,
-        RegisterRequest, SubmitJobRequest,
+        CompleteTaskRequest, GetJobRequest, JobParams, JobSpec, LeaseTaskRequest, RegisterRequest,
+        SubmitJobRequest,
     };
     let d = tempfile::tempdir().unwrap();
     let cl = Cluster::new(d.path());
@@ -1141,18 +1134,7 @@ fn a_million_frame_video_fits_the_messages_and_oversized_requests_are_refused() 
         .await
         .unwrap();
         let frames = 1_000_000u64;
-        let media = MediaInfo {
-            width: 64,
-            height: 48,
-            fps_num: 100,
-            fps_den: 1,
-            frame_count: frames,
-            duration_ns: frames * 10_000_000,
-            video_codec: "video/x-h264".into(),
-            frame_pts: (0..frames).map(|i| i * 10_000_000).collect(),
-            keyframes: (0..frames).step_by(250).collect(),
-            ..Default::default()
-        };
+        let media = sim_media(frames, 100, 250);
         let lease = || LeaseTaskRequest {
             worker_id: "w".into(),
         };

@@ -79,24 +79,22 @@ impl Metrics {
             "framewise_queue_frames",
             "Frames of active jobs not yet done",
         ));
-        let lease_latency = must(Histogram::with_opts(
-            HistogramOpts::new(
-                "framewise_lease_latency_seconds",
-                "Time to answer a LeaseTask request, including the durable write",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
-            ]),
-        ));
-        let state_write = must(Histogram::with_opts(
-            HistogramOpts::new(
-                "framewise_state_write_seconds",
-                "Time to write and flush one turn of coordinator state changes",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
-            ]),
-        ));
+        // Half a millisecond to two seconds: where the coordinator's calls land.
+        let latency = |name: &str, help: &str| {
+            must(Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(vec![
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+                ]),
+            ))
+        };
+        let lease_latency = latency(
+            "framewise_lease_latency_seconds",
+            "Time to answer a LeaseTask request, including the durable write",
+        );
+        let state_write = latency(
+            "framewise_state_write_seconds",
+            "Time to write and flush one turn of coordinator state changes",
+        );
         let autoscaler_desired = must(IntGauge::new(
             "framewise_autoscaler_desired_workers",
             "Workers the autoscaler wants for the current queue",
