@@ -87,6 +87,9 @@ pub struct CoordinatorConfig {
     pub lease_ttl_ms: u64,
     /// How often workers send heartbeats.
     pub heartbeat_interval_ms: u64,
+    /// Threads serving gRPC (HTTP/2 framing, protobuf) for every worker's connection;
+    /// 0 = one per core.
+    pub grpc_threads: usize,
     /// A task failing on this many attempts fails its job with the collected errors.
     pub max_attempts: u32,
     /// Default length of a Segment task in seconds of video.
@@ -320,6 +323,7 @@ impl Default for CoordinatorConfig {
             logs_dir: PathBuf::from("/var/lib/framewise/logs"),
             lease_ttl_ms: 30_000,
             heartbeat_interval_ms: 2_000,
+            grpc_threads: 0,
             max_attempts: 3,
             segment_seconds: 4.0,
             chunk_seconds: 1.0,
