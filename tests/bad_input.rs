@@ -8,16 +8,7 @@ use std::path::Path;
 fn expect_failure(input: &Path, env: &[(&str, &str)], needles: &[&str]) {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("out.mp4");
-    let o = framewise(
-        &[
-            "run",
-            input.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--quiet",
-        ],
-        env,
-    );
+    let o = framewise_run(input, &out, &[], env);
     let err = stderr(&o);
     assert!(!o.status.success(), "must fail: {err}");
     let line = err

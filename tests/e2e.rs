@@ -8,18 +8,10 @@ use std::path::Path;
 
 /// Runs `framewise run` and checks everything a user relies on.
 fn check_run(input: &Path, out: &Path, args: &[&str], style: usize) {
-    let mut full = vec![
-        "run",
-        input.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--quiet",
-        "--style",
-    ];
     let s = style.to_string();
-    full.push(&s);
-    full.extend_from_slice(args);
-    let o = framewise(&full, &[]);
+    let mut extra = vec!["--style", &s];
+    extra.extend_from_slice(args);
+    let o = framewise_run(input, out, &extra, &[]);
     assert!(o.status.success(), "framewise run failed: {}", stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -235,15 +227,7 @@ fn make_vfr_clip(path: &Path) -> usize {
         pts += gap;
     }
     src.end_of_stream().unwrap();
-    let bus = pipeline.bus().unwrap();
-    let msg = bus
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(60),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .unwrap();
-    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
-    pipeline.set_state(gst::State::Null).unwrap();
+    wait_eos(&pipeline, "writing the VFR clip");
     n
 }
 

@@ -75,6 +75,17 @@ fn run(input: &Path) -> Outcome {
     }
 }
 
+/// A WebM of `frames` VP8 frames (96x64, 25 fps) with as long a Vorbis track.
+fn make_webm_vorbis(path: &Path, frames: u32) {
+    run_pipeline(&format!(
+        "videotestsrc num-buffers={frames} pattern=ball ! video/x-raw,width=96,height=64,framerate=25/1 \
+         ! vp8enc deadline=1 keyframe-max-dist=10 ! webmmux name=m ! filesink location={} \
+         audiotestsrc num-buffers={frames} samplesperbuffer=1920 ! audio/x-raw,rate=48000,channels=2 \
+         ! audioconvert ! vorbisenc ! m.",
+        path.display()
+    ));
+}
+
 fn write_variant(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
@@ -183,13 +194,7 @@ fn other_containers_and_names_work() {
         mkv.display()
     ));
     let webm = d.path().join("real.webm");
-    run_pipeline(&format!(
-        "videotestsrc num-buffers=30 pattern=ball ! video/x-raw,width=96,height=64,framerate=25/1 \
-         ! vp8enc deadline=1 keyframe-max-dist=10 ! webmmux name=m ! filesink location={} \
-         audiotestsrc num-buffers=30 samplesperbuffer=1920 ! audio/x-raw,rate=48000,channels=2 \
-         ! audioconvert ! vorbisenc ! m.",
-        webm.display()
-    ));
+    make_webm_vorbis(&webm, 30);
     let mov = d.path().join("real.mov");
     run_pipeline(&format!(
         "videotestsrc num-buffers=30 pattern=ball ! video/x-raw,width=96,height=64,framerate=25/1 \
@@ -237,18 +242,7 @@ fn ten_bit_422_input_and_two_audio_tracks_work() {
             "out-{}.mp4",
             input.file_name().unwrap().to_string_lossy()
         ));
-        let o = framewise(
-            &[
-                "run",
-                input.to_str().unwrap(),
-                "-o",
-                out.to_str().unwrap(),
-                "--quiet",
-                "--max-size",
-                "64",
-            ],
-            &[],
-        );
+        let o = framewise_run(input, &out, &["--max-size", "64"], &[]);
         assert!(o.status.success(), "{}: {}", input.display(), stderr(&o));
         out
     };
@@ -270,13 +264,7 @@ fn ten_bit_422_input_and_two_audio_tracks_work() {
     }
     // WebM with Vorbis: MP4 cannot carry Vorbis, so it comes out as AAC, same length.
     let webm = d.path().join("vorbis.webm");
-    run_pipeline(&format!(
-        "videotestsrc num-buffers=50 pattern=ball ! video/x-raw,width=96,height=64,framerate=25/1 \
-         ! vp8enc deadline=1 keyframe-max-dist=10 ! webmmux name=m ! filesink location={} \
-         audiotestsrc num-buffers=50 samplesperbuffer=1920 ! audio/x-raw,rate=48000,channels=2 \
-         ! audioconvert ! vorbisenc ! m.",
-        webm.display()
-    ));
+    make_webm_vorbis(&webm, 50);
     let out = stylize(&webm);
     let (src, dst) = (probe_ok(&webm), probe_ok(&out));
     assert_eq!(dst.frame_pts.len(), src.frame_pts.len());

@@ -343,18 +343,7 @@ fn chaos_random_sigkills_and_a_coordinator_restart_change_no_frame() {
 
     // The undisturbed reference: lossless x264, so segment boundaries cannot change a pixel.
     let reference = d.path().join("reference.mp4");
-    let o = framewise(
-        &[
-            "run",
-            input.to_str().unwrap(),
-            "-o",
-            reference.to_str().unwrap(),
-            "--quiet",
-            "--segment-seconds",
-            "5",
-        ],
-        &lossless,
-    );
+    let o = framewise_run(&input, &reference, &["--segment-seconds", "5"], &lossless);
     assert!(o.status.success(), "reference run: {}", stderr(&o));
 
     let out = d.path().join("out.mp4");

@@ -78,16 +78,10 @@ fn a_run_exports_job_lease_segment_and_chunk_spans() {
     let input = d.path().join("in.mp4");
     let out = d.path().join("out.mp4");
     make_clip(&input, 64, 48, 50, false);
-    let o = framewise(
-        &[
-            "run",
-            input.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--segment-seconds",
-            "1",
-            "--quiet",
-        ],
+    let o = framewise_run(
+        &input,
+        &out,
+        &["--segment-seconds", "1"],
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

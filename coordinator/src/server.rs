@@ -92,7 +92,6 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
     let trigger_cfg = trigger_config(&blobs, &cfg.trigger)?;
     prepare_containers(&blobs, &[&work_url, &logs_url, &trigger_cfg.output_prefix])?;
     let trigger_status = crate::trigger::Trigger::new_status(&trigger_cfg);
-    let (rules_work_url, logs_url_for_submit) = (work_url.clone(), logs_url.clone());
     let store = Store::open(&cfg.data_dir)?;
     let rules = Rules {
         lease_ttl_ms: cfg.lease_ttl_ms,
@@ -135,6 +134,8 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
     let overview_tx = std::sync::Arc::new(overview_tx);
     let janitor = crate::janitor::Janitor::spawn(blobs.clone())
         .map_err(|e| StartError::Internal(format!("janitor thread: {e}")))?;
+    // Submits make sure of these containers if the start could not reach storage.
+    let work_containers = vec![rules.work_url.clone(), rules.logs_url.clone()];
     let manager = JobManager::new(store, rules, metrics.clone(), overview_tx.clone(), janitor)?;
 
     type Started = Result<
@@ -228,7 +229,7 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
         heartbeat_interval_ms: cfg.heartbeat_interval_ms,
         blobs,
         tokens: tokens.clone(),
-        work_containers: vec![rules_work_url, logs_url_for_submit],
+        work_containers,
         submit_rate: std::sync::Arc::new(crate::ratelimit::RateLimiter::new(
             cfg.limits.submits_per_minute,
         )),

@@ -49,17 +49,36 @@ pub fn run_pipeline(desc: &str) {
     gst::init().unwrap();
     let p = gst::parse::launch(desc).unwrap();
     p.set_state(gst::State::Playing).unwrap();
+    wait_eos(&p, desc);
+}
+
+/// Waits (up to 120 s) for a playing pipeline to finish, panics naming `what` on an error or
+/// a timeout, then stops it.
+pub fn wait_eos(p: &impl IsA<gst::Element>, what: &str) {
     let bus = p.bus().unwrap();
     let msg = bus
         .timed_pop_filtered(
             gst::ClockTime::from_seconds(120),
             &[gst::MessageType::Eos, gst::MessageType::Error],
         )
-        .expect("pipeline finished");
+        .unwrap_or_else(|| panic!("{what}: did not finish in 120 s"));
     if let gst::MessageView::Error(e) = msg.view() {
-        panic!("{desc}: {}", e.error());
+        panic!("{what}: {}", e.error());
     }
     p.set_state(gst::State::Null).unwrap();
+}
+
+/// `framewise run INPUT -o OUT --quiet EXTRA...`.
+pub fn framewise_run(input: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut args = vec![
+        "run",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    framewise(&args, env)
 }
 
 /// Runs the real `framewise` binary from the repository root.
@@ -114,19 +133,7 @@ pub fn audio_packets(path: &Path) -> Vec<Vec<u8>> {
         pad.link(&sink.static_pad("sink").unwrap()).unwrap();
     });
     pipeline.set_state(gst::State::Playing).unwrap();
-    let bus = pipeline.bus().unwrap();
-    let msg = bus
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(60),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .unwrap();
-    assert!(
-        matches!(msg.view(), gst::MessageView::Eos(_)),
-        "reading audio of {}",
-        path.display()
-    );
-    pipeline.set_state(gst::State::Null).unwrap();
+    wait_eos(&pipeline, &format!("reading audio of {}", path.display()));
     let v = packets.lock().unwrap().clone();
     v
 }

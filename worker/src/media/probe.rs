@@ -44,9 +44,14 @@ pub fn frame_duration_ns(fps_num: i32, fps_den: i32, pts: &[u64]) -> u64 {
     if fps_num > 0 && fps_den > 0 {
         return (1_000_000_000u64 * fps_den as u64) / fps_num as u64;
     }
-    let mut steps: Vec<u64> = pts.windows(2).map(|w| w[1] - w[0]).collect();
+    median_step(pts).unwrap_or(40_000_000)
+}
+
+/// The median gap between consecutive timestamps (ns), if there are two.
+fn median_step(pts: &[u64]) -> Option<u64> {
+    let mut steps: Vec<u64> = pts.windows(2).map(|w| w[1].saturating_sub(w[0])).collect();
     steps.sort_unstable();
-    steps.get(steps.len() / 2).copied().unwrap_or(40_000_000)
+    steps.get(steps.len() / 2).copied()
 }
 
 #[derive(Default)]
@@ -329,13 +334,8 @@ pub fn turns_sideways(orientation: &str) -> bool {
 /// files (qtdemux reported 1000000000/1 for one, and x264 and mp4mux then wrote an unplayable
 /// file); then the rate of the median frame interval, snapped to a standard rate where close.
 pub fn nominal_fps(caps: Option<(i32, i32)>, pts: &[u64]) -> (i32, i32) {
-    let mut gaps: Vec<u64> = pts
-        .windows(2)
-        .map(|w| w[1].saturating_sub(w[0]))
-        .filter(|g| *g > 0)
-        .collect();
-    gaps.sort_unstable();
-    let Some(&median) = gaps.get(gaps.len() / 2) else {
+    // The probe's timestamps are sorted and distinct, so the median gap is positive.
+    let Some(median) = median_step(pts).filter(|m| *m > 0) else {
         return caps.unwrap_or((0, 1));
     };
     if let Some((n, d)) = caps {
