@@ -56,18 +56,49 @@ for step in "${steps[@]}"; do case $step in
     FRAMEWISE_LOG=info $fw bench-model --device cpu --optimize auto --frames 4 --size 1280x720 2>&1 \
       | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'bench-model|accepted|rejected|not faster' | sed 's/^.*variant: //'
     ;;
+  variants)
+    # The model variants side by side on one GPU: the quality gate's verdict per sample frame
+    # (against the original in full fp32), then frames/s with 1, 4 and 8 sessions, with NHWC
+    # convolutions off and on; the original once more with TF32 on.
+    bm() {
+      CUDA_VISIBLE_DEVICES=0 FRAMEWISE_LOG=info $fw bench-model --device cuda --frames 100 --size 1280x720 "$@" 2>&1 \
+        | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'bench-model|accepted|rejected|rror' | sed 's/^.*variant: //'
+    }
+    for nhwc in false true; do
+      rm -rf "$R/cache"  # the gate decides again under these settings
+      for opt in off fused-u8 fused-u8-fp16; do
+        for s in ${FW_SESSIONS:-1 4 8}; do
+          echo "-- nhwc=$nhwc optimize=$opt sessions=$s"
+          FRAMEWISE_WORKER__CUDA_PREFER_NHWC=$nhwc bm --optimize $opt --sessions $s
+        done
+      done
+    done
+    echo "-- original with TF32"
+    FRAMEWISE_WORKER__CUDA_TF32=true bm --optimize off --sessions 1
+    rm -rf "$R/cache"
+    ;;
   e2e)
     gpus=$(nvidia-smi -L | wc -l)
     for g in $(seq 1 "$gpus"); do
       for p in ${FW_PIPELINES:-4 8}; do
-       for b in ${FW_BATCH:-4}; do
+       for b in ${FW_BATCH:-1}; do
+       for bs in ${FW_BLOCKING_SYNC:-true}; do
         vis=$(seq -s, 0 $((g - 1)))
         nvidia-smi --query-gpu=index,utilization.gpu --format=csv,noheader,nounits -lms 250 > "$OUT/util-g$g-p$p-b$b.csv" &
         smi=$!
         CUDA_VISIBLE_DEVICES=$vis FRAMEWISE_WORKER__PIPELINES_PER_GPU=$p FRAMEWISE_LOG=info FRAMEWISE_WORKER__BATCH_FRAMES=$b \
-          FRAMEWISE_COORDINATOR__CHUNK_SECONDS=${FW_CHUNK:-2} \
+          FRAMEWISE_COORDINATOR__CHUNK_SECONDS=${FW_CHUNK:-2} FRAMEWISE_WORKER__CUDA_BLOCKING_SYNC=$bs \
           $fw run "$clip" -o "$R/out-g$g-p$p-b$b.mp4" --device cuda --quiet --segment-seconds ${FW_SEGMENT:-20} \
-          > "$OUT/run-g$g-p$p-b$b.log" 2>&1
+          > "$OUT/run-g$g-p$p-b$b.log" 2>&1 &
+        rpid=$!
+        # CPU seconds per thread kind over 4 s in the middle of the run (digits dropped from names).
+        sleep 8
+        snap() { for t in /proc/$rpid/task/*; do echo "$(tr -d '0-9' < $t/comm | tr ' ' _) $(awk '{print $14+$15}' $t/stat)"; done 2>/dev/null \
+          | awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort; }
+        snap > "$OUT/t1"; sleep 4; snap > "$OUT/t2"
+        echo "   CPU cores busy by thread kind (over 4 s):"
+        join "$OUT/t1" "$OUT/t2" | awk '{d = ($3 - $2) / 400; if (d > 0.05) printf "     %-18s %.2f\n", $1, d}' | sort -k2 -rn | head -12
+        wait $rpid
         grep -h "wrote\|error" "$OUT/run-g$g-p$p-b$b.log" | tail -2
         sed 's/\x1b\[[0-9;]*m//g' "$OUT/run-g$g-p$p-b$b.log" | grep -o 'segment stages.*' | awk '
           { for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] += kv[2] } n++ }
@@ -75,7 +106,8 @@ for step in "${steps[@]}"; do case $step in
                 n, v["decode_wait_ms"]/v["frames"], v["infer_ms"]/v["frames"], v["encode_ms"]/v["frames"], v["wall_ms"]/v["frames"] }'
         kill $smi
         awk -F', ' '$2 > 0 {s[$1] += $2; n[$1]++} END {for (g in s) printf "   gpu %s busy %.0f%% (mean of samples while running)\n", g, s[g]/n[g]}' "$OUT/util-g$g-p$p-b$b.csv"
-        echo "   ^ $g GPU(s), $p pipelines per GPU, batch $b"
+        echo "   ^ $g GPU(s), $p pipelines per GPU, batch $b, blocking sync $bs"
+       done
        done
       done
     done

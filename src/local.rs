@@ -403,8 +403,9 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
     let mut wcfg = cfg.worker.clone();
     override_device(&mut wcfg, a.device.clone(), None)?;
     if let Some(o) = &a.optimize {
-        if !["auto", "on", "off"].contains(&o.as_str()) {
-            bail!("--optimize: {o:?} is not one of auto, on, off");
+        let modes = framewise_common::config::OPTIMIZE_MODES;
+        if !modes.contains(&o.as_str()) {
+            bail!("--optimize: {o:?} is not one of {}", modes.join(", "));
         }
         wcfg.optimize = o.clone();
     }
@@ -418,6 +419,7 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
     let devices = plan_pipelines(&wcfg, Some(a.sessions))?;
     let threads = intra_threads(a.threads, devices[0], a.sessions);
     let env = runtime(&wcfg.onnxruntime_lib)?;
+    framewise_worker::inference::set_cuda_options((&wcfg).into());
     let cache = cache_dir(&wcfg.model_cache_dir, &wcfg.model.path);
     let mut models = Vec::with_capacity(devices.len());
     let mut variant = String::new();

@@ -374,12 +374,19 @@ pub struct WorkerConfig {
     /// GPU always has frames in flight and x264 gets every core.
     pub pipelines_per_gpu: usize,
     /// "auto": a rewritten model that passes its quality gate and is faster here; "on": one that
-    /// passes its quality gate; "off": the file as is.
+    /// passes its quality gate; "off": the file as is; a variant's name: that one if it passes.
     pub optimize: String,
     /// Where rewritten models are cached by content hash; "" = `optimized/` beside the model.
     pub model_cache_dir: PathBuf,
     /// Frames per inference run when the model takes a batch (0 or 1 = one frame per run).
     pub batch_frames: usize,
+    /// CUDA: let fp32 convolutions round their inputs to TF32 (10-bit mantissa). Off, so fp32
+    /// means fp32: the quality gate's reference and the fp16 variant's fp32 head stay exact.
+    pub cuda_tf32: bool,
+    /// CUDA: run convolutions in NHWC layout (tensor cores' native layout for fp16).
+    pub cuda_prefer_nhwc: bool,
+    /// CUDA: a thread waiting for the GPU sleeps instead of spinning on a core that x264 could use.
+    pub cuda_blocking_sync: bool,
     /// The worker's token when the coordinator has `tokens_file` (role worker); prefer `token_file`.
     pub token: String,
     pub token_file: PathBuf,
@@ -398,6 +405,10 @@ pub struct WorkerConfig {
     pub encoder: EncoderConfig,
 }
 
+/// Values of `worker.optimize`: the modes, then the rewritten variants one can pin (by name,
+/// still quality-gated; worker/src/variant.rs defines them).
+pub const OPTIMIZE_MODES: &[&str] = &["auto", "on", "off", "fused-u8", "fused-u8-fp16"];
+
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
@@ -415,6 +426,9 @@ impl Default for WorkerConfig {
             optimize: "auto".into(),
             model_cache_dir: PathBuf::new(),
             batch_frames: 0,
+            cuda_tf32: false,
+            cuda_prefer_nhwc: false,
+            cuda_blocking_sync: true,
             token: String::new(),
             token_file: PathBuf::new(),
             tls_ca_file: PathBuf::new(),
@@ -726,10 +740,14 @@ impl Config {
                 format!("must be 0 (auto) to 64, got {}", w.batch_frames),
             );
         }
-        if !["auto", "on", "off"].contains(&w.optimize.as_str()) {
+        if !OPTIMIZE_MODES.contains(&w.optimize.as_str()) {
             return err(
                 "worker.optimize",
-                format!("{:?} is not one of auto, on, off", w.optimize),
+                format!(
+                    "{:?} is not one of {}",
+                    w.optimize,
+                    OPTIMIZE_MODES.join(", ")
+                ),
             );
         }
         if w.model.pad_multiple == 0 {

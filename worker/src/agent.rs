@@ -86,6 +86,7 @@ impl Worker {
             )
         } else {
             let cache = crate::variant::cache_dir(&cfg.model_cache_dir, &cfg.model.path);
+            crate::inference::set_cuda_options((&cfg).into());
             let (s, choice) = crate::variant::load_best(
                 runtime(&cfg.onnxruntime_lib)?,
                 &cfg.model,

@@ -42,6 +42,40 @@ pub fn runtime(lib: &Path) -> Result<&'static ort::environment::Environment, Mod
     Ok(RUNTIME.get_or_init(|| env))
 }
 
+/// CUDA provider settings every session of the process shares (from the worker config).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CudaOptions {
+    pub tf32: bool,
+    pub prefer_nhwc: bool,
+    /// Threads waiting for the GPU sleep instead of spinning (cuda.rs).
+    pub blocking_sync: bool,
+}
+
+static CUDA_OPTIONS: Mutex<CudaOptions> = Mutex::new(CudaOptions {
+    tf32: false,
+    prefer_nhwc: false,
+    blocking_sync: true,
+});
+
+impl From<&framewise_common::config::WorkerConfig> for CudaOptions {
+    fn from(c: &framewise_common::config::WorkerConfig) -> Self {
+        Self {
+            tf32: c.cuda_tf32,
+            prefer_nhwc: c.cuda_prefer_nhwc,
+            blocking_sync: c.cuda_blocking_sync,
+        }
+    }
+}
+
+/// Sets the CUDA provider settings for sessions created from now on.
+pub fn set_cuda_options(o: CudaOptions) {
+    *CUDA_OPTIONS.lock().unwrap_or_else(|p| p.into_inner()) = o;
+}
+
+fn cuda_options() -> CudaOptions {
+    *CUDA_OPTIONS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// How the session takes and returns images: planar float in the model's range (the file as
 /// published), or packed RGB bytes with the conversion folded into the graph (optimize.rs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,8 +134,16 @@ impl Stylizer {
             .with_inter_threads(1)
             .map_err(|e| load(&e))?;
         if let Device::Cuda(n) = device {
+            let o = cuda_options();
+            if o.blocking_sync {
+                if let Err(e) = crate::cuda::blocking_sync(n) {
+                    tracing::warn!(gpu = n, error = %e, "threads waiting for the GPU will spin");
+                }
+            }
             let ep = ort::ep::CUDA::default()
                 .with_device_id(n as i32)
+                .with_tf32(o.tf32)
+                .with_prefer_nhwc(o.prefer_nhwc)
                 .build()
                 .error_on_failure();
             builder = builder

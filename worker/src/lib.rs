@@ -2,6 +2,7 @@
 //! pipeline and the lease loop that talks to the coordinator.
 
 pub mod agent;
+pub mod cuda;
 pub mod error;
 pub mod inference;
 pub mod media;

@@ -102,7 +102,7 @@ pub fn optimize_model(
         report.uint8_io = true;
     }
     if r.fp16 {
-        report.fp16_tensors = to_fp16(g);
+        report.fp16_tensors = to_fp16(g, &io.input);
     }
     if r.dynamic_batch {
         report.dynamic_batch = make_batch_dynamic(g, io);
@@ -680,10 +680,87 @@ const FLOAT_ONLY_INPUTS: &[(&str, usize)] = &[("Resize", 2), ("Upsample", 1)];
 /// in fp16, below the 40 dB gate).
 const FP32_OPS: &[&str] = &["InstanceNormalization"];
 
+/// The nodes from the image input through its first convolution (by index) and that
+/// convolution's output: the head that stays fp32 in an fp16 graph. This style model amplifies
+/// input rounding: fp32 inputs perturbed by 2.4e-4 (fp16's step near 1) move a smooth
+/// gradient's output to 33 dB, so the image must reach the first convolution unrounded.
+/// None when there is no such convolution or a head value is also used past it.
+fn fp32_head(g: &GraphProto, image: &str) -> Option<(HashSet<usize>, String)> {
+    let mut reached: HashSet<&str> = HashSet::from([image]);
+    let mut head = HashSet::new();
+    let mut conv_out = None;
+    for (i, n) in g.node.iter().enumerate() {
+        if !n.input.iter().any(|x| reached.contains(x.as_str())) {
+            continue;
+        }
+        if conv_out.is_some() {
+            return None; // an image-derived value skips the first convolution
+        }
+        head.insert(i);
+        if n.op_type() == "Conv" {
+            conv_out = Some(n.output.first()?.clone());
+        } else {
+            reached.extend(n.output.iter().map(String::as_str));
+        }
+    }
+    Some((head, conv_out?))
+}
+
 /// Converts float constants, Casts to float and Constant values to fp16, with Casts at the
-/// graph's float inputs and outputs so callers see the same types. Returns tensors converted.
-pub fn to_fp16(g: &mut GraphProto) -> usize {
+/// graph's float inputs and outputs so callers see the same types; the image's path through
+/// the first convolution stays fp32 (`fp32_head`). Returns tensors converted.
+pub fn to_fp16(g: &mut GraphProto, image: &str) -> usize {
+    let head = fp32_head(g, image);
+    let head_nodes = head.as_ref().map(|h| h.0.clone()).unwrap_or_default();
+    // Constants the head reads stay fp32; one also read past the head gets an fp32 copy.
     let mut keep: HashSet<String> = HashSet::new();
+    if !head_nodes.is_empty() {
+        let used_outside: HashSet<String> = g
+            .node
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !head_nodes.contains(i))
+            .flat_map(|(_, n)| n.input.iter().cloned())
+            .collect();
+        let constants: HashMap<String, TensorProto> = g
+            .initializer
+            .iter()
+            .map(|t| (t.name().to_string(), t.clone()))
+            .chain(
+                g.node
+                    .iter()
+                    .filter(|n| n.op_type() == "Constant")
+                    .filter_map(|n| {
+                        let t = n
+                            .attribute
+                            .iter()
+                            .find(|a| a.name() == "value")?
+                            .t
+                            .clone()?;
+                        Some((n.output.first()?.clone(), t))
+                    }),
+            )
+            .collect();
+        let mut copies = Vec::new();
+        for &i in &head_nodes {
+            for inp in g.node[i].input.iter_mut() {
+                let Some(t) = constants.get(inp.as_str()) else {
+                    continue;
+                };
+                if used_outside.contains(inp.as_str()) {
+                    let copy = format!("{inp}__fw_f32");
+                    if !keep.contains(&copy) {
+                        let mut t = t.clone();
+                        t.name = Some(copy.clone());
+                        copies.push(t);
+                    }
+                    *inp = copy;
+                }
+                keep.insert(inp.clone());
+            }
+        }
+        g.initializer.extend(copies);
+    }
     for n in &g.node {
         for &(op, i) in FLOAT_ONLY_INPUTS {
             if n.op_type() == op {
@@ -704,7 +781,10 @@ pub fn to_fp16(g: &mut GraphProto) -> usize {
             converted += 1;
         }
     }
-    for n in g.node.iter_mut() {
+    for (i, n) in g.node.iter_mut().enumerate() {
+        if head_nodes.contains(&i) {
+            continue;
+        }
         match n.op_type() {
             "Constant" | "ConstantOfShape" => {
                 if n.output.first().is_some_and(|o| keep.contains(o)) {
@@ -731,10 +811,23 @@ pub fn to_fp16(g: &mut GraphProto) -> usize {
             _ => {}
         }
     }
-    // fp32 islands: cast the data input up and the output back down.
+    // fp32 islands: cast the data input up and the output back down; the head's output down.
     let old = std::mem::take(&mut g.node);
-    for mut n in old {
-        if !FP32_OPS.contains(&n.op_type()) {
+    for (i, mut n) in old.into_iter().enumerate() {
+        if let Some((_, conv_out)) = head.as_ref().filter(|h| n.output.first() == Some(&h.1)) {
+            let y32 = format!("{conv_out}__fw_f32");
+            n.output[0] = y32.clone();
+            g.node.push(n);
+            g.node.push(node(
+                "Cast",
+                &format!("{conv_out}__fw_to_f16"),
+                &[&y32],
+                &[conv_out],
+                vec![int_attr("to", DataType::Float16 as i64)],
+            ));
+            continue;
+        }
+        if head_nodes.contains(&i) || !FP32_OPS.contains(&n.op_type()) {
             g.node.push(n);
             continue;
         }
@@ -742,15 +835,21 @@ pub fn to_fp16(g: &mut GraphProto) -> usize {
             g.node.push(n);
             continue;
         };
-        let (x32, y32) = (format!("{x}__fw_to_f32_for_{y}"), format!("{y}__fw_f32"));
-        g.node.push(node(
-            "Cast",
-            &x32,
-            &[&x],
-            &[&x32],
-            vec![int_attr("to", DataType::Float as i64)],
-        ));
-        n.input[0] = x32;
+        let y32 = format!("{y}__fw_f32");
+        if head.as_ref().is_some_and(|h| h.1 == x) {
+            // The head's fp32 output itself (its cast down is dropped if nothing else reads it).
+            n.input[0] = format!("{x}__fw_f32");
+        } else {
+            let x32 = format!("{x}__fw_to_f32_for_{y}");
+            g.node.push(node(
+                "Cast",
+                &x32,
+                &[&x],
+                &[&x32],
+                vec![int_attr("to", DataType::Float as i64)],
+            ));
+            n.input[0] = x32;
+        }
         n.output[0] = y32.clone();
         g.node.push(n);
         g.node.push(node(
@@ -765,7 +864,7 @@ pub fn to_fp16(g: &mut GraphProto) -> usize {
     let float_inputs: Vec<String> = g
         .input
         .iter()
-        .filter(|v| is_float(v))
+        .filter(|v| is_float(v) && (head.is_none() || v.name() != image))
         .map(|v| v.name().to_string())
         .collect();
     let mut pre = Vec::new();
@@ -965,23 +1064,40 @@ mod tests {
             let t = ix.constants[n.input[2].as_str()];
             assert_eq!(t.data_type(), DataType::Float as i32, "{}", n.name());
         }
+        // fp32: the normalisations' scale and bias, and what the head reads (the input's
+        // scaling constants and the first convolution's weights).
+        let head_inputs = ["contract.0.w", "image__fw_k", "image__fw_lo"];
         for t in &g.initializer {
-            let for_norm = t.name().contains("__fw_in_");
+            let fp32 = t.name().contains("__fw_in_") || head_inputs.contains(&t.name());
             assert_eq!(
                 t.data_type() == DataType::Float as i32,
-                for_norm,
+                fp32,
                 "{} has type {}",
                 t.name(),
                 t.data_type()
             );
         }
-        // The normalisations run in fp32 between two casts.
-        for n in g
+        // The head: the image is converted to float and reaches the first convolution without
+        // a cast to fp16, and the first normalisation reads that convolution's fp32 output.
+        let first_conv = g.node.iter().position(|n| n.op_type() == "Conv").unwrap();
+        assert!(g.node[..first_conv].iter().all(|n| n.op_type() != "Cast"
+            || attr_int(n, "to") != Some(DataType::Float16 as i64)
+            || n.input == ["style_weights"]));
+        assert_eq!(g.node[first_conv].input[1], "contract.0.w");
+        let conv32 = g.node[first_conv].output[0].clone();
+        assert!(conv32.ends_with("__fw_f32"), "{conv32}");
+        // The other normalisations run in fp32 between two casts.
+        for (k, n) in g
             .node
             .iter()
             .filter(|n| n.op_type() == "InstanceNormalization")
+            .enumerate()
         {
-            assert!(n.input[0].contains("__fw_to_f32_for_"), "{:?}", n.input);
+            if k == 0 {
+                assert_eq!(n.input[0], conv32);
+            } else {
+                assert!(n.input[0].contains("__fw_to_f32_for_"), "{:?}", n.input);
+            }
             assert!(n.output[0].ends_with("__fw_f32"), "{:?}", n.output);
         }
         assert!(r.dynamic_batch);

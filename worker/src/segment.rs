@@ -143,23 +143,29 @@ pub fn run_segment(
     let (dec_tx, dec_rx) = sync_channel::<Frame>(DEPTH.max(2 * batch));
     let (enc_tx, enc_rx) = sync_channel::<(u64, Frame)>(DEPTH.max(2 * batch));
     std::thread::scope(|s| -> Result<u64, SegmentError> {
-        let decoder = s.spawn(move || {
-            let req = DecodeRequest {
-                path: spec.input,
-                frame_pts: spec.frame_pts,
-                seek_ns: spec.seek_ns,
-                size: (infer_size != spec.size).then_some(infer_size),
-                stall_timeout: STALL,
-                threads: spec.encoder.threads,
-            };
-            let mut i = start;
-            decode_range(&req, &mut |f| {
-                let go = within(i) && dec_tx.send(f).is_ok();
-                i += 1;
-                go
+        let spawn_err =
+            |e: std::io::Error| SegmentError::Internal(format!("starting a thread: {e}"));
+        // Named, so per-thread CPU (top -H, /proc) tells the stages apart.
+        let named = |n: &str| std::thread::Builder::new().name(n.into());
+        let decoder = named("fw-decode")
+            .spawn_scoped(s, move || {
+                let req = DecodeRequest {
+                    path: spec.input,
+                    frame_pts: spec.frame_pts,
+                    seek_ns: spec.seek_ns,
+                    size: (infer_size != spec.size).then_some(infer_size),
+                    stall_timeout: STALL,
+                    threads: spec.encoder.threads,
+                };
+                let mut i = start;
+                decode_range(&req, &mut |f| {
+                    let go = within(i) && dec_tx.send(f).is_ok();
+                    i += 1;
+                    go
+                })
             })
-        });
-        let enc = s.spawn(move || -> Result<(u64, Duration), MediaError> {
+            .map_err(spawn_err)?;
+        let enc = named("fw-encode").spawn_scoped(s, move || -> Result<(u64, Duration), MediaError> {
             let mut busy = Duration::ZERO;
             let mut current: Option<(u64, u64, PathBuf, SegmentEncoder)> = None; // first, end, path, encoder
             let mut _chunk_span = tracing::Span::none(); // open while its chunk is encoded
@@ -203,7 +209,7 @@ pub fn run_segment(
                 let _ = std::fs::remove_file(path);
             }
             Ok((committed, busy))
-        });
+        }).map_err(spawn_err)?;
 
         let mut i = start;
         let mut failure: Option<SegmentError> = None;

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use tracing::{info, warn};
 
 /// Bumped whenever a rewrite changes, so stale cached files are not reused.
-const OPTIMIZER_VERSION: u32 = 3;
+const OPTIMIZER_VERSION: u32 = 4;
 
 /// One rewritten model to try, and the quality it must keep.
 #[derive(Clone, Copy, Debug)]
@@ -183,7 +183,11 @@ pub fn load_best(
     let probe = crate::inference::gradient(640, 360);
     let mut reference_ms: Option<f64> = None; // timed once, when a candidate first needs it
     let mut chosen = None;
+    let pinned = candidates(device).iter().any(|c| c.name == optimize_mode);
     for c in candidates(device) {
+        if pinned && c.name != optimize_mode {
+            continue;
+        }
         let path = variant_path(c.name);
         if let Err(e) = write_variant(&bytes, &io, c, &path) {
             warn!(variant = c.name, error = %e, "model rewrite skipped");
@@ -380,6 +384,19 @@ mod tests {
     fn gpu_tries_fp16_first_and_cpu_never() {
         assert!(candidates(Device::Cuda(0))[0].rewrites.fp16);
         assert!(candidates(Device::Cpu).iter().all(|c| !c.rewrites.fp16));
+    }
+
+    #[test]
+    fn every_variant_can_be_pinned_by_name_in_the_config() {
+        for d in [Device::Cpu, Device::Cuda(0)] {
+            for c in candidates(d) {
+                assert!(
+                    framewise_common::config::OPTIMIZE_MODES.contains(&c.name),
+                    "{}",
+                    c.name
+                );
+            }
+        }
     }
 
     #[test]
