@@ -32,7 +32,7 @@ strip -o "$b/framewise" "$CARGO_TARGET_DIR/release/framewise"
 cp models/multistyle26.onnx "$b/"
 gst=/usr/lib/x86_64-linux-gnu/gstreamer-1.0
 plugins="coreelements videoconvertscale app playback typefindfunctions isomp4 audioparsers
-  videoparsersbad x264 openh264 nvcodec videotestsrc audiotestsrc audioconvert voaacenc matroska faad"
+  videoparsersbad x264 openh264 nvcodec videotestsrc audiotestsrc audioconvert voaacenc matroska faad videofilter"
 for p in $plugins; do cp "$gst/libgst$p.so" "$b/gst/plugins/"; done
 scanner=/usr/lib/x86_64-linux-gnu/gstreamer1.0/gstreamer-1.0/gst-plugin-scanner
 cp "$scanner" "$b/gst/"

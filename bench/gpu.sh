@@ -77,6 +77,16 @@ for step in "${steps[@]}"; do case $step in
     FRAMEWISE_WORKER__CUDA_TF32=true bm --optimize off --sessions 1
     rm -rf "$R/cache"
     ;;
+  files)
+    # Given model files as they are (FW_MODELS, e.g. made by `framewise optimize-model`):
+    # frames/s with FW_SESSIONS sessions each.
+    for m in ${FW_MODELS:?}; do
+      for s in ${FW_SESSIONS:-1 4 8}; do
+        CUDA_VISIBLE_DEVICES=0 FRAMEWISE_WORKER__MODEL__PATH=$m $fw bench-model --device cuda --optimize off \
+          --frames 100 --size 1280x720 --sessions $s 2>&1 | sed "s|model original|$(basename $m)|" | grep -E 'bench-model|rror'
+      done
+    done
+    ;;
   e2e)
     gpus=$(nvidia-smi -L | wc -l)
     for g in $(seq 1 "$gpus"); do

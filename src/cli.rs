@@ -225,7 +225,7 @@ pub struct BenchArgs {
 /// `framewise optimize-model`.
 #[derive(Args, Debug)]
 pub struct OptimizeArgs {
-    /// Rewrites to apply, comma-separated: fuse (instance normalisation), u8 (uint8 NHWC in and out), fp16, batch (dynamic batch dimension).
+    /// Rewrites to apply, comma-separated: fuse (instance normalisation), u8 (uint8 NHWC in and out), fp16, batch (dynamic batch dimension), pixels (with u8: the first convolution reads whole pixel values, exact in fp16).
     #[arg(long, default_value = "fuse,u8,batch")]
     pub rewrites: String,
     /// Where to write the rewritten model.

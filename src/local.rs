@@ -638,7 +638,8 @@ pub fn optimize_model(a: OptimizeArgs) -> Result<ExitCode> {
             "u8" => r.uint8_io = true,
             "fp16" => r.fp16 = true,
             "batch" => r.dynamic_batch = true,
-            other => bail!("--rewrites: {other:?} is not one of fuse, u8, fp16, batch"),
+            "pixels" => r.pixels_into_first_conv = true,
+            other => bail!("--rewrites: {other:?} is not one of fuse, u8, fp16, batch, pixels"),
         }
     }
     let m = &cfg.worker.model;
@@ -652,11 +653,12 @@ pub fn optimize_model(a: OptimizeArgs) -> Result<ExitCode> {
         optimize(&bytes, &io, r).map_err(|e| anyhow!("model {}: {e}", m.path.display()))?;
     std::fs::write(&a.output, out).with_context(|| format!("writing {}", a.output.display()))?;
     println!(
-        "optimize-model: {} -> {}: {} instance normalisations fused, uint8 I/O {}, {} tensors in fp16, {} -> {} nodes",
+        "optimize-model: {} -> {}: {} instance normalisations fused, uint8 I/O {}, pixels into the first convolution {}, {} tensors in fp16, {} -> {} nodes",
         m.path.display(),
         a.output.display(),
         report.fused_instance_norms,
         if report.uint8_io { "yes" } else { "no" },
+        if report.pixels_into_first_conv { "yes" } else { "no" },
         report.fp16_tensors,
         report.nodes_before,
         report.nodes_after

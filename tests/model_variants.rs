@@ -48,7 +48,7 @@ fn cpu_gets_the_fused_uint8_model_and_the_same_pictures() {
         .to_string_lossy()
         .into_owned();
     assert!(
-        name.ends_with("-fused-u8-v3.onnx") && name.len() > 30,
+        name.ends_with("-fused-u8-v4.onnx") && name.len() > 30,
         "{name}"
     );
 
@@ -148,4 +148,44 @@ fn a_batch_gives_the_same_frames_as_one_at_a_time() {
     original.set_max_batch(4);
     assert_eq!(original.max_batch(), 1);
     assert_eq!(original.stylize_batch(&frames, &w).unwrap().len(), 3);
+}
+
+#[test]
+fn pixels_into_the_first_convolution_keep_the_pictures() {
+    // The fp16 variant's input rewrite (the scaling to the model's range moved past the first
+    // convolution) checked in fp32 on the CPU: same maths, so the same pictures.
+    use framewise_worker::optimize::{optimize, ImageIo, Rewrites};
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(&cfg().path).unwrap();
+    let io = ImageIo {
+        input: "image".into(),
+        output: "stylized".into(),
+        value_range: [0.0, 1.0],
+    };
+    let mut r = Rewrites {
+        fuse_instance_norm: true,
+        uint8_io: true,
+        ..Default::default()
+    };
+    let (plain, _) = optimize(&bytes, &io, r).unwrap();
+    r.pixels_into_first_conv = true;
+    let (moved, report) = optimize(&bytes, &io, r).unwrap();
+    assert!(report.pixels_into_first_conv, "{report:?}");
+    let load = |name: &str, b: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, b).unwrap();
+        Stylizer::load_on(runtime(&lib()).unwrap(), &cfg(), 1, Device::Cpu, &p).unwrap()
+    };
+    let (mut a, mut b) = (load("plain.onnx", &plain), load("moved.onnx", &moved));
+    let clip = dir.path().join("clip.mp4");
+    common::make_clip(&clip, 130, 74, 2, false);
+    for frame in [common::frame_at(&clip, 1, None), gradient(96, 54)] {
+        let mut w = vec![0.0f32; 26];
+        w[3] = 1.0;
+        let p = psnr(
+            &a.stylize(&frame, &w).unwrap(),
+            &b.stylize(&frame, &w).unwrap(),
+        );
+        assert!(p >= 60.0, "{p:.1} dB");
+    }
 }

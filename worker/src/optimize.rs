@@ -44,6 +44,9 @@ pub struct Rewrites {
     pub fp16: bool,
     /// The image input's and output's first dimension made symbolic, so one run takes several frames.
     pub dynamic_batch: bool,
+    /// With uint8 I/O: the first convolution reads whole pixel values and the scaling to the
+    /// model's range follows it (`scale_after_first_conv`), so fp16 holds the input exactly.
+    pub pixels_into_first_conv: bool,
 }
 
 /// What the model's image input and output are called and which value range they use.
@@ -61,6 +64,7 @@ pub struct Report {
     pub uint8_io: bool,
     pub fp16_tensors: usize,
     pub dynamic_batch: bool,
+    pub pixels_into_first_conv: bool,
     pub nodes_before: usize,
     pub nodes_after: usize,
 }
@@ -101,8 +105,13 @@ pub fn optimize_model(
         fold_uint8_io(g, io)?;
         report.uint8_io = true;
     }
+    let exact = r.uint8_io && r.pixels_into_first_conv && scale_after_first_conv(g, io);
+    report.pixels_into_first_conv = exact;
     if r.fp16 {
-        report.fp16_tensors = to_fp16(g, &io.input);
+        // Whole pixel values (0..255) are exact in fp16; the model's scaled ones are not, and
+        // this model amplifies input rounding. Either the scaling has moved past the first
+        // convolution, or that convolution and what feeds it stay fp32.
+        report.fp16_tensors = to_fp16(g, (!exact).then_some(io.input.as_str()));
     }
     if r.dynamic_batch {
         report.dynamic_batch = make_batch_dynamic(g, io);
@@ -680,6 +689,96 @@ const FLOAT_ONLY_INPUTS: &[(&str, usize)] = &[("Resize", 2), ("Upsample", 1)];
 /// in fp16, below the 40 dB gate).
 const FP32_OPS: &[&str] = &["InstanceNormalization"];
 
+/// Moves the uint8 input's scaling to the model's range (`x * k + lo`, from `fold_uint8_io`)
+/// past the first convolution: `conv(x * k + lo) = conv(x) * k + lo * sum(W) + b`, exact when
+/// any padding between them repeats pixels (reflect or edge). The convolution then reads whole
+/// pixel values, exact in fp16. Returns whether it applied.
+pub fn scale_after_first_conv(g: &mut GraphProto, io: &ImageIo) -> bool {
+    let name = io.input.as_str();
+    let (raw, ready) = (format!("{name}__fw_float"), format!("{name}__fw_ready"));
+    let consumers = |g: &GraphProto, t: &str| -> Vec<usize> {
+        (0..g.node.len())
+            .filter(|&i| g.node[i].input.iter().any(|x| x == t))
+            .collect()
+    };
+    let [first] = consumers(g, &ready)[..] else {
+        return false;
+    };
+    let (pad, conv) = match g.node[first].op_type() {
+        "Pad" => {
+            let mode = attr(&g.node[first], "mode")
+                .and_then(|a| a.s.as_deref())
+                .unwrap_or(b"constant");
+            let out = g.node[first].output.first().cloned().unwrap_or_default();
+            match (mode, &consumers(g, &out)[..]) {
+                (b"reflect" | b"edge", [c]) => (Some(first), *c),
+                _ => return false,
+            }
+        }
+        "Conv" => {
+            let zero_pads =
+                attr_ints(&g.node[first], "pads").is_none_or(|p| p.iter().all(|&v| v == 0));
+            let auto = attr(&g.node[first], "auto_pad")
+                .and_then(|a| a.s.as_deref())
+                .is_some_and(|m| m != b"NOTSET" && m != b"VALID");
+            if !zero_pads || auto {
+                return false;
+            }
+            (None, first)
+        }
+        _ => return false,
+    };
+    let c = &g.node[conv];
+    if c.op_type() != "Conv" || c.input.len() < 2 {
+        return false;
+    }
+    let ix = Index::new(g);
+    let (Some(w), Some(k), Some(lo)) = (
+        ix.constants.get(c.input[1].as_str()).copied(),
+        ix.scalar(&format!("{name}__fw_k")),
+        ix.scalar(&format!("{name}__fw_lo")),
+    ) else {
+        return false;
+    };
+    let Some(wv) = tensor_f32(w) else {
+        return false;
+    };
+    let cout = w.dims.first().copied().unwrap_or(0).max(0) as usize;
+    if cout == 0 || wv.len() % cout != 0 {
+        return false;
+    }
+    let per = wv.len() / cout;
+    let mut shift: Vec<f32> = wv
+        .chunks(per)
+        .map(|ch| lo * ch.iter().sum::<f32>())
+        .collect();
+    if let Some(b) = c.input.get(2).filter(|b| !b.is_empty()) {
+        match ix.constants.get(b.as_str()).and_then(|t| tensor_f32(t)) {
+            Some(bv) if bv.len() == cout => shift.iter_mut().zip(bv).for_each(|(s, b)| *s += b),
+            _ => return false,
+        }
+    }
+    let y = c.output.first().cloned().unwrap_or_default();
+    let (y_conv, y_scaled) = (format!("{y}__fw_conv_of_pixels"), format!("{y}__fw_scaled"));
+    let (kn, shift_n) = (format!("{y}__fw_k"), format!("{y}__fw_shift"));
+    g.initializer.push(f32_tensor(&kn, &[], &[k]));
+    g.initializer
+        .push(f32_tensor(&shift_n, &[1, cout as i64, 1, 1], &shift));
+    match pad {
+        Some(p) => g.node[p].input[0] = raw,
+        None => g.node[conv].input[0] = raw,
+    }
+    let c = &mut g.node[conv];
+    c.input.truncate(2);
+    c.output[0] = y_conv.clone();
+    let after = [
+        node("Mul", &y_scaled, &[&y_conv, &kn], &[&y_scaled], vec![]),
+        node("Add", &y, &[&y_scaled, &shift_n], &[&y], vec![]),
+    ];
+    g.node.splice(conv + 1..conv + 1, after);
+    true
+}
+
 /// The nodes from the image input through its first convolution (by index) and that
 /// convolution's output: the head that stays fp32 in an fp16 graph. This style model amplifies
 /// input rounding: fp32 inputs perturbed by 2.4e-4 (fp16's step near 1) move a smooth
@@ -709,8 +808,9 @@ fn fp32_head(g: &GraphProto, image: &str) -> Option<(HashSet<usize>, String)> {
 /// Converts float constants, Casts to float and Constant values to fp16, with Casts at the
 /// graph's float inputs and outputs so callers see the same types; the image's path through
 /// the first convolution stays fp32 (`fp32_head`). Returns tensors converted.
-pub fn to_fp16(g: &mut GraphProto, image: &str) -> usize {
-    let head = fp32_head(g, image);
+pub fn to_fp16(g: &mut GraphProto, fp32_head_from: Option<&str>) -> usize {
+    let head = fp32_head_from.and_then(|image| fp32_head(g, image));
+    let image = fp32_head_from.unwrap_or_default();
     let head_nodes = head.as_ref().map(|h| h.0.clone()).unwrap_or_default();
     // Constants the head reads stay fp32; one also read past the head gets an fp32 copy.
     let mut keep: HashSet<String> = HashSet::new();
@@ -1054,6 +1154,7 @@ mod tests {
                 uint8_io: true,
                 fp16: true,
                 dynamic_batch: true,
+                pixels_into_first_conv: false,
             },
         )
         .unwrap();
@@ -1110,6 +1211,51 @@ mod tests {
             .node
             .iter()
             .any(|n| n.op_type() == "Cast" && n.input == ["style_weights"]));
+    }
+
+    #[test]
+    fn fp16_with_pixels_into_the_first_conv_needs_no_fp32_head() {
+        let mut m = ModelProto::decode(model_bytes().as_slice()).unwrap();
+        let r = optimize_model(
+            &mut m,
+            &io(),
+            Rewrites {
+                fuse_instance_norm: true,
+                uint8_io: true,
+                fp16: true,
+                dynamic_batch: false,
+                pixels_into_first_conv: true,
+            },
+        )
+        .unwrap();
+        assert!(r.pixels_into_first_conv, "{r:?}");
+        let g = m.graph.as_ref().unwrap();
+        let ix = Index::new(g);
+        let conv = g.node.iter().position(|n| n.op_type() == "Conv").unwrap();
+        // Pixels (uint8 cast to fp16: exact) -> reflect pad -> conv with fp16 weights.
+        let pad = ix.produced_by(g, &g.node[conv].input[0], "Pad").unwrap();
+        let cast = ix.produced_by(g, &g.node[pad].input[0], "Cast").unwrap();
+        assert_eq!(
+            attr_int(&g.node[cast], "to"),
+            Some(DataType::Float16 as i64)
+        );
+        assert_eq!(g.node[conv].input.len(), 2, "the shift replaces any bias");
+        assert_eq!(
+            ix.constants[g.node[conv].input[1].as_str()].data_type(),
+            DataType::Float16 as i32
+        );
+        // Then the scale to the model's range and the per-channel shift lo * sum(W) (+ b).
+        let y = &g.node[conv].output[0];
+        let mul = ix.only_consumer(g, y, "Mul").unwrap();
+        let add = ix.only_consumer(g, &g.node[mul].output[0], "Add").unwrap();
+        let shift = ix.constants[g.node[add].input[1].as_str()];
+        assert_eq!(shift.dims, vec![1, 32, 1, 1]);
+        // Only the normalisations' scale and bias stay fp32.
+        for t in &g.initializer {
+            if t.data_type() == DataType::Float as i32 {
+                assert!(t.name().contains("__fw_in_"), "{} is fp32", t.name());
+            }
+        }
     }
 
     #[test]
