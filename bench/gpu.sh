@@ -41,7 +41,7 @@ for step in "${steps[@]}"; do case $step in
   model)
     for v in off auto; do
       CUDA_VISIBLE_DEVICES=0 FRAMEWISE_LOG=info $fw bench-model --device cuda --optimize $v --sessions 1 --frames 100 --size 1280x720 2>&1 \
-        | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'bench-model|accepted|rejected|not faster' | sed 's/^.*variant: //'
+        | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'bench-model|passes|chosen|rejected|not faster' | sed 's/^.*variant: //'
     done
     for s in 2 4 8; do
       CUDA_VISIBLE_DEVICES=0 $fw bench-model --device cuda --sessions $s --frames 100 --size 1280x720
@@ -54,7 +54,7 @@ for step in "${steps[@]}"; do case $step in
     $fw bench-model --device cpu --optimize off --frames 4 --size 1280x720
     $fw bench-model --device cpu --optimize on --frames 4 --size 1280x720
     FRAMEWISE_LOG=info $fw bench-model --device cpu --optimize auto --frames 4 --size 1280x720 2>&1 \
-      | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'bench-model|accepted|rejected|not faster' | sed 's/^.*variant: //'
+      | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'bench-model|passes|chosen|rejected|not faster' | sed 's/^.*variant: //'
     ;;
   variants)
     # The model variants side by side on one GPU: the quality gate's verdict per sample frame
@@ -62,19 +62,20 @@ for step in "${steps[@]}"; do case $step in
     # convolutions off and on; the original once more with TF32 on.
     bm() {
       CUDA_VISIBLE_DEVICES=0 FRAMEWISE_LOG=info $fw bench-model --device cuda --frames 100 --size 1280x720 "$@" 2>&1 \
-        | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'bench-model|accepted|rejected|rror' | sed 's/^.*variant: //'
+        | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'bench-model|passes|chosen|not faster|rejected|rror' | sed 's/^.*variant: //'
     }
-    for nhwc in false true; do
+    for nhwc in ${FW_NHWC:-false true}; do
       rm -rf "$R/cache"  # the gate decides again under these settings
-      for opt in off fused-u8 fused-u8-fp16; do
+      for opt in ${FW_OPTS:-off fused-u8 fused-u8-fp16 fused-u8-tf32}; do
         for s in ${FW_SESSIONS:-1 4 8}; do
           echo "-- nhwc=$nhwc optimize=$opt sessions=$s"
           FRAMEWISE_WORKER__CUDA_PREFER_NHWC=$nhwc bm --optimize $opt --sessions $s
         done
       done
     done
-    echo "-- original with TF32"
-    FRAMEWISE_WORKER__CUDA_TF32=true bm --optimize off --sessions 1
+    echo "-- auto: what the worker picks (every variant that passes the gate timed)"
+    rm -rf "$R/cache"
+    bm --optimize auto --sessions 1 | grep -E 'chosen|bench-model'
     rm -rf "$R/cache"
     ;;
   files)
@@ -82,10 +83,36 @@ for step in "${steps[@]}"; do case $step in
     # frames/s with FW_SESSIONS sessions each.
     for m in ${FW_MODELS:?}; do
       for s in ${FW_SESSIONS:-1 4 8}; do
-        CUDA_VISIBLE_DEVICES=0 FRAMEWISE_WORKER__MODEL__PATH=$m $fw bench-model --device cuda --optimize off \
+        env ${FW_ENV:-} CUDA_VISIBLE_DEVICES=0 FRAMEWISE_WORKER__MODEL__PATH=$m $fw bench-model --device cuda --optimize off \
           --frames 100 --size 1280x720 --sessions $s 2>&1 | sed "s|model original|$(basename $m)|" | grep -E 'bench-model|rror'
       done
     done
+    ;;
+  profile)
+    # GPU time per kernel of the model's runs, with Nsight Compute (ncu, in the CUDA toolkit
+    # there): one session, the model file as is (FW_MODEL), the warm-up and cuDNN's algorithm
+    # search skipped (FW_SKIP launches), then FW_COUNT kernels summed by name.
+    m=${FW_MODEL:-$R/multistyle26.onnx}
+    env ${FW_ENV:-} CUDA_VISIBLE_DEVICES=0 FRAMEWISE_WORKER__MODEL__PATH=$m /usr/local/cuda/bin/ncu --metrics gpu__time_duration.sum \
+      --csv --launch-skip ${FW_SKIP:-6000} --launch-count ${FW_COUNT:-1500} \
+      $fw bench-model --device cuda --optimize off --frames ${FW_FRAMES:-60} --size 1280x720 > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
+    tail -3 "$OUT/ncu.err"
+    python3 - "$OUT/ncu.csv" <<'PY'
+import csv, sys, collections
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 14]
+head = rows[0]; k, v, u = head.index("Kernel Name"), head.index("Metric Value"), head.index("Metric Unit")
+tot = collections.Counter(); cnt = collections.Counter()
+for r in rows[1:]:
+    try: x = float(r[v].replace(",", ""))
+    except ValueError: continue
+    x *= {"nsecond": 1e-3, "ns": 1e-3, "msecond": 1e3, "ms": 1e3}.get(r[u], 1.0)  # -> microseconds
+    name = r[k][:90]; tot[name] += x; cnt[name] += 1
+all_us = sum(tot.values())
+frames = max(1, max((c for n, c in cnt.items() if "Sigmoid" in n), default=1))
+print(f"   {sum(cnt.values())} kernels, {all_us/1000:.1f} ms of GPU time, {frames} frames: {all_us/1000/frames:.2f} ms per frame")
+for name, us in tot.most_common(25):
+    print(f"   {us/all_us*100:5.1f} %  {us/1000/frames:6.3f} ms/frame  {cnt[name]:5d} x  {name}")
+PY
     ;;
   e2e)
     gpus=$(nvidia-smi -L | wc -l)
@@ -96,7 +123,7 @@ for step in "${steps[@]}"; do case $step in
         vis=$(seq -s, 0 $((g - 1)))
         nvidia-smi --query-gpu=index,utilization.gpu --format=csv,noheader,nounits -lms 250 > "$OUT/util-g$g-p$p-b$b.csv" &
         smi=$!
-        CUDA_VISIBLE_DEVICES=$vis FRAMEWISE_WORKER__PIPELINES_PER_GPU=$p FRAMEWISE_LOG=info FRAMEWISE_WORKER__BATCH_FRAMES=$b \
+        env ${FW_ENV:-} CUDA_VISIBLE_DEVICES=$vis FRAMEWISE_WORKER__PIPELINES_PER_GPU=$p FRAMEWISE_LOG=info FRAMEWISE_WORKER__BATCH_FRAMES=$b \
           FRAMEWISE_COORDINATOR__CHUNK_SECONDS=${FW_CHUNK:-2} FRAMEWISE_WORKER__CUDA_BLOCKING_SYNC=$bs \
           $fw run "$clip" -o "$R/out-g$g-p$p-b$b.mp4" --device cuda --quiet --segment-seconds ${FW_SEGMENT:-20} \
           > "$OUT/run-g$g-p$p-b$b.log" 2>&1 &

@@ -380,8 +380,8 @@ pub struct WorkerConfig {
     pub model_cache_dir: PathBuf,
     /// Frames per inference run when the model takes a batch (0 or 1 = one frame per run).
     pub batch_frames: usize,
-    /// CUDA: let fp32 convolutions round their inputs to TF32 (10-bit mantissa). Off, so fp32
-    /// means fp32: the quality gate's reference and the fp16 variant's fp32 head stay exact.
+    /// CUDA: TF32 for every fp32 convolution (inputs rounded to 10 mantissa bits). Off: the
+    /// gated variant fused-u8-tf32 turns it on for itself; the gate's reference is always fp32.
     pub cuda_tf32: bool,
     /// CUDA: run convolutions in NHWC layout (tensor cores' native layout for fp16).
     pub cuda_prefer_nhwc: bool,
@@ -407,7 +407,14 @@ pub struct WorkerConfig {
 
 /// Values of `worker.optimize`: the modes, then the rewritten variants one can pin (by name,
 /// still quality-gated; worker/src/variant.rs defines them).
-pub const OPTIMIZE_MODES: &[&str] = &["auto", "on", "off", "fused-u8", "fused-u8-fp16"];
+pub const OPTIMIZE_MODES: &[&str] = &[
+    "auto",
+    "on",
+    "off",
+    "fused-u8",
+    "fused-u8-fp16",
+    "fused-u8-tf32",
+];
 
 impl Default for WorkerConfig {
     fn default() -> Self {

@@ -120,6 +120,19 @@ impl Stylizer {
         device: Device,
         path: &Path,
     ) -> Result<Self, ModelError> {
+        Self::load_with_tf32(env, cfg, threads, device, path, cuda_options().tf32)
+    }
+
+    /// `load_on` with TF32 convolutions on a GPU set for this session (a model variant may
+    /// need it on, the quality gate's reference off), whatever the process-wide setting.
+    pub fn load_with_tf32(
+        env: &ort::environment::Environment,
+        cfg: &ModelConfig,
+        threads: usize,
+        device: Device,
+        path: &Path,
+        tf32: bool,
+    ) -> Result<Self, ModelError> {
         if !path.is_file() {
             return Err(ModelError::NotFound(path.to_path_buf()));
         }
@@ -142,7 +155,7 @@ impl Stylizer {
             }
             let ep = ort::ep::CUDA::default()
                 .with_device_id(n as i32)
-                .with_tf32(o.tf32)
+                .with_tf32(tf32)
                 .with_prefer_nhwc(o.prefer_nhwc)
                 .build()
                 .error_on_failure();

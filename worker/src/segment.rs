@@ -215,6 +215,8 @@ pub fn run_segment(
         let mut failure: Option<SegmentError> = None;
         let began = Instant::now();
         let (mut waited, mut inferring) = (Duration::ZERO, Duration::ZERO);
+        // The first frame's wait (decoder start, seek) and run (new shapes) apart from the rest.
+        let (mut first_frame, mut first_infer) = (None, None);
         let mut frames: Vec<Frame> = Vec::with_capacity(batch);
         'frames: loop {
             // One frame, waiting if need be, then whatever else is ready, up to a batch.
@@ -229,6 +231,7 @@ pub fn run_segment(
                 }
             }
             waited += t.elapsed();
+            first_frame.get_or_insert(t.elapsed());
             if ctl.cancel.load(Ordering::Relaxed) {
                 failure = Some(SegmentError::Cancelled);
                 break;
@@ -251,6 +254,7 @@ pub fn run_segment(
                 }
             };
             inferring += t.elapsed();
+            first_infer.get_or_insert(t.elapsed());
             for out in outs {
                 if enc_tx.send((i, out)).is_err() {
                     break 'frames; // the encoder failed; its error is reported below
@@ -287,6 +291,8 @@ pub fn run_segment(
             decode_wait_ms = ms(waited),
             infer_ms = ms(inferring),
             encode_ms = ms(encoding),
+            first_frame_ms = ms(first_frame.unwrap_or_default()),
+            first_infer_ms = ms(first_infer.unwrap_or_default()),
             "segment stages"
         );
         if ctl.cancel.load(Ordering::Relaxed) {

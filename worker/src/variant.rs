@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use tracing::{info, warn};
 
 /// Bumped whenever a rewrite changes, so stale cached files are not reused.
-const OPTIMIZER_VERSION: u32 = 4;
+const OPTIMIZER_VERSION: u32 = 5;
 
 /// One rewritten model to try, and the quality it must keep.
 #[derive(Clone, Copy, Debug)]
@@ -25,6 +25,8 @@ pub struct Candidate {
     pub rewrites: Rewrites,
     /// Minimum PSNR (dB) against the original's output on every sample frame.
     pub min_psnr_db: f64,
+    /// Convolutions in TF32 on the GPU (inputs rounded to 10 mantissa bits, on tensor cores).
+    pub tf32: bool,
 }
 
 /// The candidates for a device, best first. fp16 only on a GPU (on a CPU it is emulated and
@@ -41,6 +43,13 @@ pub fn candidates(device: Device) -> Vec<Candidate> {
         name: "fused-u8",
         rewrites: fused,
         min_psnr_db: 40.0,
+        tf32: false,
+    };
+    // Both reduced-precision variants feed whole pixel values to the first convolution (exact
+    // in fp16 and TF32): this model amplifies input rounding (optimize.rs).
+    let pixels = Rewrites {
+        pixels_into_first_conv: true,
+        ..fused
     };
     match device {
         Device::Cpu => vec![exact],
@@ -49,10 +58,16 @@ pub fn candidates(device: Device) -> Vec<Candidate> {
                 name: "fused-u8-fp16",
                 rewrites: Rewrites {
                     fp16: true,
-                    pixels_into_first_conv: true,
-                    ..fused
+                    ..pixels
                 },
                 min_psnr_db: 40.0,
+                tf32: false,
+            },
+            Candidate {
+                name: "fused-u8-tf32",
+                rewrites: pixels,
+                min_psnr_db: 40.0,
+                tf32: true,
             },
             exact,
         ],
@@ -68,6 +83,28 @@ pub fn pick(passed: &[(f64, f64)]) -> Option<usize> {
     (0..passed.len())
         .filter(|&i| passed[i].1 <= limit)
         .max_by(|&a, &b| passed[a].0.total_cmp(&passed[b].0))
+}
+
+/// Whether `variant` runs its convolutions in TF32 on `device` (else the process-wide setting).
+fn tf32_of(device: Device, variant: &str) -> bool {
+    candidates(device)
+        .iter()
+        .any(|c| c.name == variant && c.tf32)
+}
+
+/// Loads a chosen variant with the settings it was chosen with.
+fn load_choice(
+    env: &ort::environment::Environment,
+    cfg: &ModelConfig,
+    threads: usize,
+    device: Device,
+    choice: &Choice,
+) -> Result<Stylizer, ModelError> {
+    if tf32_of(device, &choice.variant) {
+        Stylizer::load_with_tf32(env, cfg, threads, device, &choice.path, true)
+    } else {
+        Stylizer::load_on(env, cfg, threads, device, &choice.path)
+    }
 }
 
 /// What was chosen, and why.
@@ -124,7 +161,7 @@ pub fn load_best(
         .as_ref()
         .and_then(|m| m.get(&key).cloned());
     if let Some(choice) = known {
-        let s = Stylizer::load_on(env, cfg, threads, device, &choice.path)?;
+        let s = load_choice(env, cfg, threads, device, &choice)?;
         return Ok((s, choice));
     }
     // Decided before by a process sharing this cache: every pipeline and every worker process
@@ -164,7 +201,7 @@ pub fn load_best(
             .insert(key.clone(), choice.clone());
     };
     if let Some(choice) = recorded(&decision) {
-        match Stylizer::load_on(env, cfg, threads, device, &choice.path) {
+        match load_choice(env, cfg, threads, device, &choice) {
             Ok(s) => {
                 info!(variant = %choice.variant, decision = %decision.display(), "model variant decided earlier");
                 remember(&choice);
@@ -175,8 +212,8 @@ pub fn load_best(
             }
         }
     }
-    // The reference: the original model on the same device.
-    let mut reference = Stylizer::load_on(env, cfg, threads, device, &cfg.path)?;
+    // The reference: the original model on the same device, in full fp32.
+    let mut reference = Stylizer::load_with_tf32(env, cfg, threads, device, &cfg.path, false)?;
     let style = reference.default_style();
     let samples = sample_frames();
     let mut expected = Vec::with_capacity(samples.len());
@@ -206,7 +243,12 @@ pub fn load_best(
             warn!(variant = c.name, error = %e, "model rewrite skipped");
             continue;
         }
-        let mut s = match Stylizer::load_on(env, cfg, threads, device, &path) {
+        let loaded = if c.tf32 {
+            Stylizer::load_with_tf32(env, cfg, threads, device, &path, true)
+        } else {
+            Stylizer::load_on(env, cfg, threads, device, &path)
+        };
+        let mut s = match loaded {
             Ok(s) => s,
             Err(e) => {
                 warn!(variant = c.name, error = %e, "rewritten model did not load; trying the next");
@@ -279,7 +321,7 @@ pub fn load_best(
     if linked.is_err() {
         if let Some(theirs) = recorded(&decision).filter(|t| t.variant != choice.variant) {
             info!(ours = %choice.variant, theirs = %theirs.variant, "another process decided first; using its model variant");
-            let s = Stylizer::load_on(env, cfg, threads, device, &theirs.path)?;
+            let s = load_choice(env, cfg, threads, device, &theirs)?;
             remember(&theirs);
             return Ok((s, theirs));
         }
@@ -407,9 +449,18 @@ mod tests {
     }
 
     #[test]
-    fn gpu_tries_fp16_first_and_cpu_never() {
-        assert!(candidates(Device::Cuda(0))[0].rewrites.fp16);
-        assert!(candidates(Device::Cpu).iter().all(|c| !c.rewrites.fp16));
+    fn gpu_tries_reduced_precision_first_and_cpu_never() {
+        let gpu = candidates(Device::Cuda(0));
+        assert!(gpu[0].rewrites.fp16);
+        assert!(gpu[1].tf32 && !gpu[1].rewrites.fp16);
+        // Both feed whole pixels to the first convolution; the exact one runs as published.
+        assert!(gpu[..2].iter().all(|c| c.rewrites.pixels_into_first_conv));
+        assert!(!gpu[2].tf32 && !gpu[2].rewrites.pixels_into_first_conv);
+        assert!(candidates(Device::Cpu)
+            .iter()
+            .all(|c| !c.rewrites.fp16 && !c.tf32));
+        assert!(tf32_of(Device::Cuda(0), "fused-u8-tf32"));
+        assert!(!tf32_of(Device::Cuda(0), "fused-u8") && !tf32_of(Device::Cpu, "fused-u8-tf32"));
     }
 
     #[test]
