@@ -123,7 +123,7 @@ PY
         vis=$(seq -s, 0 $((g - 1)))
         nvidia-smi --query-gpu=index,utilization.gpu --format=csv,noheader,nounits -lms 250 > "$OUT/util-g$g-p$p-b$b.csv" &
         smi=$!
-        env ${FW_ENV:-} CUDA_VISIBLE_DEVICES=$vis FRAMEWISE_WORKER__PIPELINES_PER_GPU=$p FRAMEWISE_LOG=info FRAMEWISE_WORKER__BATCH_FRAMES=$b \
+        env ${FW_ENV:-} CUDA_VISIBLE_DEVICES=$vis FRAMEWISE_WORKER__PIPELINES_PER_GPU=$p FRAMEWISE_LOG=${FW_LOG:-info} FRAMEWISE_WORKER__BATCH_FRAMES=$b \
           FRAMEWISE_COORDINATOR__CHUNK_SECONDS=${FW_CHUNK:-2} FRAMEWISE_WORKER__CUDA_BLOCKING_SYNC=$bs \
           $fw run "$clip" -o "$R/out-g$g-p$p-b$b.mp4" --device cuda --quiet --segment-seconds ${FW_SEGMENT:-20} \
           > "$OUT/run-g$g-p$p-b$b.log" 2>&1 &

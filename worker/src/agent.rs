@@ -65,6 +65,25 @@ enum Outcome {
     Committed,
 }
 
+/// Pays the process's one-time media start-up (media/warmup.rs) before the first lease; the
+/// pipelines of a multi-GPU worker start together and wait for the first one to finish it.
+fn warm_up_media_once(id: &str) {
+    static DONE: Mutex<bool> = Mutex::new(false);
+    let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
+    if *done {
+        return;
+    }
+    *done = true;
+    match crate::media::warmup::warm_up(&std::env::temp_dir()) {
+        Ok(took) => {
+            info!(worker_id = %id, ms = took.as_millis() as u64, "media pipelines warmed up")
+        }
+        Err(e) => {
+            warn!(worker_id = %id, error = %e, "media warm-up failed; the first lease pays the start-up")
+        }
+    }
+}
+
 impl Worker {
     /// Loads the runtime and the model for `device` (the best variant that passes its quality
     /// gate, see variant.rs); `threads` = ONNX Runtime intra-op threads.
@@ -75,6 +94,7 @@ impl Worker {
         device: Device,
     ) -> Result<Self, AgentError> {
         crate::media::init()?;
+        warm_up_media_once(&id);
         let mut model = if cfg.synthetic_model_ms_per_frame > 0 {
             warn!(
                 ms = cfg.synthetic_model_ms_per_frame,

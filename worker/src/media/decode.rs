@@ -60,6 +60,7 @@ fn decode_once(
     on_frame: &mut dyn FnMut(Frame) -> bool,
 ) -> Result<Outcome, MediaError> {
     let path = req.path;
+    let began = Instant::now();
     check_input(path)?;
     super::init()?;
     if req.frame_pts.is_empty() {
@@ -163,6 +164,9 @@ fn decode_once(
             })?;
     }
     set_state(&pipeline, path, gst::State::Playing, "decoding")?;
+    let playing_ms = began.elapsed().as_millis() as u64;
+    let mut first_sample_ms = None;
+    let mut dropped = 0u64;
 
     let wanted = req.frame_pts;
     let mut next = 0usize;
@@ -194,11 +198,13 @@ fn decode_once(
             continue;
         };
         last_progress = Instant::now();
+        first_sample_ms.get_or_insert(began.elapsed().as_millis() as u64);
         let Some(buf) = sample.buffer() else { continue };
         let Some(pts) = buf.pts().map(|t| t.nseconds()) else {
             continue;
         };
         if pts < wanted[next] {
+            dropped += 1;
             continue; // decoded from the keyframe before the range: drop
         }
         if pts > wanted[next] {
@@ -219,6 +225,17 @@ fn decode_once(
         }
         let Some(vi) = info.as_ref() else { continue };
         let frame = pack_rgb(buf, vi, pts).map_err(|e| err(&e))?;
+        if next == 0 {
+            // Where a range's start-up time goes: pipeline start (and seek), first decoded
+            // frame, frames decoded from the keyframe before the range and dropped.
+            tracing::debug!(
+                playing_ms,
+                first_sample_ms = first_sample_ms.unwrap_or_default(),
+                first_frame_ms = began.elapsed().as_millis() as u64,
+                dropped,
+                "decoder started"
+            );
+        }
         next += 1;
         if !on_frame(frame) {
             break;

@@ -6,6 +6,7 @@ pub mod assemble;
 pub mod decode;
 pub mod encode;
 pub mod probe;
+pub mod warmup;
 
 use crate::error::MediaError;
 use gstreamer as gst;
