@@ -1075,6 +1075,13 @@ mod tests {
         }
     }
 
+    /// The style model rewritten with `r`.
+    fn rewritten(r: Rewrites) -> (ModelProto, Report) {
+        let mut m = ModelProto::decode(model_bytes().as_slice()).unwrap();
+        let report = optimize_model(&mut m, &io(), r).unwrap();
+        (m, report)
+    }
+
     fn ops(m: &ModelProto) -> HashMap<String, usize> {
         let mut c = HashMap::new();
         for n in &m.graph.as_ref().unwrap().node {
@@ -1145,19 +1152,13 @@ mod tests {
 
     #[test]
     fn fp16_keeps_resize_scales_float_and_io_types() {
-        let mut m = ModelProto::decode(model_bytes().as_slice()).unwrap();
-        let r = optimize_model(
-            &mut m,
-            &io(),
-            Rewrites {
-                fuse_instance_norm: true,
-                uint8_io: true,
-                fp16: true,
-                dynamic_batch: true,
-                pixels_into_first_conv: false,
-            },
-        )
-        .unwrap();
+        let (m, r) = rewritten(Rewrites {
+            fuse_instance_norm: true,
+            uint8_io: true,
+            fp16: true,
+            dynamic_batch: true,
+            pixels_into_first_conv: false,
+        });
         assert!(r.fp16_tensors > 50, "{r:?}");
         let g = m.graph.as_ref().unwrap();
         let ix = Index::new(g);
@@ -1215,19 +1216,13 @@ mod tests {
 
     #[test]
     fn fp16_with_pixels_into_the_first_conv_needs_no_fp32_head() {
-        let mut m = ModelProto::decode(model_bytes().as_slice()).unwrap();
-        let r = optimize_model(
-            &mut m,
-            &io(),
-            Rewrites {
-                fuse_instance_norm: true,
-                uint8_io: true,
-                fp16: true,
-                dynamic_batch: false,
-                pixels_into_first_conv: true,
-            },
-        )
-        .unwrap();
+        let (m, r) = rewritten(Rewrites {
+            fuse_instance_norm: true,
+            uint8_io: true,
+            fp16: true,
+            dynamic_batch: false,
+            pixels_into_first_conv: true,
+        });
         assert!(r.pixels_into_first_conv, "{r:?}");
         let g = m.graph.as_ref().unwrap();
         let ix = Index::new(g);
