@@ -387,6 +387,9 @@ pub struct WorkerConfig {
     pub cuda_prefer_nhwc: bool,
     /// CUDA: a thread waiting for the GPU sleeps instead of spinning on a core that x264 could use.
     pub cuda_blocking_sync: bool,
+    /// CUDA: how cuDNN picks convolution algorithms on a session's first run at a frame size:
+    /// "exhaustive" (times them all: slow first run, fastest after), "heuristic" or "default".
+    pub cuda_conv_search: String,
     /// The worker's token when the coordinator has `tokens_file` (role worker); prefer `token_file`.
     pub token: String,
     pub token_file: PathBuf,
@@ -436,6 +439,7 @@ impl Default for WorkerConfig {
             cuda_tf32: false,
             cuda_prefer_nhwc: false,
             cuda_blocking_sync: true,
+            cuda_conv_search: "exhaustive".into(),
             token: String::new(),
             token_file: PathBuf::new(),
             tls_ca_file: PathBuf::new(),
@@ -757,6 +761,15 @@ impl Config {
                 ),
             );
         }
+        if !["exhaustive", "heuristic", "default"].contains(&w.cuda_conv_search.as_str()) {
+            return err(
+                "worker.cuda_conv_search",
+                format!(
+                    "{:?} is not one of exhaustive, heuristic, default",
+                    w.cuda_conv_search
+                ),
+            );
+        }
         if w.model.pad_multiple == 0 {
             return err("worker.model.pad_multiple", "must be at least 1".into());
         }
@@ -865,6 +878,20 @@ mod tests {
         let e = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(
             e.contains("c.toml") && e.contains("worker.encoder.preset") && e.contains("warp"),
+            "{e}"
+        );
+        let (_d, p) = write("[worker]\ncuda_conv_search = \"fast\"\n");
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(
+            e.contains("worker.cuda_conv_search")
+                && e.contains("\"fast\"")
+                && e.contains("heuristic"),
+            "{e}"
+        );
+        let (_d, p) = write("[worker]\noptimize = \"fused-u8-int8\"\n");
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(
+            e.contains("worker.optimize") && e.contains("fused-u8-tf32"),
             "{e}"
         );
         let (_d, p) = write("[coordinator]\nlease_ttl = 5\n");

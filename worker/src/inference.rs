@@ -49,12 +49,24 @@ pub struct CudaOptions {
     pub prefer_nhwc: bool,
     /// Threads waiting for the GPU sleep instead of spinning (cuda.rs).
     pub blocking_sync: bool,
+    /// How cuDNN picks convolution algorithms (`worker.cuda_conv_search`).
+    pub conv_search: ConvSearch,
+}
+
+/// `worker.cuda_conv_search`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvSearch {
+    #[default]
+    Exhaustive,
+    Heuristic,
+    Default,
 }
 
 static CUDA_OPTIONS: Mutex<CudaOptions> = Mutex::new(CudaOptions {
     tf32: false,
     prefer_nhwc: false,
     blocking_sync: true,
+    conv_search: ConvSearch::Exhaustive,
 });
 
 impl From<&framewise_common::config::WorkerConfig> for CudaOptions {
@@ -63,6 +75,11 @@ impl From<&framewise_common::config::WorkerConfig> for CudaOptions {
             tf32: c.cuda_tf32,
             prefer_nhwc: c.cuda_prefer_nhwc,
             blocking_sync: c.cuda_blocking_sync,
+            conv_search: match c.cuda_conv_search.as_str() {
+                "heuristic" => ConvSearch::Heuristic,
+                "default" => ConvSearch::Default,
+                _ => ConvSearch::Exhaustive,
+            },
         }
     }
 }
@@ -99,6 +116,9 @@ pub struct Stylizer {
     /// The model's batch dimension is dynamic (a rewritten model), so frames can share a run.
     batchable: bool,
     max_batch: usize,
+    /// Frame sizes this session has run: the first run at a new size is slow on a GPU
+    /// (cuDNN searches its convolution algorithms for the new shapes).
+    sizes_run: std::collections::HashSet<(u32, u32)>,
 }
 
 impl Stylizer {
@@ -157,6 +177,11 @@ impl Stylizer {
                 .with_device_id(n as i32)
                 .with_tf32(tf32)
                 .with_prefer_nhwc(o.prefer_nhwc)
+                .with_conv_algorithm_search(match o.conv_search {
+                    ConvSearch::Exhaustive => ort::ep::cuda::ConvAlgorithmSearch::Exhaustive,
+                    ConvSearch::Heuristic => ort::ep::cuda::ConvAlgorithmSearch::Heuristic,
+                    ConvSearch::Default => ort::ep::cuda::ConvAlgorithmSearch::Default,
+                })
                 .build()
                 .error_on_failure();
             builder = builder
@@ -179,6 +204,7 @@ impl Stylizer {
             synthetic: std::time::Duration::ZERO,
             batchable,
             max_batch: 1,
+            sizes_run: Default::default(),
         })
     }
 
@@ -230,7 +256,22 @@ impl Stylizer {
             synthetic: per_frame,
             batchable: false,
             max_batch: 1,
+            sizes_run: Default::default(),
         }
+    }
+
+    /// Runs one throw-away frame of `w`x`h` on a GPU session that has not run that size yet,
+    /// so the slow first run (cuDNN's search for the new shapes, 0.5–1.3 s at 720p on an
+    /// H200) overlaps the decoder's start instead of following it. Nothing to do on a CPU.
+    pub fn warm_up_size(&mut self, w: u32, h: u32) -> Result<(), ModelError> {
+        if !matches!(self.device, Device::Cuda(_)) || self.session.is_none() {
+            return Ok(());
+        }
+        if self.sizes_run.contains(&(w, h)) {
+            return Ok(());
+        }
+        let style = self.default_style();
+        self.stylize(&gradient(w, h), &style).map(|_| ())
     }
 
     /// Runs the model on one frame with the given style weights (ignored if the model has no style input).
@@ -290,6 +331,7 @@ impl Stylizer {
             return Err(run_err(&"this model takes one frame per run"));
         }
         let (w, h) = (first.width as usize, first.height as usize);
+        self.sizes_run.insert((first.width, first.height));
         let m = self.cfg.pad_multiple.max(1) as usize;
         let (pw, ph) = (w.div_ceil(m) * m, h.div_ceil(m) * m);
         let [lo, hi] = self.cfg.value_range;

@@ -211,9 +211,12 @@ pub fn run_segment(
             Ok((committed, busy))
         }).map_err(spawn_err)?;
 
+        // While the decoder starts: the session's first run at this size, if it has not had one.
+        let began = Instant::now();
+        model.warm_up_size(infer_size.0, infer_size.1)?;
+        let warm_up = began.elapsed();
         let mut i = start;
         let mut failure: Option<SegmentError> = None;
-        let began = Instant::now();
         let (mut waited, mut inferring) = (Duration::ZERO, Duration::ZERO);
         // The first frame's wait (decoder start, seek) and run (new shapes) apart from the rest.
         let (mut first_frame, mut first_infer) = (None, None);
@@ -293,6 +296,7 @@ pub fn run_segment(
             encode_ms = ms(encoding),
             first_frame_ms = ms(first_frame.unwrap_or_default()),
             first_infer_ms = ms(first_infer.unwrap_or_default()),
+            warm_up_ms = ms(warm_up),
             "segment stages"
         );
         if ctl.cancel.load(Ordering::Relaxed) {
