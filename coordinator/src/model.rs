@@ -97,6 +97,9 @@ pub struct Job {
     pub error: String,
     pub created_ms: u64,
     pub finished_ms: u64,
+    /// Stored in its own tree, written once when the probe lands (store.rs): it holds every
+    /// frame's timestamp, and the job record is rewritten on every state change.
+    #[serde(skip_serializing, default)]
     pub media: Option<Media>,
     /// Number of Segment tasks once planned (stealing adds more).
     pub segments: u32,

@@ -86,6 +86,8 @@ pub fn over_limits(m: &Media, l: &framewise_common::config::Limits) -> Option<St
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Changes {
     pub jobs: Vec<String>,
+    /// Jobs whose probe result (`Job::media`, stored apart) was just set.
+    pub media: Vec<String>,
     pub tasks: Vec<(String, u32)>,
     /// Objects nobody will read again (fenced attempts, refused chunks).
     pub garbage: Vec<String>,
@@ -99,13 +101,18 @@ impl Changes {
             self.jobs.push(id.to_string());
         }
     }
+    fn media(&mut self, id: &str) {
+        if !self.media.iter().any(|j| j == id) {
+            self.media.push(id.to_string());
+        }
+    }
     fn task(&mut self, job: &str, index: u32) {
         if !self.tasks.iter().any(|(j, i)| j == job && *i == index) {
             self.tasks.push((job.to_string(), index));
         }
     }
     pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty() && self.tasks.is_empty()
+        self.jobs.is_empty() && self.tasks.is_empty() && self.media.is_empty()
     }
 }
 
@@ -894,6 +901,7 @@ impl State {
                     50
                 };
                 job.media = Some(media);
+                ch.media(&key.0);
                 job.segments = ranges.len() as u32;
                 job.state = JobState::Running;
                 let id = job.id.clone();
@@ -1186,6 +1194,9 @@ impl State {
 fn merge(mut a: Changes, b: Changes) -> Changes {
     for j in b.jobs {
         a.job(&j);
+    }
+    for j in b.media {
+        a.media(&j);
     }
     for (j, i) in b.tasks {
         a.task(&j, i);

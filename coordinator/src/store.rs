@@ -1,5 +1,7 @@
 //! sled persistence: trees `jobs` and `tasks` (JSON records with a version
-//! field) and `meta` (schema version). The JobManager encodes the records a
+//! field), `media` (each job's probe result, apart from the job record, which is
+//! rewritten on every state change while this one holds every frame's
+//! timestamp and is written once) and `meta` (schema version). The JobManager encodes the records a
 //! change touched (`rows`); the writer thread (`writer.rs`) writes them
 //! atomically and flushes before the caller is answered.
 
@@ -28,11 +30,12 @@ pub enum StoreError {
 pub struct Rows {
     pub jobs: Vec<(Vec<u8>, Vec<u8>)>,
     pub tasks: Vec<(Vec<u8>, Vec<u8>)>,
+    pub media: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Rows {
     pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty() && self.tasks.is_empty()
+        self.jobs.is_empty() && self.tasks.is_empty() && self.media.is_empty()
     }
 }
 
@@ -43,6 +46,7 @@ pub struct Store {
     jobs: sled::Tree,
     tasks: sled::Tree,
     workers: sled::Tree,
+    media: sled::Tree,
 }
 
 /// How long opening waits for another handle's file lock to go.
@@ -109,20 +113,34 @@ impl Store {
         let jobs = db.open_tree("jobs").map_err(|e| open_err(&e))?;
         let tasks = db.open_tree("tasks").map_err(|e| open_err(&e))?;
         let workers = db.open_tree("workers").map_err(|e| open_err(&e))?;
+        let media = db.open_tree("media").map_err(|e| open_err(&e))?;
         Ok(Self {
             db,
             jobs,
             tasks,
             workers,
+            media,
         })
     }
 
-    /// Every stored job and task.
+    /// Every stored job (with its probe result) and task. A job written before the probe
+    /// result had its own tree carries it inline: it is copied to the media tree here, since
+    /// the job's next write leaves it out.
     pub fn load(&self) -> Result<(Vec<Job>, Vec<Task>), StoreError> {
+        let io = |e: sled::Error| StoreError::Io(e.to_string());
         let mut jobs = Vec::new();
         for kv in self.jobs.iter() {
-            let (k, v) = kv.map_err(|e| StoreError::Io(e.to_string()))?;
-            jobs.push(decode(&k, &v)?);
+            let (k, v) = kv.map_err(io)?;
+            let mut job: Job = decode(&k, &v)?;
+            match self.media.get(&k).map_err(io)? {
+                Some(m) => job.media = Some(decode(&k, &m)?),
+                None => {
+                    if let Some(m) = &job.media {
+                        self.media.insert(&k, encode(m)?).map_err(io)?;
+                    }
+                }
+            }
+            jobs.push(job);
         }
         let mut tasks = Vec::new();
         for kv in self.tasks.iter() {
@@ -176,15 +194,18 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let (job_rows, task_rows) = (&rows.jobs, &rows.tasks);
+        let (job_rows, task_rows, media_rows) = (&rows.jobs, &rows.tasks, &rows.media);
         // One tree changed (most leases and commits touch tasks only): a batch is atomic within
-        // a tree and much cheaper than a transaction across two.
-        let single = match (job_rows.is_empty(), task_rows.is_empty()) {
-            (true, _) => Some((&self.tasks, task_rows.as_slice())),
-            (_, true) => Some((&self.jobs, job_rows.as_slice())),
-            _ => None,
-        };
-        if let Some((tree, rows)) = single {
+        // a tree and much cheaper than a transaction across several.
+        let changed: Vec<_> = [
+            (&self.jobs, job_rows),
+            (&self.tasks, task_rows),
+            (&self.media, media_rows),
+        ]
+        .into_iter()
+        .filter(|(_, r)| !r.is_empty())
+        .collect();
+        if let [(tree, rows)] = changed[..] {
             let mut batch = sled::Batch::default();
             for (k, v) in rows {
                 batch.insert(k.as_slice(), v.as_slice());
@@ -193,13 +214,16 @@ impl Store {
                 .apply_batch(batch)
                 .map_err(|e| StoreError::Io(e.to_string()));
         }
-        (&self.jobs, &self.tasks)
-            .transaction(|(jt, tt)| {
+        (&self.jobs, &self.tasks, &self.media)
+            .transaction(|(jt, tt, mt)| {
                 for (k, v) in job_rows {
                     jt.insert(k.as_slice(), v.as_slice())?;
                 }
                 for (k, v) in task_rows {
                     tt.insert(k.as_slice(), v.as_slice())?;
+                }
+                for (k, v) in media_rows {
+                    mt.insert(k.as_slice(), v.as_slice())?;
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
@@ -219,6 +243,11 @@ pub fn rows(state: &State, ch: &Changes) -> Result<Rows, StoreError> {
     for (j, i) in &ch.tasks {
         if let Some(t) = state.tasks.get(&(j.clone(), *i)) {
             rows.tasks.push((task_key(j, *i), encode(t)?));
+        }
+    }
+    for id in &ch.media {
+        if let Some(m) = state.jobs.get(id).and_then(|j| j.media.as_ref()) {
+            rows.media.push((id.as_bytes().to_vec(), encode(m)?));
         }
     }
     Ok(rows)
@@ -255,6 +284,83 @@ mod tests {
         let (jobs, tasks) = store.load().unwrap();
         assert_eq!(jobs, s.jobs.values().cloned().collect::<Vec<_>>());
         assert_eq!(tasks, s.tasks.values().cloned().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_probe_result_is_written_once_apart_from_the_job_record() {
+        use crate::scheduler::Completion;
+        let dir = tempfile::tempdir().unwrap();
+        let rules = crate::scheduler::tests::rules();
+        let mut s = State::default();
+        let media = crate::model::Media {
+            width: 64,
+            height: 48,
+            fps_num: 10,
+            fps_den: 1,
+            duration_ns: 2_000 * 100_000_000,
+            frame_pts: (0..2_000).map(|i| i * 100_000_000).collect(),
+            keyframes: vec![0],
+            ..Default::default()
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let (_, _, ch) = s.submit(crate::scheduler::tests::new_job("j1", ""), 0, &rules);
+            store.persist(&s, &ch).unwrap();
+            let (g, ch) = s.lease("w", "probe".into(), 0, &rules).unwrap();
+            store.persist(&s, &ch).unwrap();
+            let (ok, ch) = s.complete(
+                "probe",
+                g.epoch,
+                Completion::Probe(media.clone()),
+                1,
+                &rules,
+            );
+            assert!(ok);
+            assert_eq!(ch.media, vec!["j1".to_string()]);
+            let written = rows(&s, &ch).unwrap();
+            assert_eq!(written.media.len(), 1);
+            // The job record (rewritten on every job change) stays small.
+            let (_, job) = &written.jobs[0];
+            assert!(job.len() < 2_000, "job record of {} bytes", job.len());
+            store.persist(&s, &ch).unwrap();
+            // A later change to the job rewrites its record only.
+            let (_, ch) = s.lease("w", "seg".into(), 2, &rules).unwrap();
+            assert!(rows(&s, &ch).unwrap().media.is_empty());
+            store.persist(&s, &ch).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let (jobs, tasks) = store.load().unwrap();
+        assert_eq!(jobs[0].media.as_ref(), Some(&media));
+        assert_eq!(jobs, s.jobs.values().cloned().collect::<Vec<_>>());
+        assert_eq!(tasks, s.tasks.values().cloned().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_job_stored_with_its_probe_result_inline_keeps_it() {
+        // How session 5 and earlier stored a probed job: the media inside the job record.
+        let dir = tempfile::tempdir().unwrap();
+        let rules = crate::scheduler::tests::rules();
+        let s = crate::scheduler::tests::planned_job(&rules, 30);
+        let job = s.jobs.values().next().unwrap().clone();
+        let mut old = serde_json::to_value(&job).unwrap();
+        old["media"] = serde_json::to_value(job.media.as_ref().unwrap()).unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .jobs
+                .insert(job.id.as_bytes(), serde_json::to_vec(&old).unwrap())
+                .unwrap();
+            let (jobs, _) = store.load().unwrap();
+            assert_eq!(jobs, vec![job.clone()]);
+            // Copied to the media tree, so the job's next (media-less) write loses nothing.
+            store
+                .jobs
+                .insert(job.id.as_bytes(), encode(&job).unwrap())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let (jobs, _) = Store::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(jobs, vec![job]);
     }
 
     #[test]

@@ -79,12 +79,14 @@ impl Writer {
 fn merge(batch: Vec<Msg>) -> (Rows, Vec<FlushWaiter>) {
     let mut jobs = BTreeMap::new();
     let mut tasks = BTreeMap::new();
+    let mut media = BTreeMap::new();
     let mut waiters = Vec::new();
     for m in batch {
         match m {
             Msg::Rows(r) => {
                 jobs.extend(r.jobs);
                 tasks.extend(r.tasks);
+                media.extend(r.media);
             }
             Msg::Wait(w) => waiters.push(w),
         }
@@ -92,6 +94,7 @@ fn merge(batch: Vec<Msg>) -> (Rows, Vec<FlushWaiter>) {
     let rows = Rows {
         jobs: jobs.into_iter().collect(),
         tasks: tasks.into_iter().collect(),
+        media: media.into_iter().collect(),
     };
     (rows, waiters)
 }
@@ -108,16 +111,19 @@ mod tests {
             Msg::Rows(Rows {
                 jobs: vec![row("j", "1")],
                 tasks: vec![row("t1", "a"), row("t2", "b")],
+                media: vec![row("j", "m")],
             }),
             Msg::Wait(tx),
             Msg::Rows(Rows {
                 jobs: vec![],
                 tasks: vec![row("t1", "c")],
+                media: vec![],
             }),
         ];
         let (rows, waiters) = merge(batch);
         assert_eq!(rows.jobs, vec![row("j", "1")]);
         assert_eq!(rows.tasks, vec![row("t1", "c"), row("t2", "b")]);
+        assert_eq!(rows.media, vec![row("j", "m")]);
         assert_eq!(waiters.len(), 1);
     }
 
@@ -127,8 +133,8 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let w = Writer::spawn(store.clone(), crate::metrics::Metrics::new().state_write).unwrap();
         let rows = |n: u32| Rows {
-            jobs: vec![],
             tasks: vec![(n.to_be_bytes().to_vec(), b"{}".to_vec())],
+            ..Rows::default()
         };
         for n in 0..100 {
             w.write(rows(n)).unwrap();
