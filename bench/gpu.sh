@@ -189,7 +189,8 @@ PY
     # coordinator: the release test binary packed by gpu-pack.sh, its framewise at the path it
     # was built with. Per-thread CPU of the coordinator over 3 s of the first run.
     [ -x "$R/processes-test" ] || { echo "no test binary packed"; exit 2; }
-    mkdir -p "$(dirname "$(cat "$R/bin-path")")"; ln -sf "$fw" "$(cat "$R/bin-path")"
+    # FW_COORD_BIN: another framewise build as the coordinator (a before/after in one call).
+    mkdir -p "$(dirname "$(cat "$R/bin-path")")"; ln -sf "${FW_COORD_BIN:-$fw}" "$(cat "$R/bin-path")"
     ulimit -n 65536 2>/dev/null
     for think in ${FW_THINK:-0 200}; do
       CARGO_MANIFEST_DIR=$PWD FW_BENCH_WORKERS=${FW_WORKERS:-1000} FW_BENCH_TASKS=${FW_TASKS:-100000} \
