@@ -870,6 +870,10 @@ fn coordinator_scale_benchmark() {
             "coordinator-side LeaseTask",
         ),
         ("framewise_state_write_seconds", "state write turns"),
+        (
+            "framewise_lease_queue_seconds",
+            "LeaseTask wait in the actor's mailbox",
+        ),
     ] {
         let all = bucket(name, "+Inf").max(1.0);
         println!(
@@ -878,6 +882,46 @@ fn coordinator_scale_benchmark() {
             100.0 * bucket(name, "0.005") / all,
             100.0 * bucket(name, "0.02") / all,
             100.0 * bucket(name, "0.05") / all
+        );
+    }
+    // The actor's own time per message kind: the longest handlers hold up every call behind them.
+    // `suffix` is count, sum or bucket{le="…"}; the text format puts `message` first.
+    let labelled = |kind: &str, suffix: &str| -> f64 {
+        let head = match suffix.split_once('{') {
+            Some((name, rest)) => format!(
+                "framewise_actor_handle_seconds_{name}{{message=\"{kind}\",{}",
+                rest.trim_end_matches('}')
+            ),
+            None => format!("framewise_actor_handle_seconds_{suffix}{{message=\"{kind}\"}}"),
+        };
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&head))
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    for kind in [
+        "lease",
+        "heartbeat",
+        "commit_chunk",
+        "complete",
+        "register",
+        "expire",
+        "tick",
+        "gauges",
+    ] {
+        let all = labelled(kind, "count");
+        if all == 0.0 {
+            continue;
+        }
+        let within = |le: &str| labelled(kind, &format!("bucket{{le=\"{le}\"}}"));
+        println!(
+            "| actor time, {kind}: within 0.1 / 1 / 5 / 20 ms | {:.2} / {:.2} / {:.3} / {:.3} % of {all}, {:.2} s in all |",
+            100.0 * within("0.0001") / all,
+            100.0 * within("0.001") / all,
+            100.0 * within("0.005") / all,
+            100.0 * within("0.02") / all,
+            labelled(kind, "sum")
         );
     }
     // Stalls the coordinator logged (a slow state write or tick delays every call behind it).

@@ -972,6 +972,7 @@ mod tests {
             m.send(manager::tests::register("auto-1")).await.unwrap();
             let lease = manager::LeaseTask {
                 worker_id: "auto-1".into(),
+                queued: std::time::Instant::now(),
             };
             assert!(m.send(lease).await.unwrap().unwrap().is_some());
             // The job is cancelled: the lease is dead (the worker learns it at its next

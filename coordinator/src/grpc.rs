@@ -374,6 +374,7 @@ impl pb::worker_service_server::WorkerService for Services {
             .manager
             .send(manager::LeaseTask {
                 worker_id: r.worker_id,
+                queued: std::time::Instant::now(),
             })
             .await
             .map_err(mailbox)?

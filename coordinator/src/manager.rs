@@ -296,6 +296,11 @@ impl Actor for JobManager {
         ctx.set_mailbox_capacity(1 << 14);
         let every = Duration::from_millis((self.rules.lease_ttl_ms / 4).clamp(100, 1000));
         ctx.run_interval(every, |act, _| {
+            let _timer = act
+                .metrics
+                .actor_handle
+                .with_label_values(&["expire"])
+                .start_timer();
             let ch = act.state.expire(now_ms(), &act.rules);
             if !ch.is_empty() {
                 warn!(tasks = ch.tasks.len(), "leases expired; tasks requeued");
@@ -307,7 +312,14 @@ impl Actor for JobManager {
                 act.dirty = false;
             }
         });
-        ctx.run_interval(Duration::from_secs(1), |act, _| act.tick());
+        ctx.run_interval(Duration::from_secs(1), |act, _| {
+            let _timer = act
+                .metrics
+                .actor_handle
+                .with_label_values(&["tick"])
+                .start_timer();
+            act.tick()
+        });
     }
 }
 
@@ -326,6 +338,11 @@ pub struct Submit {
 impl Handler<Submit> for JobManager {
     type Result = ResponseFuture<Result<(String, bool), CoordError>>;
     fn handle(&mut self, mut m: Submit, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self
+            .metrics
+            .actor_handle
+            .with_label_values(&["submit"])
+            .start_timer();
         // One submitter's key never finds another's job.
         if !m.owner.is_empty() && !m.idempotency_key.is_empty() {
             m.idempotency_key = format!("{}\u{1f}{}", m.owner, m.idempotency_key);
@@ -381,6 +398,11 @@ pub struct GetJob(pub String);
 impl Handler<GetJob> for JobManager {
     type Result = Result<JobView, CoordError>;
     fn handle(&mut self, m: GetJob, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self
+            .metrics
+            .actor_handle
+            .with_label_values(&["get_job"])
+            .start_timer();
         self.view(&m.0)
     }
 }
@@ -393,6 +415,11 @@ pub struct ListJobs;
 impl Handler<ListJobs> for JobManager {
     type Result = Vec<JobView>;
     fn handle(&mut self, _: ListJobs, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self
+            .metrics
+            .actor_handle
+            .with_label_values(&["list_jobs"])
+            .start_timer();
         let ids: Vec<String> = self.state.jobs.keys().cloned().collect();
         ids.iter().filter_map(|id| self.view(id).ok()).collect()
     }
@@ -406,6 +433,11 @@ pub struct Cancel(pub String);
 impl Handler<Cancel> for JobManager {
     type Result = ResponseFuture<Result<JobView, CoordError>>;
     fn handle(&mut self, m: Cancel, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self
+            .metrics
+            .actor_handle
+            .with_label_values(&["cancel"])
+            .start_timer();
         let r = (|| -> Result<JobView, CoordError> {
             let ch = self
                 .state
@@ -429,6 +461,11 @@ pub struct Register {
 impl Handler<Register> for JobManager {
     type Result = ();
     fn handle(&mut self, m: Register, _: &mut Context<Self>) {
+        let _timer = self
+            .metrics
+            .actor_handle
+            .with_label_values(&["register"])
+            .start_timer();
         info!(worker_id = %m.worker_id, hostname = %m.info.hostname, threads = m.info.threads, "worker registered");
         if let Err(e) = self.store.put_worker(&m.worker_id, &m.info) {
             warn!(worker_id = %m.worker_id, error = %e, "could not persist the worker");
@@ -443,11 +480,21 @@ impl Handler<Register> for JobManager {
 #[rtype(result = "Result<Option<Grant>, CoordError>")]
 pub struct LeaseTask {
     pub worker_id: String,
+    /// When the request was put in the mailbox (the wait there is a metric).
+    pub queued: std::time::Instant,
 }
 
 impl Handler<LeaseTask> for JobManager {
     type Result = ResponseFuture<Result<Option<Grant>, CoordError>>;
     fn handle(&mut self, m: LeaseTask, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self
+            .metrics
+            .actor_handle
+            .with_label_values(&["lease"])
+            .start_timer();
+        self.metrics
+            .lease_queue
+            .observe(m.queued.elapsed().as_secs_f64());
         let r = (|| -> Result<Option<Grant>, CoordError> {
             let now = now_ms();
             self.touch(&m.worker_id, now);
@@ -487,6 +534,11 @@ pub struct Heartbeat {
 impl Handler<Heartbeat> for JobManager {
     type Result = MessageResult<Heartbeat>;
     fn handle(&mut self, m: Heartbeat, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self
+            .metrics
+            .actor_handle
+            .with_label_values(&["heartbeat"])
+            .start_timer();
         let now = now_ms();
         self.touch(&m.worker_id, now);
         self.workers
@@ -513,6 +565,11 @@ pub struct CommitChunk {
 impl Handler<CommitChunk> for JobManager {
     type Result = ResponseFuture<Result<(bool, u64), CoordError>>;
     fn handle(&mut self, m: CommitChunk, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self
+            .metrics
+            .actor_handle
+            .with_label_values(&["commit_chunk"])
+            .start_timer();
         let r = (|| -> Result<(bool, u64), CoordError> {
             let now = now_ms();
             self.touch(&m.worker_id, now);
@@ -544,6 +601,11 @@ pub struct Complete {
 impl Handler<Complete> for JobManager {
     type Result = ResponseFuture<Result<bool, CoordError>>;
     fn handle(&mut self, m: Complete, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self
+            .metrics
+            .actor_handle
+            .with_label_values(&["complete"])
+            .start_timer();
         let r = (|| -> Result<bool, CoordError> {
             let (ok, ch) =
                 self.state
@@ -571,6 +633,11 @@ pub struct Fail {
 impl Handler<Fail> for JobManager {
     type Result = ResponseFuture<Result<(), CoordError>>;
     fn handle(&mut self, m: Fail, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self
+            .metrics
+            .actor_handle
+            .with_label_values(&["fail"])
+            .start_timer();
         let (_, ch) = self.state.fail(
             &m.lease_id,
             m.epoch,
@@ -597,6 +664,11 @@ pub struct Release {
 impl Handler<Release> for JobManager {
     type Result = ResponseFuture<Result<bool, CoordError>>;
     fn handle(&mut self, m: Release, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self
+            .metrics
+            .actor_handle
+            .with_label_values(&["release"])
+            .start_timer();
         let r = (|| -> Result<bool, CoordError> {
             let (ok, ch) = self.state.release(&m.lease_id, m.epoch, &m.reason);
             self.commit(&ch)?;
@@ -619,6 +691,11 @@ pub struct GetOverview;
 impl Handler<GetOverview> for JobManager {
     type Result = MessageResult<GetOverview>;
     fn handle(&mut self, _: GetOverview, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self
+            .metrics
+            .actor_handle
+            .with_label_values(&["overview"])
+            .start_timer();
         MessageResult(self.overview(now_ms()))
     }
 }
@@ -631,6 +708,11 @@ pub struct ListSummaries;
 impl Handler<ListSummaries> for JobManager {
     type Result = MessageResult<ListSummaries>;
     fn handle(&mut self, _: ListSummaries, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self
+            .metrics
+            .actor_handle
+            .with_label_values(&["summaries"])
+            .start_timer();
         MessageResult(views::job_summaries(&self.state, &self.progress))
     }
 }
@@ -643,6 +725,11 @@ pub struct GetDetail(pub String);
 impl Handler<GetDetail> for JobManager {
     type Result = Result<JobDetail, CoordError>;
     fn handle(&mut self, m: GetDetail, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self
+            .metrics
+            .actor_handle
+            .with_label_values(&["detail"])
+            .start_timer();
         views::job_detail(&self.state, &m.0, &self.progress).ok_or(CoordError::NotFound(m.0))
     }
 }
@@ -655,6 +742,11 @@ pub struct ListWorkers;
 impl Handler<ListWorkers> for JobManager {
     type Result = MessageResult<ListWorkers>;
     fn handle(&mut self, _: ListWorkers, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self
+            .metrics
+            .actor_handle
+            .with_label_values(&["workers"])
+            .start_timer();
         MessageResult(self.worker_views(now_ms()))
     }
 }
@@ -677,6 +769,11 @@ pub struct RefreshGauges;
 impl Handler<RefreshGauges> for JobManager {
     type Result = ();
     fn handle(&mut self, _: RefreshGauges, _: &mut Context<Self>) {
+        let _timer = self
+            .metrics
+            .actor_handle
+            .with_label_values(&["gauges"])
+            .start_timer();
         let _ = self.refresh_gauges(now_ms());
     }
 }
@@ -701,6 +798,11 @@ pub struct GetScaleFacts;
 impl Handler<GetScaleFacts> for JobManager {
     type Result = MessageResult<GetScaleFacts>;
     fn handle(&mut self, _: GetScaleFacts, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self
+            .metrics
+            .actor_handle
+            .with_label_values(&["scale_facts"])
+            .start_timer();
         let mut f = ScaleFacts::default();
         for job in self.state.jobs.values().filter(|j| !j.state.is_terminal()) {
             f.active_jobs += 1;
@@ -730,6 +832,11 @@ pub struct DrainWorkers(pub Vec<String>);
 impl Handler<DrainWorkers> for JobManager {
     type Result = MessageResult<DrainWorkers>;
     fn handle(&mut self, m: DrainWorkers, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self
+            .metrics
+            .actor_handle
+            .with_label_values(&["drain"])
+            .start_timer();
         use crate::autoscaler::belongs;
         let holders: Vec<String> = self.live_leases().map(|l| l.worker_id.clone()).collect();
         let mut idle = Vec::new();
@@ -809,6 +916,7 @@ pub(crate) mod tests {
             m.send(submit("b")).await.unwrap().unwrap();
             let lease = |w: &str| LeaseTask {
                 worker_id: w.into(),
+                queued: std::time::Instant::now(),
             };
             assert!(m.send(lease("auto-1")).await.unwrap().unwrap().is_some());
             let f = m.send(GetScaleFacts).await.unwrap();

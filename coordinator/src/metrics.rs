@@ -2,8 +2,8 @@
 //! JobManager refreshes every tick, rendered in the text format at /metrics.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the coordinator exports, registered in its own registry.
@@ -23,6 +23,10 @@ pub struct Metrics {
     pub lease_latency: Histogram,
     /// The writer thread's turns (write + fsync): every durable reply waits for one or two.
     pub state_write: Histogram,
+    /// The JobManager's own time per message kind: a slow handler delays every call behind it.
+    pub actor_handle: HistogramVec,
+    /// How long a LeaseTask waited in the JobManager's mailbox before it was handled.
+    pub lease_queue: Histogram,
     /// Workers the autoscaler wants now, and the live ones its backend runs.
     pub autoscaler_desired: IntGauge,
     pub autoscaler_current: IntGauge,
@@ -95,6 +99,20 @@ impl Metrics {
             "framewise_state_write_seconds",
             "Time to write and flush one turn of coordinator state changes",
         );
+        let actor_handle = must(HistogramVec::new(
+            HistogramOpts::new(
+                "framewise_actor_handle_seconds",
+                "Time the JobManager spends handling one message, by kind",
+            )
+            .buckets(vec![
+                0.00005, 0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
+            ]),
+            &["message"],
+        ));
+        let lease_queue = latency(
+            "framewise_lease_queue_seconds",
+            "Time a LeaseTask waits in the JobManager's mailbox",
+        );
         let autoscaler_desired = must(IntGauge::new(
             "framewise_autoscaler_desired_workers",
             "Workers the autoscaler wants for the current queue",
@@ -126,6 +144,8 @@ impl Metrics {
             Box::new(queue_frames.clone()),
             Box::new(lease_latency.clone()),
             Box::new(state_write.clone()),
+            Box::new(actor_handle.clone()),
+            Box::new(lease_queue.clone()),
             Box::new(autoscaler_desired.clone()),
             Box::new(autoscaler_current.clone()),
             Box::new(autoscaler_decisions.clone()),
@@ -146,6 +166,8 @@ impl Metrics {
             queue_frames,
             lease_latency,
             state_write,
+            actor_handle,
+            lease_queue,
             autoscaler_desired,
             autoscaler_current,
             autoscaler_decisions,
