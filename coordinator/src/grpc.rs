@@ -271,6 +271,9 @@ impl pb::job_service_server::JobService for Services {
             })
             .await
             .map_err(mailbox)?
+            .map_err(status)?
+            .wait()
+            .await
             .map_err(status)?;
         Ok(Response::new(pb::SubmitJobResponse { job_id, existing }))
     }
@@ -318,6 +321,9 @@ impl pb::job_service_server::JobService for Services {
             .send(manager::Cancel(id))
             .await
             .map_err(mailbox)?
+            .map_err(status)?
+            .wait()
+            .await
             .map_err(status)?;
         Ok(Response::new(job_to(&v)))
     }
@@ -378,6 +384,9 @@ impl pb::worker_service_server::WorkerService for Services {
             })
             .await
             .map_err(mailbox)?
+            .map_err(status)?
+            .wait()
+            .await
             .map_err(status)?;
         timer.observe_duration();
         Ok(Response::new(match grant {
@@ -439,6 +448,9 @@ impl pb::worker_service_server::WorkerService for Services {
             })
             .await
             .map_err(mailbox)?
+            .map_err(status)?
+            .wait()
+            .await
             .map_err(status)?;
         Ok(Response::new(pb::CompleteChunkResponse {
             accepted,
@@ -463,6 +475,9 @@ impl pb::worker_service_server::WorkerService for Services {
             })
             .await
             .map_err(mailbox)?
+            .map_err(status)?
+            .wait()
+            .await
             .map_err(status)?;
         Ok(Response::new(pb::CompleteTaskResponse { accepted }))
     }
@@ -482,6 +497,9 @@ impl pb::worker_service_server::WorkerService for Services {
             })
             .await
             .map_err(mailbox)?
+            .map_err(status)?
+            .wait()
+            .await
             .map_err(status)?;
         Ok(Response::new(pb::FailTaskResponse {}))
     }
@@ -502,6 +520,9 @@ impl pb::worker_service_server::WorkerService for Services {
             })
             .await
             .map_err(mailbox)?
+            .map_err(status)?
+            .wait()
+            .await
             .map_err(status)?;
         Ok(Response::new(pb::ReleaseResponse { released }))
     }

@@ -236,23 +236,12 @@ impl JobManager {
         Ok(())
     }
 
-    /// Replies only once what the handler wrote is on disk. Concurrent handlers share one
-    /// write and fsync (group commit): the writer thread serves every waiter queued before its turn.
-    fn durably<T: 'static>(
-        &mut self,
-        r: Result<T, CoordError>,
-    ) -> ResponseFuture<Result<T, CoordError>> {
-        let waiter = std::mem::take(&mut self.dirty).then(|| self.writer.flushed());
-        Box::pin(async move {
-            let v = r?;
-            if let Some(rx) = waiter {
-                let flushed = rx
-                    .await
-                    .map_err(|_| StoreError::Io("the state writer thread stopped".into()))?;
-                flushed.map_err(|e| CoordError::Store(StoreError::Io(e)))?;
-            }
-            Ok(v)
-        })
+    /// Pairs the reply with the writer's answer for what the handler wrote, which the caller
+    /// awaits (`Durable::wait`). Concurrent handlers share one write and fsync (group commit):
+    /// the writer thread serves every waiter queued before its turn.
+    fn durably<T>(&mut self, r: Result<T, CoordError>) -> Result<Durable<T>, CoordError> {
+        let flushed = std::mem::take(&mut self.dirty).then(|| self.writer.flushed());
+        r.map(|value| Durable { value, flushed })
     }
 
     /// Leases (primary and speculative) of jobs still active. A lease of a cancelled or failed
@@ -284,6 +273,27 @@ impl JobManager {
                 None
             },
         })
+    }
+}
+
+/// A handler's reply and, if it changed state, the writer's word that the change is on disk.
+/// The caller waits for that on its own task, not on the JobManager's thread: waiting there
+/// queued every durable reply behind the actor's mailbox (LeaseTask's latency tail).
+pub struct Durable<T> {
+    value: T,
+    flushed: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+}
+
+impl<T> Durable<T> {
+    /// The reply, once what its handler wrote is on disk.
+    pub async fn wait(self) -> Result<T, CoordError> {
+        if let Some(rx) = self.flushed {
+            let flushed = rx
+                .await
+                .map_err(|_| StoreError::Io("the state writer thread stopped".into()))?;
+            flushed.map_err(|e| CoordError::Store(StoreError::Io(e)))?;
+        }
+        Ok(self.value)
     }
 }
 
@@ -325,7 +335,7 @@ impl Actor for JobManager {
 
 /// Accept a job.
 #[derive(Message)]
-#[rtype(result = "Result<(String, bool), CoordError>")]
+#[rtype(result = "Result<Durable<(String, bool)>, CoordError>")]
 pub struct Submit {
     pub input_url: String,
     pub output_url: String,
@@ -336,7 +346,7 @@ pub struct Submit {
 }
 
 impl Handler<Submit> for JobManager {
-    type Result = ResponseFuture<Result<(String, bool), CoordError>>;
+    type Result = Result<Durable<(String, bool)>, CoordError>;
     fn handle(&mut self, mut m: Submit, _: &mut Context<Self>) -> Self::Result {
         let _timer = self
             .metrics
@@ -427,11 +437,11 @@ impl Handler<ListJobs> for JobManager {
 
 /// Cancel a job.
 #[derive(Message)]
-#[rtype(result = "Result<JobView, CoordError>")]
+#[rtype(result = "Result<Durable<JobView>, CoordError>")]
 pub struct Cancel(pub String);
 
 impl Handler<Cancel> for JobManager {
-    type Result = ResponseFuture<Result<JobView, CoordError>>;
+    type Result = Result<Durable<JobView>, CoordError>;
     fn handle(&mut self, m: Cancel, _: &mut Context<Self>) -> Self::Result {
         let _timer = self
             .metrics
@@ -477,7 +487,7 @@ impl Handler<Register> for JobManager {
 
 /// A worker asks for work.
 #[derive(Message)]
-#[rtype(result = "Result<Option<Grant>, CoordError>")]
+#[rtype(result = "Result<Durable<Option<Grant>>, CoordError>")]
 pub struct LeaseTask {
     pub worker_id: String,
     /// When the request was put in the mailbox (the wait there is a metric).
@@ -485,7 +495,7 @@ pub struct LeaseTask {
 }
 
 impl Handler<LeaseTask> for JobManager {
-    type Result = ResponseFuture<Result<Option<Grant>, CoordError>>;
+    type Result = Result<Durable<Option<Grant>>, CoordError>;
     fn handle(&mut self, m: LeaseTask, _: &mut Context<Self>) -> Self::Result {
         let _timer = self
             .metrics
@@ -552,7 +562,7 @@ impl Handler<Heartbeat> for JobManager {
 
 /// A worker commits one chunk checkpoint.
 #[derive(Message)]
-#[rtype(result = "Result<(bool, u64), CoordError>")]
+#[rtype(result = "Result<Durable<(bool, u64)>, CoordError>")]
 pub struct CommitChunk {
     pub worker_id: String,
     pub lease_id: String,
@@ -563,7 +573,7 @@ pub struct CommitChunk {
 }
 
 impl Handler<CommitChunk> for JobManager {
-    type Result = ResponseFuture<Result<(bool, u64), CoordError>>;
+    type Result = Result<Durable<(bool, u64)>, CoordError>;
     fn handle(&mut self, m: CommitChunk, _: &mut Context<Self>) -> Self::Result {
         let _timer = self
             .metrics
@@ -591,7 +601,7 @@ impl Handler<CommitChunk> for JobManager {
 
 /// A worker commits its result.
 #[derive(Message)]
-#[rtype(result = "Result<bool, CoordError>")]
+#[rtype(result = "Result<Durable<bool>, CoordError>")]
 pub struct Complete {
     pub lease_id: String,
     pub epoch: u64,
@@ -599,7 +609,7 @@ pub struct Complete {
 }
 
 impl Handler<Complete> for JobManager {
-    type Result = ResponseFuture<Result<bool, CoordError>>;
+    type Result = Result<Durable<bool>, CoordError>;
     fn handle(&mut self, m: Complete, _: &mut Context<Self>) -> Self::Result {
         let _timer = self
             .metrics
@@ -622,7 +632,7 @@ impl Handler<Complete> for JobManager {
 
 /// A worker reports a failed attempt.
 #[derive(Message)]
-#[rtype(result = "Result<(), CoordError>")]
+#[rtype(result = "Result<Durable<()>, CoordError>")]
 pub struct Fail {
     pub lease_id: String,
     pub epoch: u64,
@@ -631,7 +641,7 @@ pub struct Fail {
 }
 
 impl Handler<Fail> for JobManager {
-    type Result = ResponseFuture<Result<(), CoordError>>;
+    type Result = Result<Durable<()>, CoordError>;
     fn handle(&mut self, m: Fail, _: &mut Context<Self>) -> Self::Result {
         let _timer = self
             .metrics
@@ -653,7 +663,7 @@ impl Handler<Fail> for JobManager {
 
 /// A worker gives its lease back (eviction notice, drain).
 #[derive(Message)]
-#[rtype(result = "Result<bool, CoordError>")]
+#[rtype(result = "Result<Durable<bool>, CoordError>")]
 pub struct Release {
     pub worker_id: String,
     pub lease_id: String,
@@ -662,7 +672,7 @@ pub struct Release {
 }
 
 impl Handler<Release> for JobManager {
-    type Result = ResponseFuture<Result<bool, CoordError>>;
+    type Result = Result<Durable<bool>, CoordError>;
     fn handle(&mut self, m: Release, _: &mut Context<Self>) -> Self::Result {
         let _timer = self
             .metrics
@@ -912,13 +922,33 @@ pub(crate) mod tests {
                 m.send(register(w)).await.unwrap();
             }
             // Two jobs, so two probes are pending; auto-1 takes one.
-            m.send(submit("a")).await.unwrap().unwrap();
-            m.send(submit("b")).await.unwrap().unwrap();
+            m.send(submit("a"))
+                .await
+                .unwrap()
+                .unwrap()
+                .wait()
+                .await
+                .unwrap();
+            m.send(submit("b"))
+                .await
+                .unwrap()
+                .unwrap()
+                .wait()
+                .await
+                .unwrap();
             let lease = |w: &str| LeaseTask {
                 worker_id: w.into(),
                 queued: std::time::Instant::now(),
             };
-            assert!(m.send(lease("auto-1")).await.unwrap().unwrap().is_some());
+            assert!(m
+                .send(lease("auto-1"))
+                .await
+                .unwrap()
+                .unwrap()
+                .wait()
+                .await
+                .unwrap()
+                .is_some());
             let f = m.send(GetScaleFacts).await.unwrap();
             assert_eq!((f.active_jobs, f.frames_left), (2, 0));
             assert_eq!(f.lease_holders.keys().collect::<Vec<_>>(), ["auto-1"]);
@@ -928,11 +958,35 @@ pub(crate) mod tests {
                 .await
                 .unwrap();
             assert_eq!(drained, ["auto-2"]);
-            assert!(m.send(lease("auto-2")).await.unwrap().unwrap().is_none());
-            assert!(m.send(lease("auto-2-1")).await.unwrap().unwrap().is_none());
+            assert!(m
+                .send(lease("auto-2"))
+                .await
+                .unwrap()
+                .unwrap()
+                .wait()
+                .await
+                .unwrap()
+                .is_none());
+            assert!(m
+                .send(lease("auto-2-1"))
+                .await
+                .unwrap()
+                .unwrap()
+                .wait()
+                .await
+                .unwrap()
+                .is_none());
             // A new process registering under the id may work again.
             m.send(register("auto-2")).await.unwrap();
-            assert!(m.send(lease("auto-2")).await.unwrap().unwrap().is_some());
+            assert!(m
+                .send(lease("auto-2"))
+                .await
+                .unwrap()
+                .unwrap()
+                .wait()
+                .await
+                .unwrap()
+                .is_some());
             actix::System::current().stop();
         });
     }

@@ -294,7 +294,10 @@ async fn submit(
         .await
         .map_err(|e| SubmitError::Later(format!("coordinator busy: {e}")))?;
     match r {
-        Ok(v) => Ok(v),
+        Ok(v) => v
+            .wait()
+            .await
+            .map_err(|e| SubmitError::Later(e.to_string())),
         Err(CoordError::Invalid(w)) => Err(SubmitError::Refused(w)),
         Err(e) => Err(SubmitError::Later(e.to_string())),
     }
