@@ -964,14 +964,7 @@ mod tests {
             let v = until(&a, "a first look", |v| !v.decisions.is_empty()).await;
             assert_eq!((v.current, v.desired), (0, 0));
             // A job (not probed yet): one worker.
-            let (job, _) = m
-                .send(manager::tests::submit("a"))
-                .await
-                .unwrap()
-                .unwrap()
-                .wait()
-                .await
-                .unwrap();
+            let (job, _) = manager::tests::ask(&m, manager::tests::submit("a")).await;
             let v = until(&a, "a worker started", |v| v.current == 1).await;
             assert_eq!(v.workers[0].id, "auto-1");
             assert_eq!(v.started_total, 1);
@@ -981,24 +974,10 @@ mod tests {
                 worker_id: "auto-1".into(),
                 queued: std::time::Instant::now(),
             };
-            assert!(m
-                .send(lease)
-                .await
-                .unwrap()
-                .unwrap()
-                .wait()
-                .await
-                .unwrap()
-                .is_some());
+            assert!(manager::tests::ask(&m, lease).await.is_some());
             // The job is cancelled: the lease is dead (the worker learns it at its next
             // heartbeat), so the worker is stopped after the cooldown.
-            m.send(manager::Cancel(job))
-                .await
-                .unwrap()
-                .unwrap()
-                .wait()
-                .await
-                .unwrap();
+            manager::tests::ask(&m, manager::Cancel(job)).await;
             let v = until(&a, "drained after the cooldown", |v| v.current == 0).await;
             assert_eq!(f.0.lock().unwrap().drained, ["auto-1"]);
             let last_down = v
@@ -1016,13 +995,7 @@ mod tests {
                 .contains("framewise_autoscaler_current_workers 0"));
             // A worker that dies as soon as it starts: after three in a row, starts pause.
             f.0.lock().unwrap().crash = true;
-            m.send(manager::tests::submit("b"))
-                .await
-                .unwrap()
-                .unwrap()
-                .wait()
-                .await
-                .unwrap();
+            manager::tests::ask(&m, manager::tests::submit("b")).await;
             let v = until(&a, "starts paused", |v| {
                 v.decisions.iter().any(|r| {
                     r.last_reason

@@ -875,6 +875,16 @@ pub(crate) mod tests {
     use super::*;
     use crate::scheduler::tests::rules;
 
+    /// Sends a message whose reply is durable and waits for it (test code: any error panics).
+    pub(crate) async fn ask<M, T>(m: &Addr<JobManager>, msg: M) -> T
+    where
+        M: Message<Result = Result<Durable<T>, CoordError>> + Send + 'static,
+        T: Send + 'static,
+        JobManager: Handler<M>,
+    {
+        m.send(msg).await.unwrap().unwrap().wait().await.unwrap()
+    }
+
     pub(crate) fn submit(key: &str) -> Submit {
         Submit {
             input_url: format!("/in/{key}.mp4"),
@@ -922,33 +932,13 @@ pub(crate) mod tests {
                 m.send(register(w)).await.unwrap();
             }
             // Two jobs, so two probes are pending; auto-1 takes one.
-            m.send(submit("a"))
-                .await
-                .unwrap()
-                .unwrap()
-                .wait()
-                .await
-                .unwrap();
-            m.send(submit("b"))
-                .await
-                .unwrap()
-                .unwrap()
-                .wait()
-                .await
-                .unwrap();
+            ask(&m, submit("a")).await;
+            ask(&m, submit("b")).await;
             let lease = |w: &str| LeaseTask {
                 worker_id: w.into(),
                 queued: std::time::Instant::now(),
             };
-            assert!(m
-                .send(lease("auto-1"))
-                .await
-                .unwrap()
-                .unwrap()
-                .wait()
-                .await
-                .unwrap()
-                .is_some());
+            assert!(ask(&m, lease("auto-1")).await.is_some());
             let f = m.send(GetScaleFacts).await.unwrap();
             assert_eq!((f.active_jobs, f.frames_left), (2, 0));
             assert_eq!(f.lease_holders.keys().collect::<Vec<_>>(), ["auto-1"]);
@@ -958,35 +948,11 @@ pub(crate) mod tests {
                 .await
                 .unwrap();
             assert_eq!(drained, ["auto-2"]);
-            assert!(m
-                .send(lease("auto-2"))
-                .await
-                .unwrap()
-                .unwrap()
-                .wait()
-                .await
-                .unwrap()
-                .is_none());
-            assert!(m
-                .send(lease("auto-2-1"))
-                .await
-                .unwrap()
-                .unwrap()
-                .wait()
-                .await
-                .unwrap()
-                .is_none());
+            assert!(ask(&m, lease("auto-2")).await.is_none());
+            assert!(ask(&m, lease("auto-2-1")).await.is_none());
             // A new process registering under the id may work again.
             m.send(register("auto-2")).await.unwrap();
-            assert!(m
-                .send(lease("auto-2"))
-                .await
-                .unwrap()
-                .unwrap()
-                .wait()
-                .await
-                .unwrap()
-                .is_some());
+            assert!(ask(&m, lease("auto-2")).await.is_some());
             actix::System::current().stop();
         });
     }
