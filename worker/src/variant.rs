@@ -234,6 +234,12 @@ pub fn load_best(
     let mut reference_ms: Option<f64> = None; // timed once, when a candidate first needs it
     let mut accepted = Vec::new(); // (session, choice, ms per probe frame)
     let pinned = candidates(device).iter().any(|c| c.name == optimize_mode);
+    if !pinned && !["auto", "on"].contains(&optimize_mode) {
+        // A variant another device offers (fp16 or TF32 on a CPU worker sharing a GPU
+        // worker's config): this device's own candidates, gated, instead.
+        let offered: Vec<&str> = candidates(device).iter().map(|c| c.name).collect();
+        warn!(optimize = optimize_mode, %device, offered = ?offered, "this model variant is not offered on this device; choosing among its own");
+    }
     for c in candidates(device) {
         if pinned && c.name != optimize_mode {
             continue;
