@@ -419,12 +419,19 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
     let devices = plan_pipelines(&wcfg, Some(a.sessions))?;
     let threads = intra_threads(a.threads, devices[0], a.sessions);
     let env = runtime(&wcfg.onnxruntime_lib)?;
-    framewise_worker::inference::set_cuda_options((&wcfg).into());
     let cache = cache_dir(&wcfg.model_cache_dir, &wcfg.model.path);
     let mut models = Vec::with_capacity(devices.len());
     let mut variant = String::new();
     for &d in &devices {
-        let (mut m, choice) = load_best(env, &wcfg.model, threads, d, &wcfg.optimize, &cache)?;
+        let (mut m, choice) = load_best(
+            env,
+            &wcfg.model,
+            threads,
+            d,
+            &wcfg.optimize,
+            &cache,
+            (&wcfg).into(),
+        )?;
         m.set_max_batch(batch);
         variant = match choice.psnr_db {
             Some(p) => format!("{} ({p:.1} dB vs the original)", choice.variant),

@@ -7,7 +7,7 @@ mod common;
 use common::{psnr, repo};
 use framewise_common::config::ModelConfig;
 use framewise_common::device::Device;
-use framewise_worker::inference::{gradient, runtime, Stylizer};
+use framewise_worker::inference::{gradient, runtime, CudaOptions, Stylizer};
 use framewise_worker::variant::{load_best, Choice};
 
 fn cfg() -> ModelConfig {
@@ -29,6 +29,7 @@ fn best(cache: &std::path::Path, mode: &str) -> (Stylizer, Choice) {
         Device::Cpu,
         mode,
         cache,
+        CudaOptions::default(),
     )
     .unwrap()
 }
@@ -174,7 +175,15 @@ fn pixels_into_the_first_convolution_keep_the_pictures() {
     let load = |name: &str, b: &[u8]| {
         let p = dir.path().join(name);
         std::fs::write(&p, b).unwrap();
-        Stylizer::load_on(runtime(&lib()).unwrap(), &cfg(), 1, Device::Cpu, &p).unwrap()
+        Stylizer::load_on(
+            runtime(&lib()).unwrap(),
+            &cfg(),
+            1,
+            Device::Cpu,
+            &p,
+            CudaOptions::default(),
+        )
+        .unwrap()
     };
     let (mut a, mut b) = (load("plain.onnx", &plain), load("moved.onnx", &moved));
     let clip = dir.path().join("clip.mp4");

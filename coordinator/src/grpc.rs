@@ -260,21 +260,19 @@ impl pb::job_service_server::JobService for Services {
                 "idempotency_key: at most 256 bytes",
             ));
         }
-        let (job_id, existing) = self
-            .manager
-            .send(manager::Submit {
+        let (job_id, existing) = manager::ask(
+            &self.manager,
+            manager::Submit {
                 input_url: spec.input_url,
                 output_url: spec.output_url,
                 params: params_from(spec.params),
                 idempotency_key: r.idempotency_key,
                 owner: who.owner().to_string(),
-            })
-            .await
-            .map_err(mailbox)?
-            .map_err(status)?
-            .wait()
-            .await
-            .map_err(status)?;
+            },
+        )
+        .await
+        .map_err(mailbox)?
+        .map_err(status)?;
         Ok(Response::new(pb::SubmitJobResponse { job_id, existing }))
     }
 
@@ -316,14 +314,9 @@ impl pb::job_service_server::JobService for Services {
         let who = require(&self.tokens, &req, SUBMITTERS)?;
         let id = req.into_inner().job_id;
         self.job_for(&who, &id, Identity::may_cancel).await?;
-        let v = self
-            .manager
-            .send(manager::Cancel(id))
+        let v = manager::ask(&self.manager, manager::Cancel(id))
             .await
             .map_err(mailbox)?
-            .map_err(status)?
-            .wait()
-            .await
             .map_err(status)?;
         Ok(Response::new(job_to(&v)))
     }
@@ -376,18 +369,16 @@ impl pb::worker_service_server::WorkerService for Services {
         let r = req.into_inner();
         need_worker(&r.worker_id)?;
         let timer = self.metrics.lease_latency.start_timer();
-        let grant = self
-            .manager
-            .send(manager::LeaseTask {
+        let grant = manager::ask(
+            &self.manager,
+            manager::LeaseTask {
                 worker_id: r.worker_id,
                 queued: std::time::Instant::now(),
-            })
-            .await
-            .map_err(mailbox)?
-            .map_err(status)?
-            .wait()
-            .await
-            .map_err(status)?;
+            },
+        )
+        .await
+        .map_err(mailbox)?
+        .map_err(status)?;
         timer.observe_duration();
         Ok(Response::new(match grant {
             Some(g) => {
@@ -436,22 +427,20 @@ impl pb::worker_service_server::WorkerService for Services {
         if r.url.len() > 4096 {
             return Err(Status::invalid_argument("url: at most 4096 bytes"));
         }
-        let (accepted, end_frame) = self
-            .manager
-            .send(manager::CommitChunk {
+        let (accepted, end_frame) = manager::ask(
+            &self.manager,
+            manager::CommitChunk {
                 worker_id: r.worker_id,
                 lease_id: r.lease_id,
                 epoch: r.epoch,
                 start: r.start_frame,
                 end: r.end_frame,
                 url: r.url,
-            })
-            .await
-            .map_err(mailbox)?
-            .map_err(status)?
-            .wait()
-            .await
-            .map_err(status)?;
+            },
+        )
+        .await
+        .map_err(mailbox)?
+        .map_err(status)?;
         Ok(Response::new(pb::CompleteChunkResponse {
             accepted,
             end_frame,
@@ -466,19 +455,17 @@ impl pb::worker_service_server::WorkerService for Services {
         let result = r
             .result
             .ok_or_else(|| Status::invalid_argument("result: missing"))?;
-        let accepted = self
-            .manager
-            .send(manager::Complete {
+        let accepted = manager::ask(
+            &self.manager,
+            manager::Complete {
                 lease_id: r.lease_id,
                 epoch: r.epoch,
                 result: completion_from(result),
-            })
-            .await
-            .map_err(mailbox)?
-            .map_err(status)?
-            .wait()
-            .await
-            .map_err(status)?;
+            },
+        )
+        .await
+        .map_err(mailbox)?
+        .map_err(status)?;
         Ok(Response::new(pb::CompleteTaskResponse { accepted }))
     }
 
@@ -488,19 +475,18 @@ impl pb::worker_service_server::WorkerService for Services {
     ) -> Result<Response<pb::FailTaskResponse>, Status> {
         let r = req.into_inner();
         let error: String = r.error.chars().take(4000).collect();
-        self.manager
-            .send(manager::Fail {
+        manager::ask(
+            &self.manager,
+            manager::Fail {
                 lease_id: r.lease_id,
                 epoch: r.epoch,
                 error,
                 permanent: r.permanent,
-            })
-            .await
-            .map_err(mailbox)?
-            .map_err(status)?
-            .wait()
-            .await
-            .map_err(status)?;
+            },
+        )
+        .await
+        .map_err(mailbox)?
+        .map_err(status)?;
         Ok(Response::new(pb::FailTaskResponse {}))
     }
 
@@ -510,20 +496,18 @@ impl pb::worker_service_server::WorkerService for Services {
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         let r = req.into_inner();
         let reason: String = r.reason.chars().take(500).collect();
-        let released = self
-            .manager
-            .send(manager::Release {
+        let released = manager::ask(
+            &self.manager,
+            manager::Release {
                 worker_id: r.worker_id,
                 lease_id: r.lease_id,
                 epoch: r.epoch,
                 reason,
-            })
-            .await
-            .map_err(mailbox)?
-            .map_err(status)?
-            .wait()
-            .await
-            .map_err(status)?;
+            },
+        )
+        .await
+        .map_err(mailbox)?
+        .map_err(status)?;
         Ok(Response::new(pb::ReleaseResponse { released }))
     }
 }

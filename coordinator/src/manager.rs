@@ -236,6 +236,14 @@ impl JobManager {
         Ok(())
     }
 
+    /// Times the handling of one message of `kind` (`framewise_actor_handle_seconds`) until dropped.
+    fn timed(&self, kind: &str) -> prometheus::HistogramTimer {
+        self.metrics
+            .actor_handle
+            .with_label_values(&[kind])
+            .start_timer()
+    }
+
     /// Pairs the reply with the writer's answer for what the handler wrote, which the caller
     /// awaits (`Durable::wait`). Concurrent handlers share one write and fsync (group commit):
     /// the writer thread serves every waiter queued before its turn.
@@ -276,6 +284,23 @@ impl JobManager {
     }
 }
 
+/// Sends a message whose reply is durable and waits, on the caller's task, until what its
+/// handler wrote is on disk.
+pub async fn ask<M, T>(
+    m: &Addr<JobManager>,
+    msg: M,
+) -> Result<Result<T, CoordError>, actix::MailboxError>
+where
+    M: Message<Result = Result<Durable<T>, CoordError>> + Send + 'static,
+    T: Send + 'static,
+    JobManager: Handler<M>,
+{
+    Ok(match m.send(msg).await? {
+        Ok(durable) => durable.wait().await,
+        Err(e) => Err(e),
+    })
+}
+
 /// A handler's reply and, if it changed state, the writer's word that the change is on disk.
 /// The caller waits for that on its own task, not on the JobManager's thread: waiting there
 /// queued every durable reply behind the actor's mailbox (LeaseTask's latency tail).
@@ -306,11 +331,7 @@ impl Actor for JobManager {
         ctx.set_mailbox_capacity(1 << 14);
         let every = Duration::from_millis((self.rules.lease_ttl_ms / 4).clamp(100, 1000));
         ctx.run_interval(every, |act, _| {
-            let _timer = act
-                .metrics
-                .actor_handle
-                .with_label_values(&["expire"])
-                .start_timer();
+            let _timer = act.timed("expire");
             let ch = act.state.expire(now_ms(), &act.rules);
             if !ch.is_empty() {
                 warn!(tasks = ch.tasks.len(), "leases expired; tasks requeued");
@@ -323,11 +344,7 @@ impl Actor for JobManager {
             }
         });
         ctx.run_interval(Duration::from_secs(1), |act, _| {
-            let _timer = act
-                .metrics
-                .actor_handle
-                .with_label_values(&["tick"])
-                .start_timer();
+            let _timer = act.timed("tick");
             act.tick()
         });
     }
@@ -348,11 +365,7 @@ pub struct Submit {
 impl Handler<Submit> for JobManager {
     type Result = Result<Durable<(String, bool)>, CoordError>;
     fn handle(&mut self, mut m: Submit, _: &mut Context<Self>) -> Self::Result {
-        let _timer = self
-            .metrics
-            .actor_handle
-            .with_label_values(&["submit"])
-            .start_timer();
+        let _timer = self.timed("submit");
         // One submitter's key never finds another's job.
         if !m.owner.is_empty() && !m.idempotency_key.is_empty() {
             m.idempotency_key = format!("{}\u{1f}{}", m.owner, m.idempotency_key);
@@ -408,11 +421,7 @@ pub struct GetJob(pub String);
 impl Handler<GetJob> for JobManager {
     type Result = Result<JobView, CoordError>;
     fn handle(&mut self, m: GetJob, _: &mut Context<Self>) -> Self::Result {
-        let _timer = self
-            .metrics
-            .actor_handle
-            .with_label_values(&["get_job"])
-            .start_timer();
+        let _timer = self.timed("get_job");
         self.view(&m.0)
     }
 }
@@ -425,11 +434,7 @@ pub struct ListJobs;
 impl Handler<ListJobs> for JobManager {
     type Result = Vec<JobView>;
     fn handle(&mut self, _: ListJobs, _: &mut Context<Self>) -> Self::Result {
-        let _timer = self
-            .metrics
-            .actor_handle
-            .with_label_values(&["list_jobs"])
-            .start_timer();
+        let _timer = self.timed("list_jobs");
         let ids: Vec<String> = self.state.jobs.keys().cloned().collect();
         ids.iter().filter_map(|id| self.view(id).ok()).collect()
     }
@@ -443,11 +448,7 @@ pub struct Cancel(pub String);
 impl Handler<Cancel> for JobManager {
     type Result = Result<Durable<JobView>, CoordError>;
     fn handle(&mut self, m: Cancel, _: &mut Context<Self>) -> Self::Result {
-        let _timer = self
-            .metrics
-            .actor_handle
-            .with_label_values(&["cancel"])
-            .start_timer();
+        let _timer = self.timed("cancel");
         let r = (|| -> Result<JobView, CoordError> {
             let ch = self
                 .state
@@ -471,11 +472,7 @@ pub struct Register {
 impl Handler<Register> for JobManager {
     type Result = ();
     fn handle(&mut self, m: Register, _: &mut Context<Self>) {
-        let _timer = self
-            .metrics
-            .actor_handle
-            .with_label_values(&["register"])
-            .start_timer();
+        let _timer = self.timed("register");
         info!(worker_id = %m.worker_id, hostname = %m.info.hostname, threads = m.info.threads, "worker registered");
         if let Err(e) = self.store.put_worker(&m.worker_id, &m.info) {
             warn!(worker_id = %m.worker_id, error = %e, "could not persist the worker");
@@ -497,11 +494,7 @@ pub struct LeaseTask {
 impl Handler<LeaseTask> for JobManager {
     type Result = Result<Durable<Option<Grant>>, CoordError>;
     fn handle(&mut self, m: LeaseTask, _: &mut Context<Self>) -> Self::Result {
-        let _timer = self
-            .metrics
-            .actor_handle
-            .with_label_values(&["lease"])
-            .start_timer();
+        let _timer = self.timed("lease");
         self.metrics
             .lease_queue
             .observe(m.queued.elapsed().as_secs_f64());
@@ -544,11 +537,7 @@ pub struct Heartbeat {
 impl Handler<Heartbeat> for JobManager {
     type Result = MessageResult<Heartbeat>;
     fn handle(&mut self, m: Heartbeat, _: &mut Context<Self>) -> Self::Result {
-        let _timer = self
-            .metrics
-            .actor_handle
-            .with_label_values(&["heartbeat"])
-            .start_timer();
+        let _timer = self.timed("heartbeat");
         let now = now_ms();
         self.touch(&m.worker_id, now);
         self.workers
@@ -575,11 +564,7 @@ pub struct CommitChunk {
 impl Handler<CommitChunk> for JobManager {
     type Result = Result<Durable<(bool, u64)>, CoordError>;
     fn handle(&mut self, m: CommitChunk, _: &mut Context<Self>) -> Self::Result {
-        let _timer = self
-            .metrics
-            .actor_handle
-            .with_label_values(&["commit_chunk"])
-            .start_timer();
+        let _timer = self.timed("commit_chunk");
         let r = (|| -> Result<(bool, u64), CoordError> {
             let now = now_ms();
             self.touch(&m.worker_id, now);
@@ -611,11 +596,7 @@ pub struct Complete {
 impl Handler<Complete> for JobManager {
     type Result = Result<Durable<bool>, CoordError>;
     fn handle(&mut self, m: Complete, _: &mut Context<Self>) -> Self::Result {
-        let _timer = self
-            .metrics
-            .actor_handle
-            .with_label_values(&["complete"])
-            .start_timer();
+        let _timer = self.timed("complete");
         let r = (|| -> Result<bool, CoordError> {
             let (ok, ch) =
                 self.state
@@ -643,11 +624,7 @@ pub struct Fail {
 impl Handler<Fail> for JobManager {
     type Result = Result<Durable<()>, CoordError>;
     fn handle(&mut self, m: Fail, _: &mut Context<Self>) -> Self::Result {
-        let _timer = self
-            .metrics
-            .actor_handle
-            .with_label_values(&["fail"])
-            .start_timer();
+        let _timer = self.timed("fail");
         let (_, ch) = self.state.fail(
             &m.lease_id,
             m.epoch,
@@ -674,11 +651,7 @@ pub struct Release {
 impl Handler<Release> for JobManager {
     type Result = Result<Durable<bool>, CoordError>;
     fn handle(&mut self, m: Release, _: &mut Context<Self>) -> Self::Result {
-        let _timer = self
-            .metrics
-            .actor_handle
-            .with_label_values(&["release"])
-            .start_timer();
+        let _timer = self.timed("release");
         let r = (|| -> Result<bool, CoordError> {
             let (ok, ch) = self.state.release(&m.lease_id, m.epoch, &m.reason);
             self.commit(&ch)?;
@@ -701,11 +674,7 @@ pub struct GetOverview;
 impl Handler<GetOverview> for JobManager {
     type Result = MessageResult<GetOverview>;
     fn handle(&mut self, _: GetOverview, _: &mut Context<Self>) -> Self::Result {
-        let _timer = self
-            .metrics
-            .actor_handle
-            .with_label_values(&["overview"])
-            .start_timer();
+        let _timer = self.timed("overview");
         MessageResult(self.overview(now_ms()))
     }
 }
@@ -718,11 +687,7 @@ pub struct ListSummaries;
 impl Handler<ListSummaries> for JobManager {
     type Result = MessageResult<ListSummaries>;
     fn handle(&mut self, _: ListSummaries, _: &mut Context<Self>) -> Self::Result {
-        let _timer = self
-            .metrics
-            .actor_handle
-            .with_label_values(&["summaries"])
-            .start_timer();
+        let _timer = self.timed("summaries");
         MessageResult(views::job_summaries(&self.state, &self.progress))
     }
 }
@@ -735,11 +700,7 @@ pub struct GetDetail(pub String);
 impl Handler<GetDetail> for JobManager {
     type Result = Result<JobDetail, CoordError>;
     fn handle(&mut self, m: GetDetail, _: &mut Context<Self>) -> Self::Result {
-        let _timer = self
-            .metrics
-            .actor_handle
-            .with_label_values(&["detail"])
-            .start_timer();
+        let _timer = self.timed("detail");
         views::job_detail(&self.state, &m.0, &self.progress).ok_or(CoordError::NotFound(m.0))
     }
 }
@@ -752,11 +713,7 @@ pub struct ListWorkers;
 impl Handler<ListWorkers> for JobManager {
     type Result = MessageResult<ListWorkers>;
     fn handle(&mut self, _: ListWorkers, _: &mut Context<Self>) -> Self::Result {
-        let _timer = self
-            .metrics
-            .actor_handle
-            .with_label_values(&["workers"])
-            .start_timer();
+        let _timer = self.timed("workers");
         MessageResult(self.worker_views(now_ms()))
     }
 }
@@ -779,11 +736,7 @@ pub struct RefreshGauges;
 impl Handler<RefreshGauges> for JobManager {
     type Result = ();
     fn handle(&mut self, _: RefreshGauges, _: &mut Context<Self>) {
-        let _timer = self
-            .metrics
-            .actor_handle
-            .with_label_values(&["gauges"])
-            .start_timer();
+        let _timer = self.timed("gauges");
         let _ = self.refresh_gauges(now_ms());
     }
 }
@@ -808,11 +761,7 @@ pub struct GetScaleFacts;
 impl Handler<GetScaleFacts> for JobManager {
     type Result = MessageResult<GetScaleFacts>;
     fn handle(&mut self, _: GetScaleFacts, _: &mut Context<Self>) -> Self::Result {
-        let _timer = self
-            .metrics
-            .actor_handle
-            .with_label_values(&["scale_facts"])
-            .start_timer();
+        let _timer = self.timed("scale_facts");
         let mut f = ScaleFacts::default();
         for job in self.state.jobs.values().filter(|j| !j.state.is_terminal()) {
             f.active_jobs += 1;
@@ -842,11 +791,7 @@ pub struct DrainWorkers(pub Vec<String>);
 impl Handler<DrainWorkers> for JobManager {
     type Result = MessageResult<DrainWorkers>;
     fn handle(&mut self, m: DrainWorkers, _: &mut Context<Self>) -> Self::Result {
-        let _timer = self
-            .metrics
-            .actor_handle
-            .with_label_values(&["drain"])
-            .start_timer();
+        let _timer = self.timed("drain");
         use crate::autoscaler::belongs;
         let holders: Vec<String> = self.live_leases().map(|l| l.worker_id.clone()).collect();
         let mut idle = Vec::new();
@@ -875,14 +820,14 @@ pub(crate) mod tests {
     use super::*;
     use crate::scheduler::tests::rules;
 
-    /// Sends a message whose reply is durable and waits for it (test code: any error panics).
+    /// `ask` in test code: any error panics.
     pub(crate) async fn ask<M, T>(m: &Addr<JobManager>, msg: M) -> T
     where
         M: Message<Result = Result<Durable<T>, CoordError>> + Send + 'static,
         T: Send + 'static,
         JobManager: Handler<M>,
     {
-        m.send(msg).await.unwrap().unwrap().wait().await.unwrap()
+        super::ask(m, msg).await.unwrap().unwrap()
     }
 
     pub(crate) fn submit(key: &str) -> Submit {

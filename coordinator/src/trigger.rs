@@ -281,23 +281,21 @@ async fn submit(
         crate::grpc::check_size(&spec.input_url, n, sub.max_input_bytes)
             .map_err(SubmitError::Refused)?;
     }
-    let r = sub
-        .manager
-        .send(manager::Submit {
+    let r = manager::ask(
+        &sub.manager,
+        manager::Submit {
             input_url: spec.input_url,
             output_url: spec.output_url,
             params: params_from(spec.params),
             idempotency_key: key.to_string(),
             // Triggered jobs belong to no submitter: admins and viewers see them.
             owner: String::new(),
-        })
-        .await
-        .map_err(|e| SubmitError::Later(format!("coordinator busy: {e}")))?;
+        },
+    )
+    .await
+    .map_err(|e| SubmitError::Later(format!("coordinator busy: {e}")))?;
     match r {
-        Ok(v) => v
-            .wait()
-            .await
-            .map_err(|e| SubmitError::Later(e.to_string())),
+        Ok(v) => Ok(v),
         Err(CoordError::Invalid(w)) => Err(SubmitError::Refused(w)),
         Err(e) => Err(SubmitError::Later(e.to_string())),
     }

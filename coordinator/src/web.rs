@@ -254,11 +254,11 @@ async fn cancel(
         }
         Ok(_) => {}
     }
-    let cancelled = guarded!(state, req, state.manager.send(manager::Cancel(id.clone())));
-    if let Err(e) = match cancelled {
-        Ok(durable) => durable.wait().await.map(|_| ()),
-        Err(e) => Err(e),
-    } {
+    if let Err(e) = guarded!(
+        state,
+        req,
+        manager::ask(&state.manager, manager::Cancel(id.clone()))
+    ) {
         return coord_error(e);
     }
     match guarded!(state, req, state.manager.send(manager::GetDetail(id))) {

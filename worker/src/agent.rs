@@ -106,7 +106,6 @@ impl Worker {
             )
         } else {
             let cache = crate::variant::cache_dir(&cfg.model_cache_dir, &cfg.model.path);
-            crate::inference::set_cuda_options((&cfg).into());
             let (s, choice) = crate::variant::load_best(
                 runtime(&cfg.onnxruntime_lib)?,
                 &cfg.model,
@@ -114,6 +113,7 @@ impl Worker {
                 device,
                 &cfg.optimize,
                 &cache,
+                (&cfg).into(),
             )?;
             let mut s = s;
             // Batching measured slower on an H100 with this model (BENCHMARKS.md): off unless asked.

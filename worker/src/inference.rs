@@ -42,8 +42,9 @@ pub fn runtime(lib: &Path) -> Result<&'static ort::environment::Environment, Mod
     Ok(RUNTIME.get_or_init(|| env))
 }
 
-/// CUDA provider settings every session of the process shares (from the worker config).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// CUDA provider settings for a session (from the worker config; a model variant may turn
+/// TF32 on for itself, the quality gate's reference turns it off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CudaOptions {
     pub tf32: bool,
     pub prefer_nhwc: bool,
@@ -62,12 +63,12 @@ pub enum ConvSearch {
     Default,
 }
 
-static CUDA_OPTIONS: Mutex<CudaOptions> = Mutex::new(CudaOptions {
-    tf32: false,
-    prefer_nhwc: false,
-    blocking_sync: true,
-    conv_search: ConvSearch::Exhaustive,
-});
+impl Default for CudaOptions {
+    /// The worker config's defaults.
+    fn default() -> Self {
+        (&framewise_common::config::WorkerConfig::default()).into()
+    }
+}
 
 impl From<&framewise_common::config::WorkerConfig> for CudaOptions {
     fn from(c: &framewise_common::config::WorkerConfig) -> Self {
@@ -82,15 +83,6 @@ impl From<&framewise_common::config::WorkerConfig> for CudaOptions {
             },
         }
     }
-}
-
-/// Sets the CUDA provider settings for sessions created from now on.
-pub fn set_cuda_options(o: CudaOptions) {
-    *CUDA_OPTIONS.lock().unwrap_or_else(|p| p.into_inner()) = o;
-}
-
-fn cuda_options() -> CudaOptions {
-    *CUDA_OPTIONS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How the session takes and returns images: planar float in the model's range (the file as
@@ -128,7 +120,14 @@ impl Stylizer {
         cfg: &ModelConfig,
         threads: usize,
     ) -> Result<Self, ModelError> {
-        Self::load_on(env, cfg, threads, Device::Cpu, &cfg.path)
+        Self::load_on(
+            env,
+            cfg,
+            threads,
+            Device::Cpu,
+            &cfg.path,
+            CudaOptions::default(),
+        )
     }
 
     /// Loads `path` (the configured model or a rewritten copy of it) for `device`. A CUDA
@@ -139,19 +138,7 @@ impl Stylizer {
         threads: usize,
         device: Device,
         path: &Path,
-    ) -> Result<Self, ModelError> {
-        Self::load_with_tf32(env, cfg, threads, device, path, cuda_options().tf32)
-    }
-
-    /// `load_on` with TF32 convolutions on a GPU set for this session (a model variant may
-    /// need it on, the quality gate's reference off), whatever the process-wide setting.
-    pub fn load_with_tf32(
-        env: &ort::environment::Environment,
-        cfg: &ModelConfig,
-        threads: usize,
-        device: Device,
-        path: &Path,
-        tf32: bool,
+        cuda: CudaOptions,
     ) -> Result<Self, ModelError> {
         if !path.is_file() {
             return Err(ModelError::NotFound(path.to_path_buf()));
@@ -167,7 +154,7 @@ impl Stylizer {
             .with_inter_threads(1)
             .map_err(|e| load(&e))?;
         if let Device::Cuda(n) = device {
-            let o = cuda_options();
+            let o = cuda;
             if o.blocking_sync {
                 if let Err(e) = crate::cuda::blocking_sync(n) {
                     tracing::warn!(gpu = n, error = %e, "threads waiting for the GPU will spin");
@@ -175,7 +162,7 @@ impl Stylizer {
             }
             let ep = ort::ep::CUDA::default()
                 .with_device_id(n as i32)
-                .with_tf32(tf32)
+                .with_tf32(o.tf32)
                 .with_prefer_nhwc(o.prefer_nhwc)
                 .with_conv_algorithm_search(match o.conv_search {
                     ConvSearch::Exhaustive => ort::ep::cuda::ConvAlgorithmSearch::Exhaustive,

@@ -695,79 +695,17 @@ const FP32_OPS: &[&str] = &["InstanceNormalization"];
 /// pixel values, exact in fp16. Returns whether it applied.
 pub fn scale_after_first_conv(g: &mut GraphProto, io: &ImageIo) -> bool {
     let name = io.input.as_str();
-    let (raw, ready) = (format!("{name}__fw_float"), format!("{name}__fw_ready"));
-    let consumers = |g: &GraphProto, t: &str| -> Vec<usize> {
-        (0..g.node.len())
-            .filter(|&i| g.node[i].input.iter().any(|x| x == t))
-            .collect()
-    };
-    let [first] = consumers(g, &ready)[..] else {
+    let Some((pad, conv, k, shift)) = pixel_conv_plan(g, name) else {
         return false;
     };
-    let (pad, conv) = match g.node[first].op_type() {
-        "Pad" => {
-            let mode = attr(&g.node[first], "mode")
-                .and_then(|a| a.s.as_deref())
-                .unwrap_or(b"constant");
-            let out = g.node[first].output.first().cloned().unwrap_or_default();
-            match (mode, &consumers(g, &out)[..]) {
-                (b"reflect" | b"edge", [c]) => (Some(first), *c),
-                _ => return false,
-            }
-        }
-        "Conv" => {
-            let zero_pads =
-                attr_ints(&g.node[first], "pads").is_none_or(|p| p.iter().all(|&v| v == 0));
-            let auto = attr(&g.node[first], "auto_pad")
-                .and_then(|a| a.s.as_deref())
-                .is_some_and(|m| m != b"NOTSET" && m != b"VALID");
-            if !zero_pads || auto {
-                return false;
-            }
-            (None, first)
-        }
-        _ => return false,
-    };
-    let c = &g.node[conv];
-    if c.op_type() != "Conv" || c.input.len() < 2 {
-        return false;
-    }
-    let ix = Index::new(g);
-    let (Some(w), Some(k), Some(lo)) = (
-        ix.constants.get(c.input[1].as_str()).copied(),
-        ix.scalar(&format!("{name}__fw_k")),
-        ix.scalar(&format!("{name}__fw_lo")),
-    ) else {
-        return false;
-    };
-    let Some(wv) = tensor_f32(w) else {
-        return false;
-    };
-    let cout = w.dims.first().copied().unwrap_or(0).max(0) as usize;
-    if cout == 0 || wv.len() % cout != 0 {
-        return false;
-    }
-    let per = wv.len() / cout;
-    let mut shift: Vec<f32> = wv
-        .chunks(per)
-        .map(|ch| lo * ch.iter().sum::<f32>())
-        .collect();
-    if let Some(b) = c.input.get(2).filter(|b| !b.is_empty()) {
-        match ix.constants.get(b.as_str()).and_then(|t| tensor_f32(t)) {
-            Some(bv) if bv.len() == cout => shift.iter_mut().zip(bv).for_each(|(s, b)| *s += b),
-            _ => return false,
-        }
-    }
-    let y = c.output.first().cloned().unwrap_or_default();
+    let cout = shift.len() as i64;
+    let y = g.node[conv].output.first().cloned().unwrap_or_default();
     let (y_conv, y_scaled) = (format!("{y}__fw_conv_of_pixels"), format!("{y}__fw_scaled"));
     let (kn, shift_n) = (format!("{y}__fw_k"), format!("{y}__fw_shift"));
     g.initializer.push(f32_tensor(&kn, &[], &[k]));
     g.initializer
-        .push(f32_tensor(&shift_n, &[1, cout as i64, 1, 1], &shift));
-    match pad {
-        Some(p) => g.node[p].input[0] = raw,
-        None => g.node[conv].input[0] = raw,
-    }
+        .push(f32_tensor(&shift_n, &[1, cout, 1, 1], &shift));
+    g.node[pad.unwrap_or(conv)].input[0] = format!("{name}__fw_float");
     let c = &mut g.node[conv];
     c.input.truncate(2);
     c.output[0] = y_conv.clone();
@@ -777,6 +715,63 @@ pub fn scale_after_first_conv(g: &mut GraphProto, io: &ImageIo) -> bool {
     ];
     g.node.splice(conv + 1..conv + 1, after);
     true
+}
+
+/// Where `scale_after_first_conv` applies: the Pad (if any) and the Conv that the scaled image
+/// feeds, the scale k and the per-channel shift lo·ΣW + b. None where it would not be exact.
+fn pixel_conv_plan(g: &GraphProto, name: &str) -> Option<(Option<usize>, usize, f32, Vec<f32>)> {
+    let ix = Index::new(g);
+    let &[first] = ix.consumers_of(&format!("{name}__fw_ready")) else {
+        return None;
+    };
+    let (pad, conv) = match g.node[first].op_type() {
+        "Pad" => {
+            let mode = attr(&g.node[first], "mode")
+                .and_then(|a| a.s.as_deref())
+                .unwrap_or(b"constant");
+            match (mode, ix.consumers_of(g.node[first].output.first()?)) {
+                (b"reflect" | b"edge", &[c]) => (Some(first), c),
+                _ => return None,
+            }
+        }
+        "Conv" => {
+            let zero_pads =
+                attr_ints(&g.node[first], "pads").is_none_or(|p| p.iter().all(|&v| v == 0));
+            let auto = attr(&g.node[first], "auto_pad")
+                .and_then(|a| a.s.as_deref())
+                .is_some_and(|m| m != b"NOTSET" && m != b"VALID");
+            if !zero_pads || auto {
+                return None;
+            }
+            (None, first)
+        }
+        _ => return None,
+    };
+    let c = &g.node[conv];
+    if c.op_type() != "Conv" || c.input.len() < 2 {
+        return None;
+    }
+    let w = ix.constants.get(c.input[1].as_str())?;
+    let k = ix.scalar(&format!("{name}__fw_k"))?;
+    let lo = ix.scalar(&format!("{name}__fw_lo"))?;
+    let wv = tensor_f32(w)?;
+    let cout = w.dims.first().copied().unwrap_or(0).max(0) as usize;
+    if cout == 0 || wv.len() % cout != 0 {
+        return None;
+    }
+    let mut shift: Vec<f32> = wv
+        .chunks(wv.len() / cout)
+        .map(|ch| lo * ch.iter().sum::<f32>())
+        .collect();
+    if let Some(b) = c.input.get(2).filter(|b| !b.is_empty()) {
+        let bv = ix
+            .constants
+            .get(b.as_str())
+            .and_then(|t| tensor_f32(t))
+            .filter(|bv| bv.len() == cout)?;
+        shift.iter_mut().zip(bv).for_each(|(s, b)| *s += b);
+    }
+    Some((pad, conv, k, shift))
 }
 
 /// The nodes from the image input through its first convolution (by index) and that

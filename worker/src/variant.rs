@@ -4,7 +4,7 @@
 //! by the content hash of the original, so a restart (or a second pipeline) reuses them.
 
 use crate::error::ModelError;
-use crate::inference::Stylizer;
+use crate::inference::{CudaOptions, Stylizer};
 use crate::media::Frame;
 use crate::optimize::{optimize, ImageIo, Rewrites};
 use framewise_common::config::ModelConfig;
@@ -85,25 +85,18 @@ pub fn pick(passed: &[(f64, f64)]) -> Option<usize> {
         .max_by(|&a, &b| passed[a].0.total_cmp(&passed[b].0))
 }
 
-/// Whether `variant` runs its convolutions in TF32 on `device` (else the process-wide setting).
+/// Whether `variant` runs its convolutions in TF32 on `device` (else as the config says).
 fn tf32_of(device: Device, variant: &str) -> bool {
     candidates(device)
         .iter()
         .any(|c| c.name == variant && c.tf32)
 }
 
-/// Loads a chosen variant with the settings it was chosen with.
-fn load_choice(
-    env: &ort::environment::Environment,
-    cfg: &ModelConfig,
-    threads: usize,
-    device: Device,
-    choice: &Choice,
-) -> Result<Stylizer, ModelError> {
-    if tf32_of(device, &choice.variant) {
-        Stylizer::load_with_tf32(env, cfg, threads, device, &choice.path, true)
-    } else {
-        Stylizer::load_on(env, cfg, threads, device, &choice.path)
+/// The CUDA settings a variant's session runs with: the config's, TF32 on if it needs it.
+fn cuda_for(cuda: CudaOptions, tf32: bool) -> CudaOptions {
+    CudaOptions {
+        tf32: cuda.tf32 || tf32,
+        ..cuda
     }
 }
 
@@ -129,17 +122,20 @@ pub fn load_best(
     device: Device,
     optimize_mode: &str,
     cache_dir: &Path,
+    cuda: CudaOptions,
 ) -> Result<(Stylizer, Choice), ModelError> {
+    // Loads a file with the settings its variant needs.
+    let load = |path: &Path, variant: &str| {
+        let o = cuda_for(cuda, tf32_of(device, variant));
+        Stylizer::load_on(env, cfg, threads, device, path, o)
+    };
     let original = Choice {
         path: cfg.path.clone(),
         variant: "original".into(),
         psnr_db: None,
     };
     if optimize_mode == "off" {
-        return Ok((
-            Stylizer::load_on(env, cfg, threads, device, &cfg.path)?,
-            original,
-        ));
+        return Ok((load(&cfg.path, "original")?, original));
     }
     let bytes = std::fs::read(&cfg.path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => ModelError::NotFound(cfg.path.clone()),
@@ -161,7 +157,7 @@ pub fn load_best(
         .as_ref()
         .and_then(|m| m.get(&key).cloned());
     if let Some(choice) = known {
-        let s = load_choice(env, cfg, threads, device, &choice)?;
+        let s = load(&choice.path, &choice.variant)?;
         return Ok((s, choice));
     }
     // Decided before by a process sharing this cache: every pipeline and every worker process
@@ -201,7 +197,7 @@ pub fn load_best(
             .insert(key.clone(), choice.clone());
     };
     if let Some(choice) = recorded(&decision) {
-        match load_choice(env, cfg, threads, device, &choice) {
+        match load(&choice.path, &choice.variant) {
             Ok(s) => {
                 info!(variant = %choice.variant, decision = %decision.display(), "model variant decided earlier");
                 remember(&choice);
@@ -213,7 +209,11 @@ pub fn load_best(
         }
     }
     // The reference: the original model on the same device, in full fp32.
-    let mut reference = Stylizer::load_with_tf32(env, cfg, threads, device, &cfg.path, false)?;
+    let fp32 = CudaOptions {
+        tf32: false,
+        ..cuda
+    };
+    let mut reference = Stylizer::load_on(env, cfg, threads, device, &cfg.path, fp32)?;
     let style = reference.default_style();
     let samples = sample_frames();
     let mut expected = Vec::with_capacity(samples.len());
@@ -249,12 +249,7 @@ pub fn load_best(
             warn!(variant = c.name, error = %e, "model rewrite skipped");
             continue;
         }
-        let loaded = if c.tf32 {
-            Stylizer::load_with_tf32(env, cfg, threads, device, &path, true)
-        } else {
-            Stylizer::load_on(env, cfg, threads, device, &path)
-        };
-        let mut s = match loaded {
+        let mut s = match load(&path, c.name) {
             Ok(s) => s,
             Err(e) => {
                 warn!(variant = c.name, error = %e, "rewritten model did not load; trying the next");
@@ -272,22 +267,20 @@ pub fn load_best(
             warn!(variant = c.name, psnr_db = worst, per_sample_db = %each, min_psnr_db = c.min_psnr_db, %device, "rewritten model rejected by the quality gate");
             continue;
         }
-        let mut timed_ms = 0.0;
+        let mut ms = 0.0; // not timed with optimize = "on" or a pinned variant
         if speed_check {
             let base = match reference_ms {
                 Some(v) => v,
                 None => *reference_ms.insert(time_ms(&mut reference, &probe, &style)?),
             };
-            let ms = time_ms(&mut s, &probe, &style)?;
+            ms = time_ms(&mut s, &probe, &style)?;
             if ms >= base {
                 warn!(variant = c.name, ms, reference_ms = base, %device, "rewritten model is not faster here; not used");
                 continue;
             }
             info!(variant = c.name, ms, reference_ms = base, %device, "rewritten model is faster here");
-            timed_ms = ms;
         }
         info!(variant = c.name, psnr_db = worst, per_sample_db = %each, %device, path = %path.display(), "rewritten model passes");
-        let ms = timed_ms;
         accepted.push((
             s,
             Choice {
@@ -327,7 +320,7 @@ pub fn load_best(
     if linked.is_err() {
         if let Some(theirs) = recorded(&decision).filter(|t| t.variant != choice.variant) {
             info!(ours = %choice.variant, theirs = %theirs.variant, "another process decided first; using its model variant");
-            let s = load_choice(env, cfg, threads, device, &theirs)?;
+            let s = load(&theirs.path, &theirs.variant)?;
             remember(&theirs);
             return Ok((s, theirs));
         }
