@@ -9,11 +9,13 @@ set -uo pipefail
 R=${FW_GPU_ROOT:-/root/fw}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 case "${1:-all}" in
-  --stash) mkdir -p /root/parts; cp .gpu/ort.part.* /root/parts/ 2>/dev/null; ls -la /root/parts; exit 0 ;;
+  --stash) mkdir -p /root/parts; cp .gpu/ort.part.* .gpu/clip720*.mp4 /root/parts/ 2>/dev/null; ls -la /root/parts; exit 0 ;;
   --unpack)
     mkdir -p "$R" /root/ort
     .gpu/zstd -dc .gpu/fw.tar.zst | tar xf - -C "$(dirname "$R")"
-    cp .gpu/clip720.mp4 "$R/" 2>/dev/null
+    cp .gpu/clip720*.mp4 /root/parts/ 2>/dev/null; cp /root/parts/clip720*.mp4 "$R/" 2>/dev/null
+    # An earlier build to compare with (FW_BIN=$R/framewise-old), made by hand: zstd -19 of the binary.
+    [ -f .gpu/fw-old.zst ] && .gpu/zstd -dqf .gpu/fw-old.zst -o "$R/framewise-old" && chmod +x "$R/framewise-old"
     if ls /root/parts/ort.part.* >/dev/null 2>&1; then
       cat /root/parts/ort.part.* | .gpu/zstd -d --long=27 | tar xf - -C /root/ort && ls -la /root/ort
     fi
@@ -25,8 +27,8 @@ export GST_PLUGIN_SYSTEM_PATH=$R/gst/plugins GST_PLUGIN_PATH=$R/gst/plugins
 export GST_PLUGIN_SCANNER=$R/gst/gst-plugin-scanner GST_REGISTRY=$R/registry.bin
 export ORT_DYLIB_PATH=/root/ort/libonnxruntime.so.1.31.1
 export FRAMEWISE_WORKER__MODEL__PATH=$R/multistyle26.onnx FRAMEWISE_WORKER__MODEL_CACHE_DIR=$R/cache
-fw=$R/framewise
-clip=$R/clip720.mp4
+fw=${FW_BIN:-$R/framewise}  # FW_BIN: another build (e.g. the one before a change, side by side)
+clip=$R/${FW_CLIP:-clip720.mp4}  # FW_CLIP: another clip carried and unpacked into $R
 steps=("$@"); [ "${1:-all}" = all ] && steps=(info media model e2e)
 log() { echo "== $*"; }
 for step in "${steps[@]}"; do case $step in
@@ -115,8 +117,7 @@ for name, us in tot.most_common(25):
 PY
     ;;
   e2e)
-    gpus=$(nvidia-smi -L | wc -l)
-    for g in $(seq 1 "$gpus"); do
+    for g in ${FW_GPUS:-$(seq 1 "$(nvidia-smi -L | wc -l)")}; do
       for p in ${FW_PIPELINES:-4 8}; do
        for b in ${FW_BATCH:-1}; do
        for bs in ${FW_BLOCKING_SYNC:-true}; do
@@ -153,8 +154,7 @@ PY
     # Sustained throughput: a coordinator and one worker process per GPU count, several
     # jobs queued at once (job start and assembly overlap with other jobs' segments).
     jobs=${FW_JOBS:-4}
-    gpus=$(nvidia-smi -L | wc -l)
-    for g in $(seq 1 "$gpus"); do
+    for g in ${FW_GPUS:-$(seq 1 "$(nvidia-smi -L | wc -l)")}; do
       d=$R/fleet-g$g; rm -rf "$d"; mkdir -p "$d"
       port=$((51000 + g))
       FRAMEWISE_COORDINATOR__GRPC_ADDR=127.0.0.1:$port FRAMEWISE_COORDINATOR__HTTP_ADDR=127.0.0.1:0 \
@@ -163,10 +163,16 @@ PY
         $fw coordinator -c config/coordinator.toml > "$d/coord.log" 2>&1 &
       cpid=$!
       sleep 1
-      CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((g - 1))) FRAMEWISE_WORKER__PIPELINES_PER_GPU=${FW_PIPELINES:-4} \
-        $fw worker -c config/worker.toml --coordinator http://127.0.0.1:$port --device cuda > "$d/worker.log" 2>&1 &
-      wpid=$!
-      for i in $(seq 1 60); do grep -q "worker registered" "$d/worker.log" 2>/dev/null && break; sleep 1; done
+      # FW_SPLIT=1: one worker process per GPU instead of one process using all of them.
+      wpids=()
+      if [ "${FW_SPLIT:-0}" = 1 ]; then sets=$(seq 0 $((g - 1))); else sets=$(seq -s, 0 $((g - 1))); fi
+      for vis in $sets; do
+        CUDA_VISIBLE_DEVICES=$vis FRAMEWISE_WORKER__PIPELINES_PER_GPU=${FW_PIPELINES:-4} \
+          $fw worker -c config/worker.toml --coordinator http://127.0.0.1:$port --device cuda > "$d/worker-$vis.log" 2>&1 &
+        wpids+=($!)
+      done
+      want=$((g * ${FW_PIPELINES:-4}))
+      for i in $(seq 1 90); do [ "$(cat "$d"/worker-*.log | grep -c "worker registered")" -ge "$want" ] && break; sleep 1; done
       sleep 2
       t0=$(date +%s.%N)
       pids=()
@@ -177,11 +183,17 @@ PY
       done
       wait "${pids[@]}"
       t1=$(date +%s.%N)
-      ok=$(grep -l "wrote\|succeeded\|Succeeded" "$d"/submit*.log | wc -l)
-      awk -v n=$((jobs * 3000)) -v a="$t0" -v b="$t1" -v g="$g" -v ok="$ok" -v j="$jobs" \
-        'BEGIN { printf "   fleet: %d GPU(s), %d jobs of 3000 frames (%d reported done): %.1f s, %.1f frames/s\n", g, j, ok, b - a, n / (b - a) }'
+      ok=$(grep -l "wrote" "$d"/submit*.log | wc -l)
+      n=$(grep -ho "([0-9]* frames" "$d"/submit*.log | tr -dc '0-9\n' | awk '{s += $1} END {print s + 0}')
+      awk -v n="$n" -v a="$t0" -v b="$t1" -v g="$g" -v ok="$ok" -v j="$jobs" \
+        -v p="$([ "${FW_SPLIT:-0}" = 1 ] && echo "one process per GPU" || echo "one process")" \
+        'BEGIN { printf "   fleet: %d GPU(s), %s, %d jobs (%d reported done, %d frames): %.1f s, %.1f frames/s\n", g, p, j, ok, n, b - a, n / (b - a) }'
       tail -1 "$d/submit1.log"
-      kill -INT $wpid; sleep 2; kill -TERM $cpid; wait $wpid $cpid 2>/dev/null
+      sed 's/\x1b\[[0-9;]*m//g' "$d"/worker-*.log | grep -o 'segment stages.*' | awk '
+        { for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] += kv[2] } n++ }
+        END { printf "   %d segments: per frame decode_wait %.1f ms, infer %.1f ms, encode %.1f ms, wall %.1f ms\n",
+              n, v["decode_wait_ms"]/v["frames"], v["infer_ms"]/v["frames"], v["encode_ms"]/v["frames"], v["wall_ms"]/v["frames"] }'
+      kill -INT "${wpids[@]}"; sleep 2; kill -TERM $cpid; wait "${wpids[@]}" $cpid 2>/dev/null
     done
     ;;
   scale)
@@ -189,13 +201,14 @@ PY
     # coordinator: the release test binary packed by gpu-pack.sh, its framewise at the path it
     # was built with. Per-thread CPU of the coordinator over 3 s of the first run.
     [ -x "$R/processes-test" ] || { echo "no test binary packed"; exit 2; }
-    # FW_COORD_BIN: another framewise build as the coordinator (a before/after in one call).
+    # FW_COORD_BIN: another framewise build as the coordinator (a before/after in one call);
+    # FW_TASKSET: the CPUs everything runs on (e.g. 0-15 for 16 cores of a bigger machine).
     mkdir -p "$(dirname "$(cat "$R/bin-path")")"; ln -sf "${FW_COORD_BIN:-$fw}" "$(cat "$R/bin-path")"
     ulimit -n 65536 2>/dev/null
     for think in ${FW_THINK:-0 200}; do
       CARGO_MANIFEST_DIR=$PWD FW_BENCH_WORKERS=${FW_WORKERS:-1000} FW_BENCH_TASKS=${FW_TASKS:-100000} \
         FW_BENCH_THINK_MS=$think FW_BENCH_CLIENT_THREADS=${FW_CLIENT_THREADS:-8} \
-        "$R/processes-test" coordinator_scale_benchmark --ignored --nocapture > "$OUT/scale-$think.log" 2>&1 &
+        ${FW_TASKSET:+taskset -c $FW_TASKSET} "$R/processes-test" coordinator_scale_benchmark --ignored --nocapture > "$OUT/scale-$think.log" 2>&1 &
       bpid=$!
       if [ -z "${sampled:-}" ]; then
         sampled=1

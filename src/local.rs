@@ -380,6 +380,7 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
                 size: (size != (p.width, p.height)).then_some(size),
                 stall_timeout: Duration::from_secs(60),
                 threads: 0,
+                gpu: None,
             };
             decode_range(&req, &mut |f| {
                 out.push(f);
@@ -514,6 +515,7 @@ pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
             } else {
                 0
             },
+            gpu: None,
         };
         decode_range(&req, &mut |f| {
             n += 1;

@@ -19,7 +19,12 @@ use std::process::ExitCode;
 /// and inference thread that frees 2.7 MB frames on another thread's arena grows its own,
 /// and a worker's memory grew with the clip: peak RSS 473 MB on a 1-minute 720p clip, 679 MB
 /// on a 10-minute one; with two arenas 416 MB and 436 MB, no slower (BENCHMARKS.md).
+/// A `MALLOC_ARENA_MAX` in the environment (which glibc reads itself) is left as set, so the
+/// cap can be measured against on a many-GPU worker, where 16 pipelines share the two arenas.
 fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets a glibc tunable; called first thing in main, before any
     // other thread exists.

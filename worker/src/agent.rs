@@ -19,7 +19,7 @@ use framewise_common::storage::{chunk_name, file_url, is_http, join, local_path,
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::Instrument;
 use tracing::{info, warn};
@@ -65,18 +65,22 @@ enum Outcome {
     Committed,
 }
 
-/// Pays the process's one-time media start-up (media/warmup.rs) before the first lease; the
-/// pipelines of a multi-GPU worker start together and wait for the first one to finish it.
-fn warm_up_media_once(id: &str) {
-    static DONE: Mutex<bool> = Mutex::new(false);
+/// Pays the media start-up (media/warmup.rs) once per process and GPU before the first lease;
+/// the pipelines of a multi-GPU worker start together and wait for the first one to finish it.
+fn warm_up_media_once(id: &str, device: Device) {
+    static DONE: Mutex<Vec<Device>> = Mutex::new(Vec::new());
     let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
-    if *done {
+    if done.contains(&device) {
         return;
     }
-    *done = true;
-    match crate::media::warmup::warm_up(&std::env::temp_dir()) {
+    done.push(device);
+    let gpu = match device {
+        Device::Cuda(n) => Some(n),
+        Device::Cpu => None,
+    };
+    match crate::media::warmup::warm_up(&std::env::temp_dir(), gpu) {
         Ok(took) => {
-            info!(worker_id = %id, ms = took.as_millis() as u64, "media pipelines warmed up")
+            info!(worker_id = %id, %device, ms = took.as_millis() as u64, "media pipelines warmed up")
         }
         Err(e) => {
             warn!(worker_id = %id, error = %e, "media warm-up failed; the first lease pays the start-up")
@@ -94,7 +98,7 @@ impl Worker {
         device: Device,
     ) -> Result<Self, AgentError> {
         crate::media::init()?;
-        warm_up_media_once(&id);
+        warm_up_media_once(&id, device);
         let mut model = if cfg.synthetic_model_ms_per_frame > 0 {
             warn!(
                 ms = cfg.synthetic_model_ms_per_frame,
@@ -124,6 +128,18 @@ impl Worker {
         // Measured once at start-up and reported at registration (a bad model fails here, early).
         let model_fps = model.measure_fps(MEASURE_SIZE.0, MEASURE_SIZE.1, 2)?;
         info!(worker_id = %id, %device, model_fps, width = MEASURE_SIZE.0, height = MEASURE_SIZE.1, "model throughput measured");
+        let began = Instant::now();
+        let sizes: Vec<(u32, u32)> = cfg
+            .cuda_warm_up_sizes
+            .iter()
+            .filter_map(|s| framewise_common::config::parse_size(s))
+            .collect();
+        for &(w, h) in &sizes {
+            model.warm_up_size(w, h)?; // on a GPU only (cuDNN's search); nothing on a CPU
+        }
+        if matches!(device, Device::Cuda(_)) && !sizes.is_empty() {
+            info!(worker_id = %id, %device, sizes = ?cfg.cuda_warm_up_sizes, ms = began.elapsed().as_millis() as u64, "frame sizes warmed up");
+        }
         Ok(Self {
             cfg,
             id,

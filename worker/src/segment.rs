@@ -7,6 +7,7 @@ use crate::inference::Stylizer;
 use crate::media::decode::{decode_range, DecodeRequest};
 use crate::media::encode::{EncoderSettings, Geometry, SegmentEncoder};
 use crate::media::Frame;
+use framewise_common::device::Device;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
@@ -140,6 +141,11 @@ pub fn run_segment(
     let seg_span = &seg_span;
     // Room for a batch being decoded while the previous one is inferred.
     let batch = model.max_batch();
+    // Each GPU's pipelines decode on that GPU's own hardware decoder.
+    let gpu = match model.device() {
+        Device::Cuda(n) => Some(n),
+        Device::Cpu => None,
+    };
     let (dec_tx, dec_rx) = sync_channel::<Frame>(DEPTH.max(2 * batch));
     let (enc_tx, enc_rx) = sync_channel::<(u64, Frame)>(DEPTH.max(2 * batch));
     std::thread::scope(|s| -> Result<u64, SegmentError> {
@@ -156,6 +162,7 @@ pub fn run_segment(
                     size: (infer_size != spec.size).then_some(infer_size),
                     stall_timeout: STALL,
                     threads: spec.encoder.threads,
+                    gpu,
                 };
                 let mut i = start;
                 decode_range(&req, &mut |f| {

@@ -9,6 +9,8 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Which frames to decode and how.
@@ -25,6 +27,9 @@ pub struct DecodeRequest<'a> {
     pub stall_timeout: Duration,
     /// Threads for the colour conversion to RGB (0 = all cores): several pipelines share them.
     pub threads: u32,
+    /// The GPU whose hardware decoder to use, if any: GStreamer otherwise gives every pipeline
+    /// the first GPU's (ranked highest), so a multi-GPU worker decoded everything on one GPU.
+    pub gpu: Option<u32>,
 }
 
 /// Decodes the requested frames in order, handing each to `on_frame`; stops early when it returns false.
@@ -33,11 +38,33 @@ pub fn decode_range(
     req: &DecodeRequest,
     on_frame: &mut dyn FnMut(Frame) -> bool,
 ) -> Result<u64, MediaError> {
+    decode_range_counted(req, on_frame).map(|c| c.delivered)
+}
+
+/// What a range's decode cost beyond its own frames (tests check the seek's effect).
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Counts {
+    pub delivered: u64,
+    /// Frames before the range dropped as they left the decoder.
+    pub lead_in: u64,
+    /// Frames before the range that reached the end of the pipeline (converted, then dropped).
+    pub dropped: u64,
+    /// The seek overshot and the range was decoded again from the start.
+    pub restarted: bool,
+}
+
+pub(crate) fn decode_range_counted(
+    req: &DecodeRequest,
+    on_frame: &mut dyn FnMut(Frame) -> bool,
+) -> Result<Counts, MediaError> {
     match decode_once(req, req.seek_ns, on_frame)? {
-        Outcome::Done(n) => Ok(n),
+        Outcome::Done(c) => Ok(c),
         // The seek landed after the first wanted frame (timestamps vs stream time): decode from the start.
         Outcome::Overshot => match decode_once(req, 0, on_frame)? {
-            Outcome::Done(n) => Ok(n),
+            Outcome::Done(c) => Ok(Counts {
+                restarted: true,
+                ..c
+            }),
             Outcome::Overshot => Err(MediaError::Corrupt {
                 path: req.path.into(),
                 detail: format!(
@@ -50,7 +77,7 @@ pub fn decode_range(
 }
 
 enum Outcome {
-    Done(u64),
+    Done(Counts),
     Overshot,
 }
 
@@ -64,7 +91,7 @@ fn decode_once(
     check_input(path)?;
     super::init()?;
     if req.frame_pts.is_empty() {
-        return Ok(Outcome::Done(0));
+        return Ok(Outcome::Done(Counts::default()));
     }
     let pipeline = gst::Pipeline::new();
     let _stop = Stopper(pipeline.clone());
@@ -75,6 +102,9 @@ fn decode_once(
     };
     let src = super::source_element(path)?;
     let dec = make("decodebin")?;
+    if let Some(gpu) = req.gpu {
+        keep_hardware_decoders_on(&dec, gpu);
+    }
     let convert = make("videoconvert")?;
     // Frames turned upright as the stream's orientation tag says (phone video); the probe
     // reports the upright size, and the output needs no tag (mp4mux 1.22 cannot write one).
@@ -136,6 +166,30 @@ fn decode_once(
         }
     });
 
+    // Frames decoded from the keyframe before the range are dropped as they leave the decoder,
+    // not after conversion to RGB (and scaling): with a 10 s GOP a stolen range otherwise
+    // converted up to 250 frames only to drop them. (An accurate seek would have the decoder
+    // drop them, but B-frame streams start their timestamps after zero and the demuxer's seek
+    // position is not a timestamp, so it cut wanted frames; these timestamps are the probe's.)
+    // Installed after the pause before a seek: that pause waits for a first frame, which
+    // dropping would turn into decoding from the start of the file up to the range.
+    let lead_in = Arc::new(AtomicU64::new(0));
+    let drop_lead_in = || {
+        if let (Some(pad), Some(&first)) = (convert.static_pad("sink"), req.frame_pts.first()) {
+            let lead_in = lead_in.clone();
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                match info.buffer().and_then(|b| b.pts()) {
+                    Some(pts) if pts.nseconds() < first => {
+                        lead_in.fetch_add(1, Ordering::Relaxed);
+                        // Handled, not Drop: the binding has already taken the buffer (and
+                        // frees it), and GStreamer 1.22 would unref it again on Drop.
+                        gst::PadProbeReturn::Handled
+                    }
+                    _ => gst::PadProbeReturn::Ok,
+                }
+            });
+        }
+    };
     if seek_ns > 0 {
         set_state(&pipeline, path, gst::State::Paused, "opening the input")?;
         let (res, _, _) = pipeline.state(gst::ClockTime::from_seconds(
@@ -152,6 +206,7 @@ fn decode_once(
                 ),
             );
         }
+        drop_lead_in();
         pipeline
             .seek_simple(
                 gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT | gst::SeekFlags::SNAP_BEFORE,
@@ -162,6 +217,8 @@ fn decode_once(
                 what: "seeking",
                 detail: e.to_string(),
             })?;
+    } else {
+        drop_lead_in();
     }
     set_state(&pipeline, path, gst::State::Playing, "decoding")?;
     let playing_ms = began.elapsed().as_millis() as u64;
@@ -232,6 +289,7 @@ fn decode_once(
                 playing_ms,
                 first_sample_ms = first_sample_ms.unwrap_or_default(),
                 first_frame_ms = began.elapsed().as_millis() as u64,
+                lead_in = lead_in.load(Ordering::Relaxed),
                 dropped,
                 "decoder started"
             );
@@ -241,7 +299,37 @@ fn decode_once(
             break;
         }
     }
-    Ok(Outcome::Done(next as u64))
+    Ok(Outcome::Done(Counts {
+        delivered: next as u64,
+        lead_in: lead_in.load(Ordering::Relaxed),
+        dropped,
+        restarted: false,
+    }))
+}
+
+/// Makes `decodebin` skip the NVIDIA hardware decoders of GPUs other than `gpu`; where that GPU
+/// has none for the stream, decodebin goes on to the next decoder (the CPU's).
+fn keep_hardware_decoders_on(dec: &gst::Element, gpu: u32) {
+    dec.connect("autoplug-select", false, move |args| {
+        // GstAutoplugSelectResult: 0 = try this factory, 2 = skip it.
+        let class = gst::glib::Type::from_name("GstAutoplugSelectResult")
+            .and_then(gst::glib::EnumClass::with_type)?;
+        let factory = args.get(3)?.get::<gst::ElementFactory>().ok()?;
+        let skip = nvidia_decoder_gpu(factory.name().as_str()).is_some_and(|g| g != gpu);
+        class.to_value(if skip { 2 } else { 0 })
+    });
+}
+
+/// The GPU an nvcodec decoder element belongs to, from its name: nvcodec registers one per GPU,
+/// `nvh264dec` for the first and `nvh264device1dec`, `nvh264device2dec` … for the others
+/// (likewise for H.265, VP9, AV1, MPEG; `sl` in the stateless ones' names); None for others.
+fn nvidia_decoder_gpu(factory: &str) -> Option<u32> {
+    let mid = factory.strip_prefix("nv")?.strip_suffix("dec")?;
+    match mid.split_once("device") {
+        Some((_, n)) => n.parse().ok(),
+        None if !mid.is_empty() && mid.chars().all(|c| c.is_ascii_alphanumeric()) => Some(0),
+        None => None,
+    }
 }
 
 /// Copies an RGB buffer into tightly packed rows (GStreamer pads rows to 4 bytes).
@@ -267,4 +355,109 @@ fn pack_rgb(buf: &gst::BufferRef, vi: &gst_video::VideoInfo, pts: u64) -> Result
         height: h as u32,
         data,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{decode_range_counted, nvidia_decoder_gpu, DecodeRequest};
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    use std::time::Duration;
+
+    fn request<'a>(path: &'a std::path::Path, pts: &'a [u64], seek_ns: u64) -> DecodeRequest<'a> {
+        DecodeRequest {
+            path,
+            frame_pts: pts,
+            seek_ns,
+            size: None,
+            stall_timeout: Duration::from_secs(20),
+            threads: 1,
+            gpu: None,
+        }
+    }
+
+    /// Ranges starting on, just after and well after a keyframe (B-frames, a keyframe every 12
+    /// frames) decode to exactly the frames a decode from the start gives, and the frames decoded
+    /// before the range are dropped before the conversion to RGB.
+    #[test]
+    fn a_range_after_a_seek_is_exact_and_its_lead_in_is_dropped_by_the_decoder() {
+        crate::media::init().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gop.mp4");
+        let launch = format!(
+            "videotestsrc pattern=ball num-buffers=40 ! video/x-raw,format=I420,width=96,height=64,framerate=25/1 \
+             ! x264enc speed-preset=ultrafast bframes=2 key-int-max=12 ! h264parse ! mp4mux ! filesink location=\"{}\"",
+            path.display()
+        );
+        let pipeline = gst::parse::launch(&launch).unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let bus = pipeline.bus().unwrap();
+        let msg = bus
+            .timed_pop_filtered(
+                gst::ClockTime::from_seconds(20),
+                &[gst::MessageType::Eos, gst::MessageType::Error],
+            )
+            .unwrap();
+        assert_eq!(msg.type_(), gst::MessageType::Eos);
+        pipeline.set_state(gst::State::Null).unwrap();
+        let p = crate::media::probe::probe(&path, Duration::from_secs(20)).unwrap();
+        assert_eq!(p.frame_pts.len(), 40);
+        let mut all = Vec::new();
+        decode_range_counted(&request(&path, &p.frame_pts, 0), &mut |f| {
+            all.push(f);
+            true
+        })
+        .unwrap();
+        assert_eq!(all.len(), 40);
+        for start in [5usize, 12, 13, 23, 30] {
+            let key = *p
+                .keyframes
+                .iter()
+                .filter(|&&k| k as usize <= start)
+                .max()
+                .unwrap() as usize;
+            let end = (start + 6).min(40);
+            let mut got = Vec::new();
+            let counts = decode_range_counted(
+                &request(&path, &p.frame_pts[start..end], p.frame_pts[key]),
+                &mut |f| {
+                    got.push(f);
+                    true
+                },
+            )
+            .unwrap();
+            assert_eq!(counts.delivered as usize, end - start, "start {start}");
+            assert!(!counts.restarted, "start {start}: the seek overshot");
+            assert_eq!(
+                counts.dropped, 0,
+                "start {start}: frames before the range converted"
+            );
+            // From the keyframe, not from the start of the file (the pause before the seek).
+            let lead = (start - key) as u64;
+            assert!(
+                (lead..=lead + 2).contains(&counts.lead_in),
+                "start {start} (keyframe {key}): {counts:?}"
+            );
+            for (i, f) in got.iter().enumerate() {
+                let want = &all[start + i];
+                assert_eq!(f.pts, want.pts, "start {start}, frame {i}");
+                assert!(
+                    f.data == want.data,
+                    "start {start}, frame {i}: pixels differ"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn nvidia_decoders_are_told_apart_by_gpu() {
+        assert_eq!(nvidia_decoder_gpu("nvh264dec"), Some(0));
+        assert_eq!(nvidia_decoder_gpu("nvh265sldec"), Some(0));
+        assert_eq!(nvidia_decoder_gpu("nvh264device1dec"), Some(1));
+        assert_eq!(nvidia_decoder_gpu("nvh264sldevice3dec"), Some(3));
+        assert_eq!(nvidia_decoder_gpu("nvmpeg2videodevice12dec"), Some(12));
+        assert_eq!(nvidia_decoder_gpu("openh264dec"), None);
+        assert_eq!(nvidia_decoder_gpu("avdec_h264"), None);
+        assert_eq!(nvidia_decoder_gpu("nvdec"), None);
+    }
 }

@@ -10,18 +10,20 @@ use gstreamer::prelude::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Encodes 4 frames of a test pattern to `dir/framewise-warmup-<pid>.mp4` with x264, probes
-/// and decodes them, and removes the file. Returns how long it took.
-pub fn warm_up(dir: &Path) -> Result<Duration, MediaError> {
+/// Encodes 4 frames of a test pattern to `dir/framewise-warmup-<pid>-<gpu>.mp4` with x264,
+/// probes and decodes them (on `gpu`'s hardware decoder, as that GPU's pipelines will), and
+/// removes the file. Returns how long it took.
+pub fn warm_up(dir: &Path, gpu: Option<u32>) -> Result<Duration, MediaError> {
     super::init()?;
     let began = Instant::now();
-    let path = dir.join(format!("framewise-warmup-{}.mp4", std::process::id()));
-    let result = encode_and_decode(&path);
+    let tag = gpu.map_or("cpu".to_string(), |g| g.to_string());
+    let path = dir.join(format!("framewise-warmup-{}-{tag}.mp4", std::process::id()));
+    let result = encode_and_decode(&path, gpu);
     let _ = std::fs::remove_file(&path);
     result.map(|()| began.elapsed())
 }
 
-fn encode_and_decode(path: &Path) -> Result<(), MediaError> {
+fn encode_and_decode(path: &Path, gpu: Option<u32>) -> Result<(), MediaError> {
     let launch = format!(
         "videotestsrc num-buffers=4 ! video/x-raw,format=I420,width=128,height=72,framerate=25/1 \
          ! x264enc ! h264parse ! mp4mux ! filesink location=\"{}\"",
@@ -56,6 +58,7 @@ fn encode_and_decode(path: &Path) -> Result<(), MediaError> {
         size: None,
         stall_timeout: Duration::from_secs(20),
         threads: 1,
+        gpu,
     };
     let n = decode_range(&req, &mut |_| true)?;
     if n != probe.frame_pts.len() as u64 {
@@ -72,7 +75,7 @@ mod tests {
     #[test]
     fn warm_up_encodes_and_decodes_a_tiny_clip_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let took = super::warm_up(dir.path()).unwrap();
+        let took = super::warm_up(dir.path(), None).unwrap();
         assert!(took.as_secs() < 20);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
