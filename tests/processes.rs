@@ -623,32 +623,31 @@ fn eviction_cost_benchmark() {
     check_output(&input, &d.path().join("b.mp4"));
     drop(p2);
 
-    // 3. Static even split, no checkpoints, undisturbed: what an MPI step costs when no node
-    // dies, the baseline its rerun is compared with.
-    let seg = format!("{}", seconds / n as f64);
+    // A static even split over `parts` workers: one segment each, no checkpoints.
+    let submit_split = |cl: &Cluster, out: &str, key: &str, parts: usize| {
+        let seg = format!("{}", seconds / parts as f64);
+        submit_with(
+            cl,
+            &input,
+            &d.path().join(out),
+            key,
+            &["--segment-seconds", &seg],
+        )
+    };
+
+    // 3. Static even split, undisturbed: what an MPI step costs when no node dies, the
+    // baseline its rerun is compared with.
     let (cl, p0) = bench_cluster(&d.path().join("s"), n, ms, 1.0, 100_000.0);
     let t0 = Instant::now();
-    let (mut s, _) = submit_with(
-        &cl,
-        &input,
-        &d.path().join("s.mp4"),
-        "s",
-        &["--segment-seconds", &seg],
-    );
+    let (mut s, _) = submit_split(&cl, "s.mp4", "s", n);
     assert!(wait_exit(&mut s, 600).success());
     let static_undisturbed = t0.elapsed().as_secs_f64();
     drop(p0);
 
-    // 4. Static even split, no checkpoints, whole step rerun on the survivors after the failure.
+    // 4. Static even split, whole step rerun on the survivors after the failure.
     let (cl, mut p3) = bench_cluster(&d.path().join("c"), n, ms, 1.0, 100_000.0);
     let t0 = Instant::now();
-    let (mut s, id) = submit_with(
-        &cl,
-        &input,
-        &d.path().join("c.mp4"),
-        "c1",
-        &["--segment-seconds", &seg],
-    );
+    let (mut s, id) = submit_split(&cl, "c.mp4", "c1", n);
     let snap = wait_for(&cl.url(), &id, 600, "50 %", |j| {
         j.frames_total > 0 && j.frames_done * 2 >= j.frames_total
     });
@@ -656,14 +655,7 @@ fn eviction_cost_benchmark() {
     kill_first(&mut p3, k, &snap);
     cancel(&cl.url(), &id);
     let _ = wait_exit(&mut s, 60);
-    let seg = format!("{}", seconds / (n - k) as f64);
-    let (mut s, _) = submit_with(
-        &cl,
-        &input,
-        &d.path().join("c.mp4"),
-        "c2",
-        &["--segment-seconds", &seg],
-    );
+    let (mut s, _) = submit_split(&cl, "c.mp4", "c2", n - k);
     assert!(wait_exit(&mut s, 600).success());
     let static_split = t0.elapsed().as_secs_f64();
     drop(p3);

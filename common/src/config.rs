@@ -391,8 +391,8 @@ pub struct WorkerConfig {
     /// "exhaustive" (times them all: slow first run, fastest after), "heuristic" or "default".
     pub cuda_conv_search: String,
     /// CUDA: frame sizes ("WxH") each session runs once before the worker registers, so that
-    /// cuDNN's algorithm search for them (1 s per session, 3.6 s with 16 sessions in one
-    /// process on 4 GPUs) is paid at start-up rather than at the start of a job.
+    /// cuDNN's algorithm search for them (about 1 s per session at a job's start with 4
+    /// sessions on an H200; 0.4 s per session for two sizes at start-up) is not paid by a job.
     pub cuda_warm_up_sizes: Vec<String>,
     /// The worker's token when the coordinator has `tokens_file` (role worker); prefer `token_file`.
     pub token: String,
