@@ -381,6 +381,7 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
                 stall_timeout: Duration::from_secs(60),
                 threads: 0,
                 gpu: None,
+                pool: None,
             };
             decode_range(&req, &mut |f| {
                 out.push(f);
@@ -516,6 +517,7 @@ pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
                 0
             },
             gpu: None,
+            pool: None,
         };
         decode_range(&req, &mut |f| {
             n += 1;
@@ -584,7 +586,7 @@ pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
                     let enc =
                         SegmentEncoder::create(&dir.join(format!("enc{i}.mp4")), geo, settings)?;
                     for f in 0..a.frames {
-                        enc.push(&kept[f % kept.len()], f as u64 * frame_ns, frame_ns)?;
+                        enc.push(kept[f % kept.len()].clone(), f as u64 * frame_ns, frame_ns)?;
                     }
                     enc.finish(Duration::from_secs(120))?;
                     Ok(())

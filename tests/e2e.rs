@@ -113,7 +113,7 @@ fn common_scale(
         },
     )
     .unwrap();
-    enc.push(f, 0, 40_000_000).unwrap();
+    enc.push(f.clone(), 0, 40_000_000).unwrap();
     enc.finish(std::time::Duration::from_secs(30)).unwrap();
     frame_at(&p, 0, None)
 }

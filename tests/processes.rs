@@ -312,6 +312,7 @@ fn all_frames(path: &Path) -> Vec<Vec<u8>> {
         stall_timeout: Duration::from_secs(60),
         threads: 0,
         gpu: None,
+        pool: None,
     };
     decode_range(&req, &mut |f| {
         frames.push(f.data);

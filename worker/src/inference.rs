@@ -3,6 +3,7 @@
 //! RGB frame of the original size.
 
 use crate::error::ModelError;
+use crate::media::pool::FramePool;
 use crate::media::Frame;
 use framewise_common::config::ModelConfig;
 use framewise_common::device::Device;
@@ -111,6 +112,8 @@ pub struct Stylizer {
     /// Frame sizes this session has run: the first run at a new size is slow on a GPU
     /// (cuDNN searches its convolution algorithms for the new shapes).
     sizes_run: std::collections::HashSet<(u32, u32)>,
+    /// Buffers for stylized frames, recycled by the pipeline's encoder (media/pool.rs).
+    pool: FramePool,
 }
 
 impl Stylizer {
@@ -192,6 +195,7 @@ impl Stylizer {
             batchable,
             max_batch: 1,
             sizes_run: Default::default(),
+            pool: FramePool::default(),
         })
     }
 
@@ -244,6 +248,7 @@ impl Stylizer {
             batchable: false,
             max_batch: 1,
             sizes_run: Default::default(),
+            pool: FramePool::default(),
         }
     }
 
@@ -286,6 +291,12 @@ impl Stylizer {
         frames.iter().map(|f| self.stylize(f, style)).collect()
     }
 
+    /// This pipeline's frame buffers: decoded frames are made in them and stylized frames
+    /// come back to them from the encoder.
+    pub fn frame_pool(&self) -> FramePool {
+        self.pool.clone()
+    }
+
     /// The most frames one `stylize_batch` call should get (1 = the model takes no batch).
     pub fn max_batch(&self) -> usize {
         if self.batchable {
@@ -306,6 +317,7 @@ impl Stylizer {
             return Ok(frames.to_vec());
         };
         let path = &self.path;
+        let pool = &self.pool;
         let run_err = |e: &dyn std::fmt::Display| ModelError::Run {
             path: path.clone(),
             detail: e.to_string(),
@@ -405,7 +417,8 @@ impl Stylizer {
                         &shape[..]
                     )));
                 }
-                let mut rgb = vec![0u8; w * h * 3];
+                let mut rgb = pool.take(w * h * 3);
+                rgb.resize(w * h * 3, 0);
                 from_nchw_cropped(data, w, h, pw, ph, lo, hi, &mut rgb);
                 Ok(vec![frame_of(0, rgb)])
             }
@@ -426,9 +439,9 @@ impl Stylizer {
                 Ok((0..n)
                     .map(|k| {
                         let src = &data[k * one..(k + 1) * one];
-                        let mut rgb = vec![0u8; w * h * 3];
-                        for (y, row) in rgb.chunks_exact_mut(w * 3).enumerate() {
-                            row.copy_from_slice(&src[y * pw * 3..y * pw * 3 + w * 3]);
+                        let mut rgb = pool.take(w * h * 3);
+                        for y in 0..h {
+                            rgb.extend_from_slice(&src[y * pw * 3..y * pw * 3 + w * 3]);
                         }
                         frame_of(k, rgb)
                     })

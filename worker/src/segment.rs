@@ -141,6 +141,10 @@ pub fn run_segment(
     let seg_span = &seg_span;
     // Room for a batch being decoded while the previous one is inferred.
     let batch = model.max_batch();
+    // Frame buffers go round: decoded into, given back after inference, stylized into, and
+    // back from the encoder once x264 is done with them.
+    let pool = model.frame_pool();
+    let (dec_pool, enc_pool) = (pool.clone(), pool.clone());
     // Each GPU's pipelines decode on that GPU's own hardware decoder.
     let gpu = match model.device() {
         Device::Cuda(n) => Some(n),
@@ -163,6 +167,7 @@ pub fn run_segment(
                     stall_timeout: STALL,
                     threads: spec.encoder.threads,
                     gpu,
+                    pool: Some(dec_pool),
                 };
                 let mut i = start;
                 decode_range(&req, &mut |f| {
@@ -186,14 +191,15 @@ pub fn run_segment(
                         first,
                         (first + k).min(range_end),
                         path.clone(),
-                        SegmentEncoder::create(&path, geo, spec.encoder)?,
+                        SegmentEncoder::create(&path, geo, spec.encoder)?
+                            .recycling_into(enc_pool.clone()),
                     ));
                 }
                 let Some((first, end, _, encoder)) = current.as_ref() else {
                     continue;
                 };
                 let t = Instant::now();
-                encoder.push(&f, pts(i) - pts(*first), duration(i))?;
+                encoder.push(f, pts(i) - pts(*first), duration(i))?;
                 busy += t.elapsed();
                 if i + 1 == *end {
                     if let Some((first, end, path, encoder)) = current.take() {
@@ -265,6 +271,9 @@ pub fn run_segment(
             };
             inferring += t.elapsed();
             first_infer.get_or_insert(t.elapsed());
+            for f in frames.drain(..) {
+                pool.give(f.data);
+            }
             for out in outs {
                 if enc_tx.send((i, out)).is_err() {
                     break 'frames; // the encoder failed; its error is reported below
@@ -326,7 +335,65 @@ pub fn run_segment(
 
 #[cfg(test)]
 mod tests {
-    use super::inference_size;
+    use super::{inference_size, run_segment, ChunkDone, SegmentControl, SegmentSpec};
+    use crate::inference::Stylizer;
+    use crate::media::encode::EncoderSettings;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// Frame buffers go round a real pipeline (decode, the synthetic model, x264): 30 frames
+    /// are decoded into buffers the pool mostly had already, not 30 fresh ones.
+    #[test]
+    fn frame_buffers_go_round_the_pipeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let clip = dir.path().join("in.mp4");
+        crate::media::test_clip(&clip, 30);
+        let p = crate::media::probe::probe(&clip, Duration::from_secs(20)).unwrap();
+        let mut model = Stylizer::synthetic(Duration::ZERO, &Default::default());
+        let out = dir.path().join("out");
+        let settings = EncoderSettings {
+            crf: 23,
+            preset: "ultrafast".into(),
+            threads: 1,
+        };
+        let spec = SegmentSpec {
+            input: &clip,
+            output_dir: &out,
+            start_frame: 0,
+            frame_pts: &p.frame_pts,
+            seek_ns: 0,
+            chunk_frames: 10,
+            size: (p.width, p.height),
+            fps: (25, 1),
+            frame_duration_ns: 40_000_000,
+            max_size: 0,
+            style: &[],
+            encoder: &settings,
+        };
+        let (progress, cancel, limit) = (
+            AtomicU64::new(0),
+            AtomicBool::new(false),
+            AtomicU64::new(u64::MAX),
+        );
+        let chunks = Mutex::new(Vec::new());
+        let on_chunk = |c: ChunkDone| chunks.lock().unwrap().push(c.start);
+        let ctl = SegmentControl {
+            progress: &progress,
+            cancel: &cancel,
+            limit: &limit,
+            on_chunk: &on_chunk,
+        };
+        assert_eq!(run_segment(&spec, &mut model, &ctl).unwrap(), 30);
+        assert_eq!(*chunks.lock().unwrap(), vec![0, 10, 20]);
+        let pool = model.frame_pool();
+        assert!(
+            pool.made() < 20,
+            "{} of 30 decoded frames needed a fresh buffer",
+            pool.made()
+        );
+        assert!(pool.idle() > 0, "no buffer came back");
+    }
 
     #[test]
     fn max_size_scales_the_long_side() {

@@ -2,6 +2,7 @@
 //! seek to the keyframe at or before start, decode, keep only the frames
 //! whose timestamps the probe listed for this range.
 
+use super::pool::FramePool;
 use super::{check_input, make, set_state, Frame, Stopper};
 use crate::error::MediaError;
 use gstreamer as gst;
@@ -30,6 +31,8 @@ pub struct DecodeRequest<'a> {
     /// The GPU whose hardware decoder to use, if any: GStreamer otherwise gives every pipeline
     /// the first GPU's (ranked highest), so a multi-GPU worker decoded everything on one GPU.
     pub gpu: Option<u32>,
+    /// Where frame buffers come from (the pipeline's recycled ones); None = fresh ones.
+    pub pool: Option<FramePool>,
 }
 
 /// Decodes the requested frames in order, handing each to `on_frame`; stops early when it returns false.
@@ -281,7 +284,7 @@ fn decode_once(
             info = Some(gst_video::VideoInfo::from_caps(caps).map_err(|e| err(&e))?);
         }
         let Some(vi) = info.as_ref() else { continue };
-        let frame = pack_rgb(buf, vi, pts).map_err(|e| err(&e))?;
+        let frame = pack_rgb(buf, vi, pts, req.pool.as_ref()).map_err(|e| err(&e))?;
         if next == 0 {
             // Where a range's start-up time goes: pipeline start (and seek), first decoded
             // frame, frames decoded from the keyframe before the range and dropped.
@@ -333,7 +336,12 @@ fn nvidia_decoder_gpu(factory: &str) -> Option<u32> {
 }
 
 /// Copies an RGB buffer into tightly packed rows (GStreamer pads rows to 4 bytes).
-fn pack_rgb(buf: &gst::BufferRef, vi: &gst_video::VideoInfo, pts: u64) -> Result<Frame, String> {
+fn pack_rgb(
+    buf: &gst::BufferRef,
+    vi: &gst_video::VideoInfo,
+    pts: u64,
+    pool: Option<&FramePool>,
+) -> Result<Frame, String> {
     let (w, h) = (vi.width() as usize, vi.height() as usize);
     let stride = vi.stride()[0] as usize;
     let map = buf.map_readable().map_err(|e| e.to_string())?;
@@ -345,7 +353,10 @@ fn pack_rgb(buf: &gst::BufferRef, vi: &gst_video::VideoInfo, pts: u64) -> Result
             src.len()
         ));
     }
-    let mut data = Vec::with_capacity(row * h);
+    let mut data = match pool {
+        Some(p) => p.take(row * h),
+        None => Vec::with_capacity(row * h),
+    };
     for y in 0..h {
         data.extend_from_slice(&src[y * stride..y * stride + row]);
     }
@@ -360,8 +371,6 @@ fn pack_rgb(buf: &gst::BufferRef, vi: &gst_video::VideoInfo, pts: u64) -> Result
 #[cfg(test)]
 mod tests {
     use super::{decode_range_counted, nvidia_decoder_gpu, DecodeRequest};
-    use gstreamer as gst;
-    use gstreamer::prelude::*;
     use std::time::Duration;
 
     fn request<'a>(path: &'a std::path::Path, pts: &'a [u64], seek_ns: u64) -> DecodeRequest<'a> {
@@ -373,6 +382,7 @@ mod tests {
             stall_timeout: Duration::from_secs(20),
             threads: 1,
             gpu: None,
+            pool: None,
         }
     }
 
@@ -381,25 +391,9 @@ mod tests {
     /// before the range are dropped before the conversion to RGB.
     #[test]
     fn a_range_after_a_seek_is_exact_and_its_lead_in_is_dropped_by_the_decoder() {
-        crate::media::init().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gop.mp4");
-        let launch = format!(
-            "videotestsrc pattern=ball num-buffers=40 ! video/x-raw,format=I420,width=96,height=64,framerate=25/1 \
-             ! x264enc speed-preset=ultrafast bframes=2 key-int-max=12 ! h264parse ! mp4mux ! filesink location=\"{}\"",
-            path.display()
-        );
-        let pipeline = gst::parse::launch(&launch).unwrap();
-        pipeline.set_state(gst::State::Playing).unwrap();
-        let bus = pipeline.bus().unwrap();
-        let msg = bus
-            .timed_pop_filtered(
-                gst::ClockTime::from_seconds(20),
-                &[gst::MessageType::Eos, gst::MessageType::Error],
-            )
-            .unwrap();
-        assert_eq!(msg.type_(), gst::MessageType::Eos);
-        pipeline.set_state(gst::State::Null).unwrap();
+        crate::media::test_clip(&path, 40);
         let p = crate::media::probe::probe(&path, Duration::from_secs(20)).unwrap();
         assert_eq!(p.frame_pts.len(), 40);
         let mut all = Vec::new();

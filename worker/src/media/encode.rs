@@ -2,6 +2,7 @@
 //! mp4mux). Every segment of a job uses the same settings so assembly can
 //! concatenate them without re-encoding.
 
+use super::pool::{FramePool, Lent};
 use super::{make, set_state, Frame, Stopper};
 use crate::error::MediaError;
 use gstreamer as gst;
@@ -34,6 +35,8 @@ pub struct SegmentEncoder {
     pipeline: gst::Pipeline,
     src: gst_app::AppSrc,
     path: PathBuf,
+    /// Where pushed frames' buffers go once x264 has encoded them.
+    pool: FramePool,
     _stop: Stopper,
 }
 
@@ -118,25 +121,35 @@ impl SegmentEncoder {
             pipeline,
             src,
             path: path.into(),
+            pool: FramePool::default(),
             _stop: stop,
         })
     }
 
-    /// Queues one frame; blocks while the encoder is busy (bounded memory).
-    pub fn push(&self, frame: &Frame, pts_ns: u64, duration_ns: u64) -> Result<(), MediaError> {
+    /// Hands the frames' buffers back to `pool` once x264 is done with them.
+    pub fn recycling_into(mut self, pool: FramePool) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// Queues one frame, taking its pixels over (no copy where rows need no padding); blocks
+    /// while the encoder is busy (bounded memory).
+    pub fn push(&self, frame: Frame, pts_ns: u64, duration_ns: u64) -> Result<(), MediaError> {
         // GStreamer's RGB rows are padded to 4 bytes; frames are tightly packed.
         let row = frame.width as usize * 3;
         let stride = (row + 3) & !3;
         let data = if stride == row {
-            frame.data.clone()
+            frame.data
         } else {
-            let mut d = vec![0u8; stride * frame.height as usize];
+            let mut d = self.pool.take(stride * frame.height as usize);
+            d.resize(stride * frame.height as usize, 0);
             for (dst, src) in d.chunks_exact_mut(stride).zip(frame.data.chunks_exact(row)) {
                 dst[..row].copy_from_slice(src);
             }
+            self.pool.give(frame.data);
             d
         };
-        let mut buf = gst::Buffer::from_mut_slice(data);
+        let mut buf = gst::Buffer::from_mut_slice(Lent::new(data, self.pool.clone()));
         {
             let b = buf
                 .get_mut()

@@ -5,6 +5,7 @@
 pub mod assemble;
 pub mod decode;
 pub mod encode;
+pub mod pool;
 pub mod probe;
 pub mod warmup;
 
@@ -247,4 +248,27 @@ pub(crate) fn with_secs(e: MediaError, secs: u64) -> MediaError {
         MediaError::Timeout { path, what, .. } => MediaError::Timeout { path, secs, what },
         other => other,
     }
+}
+
+/// A test clip: `frames` frames of a moving ball, 96x64 at 25/s, H.264 with B-frames and a
+/// keyframe every 12 frames.
+#[cfg(test)]
+pub(crate) fn test_clip(path: &Path, frames: u32) {
+    init().unwrap();
+    let launch = format!(
+        "videotestsrc pattern=ball num-buffers={frames} ! video/x-raw,format=I420,width=96,height=64,framerate=25/1 \
+         ! x264enc speed-preset=ultrafast bframes=2 key-int-max=12 ! h264parse ! mp4mux ! filesink location=\"{}\"",
+        path.display()
+    );
+    let pipeline = gst::parse::launch(&launch).unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(20),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .unwrap();
+    assert_eq!(msg.type_(), gst::MessageType::Eos);
+    pipeline.set_state(gst::State::Null).unwrap();
 }

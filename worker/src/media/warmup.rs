@@ -59,6 +59,7 @@ fn encode_and_decode(path: &Path, gpu: Option<u32>) -> Result<(), MediaError> {
         stall_timeout: Duration::from_secs(20),
         threads: 1,
         gpu,
+        pool: None,
     };
     let n = decode_range(&req, &mut |_| true)?;
     if n != probe.frame_pts.len() as u64 {
