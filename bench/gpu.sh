@@ -31,6 +31,16 @@ fw=${FW_BIN:-$R/framewise}  # FW_BIN: another build (e.g. the one before a chang
 clip=$R/${FW_CLIP:-clip720.mp4}  # FW_CLIP: another clip carried and unpacked into $R
 steps=("$@"); [ "${1:-all}" = all ] && steps=(info media model e2e)
 log() { echo "== $*"; }
+# The segment log lines of a run, summed: per-frame stage times, and each range's wait for its
+# first decoded frame and its first run at the frame size (the start-up costs).
+stages() {
+  sed 's/\x1b\[[0-9;]*m//g' "$@" | grep -o 'segment stages.*' | awk '
+    { for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] += kv[2]; if (kv[2] > mx[kv[1]]) mx[kv[1]] = kv[2] } n++ }
+    END { printf "   %d segments: per frame decode_wait %.1f ms, infer %.1f ms, encode %.1f ms, wall %.1f ms\n",
+            n, v["decode_wait_ms"]/v["frames"], v["infer_ms"]/v["frames"], v["encode_ms"]/v["frames"], v["wall_ms"]/v["frames"]
+          printf "   per range: first frame after %.0f ms (longest %d), first run at its size %.0f ms (longest %d)\n",
+            v["first_frame_ms"]/n, mx["first_frame_ms"], v["warm_up_ms"]/n, mx["warm_up_ms"] }'
+}
 for step in "${steps[@]}"; do case $step in
   --check|info)
     log "machine: $(nproc) cores, $(nvidia-smi -L | tr '\n' ';')"
@@ -138,10 +148,7 @@ PY
         join "$OUT/t1" "$OUT/t2" | awk '{d = ($3 - $2) / 400; if (d > 0.05) printf "     %-18s %.2f\n", $1, d}' | sort -k2 -rn | head -12
         wait $rpid
         grep -h "wrote\|error" "$OUT/run-g$g-p$p-b$b.log" | tail -2
-        sed 's/\x1b\[[0-9;]*m//g' "$OUT/run-g$g-p$p-b$b.log" | grep -o 'segment stages.*' | awk '
-          { for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] += kv[2] } n++ }
-          END { printf "   %d segments: per frame decode_wait %.1f ms, infer %.1f ms, encode %.1f ms, wall %.1f ms\n",
-                n, v["decode_wait_ms"]/v["frames"], v["infer_ms"]/v["frames"], v["encode_ms"]/v["frames"], v["wall_ms"]/v["frames"] }'
+        stages "$OUT/run-g$g-p$p-b$b.log"
         kill $smi
         awk -F', ' '$2 > 0 {s[$1] += $2; n[$1]++} END {for (g in s) printf "   gpu %s busy %.0f%% (mean of samples while running)\n", g, s[g]/n[g]}' "$OUT/util-g$g-p$p-b$b.csv"
         echo "   ^ $g GPU(s), $p pipelines per GPU, batch $b, blocking sync $bs"
@@ -189,10 +196,7 @@ PY
         -v p="$([ "${FW_SPLIT:-0}" = 1 ] && echo "one process per GPU" || echo "one process")" \
         'BEGIN { printf "   fleet: %d GPU(s), %s, %d jobs (%d reported done, %d frames): %.1f s, %.1f frames/s\n", g, p, j, ok, n, b - a, n / (b - a) }'
       tail -1 "$d/submit1.log"
-      sed 's/\x1b\[[0-9;]*m//g' "$d"/worker-*.log | grep -o 'segment stages.*' | awk '
-        { for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] += kv[2] } n++ }
-        END { printf "   %d segments: per frame decode_wait %.1f ms, infer %.1f ms, encode %.1f ms, wall %.1f ms\n",
-              n, v["decode_wait_ms"]/v["frames"], v["infer_ms"]/v["frames"], v["encode_ms"]/v["frames"], v["wall_ms"]/v["frames"] }'
+      stages "$d"/worker-*.log
       kill -INT "${wpids[@]}"; sleep 2; kill -TERM $cpid; wait "${wpids[@]}" $cpid 2>/dev/null
     done
     ;;
