@@ -22,6 +22,16 @@ pub enum Device {
     Cuda(u32),
 }
 
+impl Device {
+    /// The GPU's index, for what must run on the same GPU (its hardware decoder); None on a CPU.
+    pub fn gpu(self) -> Option<u32> {
+        match self {
+            Device::Cuda(n) => Some(n),
+            Device::Cpu => None,
+        }
+    }
+}
+
 impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

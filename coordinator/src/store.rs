@@ -280,10 +280,15 @@ mod tests {
             let (_, ch) = s.lease("w", "l1".into(), 6, &rules).unwrap();
             store.persist(&s, &ch).unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
-        let (jobs, tasks) = store.load().unwrap();
+        assert_reloads(dir.path(), &s);
+    }
+
+    /// Reopens the store and checks it holds exactly `s`'s jobs and tasks; returns the jobs.
+    fn assert_reloads(dir: &std::path::Path, s: &State) -> Vec<crate::model::Job> {
+        let (jobs, tasks) = Store::open(dir).unwrap().load().unwrap();
         assert_eq!(jobs, s.jobs.values().cloned().collect::<Vec<_>>());
         assert_eq!(tasks, s.tasks.values().cloned().collect::<Vec<_>>());
+        jobs
     }
 
     #[test]
@@ -328,11 +333,8 @@ mod tests {
             assert!(rows(&s, &ch).unwrap().media.is_empty());
             store.persist(&s, &ch).unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
-        let (jobs, tasks) = store.load().unwrap();
+        let jobs = assert_reloads(dir.path(), &s);
         assert_eq!(jobs[0].media.as_ref(), Some(&media));
-        assert_eq!(jobs, s.jobs.values().cloned().collect::<Vec<_>>());
-        assert_eq!(tasks, s.tasks.values().cloned().collect::<Vec<_>>());
     }
 
     #[test]

@@ -74,11 +74,7 @@ fn warm_up_media_once(id: &str, device: Device) {
         return;
     }
     done.push(device);
-    let gpu = match device {
-        Device::Cuda(n) => Some(n),
-        Device::Cpu => None,
-    };
-    match crate::media::warmup::warm_up(&std::env::temp_dir(), gpu) {
+    match crate::media::warmup::warm_up(&std::env::temp_dir(), device.gpu()) {
         Ok(took) => {
             info!(worker_id = %id, %device, ms = took.as_millis() as u64, "media pipelines warmed up")
         }
@@ -128,16 +124,13 @@ impl Worker {
         // Measured once at start-up and reported at registration (a bad model fails here, early).
         let model_fps = model.measure_fps(MEASURE_SIZE.0, MEASURE_SIZE.1, 2)?;
         info!(worker_id = %id, %device, model_fps, width = MEASURE_SIZE.0, height = MEASURE_SIZE.1, "model throughput measured");
-        let began = Instant::now();
-        let sizes: Vec<(u32, u32)> = cfg
-            .cuda_warm_up_sizes
-            .iter()
-            .filter_map(|s| framewise_common::config::parse_size(s))
-            .collect();
-        for &(w, h) in &sizes {
-            model.warm_up_size(w, h)?; // on a GPU only (cuDNN's search); nothing on a CPU
-        }
-        if matches!(device, Device::Cuda(_)) && !sizes.is_empty() {
+        if device.gpu().is_some() && !cfg.cuda_warm_up_sizes.is_empty() {
+            let began = Instant::now();
+            // Validated with the config, so every entry parses.
+            let sizes = cfg.cuda_warm_up_sizes.iter();
+            for (w, h) in sizes.filter_map(|s| framewise_common::config::parse_size(s)) {
+                model.warm_up_size(w, h)?;
+            }
             info!(worker_id = %id, %device, sizes = ?cfg.cuda_warm_up_sizes, ms = began.elapsed().as_millis() as u64, "frame sizes warmed up");
         }
         Ok(Self {

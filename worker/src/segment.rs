@@ -7,7 +7,6 @@ use crate::inference::Stylizer;
 use crate::media::decode::{decode_range, DecodeRequest};
 use crate::media::encode::{EncoderSettings, Geometry, SegmentEncoder};
 use crate::media::Frame;
-use framewise_common::device::Device;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
@@ -146,10 +145,7 @@ pub fn run_segment(
     let pool = model.frame_pool();
     let (dec_pool, enc_pool) = (pool.clone(), pool.clone());
     // Each GPU's pipelines decode on that GPU's own hardware decoder.
-    let gpu = match model.device() {
-        Device::Cuda(n) => Some(n),
-        Device::Cpu => None,
-    };
+    let gpu = model.device().gpu();
     let (dec_tx, dec_rx) = sync_channel::<Frame>(DEPTH.max(2 * batch));
     let (enc_tx, enc_rx) = sync_channel::<(u64, Frame)>(DEPTH.max(2 * batch));
     std::thread::scope(|s| -> Result<u64, SegmentError> {

@@ -353,10 +353,7 @@ fn pack_rgb(
             src.len()
         ));
     }
-    let mut data = match pool {
-        Some(p) => p.take(row * h),
-        None => Vec::with_capacity(row * h),
-    };
+    let mut data = pool.map_or_else(|| Vec::with_capacity(row * h), |p| p.take(row * h));
     for y in 0..h {
         data.extend_from_slice(&src[y * stride..y * stride + row]);
     }
