@@ -90,6 +90,18 @@ for step in "${steps[@]}"; do case $step in
     bm --optimize auto --sessions 1 | grep -E 'chosen|bench-model'
     rm -rf "$R/cache"
     ;;
+  inproc)
+    # Inference alone across the GPUs (issue 10): FW_SESSIONS sessions on one GPU; the same on
+    # each GPU in one process; then one process per GPU started together (frames/s summed).
+    # Tells contention inside one process (ONNX Runtime, the CUDA driver) from the media stages.
+    s=${FW_SESSIONS:-4}; n=$(nvidia-smi -L | wc -l); f=${FW_FRAMES:-300}
+    bmi() { env ${FW_ENV:-} CUDA_VISIBLE_DEVICES=$1 $fw bench-model --device cuda --sessions $2 --frames $f --size 1280x720 2>&1 | grep -E 'bench-model|rror'; }
+    echo "   1 GPU, $s sessions: $(bmi 0 "$s")"
+    echo "   $n GPUs, $s sessions each, one process: $(bmi "$(seq -s, 0 $((n - 1)))" $((s * n)))"
+    for g in $(seq 0 $((n - 1))); do bmi "$g" "$s" > "$OUT/inproc-$g.log" & done; wait
+    cat "$OUT"/inproc-*.log | sed 's/^/   one process per GPU: /'
+    grep -ho '[0-9.]* frames/s' "$OUT"/inproc-*.log | awk '{s += $1} END {printf "   one process per GPU, summed: %.1f frames/s\n", s}'
+    ;;
   files)
     # Given model files as they are (FW_MODELS, e.g. made by `framewise optimize-model`):
     # frames/s with FW_SESSIONS sessions each.
@@ -170,12 +182,17 @@ PY
         $fw coordinator -c config/coordinator.toml > "$d/coord.log" 2>&1 &
       cpid=$!
       sleep 1
-      # FW_SPLIT=1: one worker process per GPU instead of one process using all of them.
+      # FW_SPLIT=1: a `framewise worker` per GPU (by hand) instead of one for all of them (which
+      # itself runs a child per GPU unless FW_ENV="FRAMEWISE_WORKER__PROCESS_PER_GPU=false").
       wpids=()
-      if [ "${FW_SPLIT:-0}" = 1 ]; then sets=$(seq 0 $((g - 1))); else sets=$(seq -s, 0 $((g - 1))); fi
+      # FW_PROCS_PER_GPU=N (with FW_SPLIT=1): N worker processes per GPU sharing its pipelines.
+      per=${FW_PROCS_PER_GPU:-1}
+      if [ "${FW_SPLIT:-0}" = 1 ]; then sets=$(for x in $(seq 0 $((g - 1))); do for k in $(seq 1 "$per"); do echo $x; done; done); else sets=$(seq -s, 0 $((g - 1))); per=1; fi
+      k=0
       for vis in $sets; do
-        CUDA_VISIBLE_DEVICES=$vis FRAMEWISE_WORKER__PIPELINES_PER_GPU=${FW_PIPELINES:-4} \
-          $fw worker -c config/worker.toml --coordinator http://127.0.0.1:$port --device cuda > "$d/worker-$vis.log" 2>&1 &
+        k=$((k + 1))
+        env ${FW_ENV:-} CUDA_VISIBLE_DEVICES=$vis FRAMEWISE_WORKER__PIPELINES_PER_GPU=$((${FW_PIPELINES:-4} / per)) \
+          $fw worker -c config/worker.toml --coordinator http://127.0.0.1:$port --device cuda > "$d/worker-$vis-$k.log" 2>&1 &
         wpids+=($!)
       done
       want=$((g * ${FW_PIPELINES:-4}))
@@ -193,7 +210,7 @@ PY
       ok=$(grep -l "wrote" "$d"/submit*.log | wc -l)
       n=$(grep -ho "([0-9]* frames" "$d"/submit*.log | tr -dc '0-9\n' | awk '{s += $1} END {print s + 0}')
       awk -v n="$n" -v a="$t0" -v b="$t1" -v g="$g" -v ok="$ok" -v j="$jobs" \
-        -v p="$([ "${FW_SPLIT:-0}" = 1 ] && echo "one process per GPU" || echo "one process")" \
+        -v p="$([ "${FW_SPLIT:-0}" = 1 ] && echo "$per worker(s) per GPU" || echo "one worker")${FW_ENV:+ ($FW_ENV)}" \
         'BEGIN { printf "   fleet: %d GPU(s), %s, %d jobs (%d reported done, %d frames): %.1f s, %.1f frames/s\n", g, p, j, ok, n, b - a, n / (b - a) }'
       tail -1 "$d/submit1.log"
       stages "$d"/worker-*.log

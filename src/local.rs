@@ -1,6 +1,7 @@
 //! Commands that run worker code in this process: the embedded `run`, a
 //! standalone `worker`, `bench-model` and `styles`.
 
+use crate::children::{split_by_gpu, Fleet};
 use crate::cli::{BenchArgs, BenchMediaArgs, OptimizeArgs, RunArgs};
 use crate::client::{follow, report, style_weights};
 use crate::load_config;
@@ -217,15 +218,23 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         cfg.coordinator.http_addr = "127.0.0.1:0".into();
     }
 
-    // Load the model once per worker before anything starts, so a bad model is one clear error.
+    // Load the model once per worker before anything starts, so a bad model is one clear error
+    // (on several GPUs each GPU's worker process loads its own after the coordinator starts).
     let on_cpu = plan_pipelines(&cfg.worker, None)?.first() == Some(&Device::Cpu);
     let count = a.workers.or(on_cpu.then_some(cfg.embedded.workers));
-    let ws = start_workers(
-        &cfg.worker,
-        count,
-        a.workers.unwrap_or(cfg.embedded.workers),
-        |n| worker_id(&cfg.worker, n),
-    )?;
+    let split = split_by_gpu(
+        &plan_pipelines(&cfg.worker, count)?,
+        cfg.worker.process_per_gpu,
+    );
+    let ws = match split {
+        Some(_) => Vec::new(),
+        None => start_workers(
+            &cfg.worker,
+            count,
+            a.workers.unwrap_or(cfg.embedded.workers),
+            |n| worker_id(&cfg.worker, n),
+        )?,
+    };
 
     let coord = framewise_coordinator::start(&cfg.coordinator, &cfg.storage)?;
     let url = coord.url();
@@ -242,7 +251,39 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         w.set_coordinator(&url);
         handles.push(rt.spawn(w.run(stop_rx.clone())));
     }
+    let since_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut fleet = match &split {
+        Some(gpus) => {
+            let mut child = cfg.clone();
+            child.worker.coordinator_url = url.clone();
+            // As quiet as this command's own log unless FRAMEWISE_LOG says otherwise.
+            let _guard = rt.enter();
+            Some(Fleet::start(&child, gpus, Some("error".into()))?)
+        }
+        None => None,
+    };
 
+    // The worker processes load their models first, as the in-process workers did above: the
+    // job is submitted once every pipeline has registered, so GPUs that cannot run fail the
+    // command before any job exists.
+    if let (Some(f), Some(gpus)) = (fleet.as_mut(), &split) {
+        let want: usize = gpus.iter().map(|(_, n)| n).sum();
+        let ready = rt.block_on(async {
+            while coord.workers_seen_since(since_ms).await < want {
+                tokio::select! {
+                    r = f.ended() => return Err(r.err().unwrap_or_else(|| anyhow!("the worker processes ended before registering"))),
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = ready {
+            coord.shutdown();
+            return Err(e);
+        }
+    }
     let started = Instant::now();
     let result = rt.block_on(async {
         // The embedded coordinator has no tokens file: no token to send.
@@ -281,12 +322,25 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
                     .await;
             }
         });
-        let job = follow(&mut client, &id, !a.quiet).await;
+        let job = tokio::select! {
+            job = follow(&mut client, &id, !a.quiet) => job,
+            // The worker processes gave up (or all ended) with the job unfinished: cancel it,
+            // so it ends with a reason, and say why.
+            ended = ended(&mut fleet) => {
+                let _ = client.cancel_job(pb::CancelJobRequest { job_id: id.clone() }).await;
+                Err(ended.err().unwrap_or_else(|| anyhow!("every worker process ended before job {id} finished")))
+            }
+        };
         ctrl_c.abort();
         job
     });
     let _ = stop_tx.send(true);
     rt.block_on(async {
+        if let Some(f) = fleet.take() {
+            if let Err(e) = f.stop().await {
+                tracing::warn!(error = %e, "stopping the worker processes");
+            }
+        }
         for h in handles {
             let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
         }
@@ -297,7 +351,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     Ok(report(&job, started.elapsed()))
 }
 
-/// `framewise worker`: one worker process pulling from a coordinator until Ctrl-C.
+/// `framewise worker`: pulls from a coordinator until Ctrl-C or SIGTERM (on several GPUs, through a child process per GPU).
 pub fn worker(
     config: &Path,
     coordinator: Option<String>,
@@ -316,16 +370,31 @@ pub fn worker(
     // One pipeline on a CPU (using every core); pipelines_per_gpu on each GPU, each pipeline a
     // worker of its own to the coordinator (its own leases), so losing the node loses at most
     // one chunk per pipeline.
-    let ws = start_workers(&cfg.worker, None, 1, |n| worker_id(&cfg.worker, n))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // On several GPUs: a worker process per GPU, this one supervising them.
+    let split = split_by_gpu(
+        &plan_pipelines(&cfg.worker, None)?,
+        cfg.worker.process_per_gpu,
+    );
+    if let Some(gpus) = split {
+        tracing::info!(gpus = ?gpus, "one worker process per GPU (GPU, pipelines)");
+        return rt.block_on(async {
+            let mut fleet = Fleet::start(&cfg, &gpus, None)?;
+            tokio::select! {
+                r = fleet.ended() => r?,
+                _ = shutdown_signal() => fleet.stop().await?,
+            }
+            Ok(ExitCode::SUCCESS)
+        });
+    }
+    let ws = start_workers(&cfg.worker, None, 1, |n| worker_id(&cfg.worker, n))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     rt.spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            let _ = stop_tx.send(true);
-        }
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
     });
     let handles: Vec<_> = ws
         .into_iter()
@@ -342,6 +411,30 @@ pub fn worker(
     match failed {
         Some(e) => Err(e),
         None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Ctrl-C or SIGTERM (systemd, a scale set stopping the VM, a supervisor's death): drain.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The worker processes' end, or never when there are none.
+async fn ended(fleet: &mut Option<Fleet>) -> Result<()> {
+    match fleet {
+        Some(f) => f.ended().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -2,6 +2,8 @@
 //! coordinator and worker crates.
 
 mod blob;
+#[cfg(feature = "worker")]
+mod children;
 mod cli;
 mod client;
 #[cfg(feature = "worker")]

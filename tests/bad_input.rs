@@ -239,3 +239,36 @@ fn a_full_queue_refuses_new_jobs_but_not_a_retried_submit() {
         "{err}"
     );
 }
+
+/// On two GPUs `run` starts a worker process per GPU. Where the GPUs cannot run the model
+/// (here: no CUDA at all, two GPUs claimed), each process is restarted, then given up on before
+/// any job is submitted, and the error names the GPU and the worker's own error.
+#[test]
+fn gpus_that_cannot_run_the_model_fail_the_run_naming_the_gpu_and_the_cause() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in.mp4");
+    make_clip(&input, 64, 48, 10, false);
+    let out = d.path().join("out.mp4");
+    let began = std::time::Instant::now();
+    let o = framewise_run(
+        &input,
+        &out,
+        &["--device", "cuda"],
+        &[("CUDA_VISIBLE_DEVICES", "0,1")],
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success(), "must fail: {err}");
+    let last = err.lines().rev().find(|l| l.starts_with("error:")).unwrap();
+    assert!(
+        last.contains("worker process for GPU") && last.contains("failed 3 times in a row"),
+        "{last}"
+    );
+    // The worker's own words: the CUDA provider did not start on that GPU.
+    assert!(
+        last.contains("Its last error:") && last.contains("cuda"),
+        "{last}"
+    );
+    assert!(!out.exists(), "no output file on failure");
+    assert!(partial_files(d.path()).is_empty(), "no partial files left");
+    assert!(began.elapsed() < std::time::Duration::from_secs(120));
+}

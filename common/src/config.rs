@@ -373,6 +373,9 @@ pub struct WorkerConfig {
     /// Inference pipelines per GPU (each its own session, decoder, encoder and lease), so the
     /// GPU always has frames in flight and x264 gets every core.
     pub pipelines_per_gpu: usize,
+    /// With several GPUs, each GPU's pipelines run in a child process of their own: in one
+    /// process the GPUs' pipelines slowed each other's inference (BENCHMARKS.md, issue 10).
+    pub process_per_gpu: bool,
     /// "auto": a rewritten model that passes its quality gate and is faster here; "on": one that
     /// passes its quality gate; "off": the file as is; a variant's name: that one if it passes.
     pub optimize: String,
@@ -437,6 +440,7 @@ impl Default for WorkerConfig {
             device: "auto".into(),
             gpus: "all".into(),
             pipelines_per_gpu: 4,
+            process_per_gpu: true,
             optimize: "auto".into(),
             model_cache_dir: PathBuf::new(),
             batch_frames: 0,

@@ -43,6 +43,7 @@ pub struct Coordinator {
     threads: Vec<JoinHandle<()>>,
     /// The blob trigger, when enabled (stops polling when dropped).
     _trigger: Option<crate::trigger::Trigger>,
+    manager: actix::Addr<JobManager>,
 }
 
 impl Coordinator {
@@ -59,6 +60,16 @@ impl Coordinator {
     /// The dashboard's URL, if the HTTP server is on.
     pub fn http_url(&self) -> Option<String> {
         self.http.as_ref().map(|(a, _)| format!("http://{a}"))
+    }
+
+    /// Workers heard from at or after `since_ms` (Unix ms): `framewise run` waits for the
+    /// worker processes it started to register before it submits the job.
+    pub async fn workers_seen_since(&self, since_ms: u64) -> usize {
+        self.manager
+            .send(crate::manager::ListWorkers)
+            .await
+            .map(|ws| ws.iter().filter(|w| w.last_seen_ms >= since_ms).count())
+            .unwrap_or(0)
     }
 
     /// Blocks until the gRPC server stops.
@@ -221,6 +232,7 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
     } else {
         None
     };
+    let manager = manager_addr.clone();
     let services = Services {
         manager: manager_addr,
         metrics,
@@ -326,6 +338,7 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
         system,
         threads: vec![grpc, actors],
         _trigger: trigger,
+        manager,
     })
 }
 
