@@ -22,6 +22,20 @@ pub fn plan_segments(
             frame_count
         };
     let slack = target / 4;
+    // Each segment looks only at the keyframes inside its window (a binary search), not at
+    // all of them: planning 1,000 segments of a 25,000-frame job on the coordinator's actor
+    // thread scanned every keyframe once per segment.
+    let sorted;
+    let keyframes = if keyframes.is_sorted() {
+        keyframes
+    } else {
+        sorted = {
+            let mut k = keyframes.to_vec();
+            k.sort_unstable();
+            k
+        };
+        &sorted
+    };
     let mut out = Vec::new();
     let mut start = 0u64;
     loop {
@@ -34,10 +48,12 @@ pub fn plan_segments(
         }
         let lo = ideal.saturating_sub(slack).max(start + 1);
         let hi = ideal.saturating_add(slack);
-        let snapped = keyframes
+        let from = keyframes.partition_point(|k| *k < lo);
+        let to = keyframes.partition_point(|k| *k <= hi);
+        // The nearest to the ideal cut; on a tie the earlier one, as a scan in order finds.
+        let snapped = keyframes[from..to]
             .iter()
             .copied()
-            .filter(|k| (lo..=hi).contains(k))
             .min_by_key(|k| k.abs_diff(ideal))
             .unwrap_or(ideal);
         out.push(start..snapped);
@@ -46,7 +62,13 @@ pub fn plan_segments(
 }
 
 /// The keyframe to seek to before decoding from `frame`: the last keyframe at or before it.
+/// A binary search where the keyframes are in order (as probes report them; asked on every
+/// lease grant), a scan otherwise.
 pub fn keyframe_at_or_before(keyframes: &[u64], frame: u64) -> u64 {
+    if keyframes.is_sorted() {
+        let n = keyframes.partition_point(|k| *k <= frame);
+        return n.checked_sub(1).map_or(0, |i| keyframes[i]);
+    }
     keyframes
         .iter()
         .copied()
@@ -105,6 +127,72 @@ mod tests {
             for seg in [0.04, 0.3, 1.0, 2.5] {
                 let kf: Vec<u64> = (0..n).step_by(12).collect();
                 assert_covers(&plan_segments(n, 25.0, &kf, seg), n);
+            }
+        }
+    }
+
+    /// The plan as it was written first (every keyframe scanned per segment): the reference
+    /// the binary search must agree with.
+    fn plan_by_scan(n: u64, fps: f64, keyframes: &[u64], seg: f64) -> Vec<Range<u64>> {
+        let target = ((seg * fps).round() as u64).max(1);
+        let slack = target / 4;
+        let (mut out, mut start) = (Vec::new(), 0u64);
+        loop {
+            let ideal = start.saturating_add(target);
+            if ideal.saturating_add(slack) >= n {
+                out.push(start..n);
+                return out;
+            }
+            let lo = ideal.saturating_sub(slack).max(start + 1);
+            let hi = ideal.saturating_add(slack);
+            let snapped = keyframes
+                .iter()
+                .copied()
+                .filter(|k| (lo..=hi).contains(k))
+                .min_by_key(|k| k.abs_diff(ideal))
+                .unwrap_or(ideal);
+            out.push(start..snapped);
+            start = snapped;
+        }
+    }
+
+    #[test]
+    fn the_binary_search_plans_what_a_scan_of_every_keyframe_plans() {
+        // Deterministic pseudo-random keyframe sets: regular GOPs, scene cuts, ties around
+        // the ideal cut, duplicates, and the same sets out of order.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for round in 0..400 {
+            let n = 1 + next(3000);
+            let mut kf: Vec<u64> = match round % 4 {
+                0 => (0..n).step_by(1 + next(60) as usize).collect(),
+                1 => (0..next(200)).map(|_| next(n)).collect(),
+                2 => (0..n).filter(|_| next(7) == 0).collect(),
+                _ => vec![0, n / 2, n / 2, n - 1],
+            };
+            kf.sort_unstable();
+            for seg in [0.04, 0.5, 1.0, 2.0, 7.3] {
+                let want = plan_by_scan(n, 25.0, &kf, seg);
+                assert_eq!(
+                    plan_segments(n, 25.0, &kf, seg),
+                    want,
+                    "n {n} seg {seg} kf {kf:?}"
+                );
+                let mut shuffled = kf.clone();
+                shuffled.reverse();
+                assert_eq!(plan_segments(n, 25.0, &shuffled, seg), want);
+            }
+            for f in [0, n / 3, n - 1, n + 5] {
+                let scan = kf.iter().copied().filter(|k| *k <= f).max().unwrap_or(0);
+                assert_eq!(keyframe_at_or_before(&kf, f), scan);
+                let mut shuffled = kf.clone();
+                shuffled.reverse();
+                assert_eq!(keyframe_at_or_before(&shuffled, f), scan);
             }
         }
     }
