@@ -89,6 +89,9 @@ pub struct Changes {
     /// Jobs whose probe result (`Job::media`, stored apart) was just set.
     pub media: Vec<String>,
     pub tasks: Vec<(String, u32)>,
+    /// `tasks` as a set: a probe's completion adds its job's thousand tasks, and checking
+    /// each against the list was quadratic on the actor's thread.
+    task_set: std::collections::HashSet<(String, u32)>,
     /// Objects nobody will read again (fenced attempts, refused chunks).
     pub garbage: Vec<String>,
     /// Frames a lost or released attempt computed but never committed.
@@ -107,7 +110,7 @@ impl Changes {
         }
     }
     fn task(&mut self, job: &str, index: u32) {
-        if !self.tasks.iter().any(|(j, i)| j == job && *i == index) {
+        if self.task_set.insert((job.to_string(), index)) {
             self.tasks.push((job.to_string(), index));
         }
     }
