@@ -349,6 +349,14 @@ mod tests {
         }
     }
 
+    /// A child that runs until SIGINT, then writes "drained" to `marker` and exits 0.
+    fn draining(marker: &Path) -> String {
+        format!(
+            "trap 'echo drained > {}; exit 0' INT; while :; do sleep 0.05; done",
+            marker.display()
+        )
+    }
+
     fn quick() -> Restart {
         Restart {
             first_delay: Duration::from_millis(20),
@@ -440,12 +448,8 @@ mod tests {
     async fn one_child_failing_for_good_stops_the_others() {
         let dir = tempfile::tempdir().expect("temp dir");
         let stopped = dir.path().join("stopped");
-        let healthy = format!(
-            "trap 'echo drained > {}; exit 0' INT; while :; do sleep 0.05; done",
-            stopped.display()
-        );
         let mut fleet = Fleet::supervise(
-            vec![sh(0, &healthy), sh(1, "exit 1")],
+            vec![sh(0, &draining(&stopped)), sh(1, "exit 1")],
             quick(),
             Duration::from_secs(5),
         );
@@ -461,13 +465,9 @@ mod tests {
     async fn stop_drains_each_child_and_kills_one_that_does_not_stop() {
         let dir = tempfile::tempdir().expect("temp dir");
         let drained = dir.path().join("drained");
-        let polite = format!(
-            "trap 'echo yes > {}; exit 0' INT; while :; do sleep 0.05; done",
-            drained.display()
-        );
         let deaf = "trap '' INT; while :; do sleep 0.05; done";
         let fleet = Fleet::supervise(
-            vec![sh(0, &polite), sh(1, deaf)],
+            vec![sh(0, &draining(&drained)), sh(1, deaf)],
             quick(),
             Duration::from_millis(500),
         );
@@ -478,7 +478,10 @@ mod tests {
             began.elapsed() < Duration::from_secs(5),
             "the deaf child was killed after the grace period"
         );
-        assert_eq!(std::fs::read_to_string(&drained).expect("drained"), "yes\n");
+        assert_eq!(
+            std::fs::read_to_string(&drained).expect("drained"),
+            "drained\n"
+        );
     }
 
     #[tokio::test]
