@@ -153,7 +153,8 @@ PY
         rpid=$!
         # CPU seconds per thread kind over 4 s in the middle of the run (digits dropped from names).
         sleep 8
-        snap() { for t in /proc/$rpid/task/*; do echo "$(tr -d '0-9' < $t/comm | tr ' ' _) $(awk '{print $14+$15}' $t/stat)"; done 2>/dev/null \
+        # The run and its worker processes (a child per GPU).
+        snap() { for t in $(for q in $rpid $(pgrep -P $rpid); do echo /proc/$q/task/*; done); do echo "$(tr -d '0-9' < $t/comm | tr ' ' _) $(awk '{print $14+$15}' $t/stat)"; done 2>/dev/null \
           | awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort; }
         snap > "$OUT/t1"; sleep 4; snap > "$OUT/t2"
         echo "   CPU cores busy by thread kind (over 4 s):"
