@@ -216,7 +216,7 @@ impl JobManager {
     /// Writes the changes (not yet flushed) and does what they imply (collect garbage, log).
     fn commit(&mut self, ch: &Changes) -> Result<(), CoordError> {
         self.writer
-            .write(crate::store::rows(&self.state, ch)?)
+            .write(crate::store::changed(&self.state, ch)?)
             .map_err(StoreError::Io)?;
         self.dirty |= !ch.is_empty();
         self.metrics.wasted_frames.inc_by(ch.wasted_frames);

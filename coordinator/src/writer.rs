@@ -1,10 +1,11 @@
-//! The writer thread: takes the JobManager's encoded changes off its thread,
-//! writes everything queued since its last turn as one atomic write (a later
-//! record for a key replaces an earlier one), flushes once, then answers every
-//! caller waiting on those changes (group commit). The actor's thread only
-//! decides and encodes; at 1,000 workers the sled work was half its time.
+//! The writer thread: takes the JobManager's changes off its thread, encodes the
+//! task records and probe results, writes everything queued since its last turn
+//! as one atomic write (a later record for a key replaces an earlier one),
+//! flushes once, then answers every caller waiting on those changes (group
+//! commit). The actor's thread only decides and copies; at 1,000 workers the
+//! sled work was half its time.
 
-use crate::store::{Rows, Store};
+use crate::store::{Changed, Rows, Store};
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ const SLOW: Duration = Duration::from_millis(50);
 pub type FlushWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 enum Msg {
-    Rows(Rows),
+    Rows(Changed),
     Wait(FlushWaiter),
 }
 
@@ -35,12 +36,14 @@ impl Writer {
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
                     let batch: Vec<Msg> = std::iter::once(first).chain(rx.try_iter()).collect();
-                    let (rows, waiters) = merge(batch);
                     let t = Instant::now();
+                    let (rows, waiters, unencoded) = merge(batch);
+                    // What encoded is written; a record that did not is reported to its callers.
                     let r = store
                         .write(&rows)
                         .and_then(|_| store.flush())
-                        .map_err(|e| e.to_string());
+                        .map_err(|e| e.to_string())
+                        .and_then(|_| unencoded.map_or(Ok(()), Err));
                     turns.observe(t.elapsed().as_secs_f64());
                     if t.elapsed() > SLOW {
                         warn!(ms = t.elapsed().as_millis() as u64, records = rows.jobs.len() + rows.tasks.len(), callers = waiters.len(), "slow state write");
@@ -57,7 +60,7 @@ impl Writer {
     }
 
     /// Queues records to write (in order with everything queued before).
-    pub fn write(&self, rows: Rows) -> Result<(), String> {
+    pub fn write(&self, rows: Changed) -> Result<(), String> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -75,19 +78,27 @@ impl Writer {
     }
 }
 
-/// One write for a turn's messages: the last record per key, and the callers to answer.
-fn merge(batch: Vec<Msg>) -> (Rows, Vec<FlushWaiter>) {
+/// One write for a turn's messages: the last record per key, the callers to answer, and why
+/// a change could not be encoded, if one could not.
+fn merge(batch: Vec<Msg>) -> (Rows, Vec<FlushWaiter>, Option<String>) {
     let mut jobs = BTreeMap::new();
     let mut tasks = BTreeMap::new();
     let mut media = BTreeMap::new();
     let mut waiters = Vec::new();
+    let mut unencoded = None;
     for m in batch {
         match m {
-            Msg::Rows(r) => {
-                jobs.extend(r.jobs);
-                tasks.extend(r.tasks);
-                media.extend(r.media);
-            }
+            Msg::Rows(c) => match c.encode() {
+                Ok(r) => {
+                    jobs.extend(r.jobs);
+                    tasks.extend(r.tasks);
+                    media.extend(r.media);
+                }
+                Err(e) => {
+                    error!(error = %e, "could not encode a state change");
+                    unencoded = Some(e.to_string());
+                }
+            },
             Msg::Wait(w) => waiters.push(w),
         }
     }
@@ -96,7 +107,7 @@ fn merge(batch: Vec<Msg>) -> (Rows, Vec<FlushWaiter>) {
         tasks: tasks.into_iter().collect(),
         media: media.into_iter().collect(),
     };
-    (rows, waiters)
+    (rows, waiters, unencoded)
 }
 
 #[cfg(test)]
@@ -108,19 +119,26 @@ mod tests {
         let row = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
         let (tx, _rx) = tokio::sync::oneshot::channel();
         let batch = vec![
-            Msg::Rows(Rows {
-                jobs: vec![row("j", "1")],
-                tasks: vec![row("t1", "a"), row("t2", "b")],
-                media: vec![row("j", "m")],
-            }),
+            Msg::Rows(
+                Rows {
+                    jobs: vec![row("j", "1")],
+                    tasks: vec![row("t1", "a"), row("t2", "b")],
+                    media: vec![row("j", "m")],
+                }
+                .into(),
+            ),
             Msg::Wait(tx),
-            Msg::Rows(Rows {
-                jobs: vec![],
-                tasks: vec![row("t1", "c")],
-                media: vec![],
-            }),
+            Msg::Rows(
+                Rows {
+                    jobs: vec![],
+                    tasks: vec![row("t1", "c")],
+                    media: vec![],
+                }
+                .into(),
+            ),
         ];
-        let (rows, waiters) = merge(batch);
+        let (rows, waiters, unencoded) = merge(batch);
+        assert_eq!(unencoded, None);
         assert_eq!(rows.jobs, vec![row("j", "1")]);
         assert_eq!(rows.tasks, vec![row("t1", "c"), row("t2", "b")]);
         assert_eq!(rows.media, vec![row("j", "m")]);
@@ -137,7 +155,7 @@ mod tests {
             ..Rows::default()
         };
         for n in 0..100 {
-            w.write(rows(n)).unwrap();
+            w.write(rows(n).into()).unwrap();
         }
         let rx = w.flushed();
         assert_eq!(rx.blocking_recv().unwrap(), Ok(()));
