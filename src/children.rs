@@ -48,7 +48,7 @@ pub fn child_config(
     let mut c = cfg.clone();
     let w = &mut c.worker;
     if w.encoder.threads == 0 {
-        w.encoder.threads = cores.div_ceil(node_pipelines.max(1)).max(1) as u32;
+        w.encoder.threads = core_share(cores, node_pipelines);
     }
     if w.device != "auto" {
         w.device = "cuda".into();
@@ -59,6 +59,12 @@ pub fn child_config(
         w.worker_id = format!("{}-gpu{gpu}", w.worker_id);
     }
     c
+}
+
+/// Encoder and conversion threads per pipeline when `pipelines` share `cores` (the
+/// `encoder.threads = 0` rule, in one process or across a node's children).
+pub fn core_share(cores: usize, pipelines: usize) -> u32 {
+    cores.div_ceil(pipelines.max(1)).max(1) as u32
 }
 
 /// How a child that ends with a failure is restarted: after `first_delay`, doubling up to
@@ -110,7 +116,7 @@ impl Fleet {
             .context("creating a directory for the worker processes' config")?;
         let program = std::env::current_exe().context("finding the framewise binary")?;
         let node_pipelines = gpus.iter().map(|(_, n)| n).sum();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = crate::local::cores();
         let mut specs = Vec::with_capacity(gpus.len());
         for &(gpu, pipelines) in gpus {
             let path = dir.path().join(format!("worker-gpu{gpu}.toml"));

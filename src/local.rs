@@ -1,7 +1,7 @@
 //! Commands that run worker code in this process: the embedded `run`, a
 //! standalone `worker`, `bench-model` and `styles`.
 
-use crate::children::{split_by_gpu, Fleet};
+use crate::children::{core_share, split_by_gpu, Fleet};
 use crate::cli::{BenchArgs, BenchMediaArgs, OptimizeArgs, RunArgs};
 use crate::client::{follow, report, style_weights};
 use crate::load_config;
@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -88,6 +88,16 @@ fn plan_pipelines_on(
     })
 }
 
+/// Encoder and conversion threads of one of `pipelines` running at once: as configured, else
+/// the cores shared between them (one pipeline: 0, GStreamer's own choice).
+fn shared_threads(configured: u32, pipelines: usize) -> u32 {
+    match (configured, pipelines) {
+        (t, _) if t > 0 => t,
+        (_, 0 | 1) => 0,
+        (_, n) => core_share(cores(), n),
+    }
+}
+
 /// ONNX Runtime intra-op threads per session: as configured, else 1 on a GPU (the kernels
 /// run there) and the cores shared between the sessions on a CPU.
 fn intra_threads(configured: usize, device: Device, sessions: usize) -> usize {
@@ -113,9 +123,7 @@ fn start_workers(
         let d = devices[i];
         let mut wcfg = cfg.clone();
         // Several pipelines encode at once: share the cores rather than each asking for all.
-        if wcfg.encoder.threads == 0 && devices.len() > 1 {
-            wcfg.encoder.threads = cores().div_ceil(devices.len()) as u32;
-        }
+        wcfg.encoder.threads = shared_threads(wcfg.encoder.threads, devices.len());
         match Worker::new(
             wcfg,
             id(i),
@@ -604,11 +612,7 @@ pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
             seek_ns: 0,
             size: None,
             stall_timeout: Duration::from_secs(60),
-            threads: if a.streams > 1 {
-                cores().div_ceil(a.streams) as u32
-            } else {
-                0
-            },
+            threads: shared_threads(0, a.streams),
             gpu: None,
             pool: None,
         };
@@ -661,13 +665,7 @@ pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
         crf: cfg.worker.encoder.crf,
         preset: cfg.worker.encoder.preset.clone(),
         // As the pipelines of a worker do: the cores shared between the streams.
-        threads: if cfg.worker.encoder.threads > 0 {
-            cfg.worker.encoder.threads
-        } else if a.streams > 1 {
-            cores().div_ceil(a.streams) as u32
-        } else {
-            0
-        },
+        threads: shared_threads(cfg.worker.encoder.threads, a.streams),
     };
     let frame_ns = 1_000_000_000u64 * p.fps_den.max(1) as u64 / p.fps_num.max(1) as u64;
     let t = Instant::now();

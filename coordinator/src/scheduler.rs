@@ -88,10 +88,9 @@ pub struct Changes {
     pub jobs: Vec<String>,
     /// Jobs whose probe result (`Job::media`, stored apart) was just set.
     pub media: Vec<String>,
-    pub tasks: Vec<(String, u32)>,
-    /// `tasks` as a set: a probe's completion adds its job's thousand tasks, and checking
-    /// each against the list was quadratic on the actor's thread.
-    task_set: std::collections::HashSet<(String, u32)>,
+    /// A set: a probe's completion adds its job's thousand tasks, and checking each against
+    /// a list was quadratic on the actor's thread.
+    pub tasks: BTreeSet<(String, u32)>,
     /// Objects nobody will read again (fenced attempts, refused chunks).
     pub garbage: Vec<String>,
     /// Frames a lost or released attempt computed but never committed.
@@ -110,9 +109,7 @@ impl Changes {
         }
     }
     fn task(&mut self, job: &str, index: u32) {
-        if self.task_set.insert((job.to_string(), index)) {
-            self.tasks.push((job.to_string(), index));
-        }
+        self.tasks.insert((job.to_string(), index));
     }
     pub fn is_empty(&self) -> bool {
         self.jobs.is_empty() && self.tasks.is_empty() && self.media.is_empty()
@@ -1201,9 +1198,7 @@ fn merge(mut a: Changes, b: Changes) -> Changes {
     for j in b.media {
         a.media(&j);
     }
-    for (j, i) in b.tasks {
-        a.task(&j, i);
-    }
+    a.tasks.extend(b.tasks);
     a.garbage.extend(b.garbage);
     a.wasted_frames += b.wasted_frames;
     a
@@ -1605,7 +1600,7 @@ pub(crate) mod tests {
         assert_eq!(range_of(&g3), (10, 20, 10));
         assert_eq!(g3.index, g2.index);
         assert!(g3.epoch > g2.epoch);
-        assert_eq!(ch.tasks, vec![("j1".to_string(), g2.index)]);
+        assert_eq!(ch.tasks, BTreeSet::from([("j1".to_string(), g2.index)]));
         assert!(
             s.lease("w3", "l4".into(), 500, r).is_none(),
             "one speculative twin per task"

@@ -251,9 +251,9 @@ pub(crate) fn with_secs(e: MediaError, secs: u64) -> MediaError {
 }
 
 /// A test clip: `frames` frames of a moving ball, 96x64 at 25/s, H.264 with B-frames and a
-/// keyframe every 12 frames.
+/// keyframe every 12 frames; returns its probe.
 #[cfg(test)]
-pub(crate) fn test_clip(path: &Path, frames: u32) {
+pub(crate) fn test_clip(path: &Path, frames: u32) -> probe::Probe {
     init().unwrap();
     let launch = format!(
         "videotestsrc pattern=ball num-buffers={frames} ! video/x-raw,format=I420,width=96,height=64,framerate=25/1 \
@@ -271,4 +271,5 @@ pub(crate) fn test_clip(path: &Path, frames: u32) {
         .unwrap();
     assert_eq!(msg.type_(), gst::MessageType::Eos);
     pipeline.set_state(gst::State::Null).unwrap();
+    probe::probe(path, std::time::Duration::from_secs(20)).unwrap()
 }
