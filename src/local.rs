@@ -340,7 +340,9 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
             }
         };
         ctrl_c.abort();
-        job
+        // The job's own time: the output is written now; stopping the workers (a worker
+        // process per GPU drains and tears down its CUDA contexts) is not part of it.
+        job.map(|j| (j, started.elapsed()))
     });
     let _ = stop_tx.send(true);
     rt.block_on(async {
@@ -355,8 +357,8 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     });
     rt.shutdown_timeout(Duration::from_secs(2));
     coord.shutdown();
-    let job = result?;
-    Ok(report(&job, started.elapsed()))
+    let (job, took) = result?;
+    Ok(report(&job, took))
 }
 
 /// `framewise worker`: pulls from a coordinator until Ctrl-C or SIGTERM (on several GPUs, through a child process per GPU).

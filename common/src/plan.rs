@@ -25,17 +25,7 @@ pub fn plan_segments(
     // Each segment looks only at the keyframes inside its window (a binary search), not at
     // all of them: planning 1,000 segments of a 25,000-frame job on the coordinator's actor
     // thread scanned every keyframe once per segment.
-    let sorted;
-    let keyframes = if keyframes.is_sorted() {
-        keyframes
-    } else {
-        sorted = {
-            let mut k = keyframes.to_vec();
-            k.sort_unstable();
-            k
-        };
-        &sorted
-    };
+    let keyframes = in_order(keyframes);
     let mut out = Vec::new();
     let mut start = 0u64;
     loop {
@@ -48,17 +38,71 @@ pub fn plan_segments(
         }
         let lo = ideal.saturating_sub(slack).max(start + 1);
         let hi = ideal.saturating_add(slack);
-        let from = keyframes.partition_point(|k| *k < lo);
-        let to = keyframes.partition_point(|k| *k <= hi);
-        // The nearest to the ideal cut; on a tie the earlier one, as a scan in order finds.
-        let snapped = keyframes[from..to]
-            .iter()
-            .copied()
-            .min_by_key(|k| k.abs_diff(ideal))
-            .unwrap_or(ideal);
+        let snapped = nearest_keyframe(&keyframes, lo, hi, ideal).unwrap_or(ideal);
         out.push(start..snapped);
         start = snapped;
     }
+}
+
+/// The keyframes in order: as probes report them (borrowed), else a sorted copy.
+fn in_order(keyframes: &[u64]) -> std::borrow::Cow<'_, [u64]> {
+    if keyframes.is_sorted() {
+        std::borrow::Cow::Borrowed(keyframes)
+    } else {
+        let mut k = keyframes.to_vec();
+        k.sort_unstable();
+        std::borrow::Cow::Owned(k)
+    }
+}
+
+/// The keyframe in `lo..=hi` nearest to `target` (a binary search in sorted keyframes); on a
+/// tie the earlier one, as a scan in order finds.
+fn nearest_keyframe(sorted: &[u64], lo: u64, hi: u64, target: u64) -> Option<u64> {
+    let from = sorted.partition_point(|k| *k < lo);
+    let to = sorted.partition_point(|k| *k <= hi).max(from);
+    sorted[from..to]
+        .iter()
+        .copied()
+        .min_by_key(|k| k.abs_diff(target))
+}
+
+/// Where an idle worker's steal splits a running range `from..end` whose owner is at frame
+/// `done` (chunks of `k` frames counted from `from`), or None when nothing is worth taking.
+/// Near the middle of what is left, so owner and thief finish together (taking all but the
+/// owner's next two chunks, as first written, left a chain of two-chunk pieces, each paying a
+/// decoder start); on a keyframe within a quarter of the frames left of that point where one
+/// lies, so the thief decodes nothing it throws away (at 1280x720 on a GPU node a frame decoded
+/// and dropped costs about half a stylized one), else on the owner's nearest chunk boundary.
+/// Never before the end of the owner's next chunk (it must hear of the split before it gets
+/// there) and never leaving the thief less than one chunk.
+pub fn steal_split(from: u64, done: u64, end: u64, k: u64, keyframes: &[u64]) -> Option<u64> {
+    let k = k.max(1);
+    let done = done.clamp(from, end);
+    let lo = from.saturating_add(((done - from) / k + 2).saturating_mul(k));
+    let hi = end.checked_sub(k)?;
+    if lo > hi {
+        return None;
+    }
+    let left = end - done;
+    let target = (done + left / 2).clamp(lo, hi);
+    let slack = left / 4;
+    let (a, b) = (
+        lo.max(target.saturating_sub(slack)),
+        hi.min(target.saturating_add(slack)),
+    );
+    if let Some(kf) = nearest_keyframe(&in_order(keyframes), a, b, target) {
+        return Some(kf);
+    }
+    // The owner's chunk boundary nearest the target: lo is one, so one lies in lo..=hi.
+    let boundary = from + (target - from + k / 2) / k * k;
+    Some(
+        if boundary > hi {
+            boundary - k
+        } else {
+            boundary
+        }
+        .max(lo),
+    )
 }
 
 /// The keyframe to seek to before decoding from `frame`: the last keyframe at or before it.
@@ -153,6 +197,46 @@ mod tests {
                 .unwrap_or(ideal);
             out.push(start..snapped);
             start = snapped;
+        }
+    }
+
+    #[test]
+    fn a_steal_splits_near_the_middle_of_what_is_left() {
+        // 0..600, chunks of 50, owner at 120 (in chunk 2): the earliest split is 200.
+        // No keyframe near the middle (360): the nearest chunk boundary, 350.
+        assert_eq!(steal_split(0, 120, 600, 50, &[0]), Some(350));
+        // A keyframe within a quarter of what is left (120 frames) of the middle wins.
+        assert_eq!(steal_split(0, 120, 600, 50, &[0, 250, 430, 590]), Some(430));
+        assert_eq!(steal_split(0, 120, 600, 50, &[0, 250, 300, 430]), Some(300));
+        // Keyframes before the earliest safe split or in the last chunk are not used.
+        assert_eq!(steal_split(0, 120, 600, 50, &[0, 180, 560]), Some(350));
+        // The range of a stolen tail: chunks count from its own first frame.
+        assert_eq!(steal_split(430, 430, 600, 50, &[0]), Some(530));
+        // Too little left: the owner's next chunk and one more for the thief do not fit.
+        assert_eq!(steal_split(0, 120, 240, 50, &[0]), None);
+        assert_eq!(steal_split(0, 120, 250, 50, &[0]), Some(200));
+        // Out-of-order keyframes, a zero chunk size, an owner past the end: no panic.
+        assert_eq!(steal_split(0, 120, 600, 50, &[590, 430, 0]), Some(430));
+        assert_eq!(steal_split(0, 0, 10, 0, &[]), Some(5));
+        assert_eq!(steal_split(0, 900, 600, 50, &[]), None);
+    }
+
+    #[test]
+    fn steal_splits_are_safe_for_many_shapes() {
+        for end in 1..200u64 {
+            for k in [1, 3, 7, 25] {
+                for done in (0..end).step_by(5) {
+                    let kf: Vec<u64> = (0..end).step_by(11).collect();
+                    if let Some(s) = steal_split(0, done, end, k, &kf) {
+                        let owner_next_chunk_end = (done / k + 2) * k;
+                        assert!(
+                            s >= owner_next_chunk_end,
+                            "end {end} k {k} done {done}: {s}"
+                        );
+                        assert!(s + k <= end, "end {end} k {k} done {done}: {s}");
+                    }
+                }
+            }
         }
     }
 

@@ -10,7 +10,7 @@
 use crate::model::{
     Chunk, Job, JobState, Lease, Media, Origin, Params, Task, TaskKind, TaskState, SCHEMA_VERSION,
 };
-use framewise_common::plan::{keyframe_at_or_before, plan_segments};
+use framewise_common::plan::{keyframe_at_or_before, plan_segments, steal_split};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Lease and retry rules, from the coordinator config.
@@ -623,13 +623,15 @@ impl State {
         all
     }
 
-    /// Splits the in-flight segment with the most frames left at a chunk boundary far enough
-    /// ahead that its owner finishes its current chunk (and the next) undisturbed; the tail
-    /// becomes a new pending task.
+    /// Splits the in-flight segment with the largest stealable tail where `steal_split` says
+    /// (near the middle of what is left, on a keyframe where one is near); the tail becomes a
+    /// new pending task.
     fn steal(&mut self, ch: &mut Changes) -> Option<(String, u32)> {
         let mut best: Option<((String, u32), u64, u64)> = None; // key, split, tail
         for id in self.active_jobs() {
-            let k = self.jobs.get(&id).map(|j| j.chunk_frames.max(1))?;
+            let job = self.jobs.get(&id)?;
+            let k = job.chunk_frames.max(1);
+            let keyframes = job.media.as_ref().map_or(&[][..], |m| &m.keyframes[..]);
             for (key, t) in self.tasks.range(job_range(&id)) {
                 let (TaskKind::Segment { end, .. }, TaskState::Leased, Some(l), None) =
                     (&t.kind, t.state, &t.lease, &t.spec)
@@ -638,11 +640,9 @@ impl State {
                 };
                 // Never split inside what is already committed, whatever the last heartbeat said.
                 let done = (l.from + t.frames_done).max(t.committed_until());
-                let chunk = (done - l.from) / k;
-                let split = l.from + (chunk + 2) * k;
-                if split + k > *end {
+                let Some(split) = steal_split(l.from, done, *end, k, keyframes) else {
                     continue; // less than one whole chunk would be left to steal
-                }
+                };
                 let tail = end - split;
                 if best.as_ref().is_none_or(|b| tail > b.2) {
                     best = Some((key.clone(), split, tail));
@@ -1520,44 +1520,46 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn an_idle_worker_steals_the_tail_at_a_chunk_boundary() {
+    fn an_idle_worker_steals_the_second_half_of_what_is_left() {
         let (mut s, r) = (State::default(), rules());
-        let id = probed(&mut s, 60, 100.0); // one segment of 60 frames, chunks of 5
+        let id = probed(&mut s, 60, 100.0); // one segment of 60 frames, chunks of 5, no keyframe
         let (g1, _) = s.lease("w1", "l1".into(), 2, &r).unwrap();
         assert_eq!(s.heartbeat("l1", g1.epoch, 7, 3, &r), (true, 60)); // in chunk 1
         let (g2, ch) = s.lease("w2", "l2".into(), 4, &r).unwrap();
         let (start, end, pts) = range_of(&g2);
         assert_eq!(
             (start, end, pts),
-            (15, 60, 45),
-            "split two chunks ahead of the owner"
+            (35, 60, 25),
+            "53 frames left after frame 7: split at the chunk boundary nearest the middle"
         );
         assert!(ch.jobs.contains(&id), "the job's segment count changed");
         assert_eq!(
             s.heartbeat("l1", g1.epoch, 9, 5, &r),
-            (true, 15),
+            (true, 35),
             "the owner learns its new end"
         );
-        let (ok, end, _) = s.commit_chunk("l1", g1.epoch, (0, 5), "file:///w/0".into(), 0);
-        assert!(ok && end == 15);
-        // A third idle worker steals from the larger remaining range (w2's).
+        for a in [0, 5, 10, 15] {
+            let (ok, end, _) =
+                s.commit_chunk("l1", g1.epoch, (a, a + 5), format!("file:///w/{a}"), 6);
+            assert!(ok && end == 35);
+        }
+        // A third idle worker steals from the range with the larger stealable tail (w2's:
+        // the owner, at frame 20 of 35, has only its next two chunks left).
+        assert_eq!(s.heartbeat("l1", g1.epoch, 20, 6, &r), (true, 35));
         assert_eq!(s.heartbeat("l2", g2.epoch, 0, 6, &r), (true, 60));
         let (g3, _) = s.lease("w3", "l3".into(), 7, &r).unwrap();
         let Work::Segment { start, end, .. } = g3.work else {
             panic!()
         };
-        assert_eq!((start, end), (25, 60));
-        // The owner had already started past its new end: that chunk is refused.
+        assert_eq!((start, end), (45, 60));
+        for a in [20, 25, 30] {
+            assert!(
+                s.commit_chunk("l1", g1.epoch, (a, a + 5), format!("file:///w/{a}"), 8)
+                    .0
+            );
+        }
         assert!(
-            s.commit_chunk("l1", g1.epoch, (5, 10), "file:///w/5".into(), 0)
-                .0
-        );
-        assert!(
-            s.commit_chunk("l1", g1.epoch, (10, 15), "file:///w/10".into(), 0)
-                .0
-        );
-        assert!(
-            !s.commit_chunk("l1", g1.epoch, (15, 20), "file:///w/15".into(), 0)
+            !s.commit_chunk("l1", g1.epoch, (35, 40), "file:///w/35".into(), 8)
                 .0,
             "lease is done"
         );
@@ -1697,6 +1699,42 @@ pub(crate) mod tests {
                 .0
         );
         assert!(s.lease("w1", "l3".into(), 100_000, &r).is_none());
+    }
+
+    #[test]
+    fn a_steal_splits_at_a_keyframe_near_the_middle_so_the_thief_decodes_nothing_twice() {
+        let r = rules();
+        let mut s = State::default();
+        let mut nj = new_job("j1", "k");
+        nj.params.segment_seconds = 100.0;
+        s.submit(nj, 0, &r);
+        let (g, _) = s.lease("w0", "probe".into(), 0, &r).unwrap();
+        let mut m = media(200);
+        m.keyframes = vec![0, 60, 113, 170];
+        assert!(s.complete("probe", g.epoch, Completion::Probe(m), 1, &r).0);
+        let (g1, _) = s.lease("w1", "l1".into(), 2, &r).unwrap();
+        assert_eq!(s.heartbeat("l1", g1.epoch, 12, 3, &r), (true, 200));
+        let (g2, _) = s.lease("w2", "l2".into(), 4, &r).unwrap();
+        let Work::Segment {
+            start,
+            end,
+            seek_ns,
+            ..
+        } = g2.work
+        else {
+            panic!()
+        };
+        // The middle of 12..200 is 106; keyframe 113 is within a quarter (47) of it.
+        assert_eq!((start, end), (113, 200));
+        assert_eq!(
+            seek_ns,
+            113 * 100_000_000,
+            "the thief starts decoding at its first frame"
+        );
+        assert_eq!(s.heartbeat("l1", g1.epoch, 14, 5, &r), (true, 113));
+        // The owner's last chunk ends at the split, inside its chunk grid (110..115).
+        assert!(run_chunks(&mut s, &g1, 5).iter().all(|ok| *ok));
+        assert_eq!(s.tasks[&("j1".to_string(), 1)].committed_until(), 113);
     }
 
     #[test]

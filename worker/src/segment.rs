@@ -179,13 +179,23 @@ pub fn run_segment(
             let mut _chunk_span = tracing::Span::none(); // open while its chunk is encoded
             let mut committed = 0u64;
             for (i, f) in enc_rx {
+                // A steal may end the range anywhere, inside a chunk too (at a keyframe): that
+                // chunk then ends at the new end, and frames past it are not this range's.
+                let end_now = ctl.limit.load(Ordering::Relaxed).min(range_end);
+                if i >= end_now {
+                    enc_pool.give(f.data);
+                    continue;
+                }
+                if let Some(c) = current.as_mut() {
+                    c.1 = c.1.min(end_now);
+                }
                 if current.as_ref().is_none_or(|c| i >= c.1) {
                     let first = start + (i - start) / k * k;
                     let path = chunk_path(spec.output_dir, first);
-                    _chunk_span = tracing::info_span!(parent: seg_span, "chunk", start = first, end = (first + k).min(range_end));
+                    _chunk_span = tracing::info_span!(parent: seg_span, "chunk", start = first, end = (first + k).min(end_now));
                     current = Some((
                         first,
-                        (first + k).min(range_end),
+                        (first + k).min(end_now),
                         path.clone(),
                         SegmentEncoder::create(&path, geo, spec.encoder)?
                             .recycling_into(enc_pool.clone()),
@@ -388,6 +398,60 @@ mod tests {
             pool.made()
         );
         assert!(pool.idle() > 0, "no buffer came back");
+    }
+
+    /// A steal that ends the range inside a chunk (at a keyframe, say) while it runs: the chunk
+    /// in progress ends there, and no frame past the new end is encoded or counted.
+    #[test]
+    fn a_range_shortened_inside_a_chunk_ends_that_chunk_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let clip = dir.path().join("in.mp4");
+        let p = crate::media::test_clip(&clip, 40);
+        let mut model = Stylizer::synthetic(Duration::from_millis(2), &Default::default());
+        let out = dir.path().join("out");
+        let settings = EncoderSettings {
+            crf: 23,
+            preset: "ultrafast".into(),
+            threads: 1,
+        };
+        let spec = SegmentSpec {
+            input: &clip,
+            output_dir: &out,
+            start_frame: 0,
+            frame_pts: &p.frame_pts,
+            seek_ns: 0,
+            chunk_frames: 10,
+            size: (p.width, p.height),
+            fps: (25, 1),
+            frame_duration_ns: 40_000_000,
+            max_size: 0,
+            style: &[],
+            encoder: &settings,
+        };
+        let (progress, cancel, limit) = (
+            AtomicU64::new(0),
+            AtomicBool::new(false),
+            AtomicU64::new(u64::MAX),
+        );
+        let chunks = Mutex::new(Vec::new());
+        let on_chunk = |c: ChunkDone| {
+            // The coordinator's answer to the first commit: the range now ends at frame 25.
+            limit.fetch_min(25, std::sync::atomic::Ordering::Relaxed);
+            chunks.lock().unwrap().push((c.start, c.end, c.path));
+        };
+        let ctl = SegmentControl {
+            progress: &progress,
+            cancel: &cancel,
+            limit: &limit,
+            on_chunk: &on_chunk,
+        };
+        assert_eq!(run_segment(&spec, &mut model, &ctl).unwrap(), 25);
+        let chunks = chunks.into_inner().unwrap();
+        let ranges: Vec<(u64, u64)> = chunks.iter().map(|c| (c.0, c.1)).collect();
+        assert_eq!(ranges, vec![(0, 10), (10, 20), (20, 25)]);
+        let last = crate::media::probe::probe(&chunks[2].2, Duration::from_secs(30)).unwrap();
+        assert_eq!(last.frame_pts.len(), 5, "the cut chunk holds frames 20..25");
+        assert!(!out.join(framewise_common::storage::chunk_name(30)).exists());
     }
 
     #[test]
