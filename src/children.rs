@@ -33,9 +33,8 @@ pub fn split_by_gpu(devices: &[Device], process_per_gpu: bool) -> Option<Vec<(u3
     (process_per_gpu && per_gpu.len() > 1).then_some(per_gpu)
 }
 
-/// The config a child for `gpu` runs with: this process's, on its only visible GPU (the
-/// child sees just that one, as its GPU 0: see `cuda_visible`) with its pipeline count, its
-/// worker id (when one is configured) suffixed with the node's GPU index, and unless
+/// The config a child for `gpu` runs with: this process's, pinned to that GPU and its
+/// pipeline count, its worker id (when one is configured) suffixed with the GPU, and unless
 /// configured, its encoder and conversion threads a share of the node's `cores` between all
 /// `node_pipelines` (each child sees only its own pipelines: with 4 GPUs each would take a
 /// quarter of the cores per pipeline, 4x the cores in all).
@@ -54,30 +53,12 @@ pub fn child_config(
     if w.device != "auto" {
         w.device = "cuda".into();
     }
-    w.gpus = "0".into();
+    w.gpus = gpu.to_string();
     w.pipelines_per_gpu = pipelines;
     if !w.worker_id.is_empty() {
         w.worker_id = format!("{}-gpu{gpu}", w.worker_id);
     }
     c
-}
-
-/// CUDA_VISIBLE_DEVICES for the child serving the node's `gpu` (an index into what this
-/// process sees): that one GPU only, named as this process's own CUDA_VISIBLE_DEVICES names it
-/// (an index or a UUID) when set. Every child saw every GPU before, and on 4 GPUs GPU 0's
-/// child alone started 7 s after the others, waited 0.4-0.9 s for a range's first frame
-/// against 0.1 s, and inferred 8-12 % slower: anything in a child that touches CUDA's default
-/// device lands on GPU 0, beside GPU 0's own child.
-pub fn cuda_visible(gpu: u32, parent: Option<&str>) -> String {
-    parent
-        .and_then(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .nth(gpu as usize)
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| gpu.to_string())
 }
 
 /// Encoder and conversion threads per pipeline when `pipelines` share `cores` (the
@@ -314,11 +295,6 @@ fn spawn(spec: &ChildSpec) -> Result<Child> {
     if let (Some(level), None) = (&spec.log, std::env::var_os("FRAMEWISE_LOG")) {
         cmd.env("FRAMEWISE_LOG", level);
     }
-    let parent = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-    cmd.env(
-        "CUDA_VISIBLE_DEVICES",
-        cuda_visible(spec.gpu, parent.as_deref()),
-    );
     // SAFETY: prctl is async-signal-safe and touches only the child being started. A child
     // whose supervisor dies (even by SIGKILL) gets SIGTERM and drains like on a stop.
     unsafe {
@@ -412,20 +388,6 @@ mod tests {
     }
 
     #[test]
-    fn each_child_sees_only_its_own_gpu() {
-        assert_eq!(cuda_visible(0, None), "0");
-        assert_eq!(cuda_visible(3, None), "3");
-        // This process sees a subset: the child gets the entry, not the index.
-        assert_eq!(cuda_visible(1, Some("2,3")), "3");
-        assert_eq!(
-            cuda_visible(0, Some(" GPU-7549a911 , GPU-38047f98")),
-            "GPU-7549a911"
-        );
-        // An index past the list (not expected: the GPUs come from the same list) stays one.
-        assert_eq!(cuda_visible(5, Some("0,1")), "5");
-    }
-
-    #[test]
     fn a_child_reads_back_the_parents_config_pinned_to_its_gpu() {
         let mut cfg = Config::default();
         cfg.worker.device = "cuda".into();
@@ -439,10 +401,7 @@ mod tests {
         let text = toml::to_string(&child_config(&cfg, 1, 3, 16, 64)).expect("serialises");
         std::fs::write(&path, text).expect("written");
         let back = load(&path);
-        assert_eq!(
-            back.worker.gpus, "0",
-            "the child sees its GPU alone, as GPU 0"
-        );
+        assert_eq!(back.worker.gpus, "1");
         assert_eq!(back.worker.pipelines_per_gpu, 3);
         assert_eq!(back.worker.worker_id, "node-7-gpu1");
         assert_eq!(back.worker.device, "cuda");
