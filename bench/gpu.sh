@@ -143,7 +143,8 @@ PY
       for p in ${FW_PIPELINES:-4 8}; do
        for b in ${FW_BATCH:-1}; do
        for bs in ${FW_BLOCKING_SYNC:-true}; do
-        vis=$(seq -s, 0 $((g - 1)))
+        # FW_VISIBLE: which GPUs, in which order (e.g. 1,2,3,0: is GPU 0's slowness the card or the index?)
+        vis=${FW_VISIBLE:-$(seq -s, 0 $((g - 1)))}
         nvidia-smi --query-gpu=index,utilization.gpu --format=csv,noheader,nounits -lms 250 > "$OUT/util-g$g-p$p-b$b.csv" &
         smi=$!
         env ${FW_ENV:-} CUDA_VISIBLE_DEVICES=$vis FRAMEWISE_WORKER__PIPELINES_PER_GPU=$p FRAMEWISE_LOG=${FW_LOG:-info} FRAMEWISE_WORKER__BATCH_FRAMES=$b \

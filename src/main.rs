@@ -48,15 +48,47 @@ fn main() -> ExitCode {
         Command::Worker { .. } => "framewise-worker",
         _ => "framewise",
     };
-    // Dropped at the end of main: flushes the traces still buffered.
-    let _telemetry = telemetry::init(if server { "info" } else { "error" }, service);
-    match dispatch(cli.command) {
+    let loads_media = matches!(cli.command, Command::Worker { .. }) || is_run(&cli.command);
+    let telemetry = telemetry::init(if server { "info" } else { "error" }, service);
+    let code = match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    // Flushes the traces still buffered.
+    drop(telemetry);
+    if loads_media {
+        end_without_teardown(code);
     }
+    code
+}
+
+#[cfg(feature = "worker")]
+fn is_run(c: &Command) -> bool {
+    matches!(c, Command::Run(_))
+}
+
+#[cfg(not(feature = "worker"))]
+fn is_run(_: &Command) -> bool {
+    false
+}
+
+/// Ends a `run` or `worker` process once its work is written and reported, without the C and
+/// C++ teardown at exit: twice on the GPU node (session 8, a single-GPU `framewise worker`
+/// after its drain; session 9, a single-GPU `framewise run` after it printed its result) the
+/// process then died of a segmentation fault, so a job that had succeeded exited with 139.
+/// Every output file is closed and renamed, the temporary directories removed and the worker
+/// threads joined (or given up on) before this; the kernel frees the rest.
+fn end_without_teardown(code: ExitCode) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    let status = if code == ExitCode::SUCCESS { 0 } else { 1 };
+    // SAFETY: _exit ends the process at once; nothing after it runs, and what it skips (atexit
+    // handlers, C++ static destructors of ONNX Runtime, CUDA and GStreamer) holds no data of ours.
+    unsafe { libc::_exit(status) }
 }
 
 /// The config file to use: the one given, else `fallback` if it exists, else built-in defaults.

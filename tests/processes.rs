@@ -464,8 +464,8 @@ fn idle_workers_steal_and_a_lost_lease_redoes_at_most_one_chunk() {
         .iter()
         .find(|t| t.kind == "segment" && t.index > 1)
         .unwrap();
-    // Near the middle of what w1 has left, on a keyframe (every 12 frames in this clip) where
-    // one is near, so w2 decodes nothing it throws away; else on one of w1's chunk boundaries.
+    // Where w1 and w2 finish soonest: on a keyframe (every 12 frames in this clip) or on one
+    // of w1's chunk boundaries, the only candidates.
     assert!(
         stolen.start_frame % 12 == 0 || stolen.start_frame % 10 == 0,
         "split at a keyframe or a chunk boundary: {stolen:?}"

@@ -66,15 +66,29 @@ fn nearest_keyframe(sorted: &[u64], lo: u64, hi: u64, target: u64) -> Option<u64
         .min_by_key(|k| k.abs_diff(target))
 }
 
+/// What a frame decoded from the keyframe before a stolen range, only to be dropped, costs the
+/// thief, in stylized frames (numerator / denominator): on the GPU node about 7 ms against about
+/// 15 ms per stylized frame and pipeline (1280x720, 16 pipelines; BENCHMARKS.md, session 9).
+/// On a CPU worker a decoded frame costs far less than a stylized one, so there this errs
+/// toward splitting on keyframes.
+const LEAD_IN_COST: (u64, u64) = (1, 2);
+
+/// A thief's start (decoder, seek to a keyframe, first encoder), in stylized frames: about
+/// 0.1 s at about 15 ms per frame on the GPU node.
+const START_COST: u64 = 6;
+
 /// Where an idle worker's steal splits a running range `from..end` whose owner is at frame
-/// `done` (chunks of `k` frames counted from `from`), or None when nothing is worth taking.
-/// Near the middle of what is left, so owner and thief finish together (taking all but the
-/// owner's next two chunks, as first written, left a chain of two-chunk pieces, each paying a
-/// decoder start); on a keyframe within a quarter of the frames left of that point where one
-/// lies, so the thief decodes nothing it throws away (at 1280x720 on a GPU node a frame decoded
-/// and dropped costs about half a stylized one), else on the owner's nearest chunk boundary.
-/// Never before the end of the owner's next chunk (it must hear of the split before it gets
-/// there) and never leaving the thief less than one chunk.
+/// `done` (chunks of `k` frames counted from `from`), or None when no split finishes the range
+/// at least a chunk sooner than its owner alone would. The split is the one that finishes
+/// soonest, owner and thief working at once: the owner stylizes up to it; the thief starts,
+/// decodes from the keyframe at or before it (dropping the frames before it: `LEAD_IN_COST`)
+/// and stylizes the rest. So a split lands on a keyframe when that is cheaper than balancing
+/// the halves exactly, and a range with no keyframe near is split less evenly or not at all.
+/// (As first written the thief took everything past the owner's next two chunks, which on many
+/// idle pipelines made a chain of two-chunk pieces, each paying a start and a seek; measured on
+/// 4 GPUs, 100-frame pieces waited up to 1.7 s for their first frame.) Only owner chunk
+/// boundaries and keyframes are candidates, never before the end of the owner's next chunk (it
+/// must hear of the split before it gets there), never leaving the thief less than a chunk.
 pub fn steal_split(from: u64, done: u64, end: u64, k: u64, keyframes: &[u64]) -> Option<u64> {
     let k = k.max(1);
     let done = done.clamp(from, end);
@@ -83,26 +97,51 @@ pub fn steal_split(from: u64, done: u64, end: u64, k: u64, keyframes: &[u64]) ->
     if lo > hi {
         return None;
     }
-    let left = end - done;
-    let target = (done + left / 2).clamp(lo, hi);
-    let slack = left / 4;
-    let (a, b) = (
-        lo.max(target.saturating_sub(slack)),
-        hi.min(target.saturating_add(slack)),
-    );
-    if let Some(kf) = nearest_keyframe(&in_order(keyframes), a, b, target) {
-        return Some(kf);
-    }
-    // The owner's chunk boundary nearest the target: lo is one, so one lies in lo..=hi.
-    let boundary = from + (target - from + k / 2) / k * k;
-    Some(
-        if boundary > hi {
-            boundary - k
+    let kf = in_order(keyframes);
+    let owner = |s: u64| s - done;
+    let thief = |s: u64| {
+        let lead_in = s - keyframe_at_or_before(&kf, s).min(s);
+        (end - s) + lead_in * LEAD_IN_COST.0 / LEAD_IN_COST.1 + START_COST
+    };
+    // The owner's part grows with the split and the thief's never does (its lead-in restarts
+    // at each keyframe), so the best candidates sit either side of where they cross.
+    let (mut a, mut b) = (lo, hi + 1);
+    while a < b {
+        let m = a + (b - a) / 2;
+        if owner(m) >= thief(m) {
+            b = m;
         } else {
-            boundary
+            a = m + 1;
         }
-        .max(lo),
-    )
+    }
+    let cross = a; // the first split where the owner's part is the longer (hi + 1: none)
+    let up = [
+        Some(from + (cross - from).div_ceil(k) * k),
+        kf.get(kf.partition_point(|x| *x < cross)).copied(),
+    ];
+    let down = [
+        cross
+            .checked_sub(1)
+            .map(|c| from + (c.max(from) - from) / k * k),
+        kf.partition_point(|x| *x < cross)
+            .checked_sub(1)
+            .map(|i| kf[i]),
+    ];
+    let best = up
+        .into_iter()
+        .flatten()
+        .filter(|s| (lo..=hi).contains(s))
+        .min()
+        .into_iter()
+        .chain(
+            down.into_iter()
+                .flatten()
+                .filter(|s| (lo..=hi).contains(s))
+                .max(),
+        )
+        .min_by_key(|&s| (owner(s).max(thief(s)), std::cmp::Reverse(s)))?;
+    let alone = end - done;
+    (owner(best).max(thief(best)) + k <= alone).then_some(best)
 }
 
 /// The keyframe to seek to before decoding from `frame`: the last keyframe at or before it.
@@ -200,25 +239,72 @@ mod tests {
         }
     }
 
+    /// The finish time of a split as `steal_split` weighs it, for the tests' brute force.
+    fn finish(done: u64, end: u64, kf: &[u64], s: u64) -> u64 {
+        let lead_in = s - keyframe_at_or_before(kf, s);
+        (s - done).max(end - s + lead_in / 2 + START_COST)
+    }
+
     #[test]
-    fn a_steal_splits_near_the_middle_of_what_is_left() {
-        // 0..600, chunks of 50, owner at 120 (in chunk 2): the earliest split is 200.
-        // No keyframe near the middle (360): the nearest chunk boundary, 350.
-        assert_eq!(steal_split(0, 120, 600, 50, &[0]), Some(350));
-        // A keyframe within a quarter of what is left (120 frames) of the middle wins.
-        assert_eq!(steal_split(0, 120, 600, 50, &[0, 250, 430, 590]), Some(430));
-        assert_eq!(steal_split(0, 120, 600, 50, &[0, 250, 300, 430]), Some(300));
-        // Keyframes before the earliest safe split or in the last chunk are not used.
-        assert_eq!(steal_split(0, 120, 600, 50, &[0, 180, 560]), Some(350));
-        // The range of a stolen tail: chunks count from its own first frame.
-        assert_eq!(steal_split(430, 430, 600, 50, &[0]), Some(530));
-        // Too little left: the owner's next chunk and one more for the thief do not fit.
+    fn a_steal_splits_where_owner_and_thief_finish_soonest() {
+        // 0..600, chunks of 50, owner at 120: the earliest split is 200, the latest 550.
+        // Keyframes every 100 frames: 400 (owner 280 frames, thief 200 and its start) finishes
+        // sooner than 350 (230 / 250 + 50 decoded twice + start) or 450 (330 / 181).
+        let kf: Vec<u64> = (0..600).step_by(100).collect();
+        assert_eq!(steal_split(0, 120, 600, 50, &kf), Some(400));
+        // Only frame 0 is a keyframe: every frame before the split is decoded twice, so the
+        // owner keeps more (500: owner 380, thief 100 + 250 + 6).
+        assert_eq!(steal_split(0, 120, 600, 50, &[0]), Some(500));
+        // A keyframe between chunk boundaries wins when it finishes sooner (430: 310 / 176;
+        // at 400 the thief would decode 400 frames to keep 200).
+        assert_eq!(steal_split(0, 120, 600, 50, &[0, 430]), Some(430));
+        // The range of a stolen tail: chunks count from its own first frame, here a keyframe.
+        assert_eq!(steal_split(430, 430, 1030, 50, &[430, 730]), Some(730));
+        // Too little left for the owner's next chunk and one for the thief.
         assert_eq!(steal_split(0, 120, 240, 50, &[0]), None);
-        assert_eq!(steal_split(0, 120, 250, 50, &[0]), Some(200));
+        // A split that saves less than a chunk is not worth it: 200..260 would cost the thief
+        // 100 frames decoded twice, finishing after the owner alone (140).
+        assert_eq!(steal_split(0, 120, 260, 50, &[0]), None);
+        assert_eq!(steal_split(0, 20, 400, 50, &[0, 200]), Some(200));
         // Out-of-order keyframes, a zero chunk size, an owner past the end: no panic.
-        assert_eq!(steal_split(0, 120, 600, 50, &[590, 430, 0]), Some(430));
-        assert_eq!(steal_split(0, 0, 10, 0, &[]), Some(5));
+        assert_eq!(steal_split(0, 120, 600, 50, &[430, 0]), Some(430));
+        assert_eq!(steal_split(0, 0, 100, 0, &[]), Some(71));
         assert_eq!(steal_split(0, 900, 600, 50, &[]), None);
+    }
+
+    #[test]
+    fn a_steal_split_is_the_best_candidate_a_scan_finds() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for _ in 0..3000 {
+            let from = next(500);
+            let end = from + 1 + next(1500);
+            let k = 1 + next(60);
+            let done = from + next(end - from + 1);
+            let mut kf: Vec<u64> = (0..next(30)).map(|_| next(end + 100)).collect();
+            kf.push(0);
+            kf.sort_unstable();
+            let lo = from + ((done - from) / k + 2) * k;
+            let scan = (lo..end.saturating_sub(k).saturating_add(1))
+                .filter(|s| (s - from) % k == 0 || kf.contains(s))
+                .map(|s| finish(done, end, &kf, s))
+                .min();
+            let got = steal_split(from, done, end, k, &kf);
+            let case = format!("from {from} done {done} end {end} k {k} kf {kf:?}");
+            match (got, scan) {
+                (Some(s), Some(best)) => {
+                    assert_eq!(finish(done, end, &kf, s), best, "{case}: split {s}");
+                    assert!(best + k <= end - done, "{case}");
+                }
+                (None, Some(best)) => assert!(best + k > end - done, "{case}: missed {best}"),
+                (got, None) => assert_eq!(got, None, "{case}"),
+            }
+        }
     }
 
     #[test]

@@ -1280,7 +1280,7 @@ pub(crate) mod tests {
             fps_den: 1,
             duration_ns: n * 100_000_000,
             frame_pts: (0..n).map(|i| i * 100_000_000).collect(),
-            keyframes: vec![0],
+            keyframes: (0..n).step_by(5).collect(), // one per 5-frame chunk
             ..Default::default()
         }
     }
@@ -1520,9 +1520,9 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn an_idle_worker_steals_the_second_half_of_what_is_left() {
+    fn an_idle_worker_steals_where_owner_and_thief_finish_soonest() {
         let (mut s, r) = (State::default(), rules());
-        let id = probed(&mut s, 60, 100.0); // one segment of 60 frames, chunks of 5, no keyframe
+        let id = probed(&mut s, 60, 100.0); // one segment of 60 frames, chunks of 5
         let (g1, _) = s.lease("w1", "l1".into(), 2, &r).unwrap();
         assert_eq!(s.heartbeat("l1", g1.epoch, 7, 3, &r), (true, 60)); // in chunk 1
         let (g2, ch) = s.lease("w2", "l2".into(), 4, &r).unwrap();
@@ -1530,7 +1530,7 @@ pub(crate) mod tests {
         assert_eq!(
             (start, end, pts),
             (35, 60, 25),
-            "53 frames left after frame 7: split at the chunk boundary nearest the middle"
+            "53 frames left after frame 7: the split that finishes soonest (owner 28, thief 25 + start)"
         );
         assert!(ch.jobs.contains(&id), "the job's segment count changed");
         assert_eq!(
@@ -1551,7 +1551,8 @@ pub(crate) mod tests {
         let Work::Segment { start, end, .. } = g3.work else {
             panic!()
         };
-        assert_eq!((start, end), (45, 60));
+        // 35..60 untouched: 50 finishes soonest (owner 15 frames, thief 10 and its start).
+        assert_eq!((start, end), (50, 60));
         for a in [20, 25, 30] {
             assert!(
                 s.commit_chunk("l1", g1.epoch, (a, a + 5), format!("file:///w/{a}"), 8)
@@ -1755,8 +1756,8 @@ pub(crate) mod tests {
         let (start, end, _) = range_of(&g2);
         assert_eq!(
             (start, end),
-            (25, 40),
-            "split two chunks past the committed frames"
+            (30, 40),
+            "split past the committed frames (and the owner's next two chunks)"
         );
     }
 
