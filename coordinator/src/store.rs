@@ -56,6 +56,15 @@ impl Changed {
         self.rows.is_empty() && self.tasks.is_empty() && self.media.is_empty()
     }
 
+    /// How many records the change writes (the writer bounds a turn by it).
+    pub fn records(&self) -> usize {
+        self.rows.jobs.len()
+            + self.rows.tasks.len()
+            + self.rows.media.len()
+            + self.tasks.len()
+            + self.media.len()
+    }
+
     /// Encodes what is still a record (on the writer thread).
     pub fn encode(self) -> Result<Rows, StoreError> {
         let mut rows = self.rows;

@@ -14,6 +14,12 @@ use tracing::{error, warn};
 /// A write and flush slower than this is logged: every caller waiting on it waited that long.
 const SLOW: Duration = Duration::from_millis(50);
 
+/// A turn takes queued changes until they hold this many records (a single larger change is
+/// still written whole: each change is atomic). A burst of probe completions (100 jobs of 1,000
+/// segments, closed loop) otherwise went to sled as one transaction of 100,000 task records,
+/// whose write set and encoded copies lifted the coordinator's peak RSS past 500 MB.
+const TURN_RECORDS: usize = 10_000;
+
 /// Told once everything queued before it is on disk (or why not).
 pub type FlushWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
 
@@ -35,7 +41,7 @@ impl Writer {
             .name("fw-writer".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
-                    let batch: Vec<Msg> = std::iter::once(first).chain(rx.try_iter()).collect();
+                    let batch = turn(first, &rx);
                     let t = Instant::now();
                     let (rows, waiters, unencoded) = merge(batch);
                     // What encoded is written; a record that did not is reported to its callers.
@@ -76,6 +82,27 @@ impl Writer {
         let _ = self.tx.send(Msg::Wait(tx));
         rx
     }
+}
+
+/// A turn's messages: `first`, then whatever is queued behind it, in order, until the changes
+/// hold `TURN_RECORDS` records (the rest waits for the next turn, answered after it).
+fn turn(first: Msg, rx: &mpsc::Receiver<Msg>) -> Vec<Msg> {
+    let size = |m: &Msg| match m {
+        Msg::Rows(c) => c.records(),
+        Msg::Wait(_) => 0,
+    };
+    let mut records = size(&first);
+    let mut batch = vec![first];
+    while records < TURN_RECORDS {
+        match rx.try_recv() {
+            Ok(m) => {
+                records += size(&m);
+                batch.push(m);
+            }
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 /// One write for a turn's messages: the last record per key, the callers to answer, and why
@@ -143,6 +170,49 @@ mod tests {
         assert_eq!(rows.tasks, vec![row("t1", "c"), row("t2", "b")]);
         assert_eq!(rows.media, vec![row("j", "m")]);
         assert_eq!(waiters.len(), 1);
+    }
+
+    #[test]
+    fn a_turn_stops_taking_changes_at_the_record_bound_but_never_splits_one() {
+        let change = |n: usize| {
+            Msg::Rows(
+                Rows {
+                    tasks: (0..n).map(|i| (i.to_be_bytes().to_vec(), vec![])).collect(),
+                    ..Rows::default()
+                }
+                .into(),
+            )
+        };
+        let (tx, rx) = mpsc::channel();
+        for n in [6_000, 3_000, 2_000, 500] {
+            tx.send(change(n)).unwrap();
+        }
+        let (w, _) = tokio::sync::oneshot::channel();
+        tx.send(Msg::Wait(w)).unwrap();
+        let records = |b: &[Msg]| {
+            b.iter()
+                .map(|m| match m {
+                    Msg::Rows(c) => c.records(),
+                    Msg::Wait(_) => 0,
+                })
+                .sum::<usize>()
+        };
+        let first = rx.recv().unwrap();
+        let one = turn(first, &rx);
+        assert_eq!(
+            (one.len(), records(&one)),
+            (3, 11_000),
+            "6,000 + 3,000 + 2,000"
+        );
+        let next = rx.recv().unwrap();
+        let two = turn(next, &rx);
+        assert_eq!(
+            (two.len(), records(&two)),
+            (2, 500),
+            "the rest, and the waiter after it"
+        );
+        let big = turn(change(25_000), &rx);
+        assert_eq!(records(&big), 25_000, "one change is written whole");
     }
 
     #[test]
