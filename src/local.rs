@@ -483,7 +483,7 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
                 size: (size != (p.width, p.height)).then_some(size),
                 stall_timeout: Duration::from_secs(60),
                 threads: 0,
-                gpu: None,
+                nvdec: None,
                 pool: None,
             };
             decode_range(&req, &mut |f| {
@@ -615,7 +615,8 @@ pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
             size: None,
             stall_timeout: Duration::from_secs(60),
             threads: shared_threads(0, a.streams),
-            gpu: None,
+            // As a worker on GPU 0 decodes (`worker.decoder`).
+            nvdec: (cfg.worker.decoder == "nvdec").then_some(0),
             pool: None,
         };
         decode_range(&req, &mut |f| {

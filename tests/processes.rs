@@ -311,7 +311,7 @@ fn all_frames(path: &Path) -> Vec<Vec<u8>> {
         size: None,
         stall_timeout: Duration::from_secs(60),
         threads: 0,
-        gpu: None,
+        nvdec: None,
         pool: None,
     };
     decode_range(&req, &mut |f| {

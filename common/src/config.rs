@@ -376,6 +376,9 @@ pub struct WorkerConfig {
     /// With several GPUs, each GPU's pipelines run in a child process of their own: in one
     /// process the GPUs' pipelines slowed each other's inference (BENCHMARKS.md, issue 10).
     pub process_per_gpu: bool,
+    /// Where a GPU worker decodes its input: "cpu" (GStreamer's CPU decoders) or "nvdec" (the
+    /// GPU's own NVDEC through nvcodec). CPU workers always decode on the CPU.
+    pub decoder: String,
     /// "auto": a rewritten model that passes its quality gate and is faster here; "on": one that
     /// passes its quality gate; "off": the file as is; a variant's name: that one if it passes.
     pub optimize: String,
@@ -441,6 +444,7 @@ impl Default for WorkerConfig {
             gpus: "all".into(),
             pipelines_per_gpu: 4,
             process_per_gpu: true,
+            decoder: "cpu".into(),
             optimize: "auto".into(),
             model_cache_dir: PathBuf::new(),
             batch_frames: 0,
@@ -770,6 +774,12 @@ impl Config {
                 ),
             );
         }
+        if !["cpu", "nvdec"].contains(&w.decoder.as_str()) {
+            return err(
+                "worker.decoder",
+                format!("{:?} is not one of cpu, nvdec", w.decoder),
+            );
+        }
         if !["exhaustive", "heuristic", "default"].contains(&w.cuda_conv_search.as_str()) {
             return err(
                 "worker.cuda_conv_search",
@@ -934,6 +944,12 @@ mod tests {
             e.contains("worker.cuda_conv_search")
                 && e.contains("\"fast\"")
                 && e.contains("heuristic"),
+            "{e}"
+        );
+        let (_d, p) = write("[worker]\ndecoder = \"gpu\"\n");
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(
+            e.contains("worker.decoder") && e.contains("\"gpu\"") && e.contains("nvdec"),
             "{e}"
         );
         let (_d, p) = write("[worker]\noptimize = \"fused-u8-int8\"\n");

@@ -149,7 +149,7 @@ pub fn frame_at(path: &Path, index: usize, size: Option<(u32, u32)>) -> Frame {
         size,
         stall_timeout: Duration::from_secs(60),
         threads: 0,
-        gpu: None,
+        nvdec: None,
         pool: None,
     };
     decode_range(&req, &mut |f| {

@@ -65,16 +65,22 @@ enum Outcome {
     Committed,
 }
 
-/// Pays the media start-up (media/warmup.rs) once per process and GPU before the first lease;
-/// the pipelines of a multi-GPU worker start together and wait for the first one to finish it.
-fn warm_up_media_once(id: &str, device: Device) {
-    static DONE: Mutex<Vec<Device>> = Mutex::new(Vec::new());
+/// The GPU whose NVDEC decodes a `device` worker's input (`worker.decoder = "nvdec"`), or
+/// None for the CPU's decoders.
+fn nvdec(cfg: &WorkerConfig, device: Device) -> Option<u32> {
+    (cfg.decoder == "nvdec").then(|| device.gpu()).flatten()
+}
+
+/// Pays the media start-up (media/warmup.rs) once per process and decoder before the first
+/// lease; the pipelines of a multi-GPU worker start together and wait for the first one.
+fn warm_up_media_once(id: &str, device: Device, nvdec: Option<u32>) {
+    static DONE: Mutex<Vec<Option<u32>>> = Mutex::new(Vec::new());
     let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
-    if done.contains(&device) {
+    if done.contains(&nvdec) {
         return;
     }
-    done.push(device);
-    match crate::media::warmup::warm_up(&std::env::temp_dir(), device.gpu()) {
+    done.push(nvdec);
+    match crate::media::warmup::warm_up(&std::env::temp_dir(), nvdec) {
         Ok(took) => {
             info!(worker_id = %id, %device, ms = took.as_millis() as u64, "media pipelines warmed up")
         }
@@ -94,7 +100,7 @@ impl Worker {
         device: Device,
     ) -> Result<Self, AgentError> {
         crate::media::init()?;
-        warm_up_media_once(&id, device);
+        warm_up_media_once(&id, device, nvdec(&cfg, device));
         let mut model = if cfg.synthetic_model_ms_per_frame > 0 {
             warn!(
                 ms = cfg.synthetic_model_ms_per_frame,
@@ -333,12 +339,13 @@ impl Worker {
         };
         let lease_id = lease.lease_id.clone();
         let opts = TransferOptions::from(&self.cfg);
+        let nvdec = nvdec(&self.cfg, self.device);
         info!(worker_id = %self.id, job_id, task_index, lease_id = %lease_id, kind = kind(&task), "task leased");
         // The blocking work logs under the lease's span too (it is not inherited across threads).
         let span = tracing::Span::current();
         let work = tokio::task::spawn_blocking(move || {
             span.in_scope(|| {
-                let out = run_task(task, &model, &settings, &lease_id, &task_ctl, &opts);
+                let out = run_task(task, &model, &settings, &lease_id, &task_ctl, &opts, nvdec);
                 // Chunks and outputs bound for blob storage were staged here.
                 let _ = std::fs::remove_dir_all(scratch_dir(&lease_id));
                 out
@@ -578,6 +585,7 @@ fn run_task(
     lease_id: &str,
     ctl: &TaskCtl,
     opts: &TransferOptions,
+    nvdec: Option<u32>,
 ) -> Outcome {
     let (progress, cancel) = (&ctl.progress, &ctl.cancel);
     use proto::complete_task_request::Result as R;
@@ -640,6 +648,7 @@ fn run_task(
                 max_size: params.max_size,
                 style: &params.style_weights,
                 encoder: &settings,
+                nvdec,
             };
             let (up_tx, up_rx) = std::sync::mpsc::channel::<ChunkDone>();
             let (result, upload_error) = std::thread::scope(|sc| {

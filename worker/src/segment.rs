@@ -56,6 +56,8 @@ pub struct SegmentSpec<'a> {
     pub max_size: u32,
     pub style: &'a [f32],
     pub encoder: &'a EncoderSettings,
+    /// The GPU whose NVDEC decodes the range (`worker.decoder = "nvdec"`); None = the CPU.
+    pub nvdec: Option<u32>,
 }
 
 /// Shared with the lease loop while a range is processed.
@@ -145,7 +147,7 @@ pub fn run_segment(
     let pool = model.frame_pool();
     let (dec_pool, enc_pool) = (pool.clone(), pool.clone());
     // Each GPU's pipelines decode on that GPU's own hardware decoder.
-    let gpu = model.device().gpu();
+    let nvdec = spec.nvdec;
     let (dec_tx, dec_rx) = sync_channel::<Frame>(DEPTH.max(2 * batch));
     let (enc_tx, enc_rx) = sync_channel::<(u64, Frame)>(DEPTH.max(2 * batch));
     std::thread::scope(|s| -> Result<u64, SegmentError> {
@@ -162,7 +164,7 @@ pub fn run_segment(
                     size: (infer_size != spec.size).then_some(infer_size),
                     stall_timeout: STALL,
                     threads: spec.encoder.threads,
-                    gpu,
+                    nvdec,
                     pool: Some(dec_pool),
                 };
                 let mut i = start;
@@ -375,6 +377,7 @@ mod tests {
             max_size: 0,
             style: &[],
             encoder: &settings,
+            nvdec: None,
         };
         let (progress, cancel, limit) = (
             AtomicU64::new(0),
@@ -427,6 +430,7 @@ mod tests {
             max_size: 0,
             style: &[],
             encoder: &settings,
+            nvdec: None,
         };
         let (progress, cancel, limit) = (
             AtomicU64::new(0),

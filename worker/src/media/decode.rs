@@ -28,9 +28,9 @@ pub struct DecodeRequest<'a> {
     pub stall_timeout: Duration,
     /// Threads for the colour conversion to RGB (0 = all cores): several pipelines share them.
     pub threads: u32,
-    /// The GPU whose hardware decoder to use, if any: GStreamer otherwise gives every pipeline
-    /// the first GPU's (ranked highest), so a multi-GPU worker decoded everything on one GPU.
-    pub gpu: Option<u32>,
+    /// The GPU whose NVDEC decoder to use (`worker.decoder = "nvdec"`); None = the CPU's
+    /// decoders only, and nvcodec (whose start-up probes every GPU) is never loaded.
+    pub nvdec: Option<u32>,
     /// Where frame buffers come from (the pipeline's recycled ones); None = fresh ones.
     pub pool: Option<FramePool>,
 }
@@ -105,9 +105,7 @@ fn decode_once(
     };
     let src = super::source_element(path)?;
     let dec = make("decodebin")?;
-    if let Some(gpu) = req.gpu {
-        keep_hardware_decoders_on(&dec, gpu);
-    }
+    choose_decoders(&dec, req.nvdec);
     let convert = make("videoconvert")?;
     // Frames turned upright as the stream's orientation tag says (phone video); the probe
     // reports the upright size, and the output needs no tag (mp4mux 1.22 cannot write one).
@@ -310,17 +308,58 @@ fn decode_once(
     }))
 }
 
-/// Makes `decodebin` skip the NVIDIA hardware decoders of GPUs other than `gpu`; where that GPU
-/// has none for the stream, decodebin goes on to the next decoder (the CPU's).
-fn keep_hardware_decoders_on(dec: &gst::Element, gpu: u32) {
+/// Makes `decodebin` decode where the worker is told to. With `nvdec` = Some(gpu), on that
+/// GPU's NVIDIA decoder: other GPUs' are skipped, and so is a CPU decoder offered before it
+/// (nvcodec ranks every GPU's decoder but the first one lower, level with GStreamer's own, which
+/// sorts first by name, or below: pipelines on every other GPU had been decoding on the CPU). With None, on
+/// the CPU only: no NVIDIA decoder is tried, so nvcodec is not even loaded.
+fn choose_decoders(dec: &gst::Element, nvdec: Option<u32>) {
+    // This GPU's decoders, from the registry (no plugin is loaded to list them).
+    let mine: Vec<gst::ElementFactory> = nvdec
+        .map(|gpu| {
+            gst::ElementFactory::factories_with_type(
+                gst::ElementFactoryType::DECODER,
+                gst::Rank::NONE,
+            )
+            .into_iter()
+            .filter(|f| nvidia_decoder_gpu(f.name().as_str()) == Some(gpu))
+            .collect()
+        })
+        .unwrap_or_default();
     dec.connect("autoplug-select", false, move |args| {
         // GstAutoplugSelectResult: 0 = try this factory, 2 = skip it.
         let class = gst::glib::Type::from_name("GstAutoplugSelectResult")
             .and_then(gst::glib::EnumClass::with_type)?;
+        let caps = args.get(2)?.get::<gst::Caps>().ok()?;
         let factory = args.get(3)?.get::<gst::ElementFactory>().ok()?;
-        let skip = nvidia_decoder_gpu(factory.name().as_str()).is_some_and(|g| g != gpu);
+        let is_decoder = factory
+            .metadata(gst::ELEMENT_METADATA_KLASS)
+            .is_some_and(|k| k.contains("Decoder"));
+        let skip = skip_decoder(
+            nvidia_decoder_gpu(factory.name().as_str()),
+            is_decoder,
+            nvdec,
+            || mine.iter().any(|f| f.can_sink_any_caps(&caps)),
+        );
         class.to_value(if skip { 2 } else { 0 })
     });
+}
+
+/// Whether decodebin skips a factory: an NVIDIA decoder (of GPU `owner`) unless it is the
+/// wanted GPU's; a CPU decoder when the wanted GPU has a decoder for the stream (it comes later
+/// in decodebin's list); anything else (demuxers, parsers) never.
+fn skip_decoder(
+    owner: Option<u32>,
+    is_decoder: bool,
+    nvdec: Option<u32>,
+    gpu_has_one: impl FnOnce() -> bool,
+) -> bool {
+    match (owner, nvdec) {
+        (Some(g), Some(want)) => g != want,
+        (Some(_), None) => true,
+        (None, Some(_)) => is_decoder && gpu_has_one(),
+        (None, None) => false,
+    }
 }
 
 /// The GPU an nvcodec decoder element belongs to, from its name: nvcodec registers one per GPU,
@@ -378,7 +417,7 @@ mod tests {
             size: None,
             stall_timeout: Duration::from_secs(20),
             threads: 1,
-            gpu: None,
+            nvdec: None,
             pool: None,
         }
     }
@@ -437,6 +476,26 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn decoders_are_chosen_by_the_workers_decoder_setting() {
+        use super::skip_decoder;
+        // decoder = "cpu": every NVIDIA decoder is skipped, CPU decoders and parsers are tried.
+        assert!(skip_decoder(Some(0), true, None, || true));
+        assert!(skip_decoder(Some(2), true, None, || true));
+        assert!(!skip_decoder(None, true, None, || true));
+        assert!(!skip_decoder(None, false, None, || true));
+        // decoder = "nvdec" on GPU 2: its own decoder is tried, other GPUs' are not, and a CPU
+        // decoder is skipped only when GPU 2 has a decoder for the stream.
+        assert!(!skip_decoder(Some(2), true, Some(2), || true));
+        assert!(skip_decoder(Some(0), true, Some(2), || true));
+        assert!(skip_decoder(None, true, Some(2), || true));
+        assert!(!skip_decoder(None, true, Some(2), || false));
+        assert!(
+            !skip_decoder(None, false, Some(2), || true),
+            "parsers and demuxers stay"
+        );
     }
 
     #[test]

@@ -10,20 +10,20 @@ use gstreamer::prelude::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Encodes 4 frames of a test pattern to `dir/framewise-warmup-<pid>-<gpu>.mp4` with x264,
-/// probes and decodes them (on `gpu`'s hardware decoder, as that GPU's pipelines will), and
-/// removes the file. Returns how long it took.
-pub fn warm_up(dir: &Path, gpu: Option<u32>) -> Result<Duration, MediaError> {
+/// Encodes 4 frames of a test pattern to `dir/framewise-warmup-<pid>-<decoder>.mp4` with x264,
+/// probes and decodes them (on `nvdec`'s hardware decoder when the pipelines will use it, else
+/// on the CPU), and removes the file. Returns how long it took.
+pub fn warm_up(dir: &Path, nvdec: Option<u32>) -> Result<Duration, MediaError> {
     super::init()?;
     let began = Instant::now();
-    let tag = gpu.map_or("cpu".to_string(), |g| g.to_string());
+    let tag = nvdec.map_or("cpu".to_string(), |g| format!("nvdec{g}"));
     let path = dir.join(format!("framewise-warmup-{}-{tag}.mp4", std::process::id()));
-    let result = encode_and_decode(&path, gpu);
+    let result = encode_and_decode(&path, nvdec);
     let _ = std::fs::remove_file(&path);
     result.map(|()| began.elapsed())
 }
 
-fn encode_and_decode(path: &Path, gpu: Option<u32>) -> Result<(), MediaError> {
+fn encode_and_decode(path: &Path, nvdec: Option<u32>) -> Result<(), MediaError> {
     let launch = format!(
         "videotestsrc num-buffers=4 ! video/x-raw,format=I420,width=128,height=72,framerate=25/1 \
          ! x264enc ! h264parse ! mp4mux ! filesink location=\"{}\"",
@@ -58,7 +58,7 @@ fn encode_and_decode(path: &Path, gpu: Option<u32>) -> Result<(), MediaError> {
         size: None,
         stall_timeout: Duration::from_secs(20),
         threads: 1,
-        gpu,
+        nvdec,
         pool: None,
     };
     let n = decode_range(&req, &mut |_| true)?;
