@@ -350,14 +350,26 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    /// Frame buffers go round a real pipeline (decode, the synthetic model, x264): 30 frames
-    /// are decoded into buffers the pool mostly had already, not 30 fresh ones.
-    #[test]
-    fn frame_buffers_go_round_the_pipeline() {
+    /// Runs `run_segment` over a fresh `frames`-frame test clip in chunks of 10 with the
+    /// synthetic model (`ms_per_frame`); `on_chunk` also gets the range's limit, as the agent's
+    /// commit replies move it. Returns what it returned, every chunk, the model and the chunks'
+    /// directory (kept alive by the returned temp dir).
+    fn run_test_segment(
+        frames: u32,
+        ms_per_frame: u64,
+        on_chunk: impl Fn(&ChunkDone, &AtomicU64) + Sync,
+    ) -> (
+        u64,
+        Vec<ChunkDone>,
+        Stylizer,
+        tempfile::TempDir,
+        std::path::PathBuf,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let clip = dir.path().join("in.mp4");
-        let p = crate::media::test_clip(&clip, 30);
-        let mut model = Stylizer::synthetic(Duration::ZERO, &Default::default());
+        let p = crate::media::test_clip(&clip, frames);
+        let mut model =
+            Stylizer::synthetic(Duration::from_millis(ms_per_frame), &Default::default());
         let out = dir.path().join("out");
         let settings = EncoderSettings {
             crf: 23,
@@ -385,15 +397,28 @@ mod tests {
             AtomicU64::new(u64::MAX),
         );
         let chunks = Mutex::new(Vec::new());
-        let on_chunk = |c: ChunkDone| chunks.lock().unwrap().push(c.start);
+        let record = |c: ChunkDone| {
+            on_chunk(&c, &limit);
+            chunks.lock().unwrap().push(c);
+        };
         let ctl = SegmentControl {
             progress: &progress,
             cancel: &cancel,
             limit: &limit,
-            on_chunk: &on_chunk,
+            on_chunk: &record,
         };
-        assert_eq!(run_segment(&spec, &mut model, &ctl).unwrap(), 30);
-        assert_eq!(*chunks.lock().unwrap(), vec![0, 10, 20]);
+        let n = run_segment(&spec, &mut model, &ctl).unwrap();
+        (n, chunks.into_inner().unwrap(), model, dir, out)
+    }
+
+    /// Frame buffers go round a real pipeline (decode, the synthetic model, x264): 30 frames
+    /// are decoded into buffers the pool mostly had already, not 30 fresh ones.
+    #[test]
+    fn frame_buffers_go_round_the_pipeline() {
+        let (n, chunks, model, _dir, _) = run_test_segment(30, 0, |_, _| {});
+        assert_eq!(n, 30);
+        let starts: Vec<u64> = chunks.iter().map(|c| c.start).collect();
+        assert_eq!(starts, vec![0, 10, 20]);
         let pool = model.frame_pool();
         assert!(
             pool.made() < 20,
@@ -407,53 +432,14 @@ mod tests {
     /// in progress ends there, and no frame past the new end is encoded or counted.
     #[test]
     fn a_range_shortened_inside_a_chunk_ends_that_chunk_there() {
-        let dir = tempfile::tempdir().unwrap();
-        let clip = dir.path().join("in.mp4");
-        let p = crate::media::test_clip(&clip, 40);
-        let mut model = Stylizer::synthetic(Duration::from_millis(2), &Default::default());
-        let out = dir.path().join("out");
-        let settings = EncoderSettings {
-            crf: 23,
-            preset: "ultrafast".into(),
-            threads: 1,
-        };
-        let spec = SegmentSpec {
-            input: &clip,
-            output_dir: &out,
-            start_frame: 0,
-            frame_pts: &p.frame_pts,
-            seek_ns: 0,
-            chunk_frames: 10,
-            size: (p.width, p.height),
-            fps: (25, 1),
-            frame_duration_ns: 40_000_000,
-            max_size: 0,
-            style: &[],
-            encoder: &settings,
-            nvdec: None,
-        };
-        let (progress, cancel, limit) = (
-            AtomicU64::new(0),
-            AtomicBool::new(false),
-            AtomicU64::new(u64::MAX),
-        );
-        let chunks = Mutex::new(Vec::new());
-        let on_chunk = |c: ChunkDone| {
-            // The coordinator's answer to the first commit: the range now ends at frame 25.
+        // The coordinator's answer to the first commit: the range now ends at frame 25.
+        let (n, chunks, _, _dir, out) = run_test_segment(40, 2, |_, limit| {
             limit.fetch_min(25, std::sync::atomic::Ordering::Relaxed);
-            chunks.lock().unwrap().push((c.start, c.end, c.path));
-        };
-        let ctl = SegmentControl {
-            progress: &progress,
-            cancel: &cancel,
-            limit: &limit,
-            on_chunk: &on_chunk,
-        };
-        assert_eq!(run_segment(&spec, &mut model, &ctl).unwrap(), 25);
-        let chunks = chunks.into_inner().unwrap();
-        let ranges: Vec<(u64, u64)> = chunks.iter().map(|c| (c.0, c.1)).collect();
+        });
+        assert_eq!(n, 25);
+        let ranges: Vec<(u64, u64)> = chunks.iter().map(|c| (c.start, c.end)).collect();
         assert_eq!(ranges, vec![(0, 10), (10, 20), (20, 25)]);
-        let last = crate::media::probe::probe(&chunks[2].2, Duration::from_secs(30)).unwrap();
+        let last = crate::media::probe::probe(&chunks[2].path, Duration::from_secs(30)).unwrap();
         assert_eq!(last.frame_pts.len(), 5, "the cut chunk holds frames 20..25");
         assert!(!out.join(framewise_common::storage::chunk_name(30)).exists());
     }
