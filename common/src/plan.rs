@@ -100,7 +100,13 @@ pub fn steal_split(from: u64, done: u64, end: u64, k: u64, keyframes: &[u64]) ->
     let kf = in_order(keyframes);
     let owner = |s: u64| s - done;
     let thief = |s: u64| {
-        let lead_in = s - keyframe_at_or_before(&kf, s).min(s);
+        // A binary search in the sorted keyframes (keyframe_at_or_before would check the
+        // order again on each of the search's steps).
+        let before = kf
+            .partition_point(|k| *k <= s)
+            .checked_sub(1)
+            .map_or(0, |i| kf[i]);
+        let lead_in = s - before.min(s);
         (end - s) + lead_in * LEAD_IN_COST.0 / LEAD_IN_COST.1 + START_COST
     };
     // The owner's part grows with the split and the thief's never does (its lead-in restarts
