@@ -295,11 +295,15 @@ fn spawn(spec: &ChildSpec) -> Result<Child> {
     if let (Some(level), None) = (&spec.log, std::env::var_os("FRAMEWISE_LOG")) {
         cmd.env("FRAMEWISE_LOG", level);
     }
-    // SAFETY: prctl is async-signal-safe and touches only the child being started. A child
-    // whose supervisor dies (even by SIGKILL) gets SIGTERM and drains like on a stop.
+    // SAFETY: prctl and signal are async-signal-safe and touch only the child being started. A
+    // child whose supervisor dies (even by SIGKILL) gets SIGTERM and drains like on a stop. The
+    // drain is a SIGINT, so the child starts with its default action whatever this process
+    // inherited: a supervisor started with `&` from a script ignores SIGINT, and a child
+    // inheriting that could not be drained (a shell cannot even trap it), only killed.
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
             Ok(())
         });
     }

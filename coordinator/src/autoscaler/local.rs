@@ -98,12 +98,15 @@ impl Local {
 fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     let parent = std::process::id() as libc::pid_t;
-    // SAFETY: prctl, getppid and raise are async-signal-safe and nothing here allocates.
+    // SAFETY: prctl, signal, getppid and raise are async-signal-safe and nothing here allocates.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // Drained with SIGINT: its default action, even where the coordinator inherited
+            // an ignored SIGINT (started with `&` from a script).
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
             // The coordinator died between fork and prctl.
             if libc::getppid() != parent {
                 libc::raise(libc::SIGTERM);
