@@ -112,11 +112,10 @@ fn intra_threads(configured: usize, device: Device, sessions: usize) -> usize {
 /// falls back to the CPU with a warning; with "cuda" it is an error.
 fn start_workers(
     cfg: &WorkerConfig,
-    count: Option<usize>,
+    mut devices: Vec<Device>,
     cpu_count: usize,
     id: impl Fn(usize) -> String,
 ) -> Result<Vec<Worker>> {
-    let mut devices = plan_pipelines(cfg, count)?;
     let mut ws = Vec::with_capacity(devices.len());
     let mut i = 0;
     while i < devices.len() {
@@ -230,15 +229,13 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     // (on several GPUs each GPU's worker process loads its own after the coordinator starts).
     let on_cpu = plan_pipelines(&cfg.worker, None)?.first() == Some(&Device::Cpu);
     let count = a.workers.or(on_cpu.then_some(cfg.embedded.workers));
-    let split = split_by_gpu(
-        &plan_pipelines(&cfg.worker, count)?,
-        cfg.worker.process_per_gpu,
-    );
+    let devices = plan_pipelines(&cfg.worker, count)?;
+    let split = split_by_gpu(&devices, cfg.worker.process_per_gpu);
     let ws = match split {
         Some(_) => Vec::new(),
         None => start_workers(
             &cfg.worker,
-            count,
+            devices,
             a.workers.unwrap_or(cfg.embedded.workers),
             |n| worker_id(&cfg.worker, n),
         )?,
@@ -385,25 +382,22 @@ pub fn worker(
         .enable_all()
         .build()?;
     // On several GPUs: a worker process per GPU, this one supervising them.
-    let split = split_by_gpu(
-        &plan_pipelines(&cfg.worker, None)?,
-        cfg.worker.process_per_gpu,
-    );
-    if let Some(gpus) = split {
+    let devices = plan_pipelines(&cfg.worker, None)?;
+    if let Some(gpus) = split_by_gpu(&devices, cfg.worker.process_per_gpu) {
         tracing::info!(gpus = ?gpus, "one worker process per GPU (GPU, pipelines)");
         return rt.block_on(async {
             let mut fleet = Fleet::start(&cfg, &gpus, None)?;
             tokio::select! {
                 r = fleet.ended() => r?,
-                _ = shutdown_signal() => fleet.stop().await?,
+                _ = crate::shutdown_signal() => fleet.stop().await?,
             }
             Ok(ExitCode::SUCCESS)
         });
     }
-    let ws = start_workers(&cfg.worker, None, 1, |n| worker_id(&cfg.worker, n))?;
+    let ws = start_workers(&cfg.worker, devices, 1, |n| worker_id(&cfg.worker, n))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     rt.spawn(async move {
-        shutdown_signal().await;
+        crate::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
     let handles: Vec<_> = ws
@@ -421,22 +415,6 @@ pub fn worker(
     match failed {
         Some(e) => Err(e),
         None => Ok(ExitCode::SUCCESS),
-    }
-}
-
-/// Ctrl-C or SIGTERM (systemd, a scale set stopping the VM, a supervisor's death): drain.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }
 

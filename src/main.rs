@@ -65,6 +65,23 @@ fn main() -> ExitCode {
     code
 }
 
+/// Ctrl-C or SIGTERM (systemd, docker stop, a scale set stopping the VM, a supervisor's
+/// death): what every long-running command stops and drains on.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 #[cfg(feature = "worker")]
 fn is_run(c: &Command) -> bool {
     matches!(c, Command::Run(_))
@@ -110,14 +127,7 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-                tokio::select! {
-                    r = tokio::signal::ctrl_c() => r,
-                    _ = term.recv() => Ok(()),
-                }
-            })?;
+            rt.block_on(shutdown_signal());
             eprintln!("framewise coordinator: stopping");
             c.shutdown();
             Ok(ExitCode::SUCCESS)

@@ -100,13 +100,7 @@ pub fn steal_split(from: u64, done: u64, end: u64, k: u64, keyframes: &[u64]) ->
     let kf = in_order(keyframes);
     let owner = |s: u64| s - done;
     let thief = |s: u64| {
-        // A binary search in the sorted keyframes (keyframe_at_or_before would check the
-        // order again on each of the search's steps).
-        let before = kf
-            .partition_point(|k| *k <= s)
-            .checked_sub(1)
-            .map_or(0, |i| kf[i]);
-        let lead_in = s - before.min(s);
+        let lead_in = s - at_or_before(&kf, s).min(s);
         (end - s) + lead_in * LEAD_IN_COST.0 / LEAD_IN_COST.1 + START_COST
     };
     // The owner's part grows with the split and the thief's never does (its lead-in restarts
@@ -121,33 +115,26 @@ pub fn steal_split(from: u64, done: u64, end: u64, k: u64, keyframes: &[u64]) ->
         }
     }
     let cross = a; // the first split where the owner's part is the longer (hi + 1: none)
-    let up = [
+                   // The nearest chunk boundary and keyframe on each side of it.
+    let next_kf = kf.partition_point(|x| *x < cross);
+    let best = [
         Some(from + (cross - from).div_ceil(k) * k),
-        kf.get(kf.partition_point(|x| *x < cross)).copied(),
-    ];
-    let down = [
-        cross
-            .checked_sub(1)
-            .map(|c| from + (c.max(from) - from) / k * k),
-        kf.partition_point(|x| *x < cross)
-            .checked_sub(1)
-            .map(|i| kf[i]),
-    ];
-    let best = up
-        .into_iter()
-        .flatten()
-        .filter(|s| (lo..=hi).contains(s))
-        .min()
-        .into_iter()
-        .chain(
-            down.into_iter()
-                .flatten()
-                .filter(|s| (lo..=hi).contains(s))
-                .max(),
-        )
-        .min_by_key(|&s| (owner(s).max(thief(s)), std::cmp::Reverse(s)))?;
+        kf.get(next_kf).copied(),
+        cross.checked_sub(1).map(|c| from + (c - from) / k * k),
+        next_kf.checked_sub(1).map(|i| kf[i]),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|s| (lo..=hi).contains(s))
+    .min_by_key(|&s| (owner(s).max(thief(s)), std::cmp::Reverse(s)))?;
     let alone = end - done;
     (owner(best).max(thief(best)) + k <= alone).then_some(best)
+}
+
+/// The last of the sorted keyframes at or before `frame` (0 if none): a binary search.
+fn at_or_before(sorted: &[u64], frame: u64) -> u64 {
+    let n = sorted.partition_point(|k| *k <= frame);
+    n.checked_sub(1).map_or(0, |i| sorted[i])
 }
 
 /// The keyframe to seek to before decoding from `frame`: the last keyframe at or before it.
@@ -155,8 +142,7 @@ pub fn steal_split(from: u64, done: u64, end: u64, k: u64, keyframes: &[u64]) ->
 /// lease grant), a scan otherwise.
 pub fn keyframe_at_or_before(keyframes: &[u64], frame: u64) -> u64 {
     if keyframes.is_sorted() {
-        let n = keyframes.partition_point(|k| *k <= frame);
-        return n.checked_sub(1).map_or(0, |i| keyframes[i]);
+        return at_or_before(keyframes, frame);
     }
     keyframes
         .iter()

@@ -624,8 +624,7 @@ impl State {
     }
 
     /// Splits the in-flight segment with the largest stealable tail where `steal_split` says
-    /// (near the middle of what is left, on a keyframe where one is near); the tail becomes a
-    /// new pending task.
+    /// (where owner and thief finish soonest); the tail becomes a new pending task.
     fn steal(&mut self, ch: &mut Changes) -> Option<(String, u32)> {
         let mut best: Option<((String, u32), u64, u64)> = None; // key, split, tail
         for id in self.active_jobs() {
@@ -1703,7 +1702,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_steal_splits_at_a_keyframe_near_the_middle_so_the_thief_decodes_nothing_twice() {
+    fn a_steal_splits_at_a_keyframe_when_that_finishes_soonest() {
         let r = rules();
         let mut s = State::default();
         let mut nj = new_job("j1", "k");
@@ -1725,7 +1724,8 @@ pub(crate) mod tests {
         else {
             panic!()
         };
-        // The middle of 12..200 is 106; keyframe 113 is within a quarter (47) of it.
+        // Owner at 12 of 200: keyframe 113 finishes soonest (owner 101 frames, thief 87 and its
+        // start); at the boundary 110 the thief would decode 50 frames from keyframe 60 twice.
         assert_eq!((start, end), (113, 200));
         assert_eq!(
             seek_ns,
