@@ -396,9 +396,9 @@ pub struct WorkerConfig {
     /// CUDA: how cuDNN picks convolution algorithms on a session's first run at a frame size:
     /// "exhaustive" (times them all: slow first run, fastest after), "heuristic" or "default".
     pub cuda_conv_search: String,
-    /// CUDA: frame sizes ("WxH") each session runs once before the worker registers, so that
-    /// cuDNN's algorithm search for them (about 1 s per session at a job's start with 4
-    /// sessions on an H200; 0.4 s per session for two sizes at start-up) is not paid by a job.
+    /// CUDA: frame sizes ("WxH") each session runs once before the worker registers, so the
+    /// convolutions' set-up for them is not paid by a job; a session keeps only the last
+    /// size ready (a run at another size is slow again), so the last is the common one.
     pub cuda_warm_up_sizes: Vec<String>,
     /// The worker's token when the coordinator has `tokens_file` (role worker); prefer `token_file`.
     pub token: String,
@@ -442,7 +442,7 @@ impl Default for WorkerConfig {
             synthetic_model_ms_per_frame: 0,
             device: "auto".into(),
             gpus: "all".into(),
-            pipelines_per_gpu: 4,
+            pipelines_per_gpu: 8,
             process_per_gpu: true,
             decoder: "cpu".into(),
             optimize: "auto".into(),
@@ -452,7 +452,7 @@ impl Default for WorkerConfig {
             cuda_prefer_nhwc: false,
             cuda_blocking_sync: true,
             cuda_conv_search: "exhaustive".into(),
-            cuda_warm_up_sizes: vec!["1280x720".into(), "1920x1080".into()],
+            cuda_warm_up_sizes: vec!["1280x720".into()],
             token: String::new(),
             token_file: PathBuf::new(),
             tls_ca_file: PathBuf::new(),

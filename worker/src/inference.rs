@@ -109,9 +109,11 @@ pub struct Stylizer {
     /// The model's batch dimension is dynamic (a rewritten model), so frames can share a run.
     batchable: bool,
     max_batch: usize,
-    /// Frame sizes this session has run: the first run at a new size is slow on a GPU
-    /// (cuDNN searches its convolution algorithms for the new shapes).
-    sizes_run: std::collections::HashSet<(u32, u32)>,
+    /// The frame size of this session's last run: on a GPU a run at another size is slow, at
+    /// a new size and at one run before alike (ONNX Runtime's CUDA provider sets its
+    /// convolutions up again: 0.25 s for one session on an H200, 1.2–2.5 s each with 8
+    /// switching at once; BENCHMARKS.md, session 10).
+    last_size: Option<(u32, u32)>,
     /// Buffers for stylized frames, recycled by the pipeline's encoder (media/pool.rs).
     pool: FramePool,
 }
@@ -194,7 +196,7 @@ impl Stylizer {
             synthetic: std::time::Duration::ZERO,
             batchable,
             max_batch: 1,
-            sizes_run: Default::default(),
+            last_size: None,
             pool: FramePool::default(),
         })
     }
@@ -247,19 +249,19 @@ impl Stylizer {
             synthetic: per_frame,
             batchable: false,
             max_batch: 1,
-            sizes_run: Default::default(),
+            last_size: None,
             pool: FramePool::default(),
         }
     }
 
-    /// Runs one throw-away frame of `w`x`h` on a GPU session that has not run that size yet,
-    /// so the slow first run (cuDNN's search for the new shapes, 0.5–1.3 s at 720p on an
-    /// H200) overlaps the decoder's start instead of following it. Nothing to do on a CPU.
+    /// Runs one throw-away frame of `w`x`h` on a GPU session whose last run was at another
+    /// size, so the slow run at a changed size (see `last_size`) overlaps the decoder's start
+    /// instead of following it. Nothing to do on a CPU.
     pub fn warm_up_size(&mut self, w: u32, h: u32) -> Result<(), ModelError> {
         if !matches!(self.device, Device::Cuda(_)) || self.session.is_none() {
             return Ok(());
         }
-        if self.sizes_run.contains(&(w, h)) {
+        if self.last_size == Some((w, h)) {
             return Ok(());
         }
         let style = self.default_style();
@@ -330,7 +332,7 @@ impl Stylizer {
             return Err(run_err(&"this model takes one frame per run"));
         }
         let (w, h) = (first.width as usize, first.height as usize);
-        self.sizes_run.insert((first.width, first.height));
+        self.last_size = Some((first.width, first.height));
         let m = self.cfg.pad_multiple.max(1) as usize;
         let (pw, ph) = (w.div_ceil(m) * m, h.div_ceil(m) * m);
         let [lo, hi] = self.cfg.value_range;

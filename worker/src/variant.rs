@@ -31,7 +31,9 @@ pub struct Candidate {
 }
 
 /// The candidates for a device, best first. fp16 only on a GPU (on a CPU it is emulated and
-/// slow); int8 is not offered: measured slower than fp32 on the CPU for this model (BENCHMARKS.md).
+/// slow); int8 is not offered: static and dynamic quantisation both measured 1.2–1.7x slower
+/// than fp32 on an AVX2 CPU for this model, and the one running int8 kernels failed the 30 dB
+/// gate (`bench/quantize.sh`, BENCHMARKS.md).
 pub fn candidates(device: Device) -> Vec<Candidate> {
     let fused = Rewrites {
         fuse_instance_norm: true,
