@@ -15,17 +15,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/bootstrap.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/framewise/target}"
 
-need=()
-command -v ffmpeg >/dev/null || need+=(ffmpeg)
-dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q "install ok installed" || need+=(python3-venv)
-if [ ${#need[@]} -gt 0 ]; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
-fi
-venv=.bench/venv
-if [ ! -x "$venv/bin/python" ]; then
-  /usr/bin/python3 -m venv "$venv"
-  "$venv/bin/pip" install -q onnxruntime==1.32.0 numpy==2.2.6 pillow==11.3.0
-fi
+. bench/python.sh
+bench_python onnxruntime==1.32.0 numpy==2.2.6 pillow==11.3.0
 cargo build --locked --release --bin framewise
 fw="$CARGO_TARGET_DIR/release/framewise"
 threads=$(nproc)

@@ -9,15 +9,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/bootstrap.sh >/dev/null
 size=${1:-640x360}; w=${size%x*}; h=${size#*x}
-need=()
-command -v ffmpeg >/dev/null || need+=(ffmpeg)
-dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q "install ok installed" || need+=(python3-venv)
-if [ ${#need[@]} -gt 0 ]; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
-fi
-venv=.bench/venv
-[ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
-"$venv/bin/pip" install -q onnxruntime==1.32.0 numpy==2.2.6 onnx==1.23.2 sympy==1.14.0
+. bench/python.sh
+bench_python onnxruntime==1.32.0 numpy==2.2.6 onnx==1.23.2 sympy==1.14.0
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 # 12 frames half a second apart: even ones calibrate, odd ones are timed and compared.
 ffmpeg -loglevel error -i media/bigbuckbunny.mp4 -vf "fps=2,scale=$w:$h" -frames:v 12 \
