@@ -44,8 +44,9 @@ pub fn plan_segments(
     }
 }
 
-/// The keyframes in order: as probes report them (borrowed), else a sorted copy.
-fn in_order(keyframes: &[u64]) -> std::borrow::Cow<'_, [u64]> {
+/// The keyframes in order: as probes report them (borrowed), else a sorted copy. Callers that
+/// split many ranges of one job take it once and use `steal_split_sorted`.
+pub fn in_order(keyframes: &[u64]) -> std::borrow::Cow<'_, [u64]> {
     if keyframes.is_sorted() {
         std::borrow::Cow::Borrowed(keyframes)
     } else {
@@ -90,6 +91,13 @@ const START_COST: u64 = 6;
 /// boundaries and keyframes are candidates, never before the end of the owner's next chunk (it
 /// must hear of the split before it gets there), never leaving the thief less than a chunk.
 pub fn steal_split(from: u64, done: u64, end: u64, k: u64, keyframes: &[u64]) -> Option<u64> {
+    steal_split_sorted(from, done, end, k, &in_order(keyframes))
+}
+
+/// `steal_split` with the keyframes already in order (`in_order`), so a scan over a job's
+/// leased ranges does not check their order once per range.
+pub fn steal_split_sorted(from: u64, done: u64, end: u64, k: u64, kf: &[u64]) -> Option<u64> {
+    debug_assert!(kf.is_sorted(), "keyframes out of order");
     let k = k.max(1);
     let done = done.clamp(from, end);
     let lo = from.saturating_add(((done - from) / k + 2).saturating_mul(k));
@@ -97,10 +105,9 @@ pub fn steal_split(from: u64, done: u64, end: u64, k: u64, keyframes: &[u64]) ->
     if lo > hi {
         return None;
     }
-    let kf = in_order(keyframes);
     let owner = |s: u64| s - done;
     let thief = |s: u64| {
-        let lead_in = s - at_or_before(&kf, s).min(s);
+        let lead_in = s - at_or_before(kf, s).min(s);
         (end - s) + lead_in * LEAD_IN_COST.0 / LEAD_IN_COST.1 + START_COST
     };
     // The owner's part grows with the split and the thief's never does (its lead-in restarts

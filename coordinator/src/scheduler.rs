@@ -10,7 +10,7 @@
 use crate::model::{
     Chunk, Job, JobState, Lease, Media, Origin, Params, Task, TaskKind, TaskState, SCHEMA_VERSION,
 };
-use framewise_common::plan::{keyframe_at_or_before, plan_segments, steal_split};
+use framewise_common::plan::{in_order, keyframe_at_or_before, plan_segments, steal_split_sorted};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Lease and retry rules, from the coordinator config.
@@ -630,7 +630,7 @@ impl State {
         for id in self.active_jobs() {
             let job = self.jobs.get(&id)?;
             let k = job.chunk_frames.max(1);
-            let keyframes = job.media.as_ref().map_or(&[][..], |m| &m.keyframes[..]);
+            let keyframes = in_order(job.media.as_ref().map_or(&[][..], |m| &m.keyframes[..]));
             for (key, t) in self.tasks.range(job_range(&id)) {
                 let (TaskKind::Segment { end, .. }, TaskState::Leased, Some(l), None) =
                     (&t.kind, t.state, &t.lease, &t.spec)
@@ -639,7 +639,7 @@ impl State {
                 };
                 // Never split inside what is already committed, whatever the last heartbeat said.
                 let done = (l.from + t.frames_done).max(t.committed_until());
-                let Some(split) = steal_split(l.from, done, *end, k, keyframes) else {
+                let Some(split) = steal_split_sorted(l.from, done, *end, k, &keyframes) else {
                     continue; // less than one whole chunk would be left to steal
                 };
                 let tail = end - split;
