@@ -32,14 +32,15 @@ clip=$R/${FW_CLIP:-clip720.mp4}  # FW_CLIP: another clip carried and unpacked in
 steps=("$@"); [ "${1:-all}" = all ] && steps=(info media model e2e)
 log() { echo "== $*"; }
 # The segment log lines of a run, summed: per-frame stage times, and each range's wait for its
-# first decoded frame and its first run at the frame size (the start-up costs).
+# first decoded frame, its warm-up run at the frame size and its first inference (the start-up
+# costs; a slow first inference after a warm-up means the session's size changed, inference.rs).
 stages() {
   sed 's/\x1b\[[0-9;]*m//g' "$@" | grep -o 'segment stages.*' | awk '
     { for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] += kv[2]; if (kv[2] > mx[kv[1]]) mx[kv[1]] = kv[2] } n++ }
     END { printf "   %d segments: per frame decode_wait %.1f ms, infer %.1f ms, encode %.1f ms, wall %.1f ms\n",
             n, v["decode_wait_ms"]/v["frames"], v["infer_ms"]/v["frames"], v["encode_ms"]/v["frames"], v["wall_ms"]/v["frames"]
-          printf "   per range: first frame after %.0f ms (longest %d), first run at its size %.0f ms (longest %d)\n",
-            v["first_frame_ms"]/n, mx["first_frame_ms"], v["warm_up_ms"]/n, mx["warm_up_ms"] }'
+          printf "   per range: first frame after %.0f ms (longest %d), first run at its size %.0f ms (longest %d), first inference %.0f ms (longest %d)\n",
+            v["first_frame_ms"]/n, mx["first_frame_ms"], v["warm_up_ms"]/n, mx["warm_up_ms"], v["first_infer_ms"]/n, mx["first_infer_ms"] }'
 }
 for step in "${steps[@]}"; do case $step in
   --check|info)
