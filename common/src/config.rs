@@ -530,13 +530,14 @@ impl Default for EncoderConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EmbeddedConfig {
-    /// Local workers started in the process.
+    /// Local workers started in the process on a CPU, sharing its cores: ONNX Runtime's
+    /// intra-op threads scale poorly, so two sessions of one thread beat one of two.
     pub workers: usize,
 }
 
 impl Default for EmbeddedConfig {
     fn default() -> Self {
-        Self { workers: 1 }
+        Self { workers: 2 }
     }
 }
 
