@@ -227,9 +227,11 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
 
     // Load the model once per worker before anything starts, so a bad model is one clear error
     // (on several GPUs each GPU's worker process loads its own after the coordinator starts).
-    let on_cpu = plan_pipelines(&cfg.worker, None)?.first() == Some(&Device::Cpu);
+    // The GPUs are looked up once (CUDA_VISIBLE_DEVICES or /dev) for both plans.
+    let visible = visible_gpus();
+    let on_cpu = plan_pipelines_on(&cfg.worker, None, &visible)?.first() == Some(&Device::Cpu);
     let count = a.workers.or(on_cpu.then_some(cfg.embedded.workers));
-    let devices = plan_pipelines(&cfg.worker, count)?;
+    let devices = plan_pipelines_on(&cfg.worker, count, &visible)?;
     let split = split_by_gpu(&devices, cfg.worker.process_per_gpu);
     let ws = match split {
         Some(_) => Vec::new(),

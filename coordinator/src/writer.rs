@@ -87,22 +87,28 @@ impl Writer {
 /// A turn's messages: `first`, then whatever is queued behind it, in order, until the changes
 /// hold `TURN_RECORDS` records (the rest waits for the next turn, answered after it).
 fn turn(first: Msg, rx: &mpsc::Receiver<Msg>) -> Vec<Msg> {
-    let size = |m: &Msg| match m {
-        Msg::Rows(c) => c.records(),
-        Msg::Wait(_) => 0,
-    };
-    let mut records = size(&first);
+    let mut records = first.records();
     let mut batch = vec![first];
     while records < TURN_RECORDS {
         match rx.try_recv() {
             Ok(m) => {
-                records += size(&m);
+                records += m.records();
                 batch.push(m);
             }
             Err(_) => break,
         }
     }
     batch
+}
+
+impl Msg {
+    /// The records a message writes (a waiter writes none).
+    fn records(&self) -> usize {
+        match self {
+            Msg::Rows(c) => c.records(),
+            Msg::Wait(_) => 0,
+        }
+    }
 }
 
 /// One write for a turn's messages: the last record per key, the callers to answer, and why
@@ -189,14 +195,7 @@ mod tests {
         }
         let (w, _) = tokio::sync::oneshot::channel();
         tx.send(Msg::Wait(w)).unwrap();
-        let records = |b: &[Msg]| {
-            b.iter()
-                .map(|m| match m {
-                    Msg::Rows(c) => c.records(),
-                    Msg::Wait(_) => 0,
-                })
-                .sum::<usize>()
-        };
+        let records = |b: &[Msg]| b.iter().map(Msg::records).sum::<usize>();
         let first = rx.recv().unwrap();
         let one = turn(first, &rx);
         assert_eq!(

@@ -146,8 +146,6 @@ pub fn run_segment(
     // back from the encoder once x264 is done with them.
     let pool = model.frame_pool();
     let (dec_pool, enc_pool) = (pool.clone(), pool.clone());
-    // Each GPU's pipelines decode on that GPU's own hardware decoder.
-    let nvdec = spec.nvdec;
     let (dec_tx, dec_rx) = sync_channel::<Frame>(DEPTH.max(2 * batch));
     let (enc_tx, enc_rx) = sync_channel::<(u64, Frame)>(DEPTH.max(2 * batch));
     std::thread::scope(|s| -> Result<u64, SegmentError> {
@@ -164,7 +162,7 @@ pub fn run_segment(
                     size: (infer_size != spec.size).then_some(infer_size),
                     stall_timeout: STALL,
                     threads: spec.encoder.threads,
-                    nvdec,
+                    nvdec: spec.nvdec,
                     pool: Some(dec_pool),
                 };
                 let mut i = start;
