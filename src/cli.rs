@@ -215,7 +215,7 @@ pub struct BenchArgs {
     /// Frames per run (when the model takes a batch, as the rewritten one does).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// auto (a rewritten model that passes its quality gate and is faster here), on (one that passes the gate), off, or a variant to pin (fused-u8, fused-u8-fp16, fused-u8-tf32; still gated).
+    /// auto (a rewritten model that passes its quality gate and is faster here), on (one that passes the gate), off, or a variant to pin (fused-u8, fused-u8-fp16, fused-u8-tf32, fused-u8-tf32-norm; still gated).
     #[arg(long)]
     pub optimize: Option<String>,
     #[arg(short, long)]
@@ -225,7 +225,7 @@ pub struct BenchArgs {
 /// `framewise optimize-model`.
 #[derive(Args, Debug)]
 pub struct OptimizeArgs {
-    /// Rewrites to apply, comma-separated: fuse (instance normalisation), u8 (uint8 NHWC in and out), fp16, batch (dynamic batch dimension), pixels (with u8: the first convolution reads whole pixel values, exact in fp16).
+    /// Rewrites to apply, comma-separated: fuse (instance normalisation), u8 (uint8 NHWC in and out), fp16, batch (dynamic batch dimension), pixels (with u8: the first convolution reads whole pixel values, exact in fp16), norm (with fuse, not fp16: normalisation + style scale and shift + ReLU as framewise's own op).
     #[arg(long, default_value = "fuse,u8,batch")]
     pub rewrites: String,
     /// Where to write the rewritten model.

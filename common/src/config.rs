@@ -427,6 +427,7 @@ pub const OPTIMIZE_MODES: &[&str] = &[
     "fused-u8",
     "fused-u8-fp16",
     "fused-u8-tf32",
+    "fused-u8-tf32-norm",
 ];
 
 impl Default for WorkerConfig {

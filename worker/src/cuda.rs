@@ -1,7 +1,11 @@
-//! The one CUDA driver setting framewise makes itself. By default a thread waiting for the GPU
-//! (ONNX Runtime synchronises its stream after every run) spins on a core while the process has
-//! fewer CUDA contexts than cores; with several pipelines per GPU that is several cores taken
-//! from x264 and the decoders. Blocking sync makes the waiting thread sleep instead.
+//! The CUDA driver calls framewise makes itself (through libcuda.so.1, loaded at run time so a
+//! CPU-only build and machine never need it): the blocking-sync setting, and launching the fused
+//! normalisation's kernels (norm_op.rs).
+//!
+//! Blocking sync: by default a thread waiting for the GPU (ONNX Runtime synchronises its stream
+//! after every run) spins on a core while the process has fewer CUDA contexts than cores; with
+//! several pipelines per GPU that is several cores taken from x264 and the decoders. Blocking
+//! sync makes the waiting thread sleep instead.
 
 use libloading::{Library, Symbol};
 use std::collections::HashSet;
@@ -49,4 +53,318 @@ pub fn blocking_sync(device: u32) -> Result<(), String> {
         std::mem::forget(lib);
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fused normalisation's kernels (worker/cuda/instance_norm.cu, norm_op.rs), launched through
+// the driver API on ONNX Runtime's stream: the PTX is embedded and compiled by the driver for
+// the GPU at hand, once per device, so the worker needs no CUDA toolkit.
+
+use crate::norm_op::Layout;
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::sync::OnceLock;
+
+/// The kernels' PTX, from scripts/ptx.sh.
+const NORM_PTX: &str = include_str!("../cuda/instance_norm.ptx");
+/// Threads per block (THREADS in the .cu).
+const NORM_THREADS: u32 = 256;
+/// Values of one plane per block: 256 threads x 8 float4 loads.
+const NORM_CHUNK: u32 = 8192;
+
+type CuResult = i32;
+
+/// The driver functions used, resolved once per process.
+struct Driver {
+    init: unsafe extern "C" fn(u32) -> CuResult,
+    device_get: unsafe extern "C" fn(*mut i32, i32) -> CuResult,
+    primary_ctx_retain: unsafe extern "C" fn(*mut *mut c_void, i32) -> CuResult,
+    ctx_get_current: unsafe extern "C" fn(*mut *mut c_void) -> CuResult,
+    ctx_set_current: unsafe extern "C" fn(*mut c_void) -> CuResult,
+    module_load_data: unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> CuResult,
+    module_get_function:
+        unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const c_char) -> CuResult,
+    #[allow(clippy::type_complexity)]
+    launch_kernel: unsafe extern "C" fn(
+        *mut c_void,
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
+        *mut c_void,
+        *mut *mut c_void,
+        *mut *mut c_void,
+    ) -> CuResult,
+    error_name: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
+}
+
+// SAFETY: plain function pointers into libcuda, which is thread-safe.
+unsafe impl Send for Driver {}
+unsafe impl Sync for Driver {}
+
+static DRIVER: OnceLock<Result<Driver, String>> = OnceLock::new();
+
+fn driver() -> Result<&'static Driver, String> {
+    DRIVER
+        .get_or_init(|| {
+            // SAFETY: the symbols are looked up with the signatures cuda.h declares; the library
+            // is leaked so the pointers stay valid for the life of the process.
+            unsafe {
+                let lib = Library::new("libcuda.so.1").map_err(|e| format!("libcuda.so.1: {e}"))?;
+                let lib: &'static Library = Box::leak(Box::new(lib));
+                macro_rules! sym {
+                    ($name:literal) => {
+                        *lib.get($name).map_err(|e| {
+                            format!(
+                                "libcuda.so.1 has no {}: {e}",
+                                String::from_utf8_lossy($name)
+                            )
+                        })?
+                    };
+                }
+                let d = Driver {
+                    init: sym!(b"cuInit\0"),
+                    device_get: sym!(b"cuDeviceGet\0"),
+                    primary_ctx_retain: sym!(b"cuDevicePrimaryCtxRetain\0"),
+                    ctx_get_current: sym!(b"cuCtxGetCurrent\0"),
+                    ctx_set_current: sym!(b"cuCtxSetCurrent\0"),
+                    module_load_data: sym!(b"cuModuleLoadData\0"),
+                    module_get_function: sym!(b"cuModuleGetFunction\0"),
+                    launch_kernel: sym!(b"cuLaunchKernel\0"),
+                    error_name: sym!(b"cuGetErrorName\0"),
+                };
+                check(&d, (d.init)(0), "cuInit")?;
+                Ok(d)
+            }
+        })
+        .as_ref()
+        .map_err(|e| e.clone())
+}
+
+/// An error naming the call and the driver's name for the code.
+fn check(d: &Driver, rc: CuResult, call: &str) -> Result<(), String> {
+    if rc == 0 {
+        return Ok(());
+    }
+    let mut name: *const c_char = std::ptr::null();
+    // SAFETY: cuGetErrorName stores a pointer to a static string, or fails and leaves it null.
+    let text = unsafe {
+        if (d.error_name)(rc, &mut name) == 0 && !name.is_null() {
+            CStr::from_ptr(name).to_string_lossy().into_owned()
+        } else {
+            "unknown".into()
+        }
+    };
+    Err(format!("{call} failed with CUresult {rc} ({text})"))
+}
+
+/// The module loaded into a device's primary context (the one ONNX Runtime uses).
+#[derive(Clone, Copy)]
+struct Loaded {
+    ctx: usize,
+    stats: usize,
+    apply: usize,
+}
+
+static LOADED: Mutex<Option<HashMap<i32, Loaded>>> = Mutex::new(None);
+
+/// Makes `device`'s primary context current on this thread, loading the kernels into it the
+/// first time (the driver compiles the PTX then: tens of milliseconds, once per device).
+fn kernels(d: &Driver, device: i32) -> Result<Loaded, String> {
+    let mut map = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    let map = map.get_or_insert_with(HashMap::new);
+    // SAFETY: driver calls with out-pointers to locals; the PTX image is NUL-terminated.
+    unsafe {
+        let k = match map.get(&device) {
+            Some(k) => *k,
+            None => {
+                let mut dev = 0i32;
+                check(d, (d.device_get)(&mut dev, device), "cuDeviceGet")?;
+                let mut ctx = std::ptr::null_mut();
+                check(
+                    d,
+                    (d.primary_ctx_retain)(&mut ctx, dev),
+                    "cuDevicePrimaryCtxRetain",
+                )?;
+                make_current(d, ctx)?;
+                let image = CString::new(NORM_PTX).map_err(|e| e.to_string())?;
+                let mut module = std::ptr::null_mut();
+                check(
+                    d,
+                    (d.module_load_data)(&mut module, image.as_ptr().cast()),
+                    "cuModuleLoadData (the fused normalisation's PTX)",
+                )?;
+                let mut f = [std::ptr::null_mut(); 2];
+                for (slot, name) in f.iter_mut().zip([c"fw_norm_stats", c"fw_norm_apply"]) {
+                    check(
+                        d,
+                        (d.module_get_function)(slot, module, name.as_ptr()),
+                        "cuModuleGetFunction",
+                    )?;
+                }
+                let k = Loaded {
+                    ctx: ctx as usize,
+                    stats: f[0] as usize,
+                    apply: f[1] as usize,
+                };
+                map.insert(device, k);
+                k
+            }
+        };
+        make_current(d, k.ctx as *mut c_void)?;
+        Ok(k)
+    }
+}
+
+/// Sets `ctx` current on this thread unless it already is.
+unsafe fn make_current(d: &Driver, ctx: *mut c_void) -> Result<(), String> {
+    let mut cur = std::ptr::null_mut();
+    check(d, (d.ctx_get_current)(&mut cur), "cuCtxGetCurrent")?;
+    if cur != ctx {
+        check(d, (d.ctx_set_current)(ctx), "cuCtxSetCurrent")?;
+    }
+    Ok(())
+}
+
+/// The launch geometry of one fused normalisation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NormPlan {
+    planes: u32,
+    splits: u32,
+    plane: i64,
+    channels: i32,
+    gamma_per_image: i32,
+    beta_per_image: i32,
+}
+
+impl NormPlan {
+    /// Rejects what one launch cannot cover (grid.y holds at most 65,535 planes).
+    pub fn new(l: &Layout) -> Result<Self, String> {
+        let planes = l.images * l.channels;
+        if planes > 65_535 {
+            return Err(format!(
+                "{} images x {} channels is more than the 65,535 planes one launch covers",
+                l.images, l.channels
+            ));
+        }
+        let splits = l.plane.div_ceil(NORM_CHUNK as usize).max(1);
+        Ok(Self {
+            planes: planes as u32,
+            splits: u32::try_from(splits)
+                .map_err(|_| format!("planes of {} values are too large", l.plane))?,
+            plane: l.plane as i64,
+            channels: l.channels as i32,
+            gamma_per_image: l.gamma_per_image as i32,
+            beta_per_image: l.beta_per_image as i32,
+        })
+    }
+
+    /// Floats of GPU scratch the launch needs: per plane, two sums per split and the shift.
+    pub fn scratch_floats(&self) -> usize {
+        self.planes as usize * (2 * self.splits as usize + 1)
+    }
+}
+
+/// Device addresses of a launch's tensors; params are scale, bias, gamma, beta.
+pub struct NormPtrs {
+    pub x: u64,
+    pub y: u64,
+    pub scratch: u64,
+    pub params: [u64; 4],
+}
+
+/// Queues the two kernels on `stream` (ONNX Runtime's, so they run in order with the graph).
+///
+/// # Safety
+/// `stream` is a CUDA stream of `device`, and `t` holds addresses of live memory on it: x and y
+/// (may be the same) of `p`'s planes, the scratch of `p.scratch_floats()`, scale and bias of
+/// one value per channel, gamma and beta as `p` was planned for. The kernels read and write
+/// them after this returns, in stream order.
+pub unsafe fn launch_norm(
+    device: i32,
+    stream: *mut c_void,
+    p: &NormPlan,
+    t: &NormPtrs,
+    eps: f32,
+    relu: bool,
+) -> Result<(), String> {
+    let d = driver()?;
+    let k = kernels(d, device)?;
+    // float4 loads need 16-byte alignment of every plane.
+    let vec = i32::from(p.plane % 4 == 0 && t.x.is_multiple_of(16) && t.y.is_multiple_of(16));
+    let (mut x, mut y, mut s) = (t.x, t.y, t.scratch);
+    let [mut scale, mut bias, mut gamma, mut beta] = t.params;
+    let (mut plane, mut splits, mut channels) = (p.plane, p.splits as i32, p.channels);
+    let (mut gpi, mut bpi, mut eps) = (p.gamma_per_image, p.beta_per_image, eps);
+    let (mut chunk, mut vec, mut relu) = (NORM_CHUNK as i32, vec, i32::from(relu));
+    fn arg<T>(v: &mut T) -> *mut c_void {
+        (v as *mut T).cast()
+    }
+    let mut stats = [
+        arg(&mut x),
+        arg(&mut s),
+        arg(&mut plane),
+        arg(&mut chunk),
+        arg(&mut vec),
+    ];
+    // SAFETY: the argument lists match the kernels' parameters in instance_norm.cu (pointers as
+    // u64, long long as i64, int as i32, float as f32), each pointer to a live local; the
+    // device addresses are the caller's (see # Safety).
+    unsafe {
+        check(
+            d,
+            (d.launch_kernel)(
+                k.stats as *mut c_void,
+                p.splits,
+                p.planes,
+                1,
+                NORM_THREADS,
+                1,
+                1,
+                0,
+                stream,
+                stats.as_mut_ptr(),
+                std::ptr::null_mut(),
+            ),
+            "cuLaunchKernel(fw_norm_stats)",
+        )?;
+        let mut apply = [
+            arg(&mut x),
+            arg(&mut y),
+            arg(&mut s),
+            arg(&mut splits),
+            arg(&mut plane),
+            arg(&mut chunk),
+            arg(&mut vec),
+            arg(&mut scale),
+            arg(&mut bias),
+            arg(&mut gamma),
+            arg(&mut beta),
+            arg(&mut channels),
+            arg(&mut gpi),
+            arg(&mut bpi),
+            arg(&mut eps),
+            arg(&mut relu),
+        ];
+        check(
+            d,
+            (d.launch_kernel)(
+                k.apply as *mut c_void,
+                p.splits,
+                p.planes,
+                1,
+                NORM_THREADS,
+                1,
+                1,
+                0,
+                stream,
+                apply.as_mut_ptr(),
+                std::ptr::null_mut(),
+            ),
+            "cuLaunchKernel(fw_norm_apply)",
+        )
+    }
 }

@@ -157,6 +157,9 @@ impl Stylizer {
             .with_intra_threads(threads.max(1))
             .map_err(|e| load(&e))?
             .with_inter_threads(1)
+            .map_err(|e| load(&e))?
+            // Rewritten models may hold framewise's fused normalisation (norm_op.rs).
+            .with_operators(crate::norm_op::domain().map_err(|e| load(&e))?)
             .map_err(|e| load(&e))?;
         if let Device::Cuda(n) = device {
             let o = cuda;
@@ -183,7 +186,22 @@ impl Stylizer {
                     detail: e.to_string(),
                 })?;
         }
-        let session = builder.commit_from_file(path).map_err(|e| load(&e))?;
+        let session = {
+            // ONNX Runtime adds a custom op domain to its process-wide schema table with a
+            // check-then-add that two sessions created at once can both pass ("the domain is
+            // already exist", seen in the tests): the first creation runs alone.
+            static FIRST: Mutex<bool> = Mutex::new(false);
+            let mut done = FIRST.lock().unwrap_or_else(|p| p.into_inner());
+            if *done {
+                drop(done);
+                builder.commit_from_file(path)
+            } else {
+                let s = builder.commit_from_file(path);
+                *done = s.is_ok();
+                s
+            }
+        }
+        .map_err(|e| load(&e))?;
         let (layout, batchable) = check_shapes(&session, cfg, path)?;
         Ok(Self {
             session: Some(session),

@@ -6,6 +6,7 @@ pub mod cuda;
 pub mod error;
 pub mod inference;
 pub mod media;
+pub mod norm_op;
 pub mod optimize;
 pub mod preemption;
 pub mod segment;

@@ -7,6 +7,7 @@
 //! Every rewrite is a plain function on the decoded model, so unit tests call them without a
 //! runtime; whether a rewritten model is good enough is decided by `variant.rs` (a PSNR gate).
 
+use crate::norm_op;
 use prost::Message;
 use std::collections::{HashMap, HashSet};
 
@@ -34,6 +35,8 @@ pub enum OptimizeError {
     Layout { name: String, detail: String },
     #[error("tensor {0:?} keeps its data outside the model file, which is not supported")]
     ExternalData(String),
+    #[error("rewrites {0} cannot be combined")]
+    Combination(&'static str),
 }
 
 /// Which rewrites to apply.
@@ -47,6 +50,9 @@ pub struct Rewrites {
     /// With uint8 I/O: the first convolution reads whole pixel values and the scaling to the
     /// model's range follows it (`scale_after_first_conv`), so fp16 holds the input exactly.
     pub pixels_into_first_conv: bool,
+    /// After `fuse_instance_norm`: each normalisation, the style's scale and shift after it and
+    /// a following ReLU become framewise's own op (`fuse_norm_affine`, norm_op.rs). Not with fp16.
+    pub norm_op: bool,
 }
 
 /// What the model's image input and output are called and which value range they use.
@@ -65,6 +71,9 @@ pub struct Report {
     pub fp16_tensors: usize,
     pub dynamic_batch: bool,
     pub pixels_into_first_conv: bool,
+    /// Normalisations that became framewise's own op (of them, how many took a ReLU along).
+    pub norm_ops: usize,
+    pub norm_ops_with_relu: usize,
     pub nodes_before: usize,
     pub nodes_after: usize,
 }
@@ -86,6 +95,11 @@ pub fn optimize_model(
     io: &ImageIo,
     r: Rewrites,
 ) -> Result<Report, OptimizeError> {
+    if r.norm_op && r.fp16 {
+        return Err(OptimizeError::Combination(
+            "norm_op and fp16 (the op is fp32 only)",
+        ));
+    }
     let g = model.graph.as_mut().ok_or(OptimizeError::NoGraph)?;
     if let Some(t) = g
         .initializer
@@ -100,6 +114,9 @@ pub fn optimize_model(
     };
     if r.fuse_instance_norm {
         report.fused_instance_norms = fuse_instance_norm(g);
+    }
+    if r.norm_op {
+        (report.norm_ops, report.norm_ops_with_relu) = fuse_norm_affine(g);
     }
     if r.uint8_io {
         fold_uint8_io(g, io)?;
@@ -120,6 +137,17 @@ pub fn optimize_model(
     // Shapes and types of intermediate values are re-inferred by the runtime.
     g.value_info.clear();
     report.nodes_after = g.node.len();
+    if report.norm_ops > 0
+        && !model
+            .opset_import
+            .iter()
+            .any(|o| o.domain() == norm_op::DOMAIN)
+    {
+        model.opset_import.push(onnx::OperatorSetIdProto {
+            domain: Some(norm_op::DOMAIN.into()),
+            version: Some(1),
+        });
+    }
     Ok(report)
 }
 
@@ -467,6 +495,115 @@ pub fn fuse_instance_norm(g: &mut GraphProto) -> usize {
         }
     }
     n
+}
+
+/// Whether `name` holds one value per channel of a 4-d NCHW tensor whatever the channel count:
+/// a constant, or a Reshape to a constant shape, of dims [1, c, 1, 1] or [c, 1, 1] (c may be
+/// -1). Anything else may broadcast along other axes, which the fused op does not.
+fn is_per_channel(ix: &Index, g: &GraphProto, name: &str) -> bool {
+    let dims = match ix.constants.get(name) {
+        Some(t) => t.dims.clone(),
+        None => {
+            let Some(i) = ix.produced_by(g, name, "Reshape") else {
+                return false;
+            };
+            let Some(shape) = g.node[i]
+                .input
+                .get(1)
+                .and_then(|s| ix.constants.get(s.as_str()))
+            else {
+                return false;
+            };
+            match tensor_i64(shape) {
+                Some(v) => v,
+                None => return false,
+            }
+        }
+    };
+    let c = |d: i64| d > 0 || d == -1;
+    matches!(dims.as_slice(), [1, d, 1, 1] | [d, 1, 1] if c(*d))
+}
+
+/// Replaces each InstanceNormalization followed by Mul (a per-channel gamma) and Add (a
+/// per-channel beta), and by a Relu where the Add's only consumer is one, with framewise's
+/// fused op (norm_op.rs). The fused node takes the place of the last node it replaces, where
+/// every input is ready. Returns (fused, of them with the ReLU).
+pub fn fuse_norm_affine(g: &mut GraphProto) -> (usize, usize) {
+    struct Found {
+        node: NodeProto,
+        remove: Vec<usize>,
+        at: usize,
+    }
+    let mut found = Vec::new();
+    {
+        let ix = Index::new(g);
+        for (i, n) in g.node.iter().enumerate() {
+            if n.op_type() != "InstanceNormalization" || n.domain() != "" || n.input.len() != 3 {
+                continue;
+            }
+            let Some(f) = (|| -> Option<Found> {
+                let z = n.output.first()?;
+                // The other operand of a binary node that `v` feeds.
+                let other = |k: usize, v: &str| -> Option<String> {
+                    let nd = &g.node[k];
+                    match nd.input.as_slice() {
+                        [a, b] if a == v && b != v => Some(b.clone()),
+                        [a, b] if b == v && a != v => Some(a.clone()),
+                        _ => None,
+                    }
+                };
+                let imul = ix.only_consumer(g, z, "Mul")?;
+                let gamma = other(imul, z)?;
+                let zm = g.node[imul].output.first()?;
+                let iadd = ix.only_consumer(g, zm, "Add")?;
+                let beta = other(iadd, zm)?;
+                if !is_per_channel(&ix, g, &gamma) || !is_per_channel(&ix, g, &beta) {
+                    return None;
+                }
+                let za = g.node[iadd].output.first()?;
+                let irelu = ix.only_consumer(g, za, "Relu");
+                let (y, at) = match irelu {
+                    Some(k) => (g.node[k].output.first()?.clone(), k),
+                    None => (za.clone(), iadd),
+                };
+                let eps = attr(n, "epsilon").and_then(|a| a.f).unwrap_or(1e-5);
+                let mut node = node(
+                    norm_op::OP,
+                    &format!("{y}__fw_norm"),
+                    &[&n.input[0], &n.input[1], &n.input[2], &gamma, &beta],
+                    &[&y],
+                    vec![
+                        float_attr("epsilon", eps),
+                        int_attr("relu", irelu.is_some() as i64),
+                    ],
+                );
+                node.domain = Some(norm_op::DOMAIN.into());
+                let mut remove = vec![i, imul, iadd];
+                remove.extend(irelu);
+                Some(Found { node, remove, at })
+            })() else {
+                continue;
+            };
+            found.push(f);
+        }
+    }
+    let with_relu = found.iter().filter(|f| f.remove.len() == 4).count();
+    let n = found.len();
+    let mut dead: HashSet<usize> = HashSet::new();
+    let mut insert: HashMap<usize, NodeProto> = HashMap::new();
+    for f in found {
+        dead.extend(f.remove);
+        insert.insert(f.at, f.node);
+    }
+    let old = std::mem::take(&mut g.node);
+    for (i, nd) in old.into_iter().enumerate() {
+        match insert.remove(&i) {
+            Some(new) => g.node.push(new),
+            None if !dead.contains(&i) => g.node.push(nd),
+            None => {}
+        }
+    }
+    (n, with_relu)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1146,6 +1283,49 @@ mod tests {
     }
 
     #[test]
+    fn norm_op_takes_the_style_affine_and_relu_along() {
+        let r = Rewrites {
+            fuse_instance_norm: true,
+            uint8_io: true,
+            norm_op: true,
+            ..Default::default()
+        };
+        let (m, report) = rewritten(r);
+        let g = m.graph.as_ref().unwrap();
+        // All 18 normalisations of the style model, 11 followed by a ReLU (the residual
+        // blocks' second ones and the output head's are not).
+        assert_eq!(
+            (report.norm_ops, report.norm_ops_with_relu),
+            (18, 11),
+            "{report:?}"
+        );
+        let count = |op: &str| g.node.iter().filter(|n| n.op_type() == op).count();
+        assert_eq!(count("InstanceNormalization"), 0);
+        assert_eq!(count("Relu"), 0);
+        assert_eq!(count(norm_op::OP), 18);
+        assert!(m.opset_import.iter().any(|o| o.domain() == norm_op::DOMAIN));
+        // Every fused node's inputs are produced before it (the graph stays in order).
+        let mut ready: HashSet<&str> = g.input.iter().map(|v| v.name()).collect();
+        ready.extend(g.initializer.iter().map(|t| t.name()));
+        for n in &g.node {
+            for i in n.input.iter().filter(|i| !i.is_empty()) {
+                assert!(
+                    ready.contains(i.as_str()),
+                    "{} reads {i} before it is made",
+                    n.name()
+                );
+            }
+            ready.extend(n.output.iter().map(|o| o.as_str()));
+            if n.op_type() == norm_op::OP {
+                assert_eq!(n.domain(), norm_op::DOMAIN);
+                assert_eq!(n.input.len(), 5);
+            }
+        }
+        let e = optimize(&model_bytes(), &io(), Rewrites { fp16: true, ..r }).unwrap_err();
+        assert!(e.to_string().contains("norm_op and fp16"), "{e}");
+    }
+
+    #[test]
     fn fp16_keeps_resize_scales_float_and_io_types() {
         let (m, r) = rewritten(Rewrites {
             fuse_instance_norm: true,
@@ -1153,6 +1333,7 @@ mod tests {
             fp16: true,
             dynamic_batch: true,
             pixels_into_first_conv: false,
+            norm_op: false,
         });
         assert!(r.fp16_tensors > 50, "{r:?}");
         let g = m.graph.as_ref().unwrap();
@@ -1217,6 +1398,7 @@ mod tests {
             fp16: true,
             dynamic_batch: false,
             pixels_into_first_conv: true,
+            norm_op: false,
         });
         assert!(r.pixels_into_first_conv, "{r:?}");
         let g = m.graph.as_ref().unwrap();

@@ -1,0 +1,406 @@
+//! framewise's own ONNX operator `ai.framewise:InstanceNormAffine`: an instance normalisation,
+//! the per-channel scale and shift that follow it in a style model (the style's gamma and beta)
+//! and an optional ReLU, in one op. ONNX Runtime's CUDA provider runs InstanceNormalization with
+//! cuDNN's batch-norm kernel, one block per channel, which left most of an H100 idle and took
+//! 33–40 % of the model's GPU time (BENCHMARKS.md, session 6); the CUDA kernel here
+//! (worker/cuda/instance_norm.cu) spreads each channel over many blocks and makes two passes
+//! over memory where the unfused ops make five. The graph rewrite that introduces the op is
+//! `optimize::fuse_norm_affine`; the CPU kernel lets a fused model run (and be tested) anywhere.
+//!
+//! y = act((x - mean) / sqrt(var + epsilon) * scale * gamma + bias * gamma + beta), with mean and
+//! var per image and channel of x [N, C, ...], scale and bias [C], gamma and beta per channel
+//! ([1, C, 1, 1], [C, 1, 1] or [N, C, 1, 1]), act = ReLU when the attribute `relu` is 1.
+
+use ort::operator::{
+    BoxedKernel, ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput,
+    OperatorOutput,
+};
+use ort::value::{DynTensorValueType, TensorElementType, ValueRef};
+
+/// The custom domain the rewritten model's fused nodes live in.
+pub const DOMAIN: &str = "ai.framewise";
+/// The fused op's name.
+pub const OP: &str = "InstanceNormAffine";
+
+/// The operator domain a session needs to load a model with fused normalisations.
+pub fn domain() -> ort::Result<OperatorDomain> {
+    OperatorDomain::new(DOMAIN)?.add(OnCpu)?.add(OnCuda)
+}
+
+/// How the input is laid out, from the shapes alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub images: usize,
+    pub channels: usize,
+    /// Values per image and channel (H x W).
+    pub plane: usize,
+    /// Gamma (beta) has one value per image and channel, not one per channel.
+    pub gamma_per_image: bool,
+    pub beta_per_image: bool,
+}
+
+/// Checks the inputs' shapes against each other: x [N, C, ...] with at least one value per
+/// plane, scale and bias [C], gamma and beta per channel. The error names the input.
+pub fn layout(
+    x: &[i64],
+    scale: &[i64],
+    bias: &[i64],
+    gamma: &[i64],
+    beta: &[i64],
+) -> Result<Layout, String> {
+    if x.len() < 3 || x.iter().any(|&d| d < 1) {
+        return Err(format!(
+            "input X has shape {x:?}; expected [N, C, H, ...] with no empty dimension"
+        ));
+    }
+    let (n, c) = (x[0] as usize, x[1] as usize);
+    let plane = x[2..].iter().product::<i64>() as usize;
+    for (name, s) in [("scale", scale), ("B", bias)] {
+        if s != [c as i64] {
+            return Err(format!(
+                "input {name} has shape {s:?}; expected [{c}] (X's channels)"
+            ));
+        }
+    }
+    let per_image = |name: &str, s: &[i64]| -> Result<bool, String> {
+        let bad = || {
+            format!("input {name} has shape {s:?}; expected one value per channel ([1, {c}, 1, 1], [{c}, 1, 1] or [{n}, {c}, 1, 1])")
+        };
+        match s {
+            [ch, 1, 1] if *ch == c as i64 => Ok(false),
+            [1, ch, 1, 1] if *ch == c as i64 => Ok(false),
+            [im, ch, 1, 1] if *im == n as i64 && *ch == c as i64 => Ok(true),
+            _ => Err(bad()),
+        }
+    };
+    Ok(Layout {
+        images: n,
+        channels: c,
+        plane,
+        gamma_per_image: per_image("gamma", gamma)?,
+        beta_per_image: per_image("beta", beta)?,
+    })
+}
+
+/// The per-(image, channel) mean, factor and offset: y = act((x - mean) * a + b). (Folding the
+/// mean into b loses digits to cancellation when the mean is large against the spread.)
+fn coefficients(
+    l: &Layout,
+    ch: usize,
+    sums: (f64, f64, f64),
+    eps: f32,
+    p: [&[f32]; 4],
+) -> (f32, f32, f32) {
+    let [scale, bias, gamma, beta] = p;
+    let (k, s1, s2) = sums;
+    let n = l.plane as f64;
+    let m = s1 / n;
+    let var = (s2 / n - m * m).max(0.0);
+    let mean = k + m;
+    let rstd = 1.0 / (var + eps as f64).sqrt();
+    let c = ch % l.channels;
+    let g = gamma[if l.gamma_per_image { ch } else { c }] as f64;
+    let bt = beta[if l.beta_per_image { ch } else { c }] as f64;
+    let a = scale[c] as f64 * rstd * g;
+    (mean as f32, a as f32, (bias[c] as f64 * g + bt) as f32)
+}
+
+/// The CPU kernel: the same maths as the CUDA one (sums shifted by each plane's first value,
+/// added in f64), one plane at a time.
+pub fn normalize(x: &[f32], y: &mut [f32], l: &Layout, p: [&[f32]; 4], eps: f32, relu: bool) {
+    for (ch, (xc, yc)) in x
+        .chunks_exact(l.plane)
+        .zip(y.chunks_exact_mut(l.plane))
+        .enumerate()
+    {
+        let k = xc[0];
+        let (mut s1, mut s2) = (0.0f64, 0.0f64);
+        // Eight f32 lanes (vectorised) over blocks of 256 values, each block's lanes added in
+        // f64: a long f32 running sum alone lost 4e-5 of the variance in the unit test.
+        for block in xc.chunks(256) {
+            let (mut b1, mut b2) = ([0.0f32; 8], [0.0f32; 8]);
+            let mut lanes = block.chunks_exact(8);
+            for v in &mut lanes {
+                for j in 0..8 {
+                    let d = v[j] - k;
+                    b1[j] += d;
+                    b2[j] += d * d;
+                }
+            }
+            for &v in lanes.remainder() {
+                let d = v - k;
+                b1[0] += d;
+                b2[0] += d * d;
+            }
+            s1 += b1.iter().map(|&v| v as f64).sum::<f64>();
+            s2 += b2.iter().map(|&v| v as f64).sum::<f64>();
+        }
+        let (mean, a, b) = coefficients(l, ch, (k as f64, s1, s2), eps, p);
+        for (o, &v) in yc.iter_mut().zip(xc) {
+            let r = (v - mean).mul_add(a, b);
+            *o = if relu { r.max(0.0) } else { r };
+        }
+    }
+}
+
+/// The attributes, read once per node.
+#[derive(Clone, Copy, Debug)]
+struct Attrs {
+    eps: f32,
+    relu: bool,
+}
+
+impl Attrs {
+    fn of(k: &KernelContext<'_>) -> Self {
+        Self {
+            eps: k.get::<f32>("epsilon").unwrap_or(1e-5),
+            relu: k.get::<i64>("relu").unwrap_or(0) != 0,
+        }
+    }
+}
+
+fn inputs() -> [OperatorInput; 5] {
+    [(); 5].map(|_| OperatorInput::required(TensorElementType::Float32))
+}
+
+// No shape inference: ort 2.0.0-rc.15 aborts on the symbolic dimensions it is handed (its
+// ValueType round trip rejects them), and ONNX Runtime plans the output at run time anyway.
+fn outputs() -> [OperatorOutput; 1] {
+    [OperatorOutput::required(TensorElementType::Float32)]
+}
+
+fn input<'a>(ctx: &'a ComputeContext, i: usize) -> ort::Result<ValueRef<'a, DynTensorValueType>> {
+    ctx.input(i)?
+        .ok_or_else(|| ort::Error::new(format!("{OP}: input {i} is missing")))?
+        .downcast()
+}
+
+/// The op on ONNX Runtime's CPU provider.
+struct OnCpu;
+
+impl Operator for OnCpu {
+    type Kernel<'attr> = BoxedKernel<'attr>;
+
+    fn name(&self) -> &str {
+        OP
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        inputs()
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        outputs()
+    }
+
+    fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        let a = Attrs::of(k);
+        Ok(Box::new(move |ctx: &ComputeContext| {
+            let t: Vec<_> = (0..5).map(|i| input(ctx, i)).collect::<ort::Result<_>>()?;
+            let mut v = Vec::with_capacity(5);
+            for x in &t {
+                v.push(x.try_extract_tensor::<f32>()?);
+            }
+            let sh = |i: usize| -> &[i64] { v[i].0 };
+            let l = layout(sh(0), sh(1), sh(2), sh(3), sh(4)).map_err(ort::Error::new)?;
+            let mut y = ctx
+                .output(0, v[0].0.to_vec())?
+                .ok_or_else(|| ort::Error::new(format!("{OP}: no output")))?;
+            let (_, ys) = y.try_extract_tensor_mut::<f32>()?;
+            normalize(
+                v[0].1,
+                ys,
+                &l,
+                [v[1].1, v[2].1, v[3].1, v[4].1],
+                a.eps,
+                a.relu,
+            );
+            Ok(())
+        }))
+    }
+}
+
+/// The op on ONNX Runtime's CUDA provider: the kernels of worker/cuda/instance_norm.cu on the
+/// session's stream.
+struct OnCuda;
+
+impl Operator for OnCuda {
+    type Kernel<'attr> = CudaKernel;
+
+    const INPLACES: &[(u32, u32)] = &[(0, 0)];
+
+    fn name(&self) -> &str {
+        OP
+    }
+
+    fn execution_provider_type(&self) -> Option<&str> {
+        Some("CUDAExecutionProvider")
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        inputs()
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        outputs()
+    }
+
+    fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        Ok(CudaKernel(Attrs::of(k)))
+    }
+}
+
+struct CudaKernel(Attrs);
+
+impl Kernel for CudaKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let t: Vec<_> = (0..5).map(|i| input(ctx, i)).collect::<ort::Result<_>>()?;
+        let sh = |i: usize| -> Vec<i64> { t[i].shape().to_vec() };
+        let l = layout(&sh(0), &sh(1), &sh(2), &sh(3), &sh(4)).map_err(ort::Error::new)?;
+        let stream = ctx
+            .stream()?
+            .ok_or_else(|| ort::Error::new(format!("{OP}: no CUDA stream")))?;
+        let info = t[0].memory_info();
+        let device = info.device_id();
+        let plan = crate::cuda::NormPlan::new(&l).map_err(ort::Error::new)?;
+        let alloc = ctx.allocator(info)?;
+        let mut scratch = alloc.alloc::<f32>(plan.scratch_floats())?;
+        // GetTensorMutableData underneath: the address is written by the kernel.
+        let y = ctx
+            .output(0, sh(0))?
+            .ok_or_else(|| ort::Error::new(format!("{OP}: no output")))?
+            .downcast::<DynTensorValueType>()?;
+        let ptrs = crate::cuda::NormPtrs {
+            x: t[0].data_ptr() as u64,
+            y: y.data_ptr() as u64,
+            scratch: scratch.as_mut_ptr() as u64,
+            params: [1, 2, 3, 4].map(|i| t[i].data_ptr() as u64),
+        };
+        // SAFETY: the stream is the session's on the tensors' device; x, y, the parameters and
+        // the scratch are ONNX Runtime's tensors and allocation there, of the sizes the plan was
+        // made from (`layout` checked the shapes), alive until the stream has run the kernels
+        // (ONNX Runtime orders its own reuse of them on the same stream).
+        unsafe {
+            crate::cuda::launch_norm(
+                device,
+                stream.as_ptr(),
+                &plan,
+                &ptrs,
+                self.0.eps,
+                self.0.relu,
+            )
+        }
+        .map_err(|e| ort::Error::new(format!("{OP} on GPU {device}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The textbook formula in f64, two passes.
+    fn reference(x: &[f32], l: &Layout, p: [&[f32]; 4], eps: f32, relu: bool) -> Vec<f32> {
+        let [scale, bias, gamma, beta] = p;
+        let mut out = Vec::with_capacity(x.len());
+        for (ch, xc) in x.chunks(l.plane).enumerate() {
+            let c = ch % l.channels;
+            let n = xc.len() as f64;
+            let mean = xc.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let var = xc.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+            let g = gamma[if l.gamma_per_image { ch } else { c }] as f64;
+            let b = beta[if l.beta_per_image { ch } else { c }] as f64;
+            for &v in xc {
+                let z = (v as f64 - mean) / (var + eps as f64).sqrt();
+                let r = (z * scale[c] as f64 + bias[c] as f64) * g + b;
+                out.push(if relu { r.max(0.0) } else { r } as f32);
+            }
+        }
+        out
+    }
+
+    /// Deterministic values with a large offset per plane (what breaks a naive E[x²] - E[x]²).
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).max(1);
+        (0..n)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 10_000) as f32 / 1_000.0 - 5.0 + (i / 997) as f32 * 40.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cpu_kernel_matches_the_formula() {
+        for (shape, gamma_shape, beta_shape, relu) in [
+            (
+                vec![1i64, 3, 7, 11],
+                vec![1i64, 3, 1, 1],
+                vec![3i64, 1, 1],
+                true,
+            ),
+            (
+                vec![2, 4, 33, 17],
+                vec![2, 4, 1, 1],
+                vec![1, 4, 1, 1],
+                false,
+            ),
+            (vec![1, 2, 1, 1], vec![1, 2, 1, 1], vec![1, 2, 1, 1], true),
+        ] {
+            let c = shape[1] as usize;
+            let count = |s: &[i64]| s.iter().product::<i64>() as usize;
+            let x = values(count(&shape), 1);
+            let (scale, bias) = (values(c, 2), values(c, 3));
+            let (gamma, beta) = (
+                values(count(&gamma_shape), 4),
+                values(count(&beta_shape), 5),
+            );
+            let l = layout(&shape, &[c as i64], &[c as i64], &gamma_shape, &beta_shape).unwrap();
+            let p = [&scale[..], &bias[..], &gamma[..], &beta[..]];
+            let mut y = vec![0.0; x.len()];
+            normalize(&x, &mut y, &l, p, 1e-5, relu);
+            let want = reference(&x, &l, p, 1e-5, relu);
+            let worst = y
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+                .fold(0.0f32, f32::max);
+            assert!(worst < 2e-5, "{shape:?}: worst relative error {worst}");
+            if relu {
+                assert!(y.iter().all(|&v| v >= 0.0));
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_name_the_input() {
+        let ok = layout(&[1, 4, 8, 8], &[4], &[4], &[1, 4, 1, 1], &[4, 1, 1]).unwrap();
+        assert_eq!((ok.images, ok.channels, ok.plane), (1, 4, 64));
+        let e = layout(&[1, 4, 8, 8], &[3], &[4], &[1, 4, 1, 1], &[4, 1, 1]).unwrap_err();
+        assert!(e.contains("input scale") && e.contains("[4]"), "{e}");
+        // [4] broadcasts along W in ONNX, not per channel.
+        let e = layout(&[1, 4, 8, 4], &[4], &[4], &[4], &[4, 1, 1]).unwrap_err();
+        assert!(e.contains("input gamma"), "{e}");
+        let e = layout(&[1, 4, 8, 8], &[4], &[4], &[1, 4, 1, 1], &[3, 4, 1, 1]).unwrap_err();
+        assert!(e.contains("input beta"), "{e}");
+        let e = layout(&[1, 4], &[4], &[4], &[1, 4, 1, 1], &[4, 1, 1]).unwrap_err();
+        assert!(e.contains("input X"), "{e}");
+    }
+
+    #[test]
+    fn ptx_is_built_from_the_cuda_source() {
+        use sha2::{Digest, Sha256};
+        let cu = include_str!("../cuda/instance_norm.cu");
+        let ptx = include_str!("../cuda/instance_norm.ptx");
+        let hash: String = Sha256::digest(cu.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let first = ptx.lines().next().unwrap_or_default();
+        assert!(
+            first.ends_with(&hash),
+            "worker/cuda/instance_norm.ptx is stale (its first line: {first:?}; the .cu's sha256 is {hash}): run scripts/ptx.sh"
+        );
+    }
+}
