@@ -82,13 +82,16 @@ fw_norm_stats(const float* __restrict__ x, float* __restrict__ partial, long lon
 }
 
 // grid (blocks per channel, images * channels), THREADS threads. scale and bias have `channels`
-// values; gamma and beta `channels` (shared by every image) or images * channels values.
+// values; gamma and beta `channels` (shared by every image) or images * channels values, or,
+// with styles > 0, are [styles, channels] matrices mixed by the weights `mix` [styles]
+// (gamma_c = sum_s mix_s * gamma[s, c]: a multi-style model's conditional normalisation).
 extern "C" __global__ void __launch_bounds__(THREADS)
 fw_norm_apply(const float* x, float* y,  // y may be x (in place)
               const float* __restrict__ partial, int splits, long long hw, int chunk, int vec,
               const float* __restrict__ scale, const float* __restrict__ bias,
               const float* __restrict__ gamma, const float* __restrict__ beta, int channels,
-              int gamma_per_image, int beta_per_image, float eps, int relu) {
+              int gamma_per_image, int beta_per_image, float eps, int relu,
+              const float* __restrict__ mix, int styles) {
     const long long ch = blockIdx.y;
     const int c = (int)(ch % channels);
     const float* xc = x + ch * hw;
@@ -121,11 +124,20 @@ fw_norm_apply(const float* x, float* y,  // y may be x (in place)
         if (var < 0.0) var = 0.0;
         const double mean = (double)p[2 * splits] + m;
         const double rstd = 1.0 / sqrt(var + (double)eps);
-        const double g = (double)gamma[gamma_per_image ? ch : c];
+        double g = 0.0, bt = 0.0;
+        if (styles > 0) {
+            for (int i = 0; i < styles; i++) {
+                g += (double)mix[i] * (double)gamma[i * channels + c];
+                bt += (double)mix[i] * (double)beta[i * channels + c];
+            }
+        } else {
+            g = (double)gamma[gamma_per_image ? ch : c];
+            bt = (double)beta[beta_per_image ? ch : c];
+        }
         const double s = (double)scale[c] * rstd * g;
         coef[0] = (float)mean;
         coef[1] = (float)s;
-        coef[2] = (float)((double)bias[c] * g + (double)beta[beta_per_image ? ch : c]);
+        coef[2] = (float)((double)bias[c] * g + bt);
     }
     __syncthreads();
     // (x - mean) * a + b: folding the mean into b would lose digits when it is large.

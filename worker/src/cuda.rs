@@ -238,6 +238,7 @@ pub struct NormPlan {
     channels: i32,
     gamma_per_image: i32,
     beta_per_image: i32,
+    styles: i32,
 }
 
 impl NormPlan {
@@ -259,6 +260,8 @@ impl NormPlan {
             channels: l.channels as i32,
             gamma_per_image: l.gamma_per_image as i32,
             beta_per_image: l.beta_per_image as i32,
+            styles: i32::try_from(l.styles)
+                .map_err(|_| format!("{} styles are too many", l.styles))?,
         })
     }
 
@@ -268,12 +271,14 @@ impl NormPlan {
     }
 }
 
-/// Device addresses of a launch's tensors; params are scale, bias, gamma, beta.
+/// Device addresses of a launch's tensors; params are scale, bias, gamma, beta; mix the style
+/// weights (0 without).
 pub struct NormPtrs {
     pub x: u64,
     pub y: u64,
     pub scratch: u64,
     pub params: [u64; 4],
+    pub mix: u64,
 }
 
 /// Queues the two kernels on `stream` (ONNX Runtime's, so they run in order with the graph).
@@ -281,7 +286,7 @@ pub struct NormPtrs {
 /// # Safety
 /// `stream` is a CUDA stream of `device`, and `t` holds addresses of live memory on it: x and y
 /// (may be the same) of `p`'s planes, the scratch of `p.scratch_floats()`, scale and bias of
-/// one value per channel, gamma and beta as `p` was planned for. The kernels read and write
+/// one value per channel, gamma and beta as `p` was planned for, mix (unless 0) p's styles. The kernels read and write
 /// them after this returns, in stream order.
 pub unsafe fn launch_norm(
     device: i32,
@@ -299,6 +304,7 @@ pub unsafe fn launch_norm(
     let [mut scale, mut bias, mut gamma, mut beta] = t.params;
     let (mut plane, mut splits, mut channels) = (p.plane, p.splits as i32, p.channels);
     let (mut gpi, mut bpi, mut eps) = (p.gamma_per_image, p.beta_per_image, eps);
+    let (mut mix, mut styles) = (t.mix, p.styles);
     let (mut chunk, mut vec, mut relu) = (NORM_CHUNK as i32, vec, i32::from(relu));
     fn arg<T>(v: &mut T) -> *mut c_void {
         (v as *mut T).cast()
@@ -348,6 +354,8 @@ pub unsafe fn launch_norm(
             arg(&mut bpi),
             arg(&mut eps),
             arg(&mut relu),
+            arg(&mut mix),
+            arg(&mut styles),
         ];
         check(
             d,

@@ -9,7 +9,10 @@
 //!
 //! y = act((x - mean) / sqrt(var + epsilon) * scale * gamma + bias * gamma + beta), with mean and
 //! var per image and channel of x [N, C, ...], scale and bias [C], gamma and beta per channel
-//! ([1, C, 1, 1], [C, 1, 1] or [N, C, 1, 1]), act = ReLU when the attribute `relu` is 1.
+//! ([1, C, 1, 1], [C, 1, 1] or [N, C, 1, 1]), act = ReLU when the attribute `relu` is 1. With a
+//! sixth input, style weights w [S], gamma and beta are [S, C] and mixed inside the op
+//! (gamma_c = sum_s w_s gamma[s, c]): a multi-style model's conditional normalisation, which
+//! the graph otherwise computes with four small ops per parameter and normalisation.
 
 use ort::operator::{
     BoxedKernel, ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput,
@@ -37,16 +40,31 @@ pub struct Layout {
     /// Gamma (beta) has one value per image and channel, not one per channel.
     pub gamma_per_image: bool,
     pub beta_per_image: bool,
+    /// With style weights: how many (gamma and beta are then [styles, channels]); else 0.
+    pub styles: usize,
+}
+
+/// The per-channel parameters, as the op receives them.
+#[derive(Clone, Copy, Debug)]
+pub struct Params<'a> {
+    pub scale: &'a [f32],
+    pub bias: &'a [f32],
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    /// Style weights mixing gamma's and beta's rows, if the op has them.
+    pub mix: Option<&'a [f32]>,
 }
 
 /// Checks the inputs' shapes against each other: x [N, C, ...] with at least one value per
-/// plane, scale and bias [C], gamma and beta per channel. The error names the input.
+/// plane, scale and bias [C], gamma and beta per channel, or [S, C] with style weights [S]. The
+/// error names the input.
 pub fn layout(
     x: &[i64],
     scale: &[i64],
     bias: &[i64],
     gamma: &[i64],
     beta: &[i64],
+    mix: Option<&[i64]>,
 ) -> Result<Layout, String> {
     if x.len() < 3 || x.iter().any(|&d| d < 1) {
         return Err(format!(
@@ -73,12 +91,33 @@ pub fn layout(
             _ => Err(bad()),
         }
     };
+    if let Some(w) = mix {
+        let &[styles] = w else {
+            return Err(format!("input style_weights has shape {w:?}; expected [S]"));
+        };
+        for (name, m) in [("gamma", gamma), ("beta", beta)] {
+            if m != [styles, c as i64] {
+                return Err(format!(
+                    "input {name} has shape {m:?}; expected [{styles}, {c}] (style weights x X's channels)"
+                ));
+            }
+        }
+        return Ok(Layout {
+            images: n,
+            channels: c,
+            plane,
+            gamma_per_image: false,
+            beta_per_image: false,
+            styles: styles as usize,
+        });
+    }
     Ok(Layout {
         images: n,
         channels: c,
         plane,
         gamma_per_image: per_image("gamma", gamma)?,
         beta_per_image: per_image("beta", beta)?,
+        styles: 0,
     })
 }
 
@@ -89,9 +128,8 @@ fn coefficients(
     ch: usize,
     sums: (f64, f64, f64),
     eps: f32,
-    p: [&[f32]; 4],
+    p: &Params,
 ) -> (f32, f32, f32) {
-    let [scale, bias, gamma, beta] = p;
     let (k, s1, s2) = sums;
     let n = l.plane as f64;
     let m = s1 / n;
@@ -99,15 +137,33 @@ fn coefficients(
     let mean = k + m;
     let rstd = 1.0 / (var + eps as f64).sqrt();
     let c = ch % l.channels;
-    let g = gamma[if l.gamma_per_image { ch } else { c }] as f64;
-    let bt = beta[if l.beta_per_image { ch } else { c }] as f64;
-    let a = scale[c] as f64 * rstd * g;
-    (mean as f32, a as f32, (bias[c] as f64 * g + bt) as f32)
+    let (g, bt) = gamma_beta(l, ch, p);
+    let a = p.scale[c] as f64 * rstd * g;
+    (mean as f32, a as f32, (p.bias[c] as f64 * g + bt) as f32)
+}
+
+/// Gamma and beta of plane `ch` (image x channels + channel), mixed from the styles' rows when
+/// the op has style weights.
+fn gamma_beta(l: &Layout, ch: usize, p: &Params) -> (f64, f64) {
+    let c = ch % l.channels;
+    match p.mix {
+        Some(w) => w.iter().enumerate().fold((0.0, 0.0), |(g, b), (s, &ws)| {
+            let i = s * l.channels + c;
+            (
+                g + ws as f64 * p.gamma[i] as f64,
+                b + ws as f64 * p.beta[i] as f64,
+            )
+        }),
+        None => (
+            p.gamma[if l.gamma_per_image { ch } else { c }] as f64,
+            p.beta[if l.beta_per_image { ch } else { c }] as f64,
+        ),
+    }
 }
 
 /// The CPU kernel: the same maths as the CUDA one (sums shifted by each plane's first value,
 /// added in f64), one plane at a time.
-pub fn normalize(x: &[f32], y: &mut [f32], l: &Layout, p: [&[f32]; 4], eps: f32, relu: bool) {
+pub fn normalize(x: &[f32], y: &mut [f32], l: &Layout, p: &Params, eps: f32, relu: bool) {
     for (ch, (xc, yc)) in x
         .chunks_exact(l.plane)
         .zip(y.chunks_exact_mut(l.plane))
@@ -159,8 +215,11 @@ impl Attrs {
     }
 }
 
-fn inputs() -> [OperatorInput; 5] {
-    [(); 5].map(|_| OperatorInput::required(TensorElementType::Float32))
+fn inputs() -> [OperatorInput; 6] {
+    let f = TensorElementType::Float32;
+    let mut v = [(); 6].map(|_| OperatorInput::required(f));
+    v[5] = OperatorInput::optional(f);
+    v
 }
 
 // No shape inference: ort 2.0.0-rc.15 aborts on the symbolic dimensions it is handed (its
@@ -169,10 +228,31 @@ fn outputs() -> [OperatorOutput; 1] {
     [OperatorOutput::required(TensorElementType::Float32)]
 }
 
-fn input<'a>(ctx: &'a ComputeContext, i: usize) -> ort::Result<ValueRef<'a, DynTensorValueType>> {
-    ctx.input(i)?
-        .ok_or_else(|| ort::Error::new(format!("{OP}: input {i} is missing")))?
-        .downcast()
+/// The five required inputs, then the style weights if given.
+fn inputs_of(ctx: &ComputeContext) -> ort::Result<Vec<ValueRef<'_, DynTensorValueType>>> {
+    let mut t = Vec::with_capacity(6);
+    for i in 0..6 {
+        match ctx.input(i)? {
+            Some(v) => t.push(v.downcast()?),
+            None if i == 5 => {}
+            None => return Err(ort::Error::new(format!("{OP}: input {i} is missing"))),
+        }
+    }
+    Ok(t)
+}
+
+/// The layout from the inputs' shapes.
+fn layout_of(t: &[ValueRef<'_, DynTensorValueType>]) -> ort::Result<Layout> {
+    let sh = |i: usize| -> &[i64] { t[i].shape() };
+    layout(
+        sh(0),
+        sh(1),
+        sh(2),
+        sh(3),
+        sh(4),
+        t.get(5).map(|w| w.shape() as &[i64]),
+    )
+    .map_err(ort::Error::new)
 }
 
 /// The op on ONNX Runtime's CPU provider.
@@ -196,25 +276,24 @@ impl Operator for OnCpu {
     fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
         let a = Attrs::of(k);
         Ok(Box::new(move |ctx: &ComputeContext| {
-            let t: Vec<_> = (0..5).map(|i| input(ctx, i)).collect::<ort::Result<_>>()?;
-            let mut v = Vec::with_capacity(5);
+            let t = inputs_of(ctx)?;
+            let l = layout_of(&t)?;
+            let mut v = Vec::with_capacity(t.len());
             for x in &t {
-                v.push(x.try_extract_tensor::<f32>()?);
+                v.push(x.try_extract_tensor::<f32>()?.1);
             }
-            let sh = |i: usize| -> &[i64] { v[i].0 };
-            let l = layout(sh(0), sh(1), sh(2), sh(3), sh(4)).map_err(ort::Error::new)?;
+            let p = Params {
+                scale: v[1],
+                bias: v[2],
+                gamma: v[3],
+                beta: v[4],
+                mix: v.get(5).copied(),
+            };
             let mut y = ctx
-                .output(0, v[0].0.to_vec())?
+                .output(0, t[0].shape().to_vec())?
                 .ok_or_else(|| ort::Error::new(format!("{OP}: no output")))?;
             let (_, ys) = y.try_extract_tensor_mut::<f32>()?;
-            normalize(
-                v[0].1,
-                ys,
-                &l,
-                [v[1].1, v[2].1, v[3].1, v[4].1],
-                a.eps,
-                a.relu,
-            );
+            normalize(v[0], ys, &l, &p, a.eps, a.relu);
             Ok(())
         }))
     }
@@ -254,9 +333,8 @@ struct CudaKernel(Attrs);
 
 impl Kernel for CudaKernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        let t: Vec<_> = (0..5).map(|i| input(ctx, i)).collect::<ort::Result<_>>()?;
-        let sh = |i: usize| -> Vec<i64> { t[i].shape().to_vec() };
-        let l = layout(&sh(0), &sh(1), &sh(2), &sh(3), &sh(4)).map_err(ort::Error::new)?;
+        let t = inputs_of(ctx)?;
+        let l = layout_of(&t)?;
         let stream = ctx
             .stream()?
             .ok_or_else(|| ort::Error::new(format!("{OP}: no CUDA stream")))?;
@@ -267,7 +345,7 @@ impl Kernel for CudaKernel {
         let mut scratch = alloc.alloc::<f32>(plan.scratch_floats())?;
         // GetTensorMutableData underneath: the address is written by the kernel.
         let y = ctx
-            .output(0, sh(0))?
+            .output(0, t[0].shape().to_vec())?
             .ok_or_else(|| ort::Error::new(format!("{OP}: no output")))?
             .downcast::<DynTensorValueType>()?;
         let ptrs = crate::cuda::NormPtrs {
@@ -275,6 +353,7 @@ impl Kernel for CudaKernel {
             y: y.data_ptr() as u64,
             scratch: scratch.as_mut_ptr() as u64,
             params: [1, 2, 3, 4].map(|i| t[i].data_ptr() as u64),
+            mix: t.get(5).map_or(0, |w| w.data_ptr() as u64),
         };
         // SAFETY: the stream is the session's on the tensors' device; x, y, the parameters and
         // the scratch are ONNX Runtime's tensors and allocation there, of the sizes the plan was
@@ -298,20 +377,31 @@ impl Kernel for CudaKernel {
 mod tests {
     use super::*;
 
-    /// The textbook formula in f64, two passes.
-    fn reference(x: &[f32], l: &Layout, p: [&[f32]; 4], eps: f32, relu: bool) -> Vec<f32> {
-        let [scale, bias, gamma, beta] = p;
+    /// The textbook formula in f64, two passes; gamma and beta mixed by hand.
+    fn reference(x: &[f32], l: &Layout, p: &Params, eps: f32, relu: bool) -> Vec<f32> {
         let mut out = Vec::with_capacity(x.len());
         for (ch, xc) in x.chunks(l.plane).enumerate() {
             let c = ch % l.channels;
             let n = xc.len() as f64;
             let mean = xc.iter().map(|&v| v as f64).sum::<f64>() / n;
             let var = xc.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-            let g = gamma[if l.gamma_per_image { ch } else { c }] as f64;
-            let b = beta[if l.beta_per_image { ch } else { c }] as f64;
+            let (g, b) = match p.mix {
+                Some(w) => {
+                    let mut gb = (0.0, 0.0);
+                    for (s, &ws) in w.iter().enumerate() {
+                        gb.0 += ws as f64 * p.gamma[s * l.channels + c] as f64;
+                        gb.1 += ws as f64 * p.beta[s * l.channels + c] as f64;
+                    }
+                    gb
+                }
+                None => (
+                    p.gamma[if l.gamma_per_image { ch } else { c }] as f64,
+                    p.beta[if l.beta_per_image { ch } else { c }] as f64,
+                ),
+            };
             for &v in xc {
                 let z = (v as f64 - mean) / (var + eps as f64).sqrt();
-                let r = (z * scale[c] as f64 + bias[c] as f64) * g + b;
+                let r = (z * p.scale[c] as f64 + p.bias[c] as f64) * g + b;
                 out.push(if relu { r.max(0.0) } else { r } as f32);
             }
         }
@@ -333,34 +423,39 @@ mod tests {
 
     #[test]
     fn cpu_kernel_matches_the_formula() {
-        for (shape, gamma_shape, beta_shape, relu) in [
-            (
-                vec![1i64, 3, 7, 11],
-                vec![1i64, 3, 1, 1],
-                vec![3i64, 1, 1],
-                true,
-            ),
-            (
-                vec![2, 4, 33, 17],
-                vec![2, 4, 1, 1],
-                vec![1, 4, 1, 1],
-                false,
-            ),
-            (vec![1, 2, 1, 1], vec![1, 2, 1, 1], vec![1, 2, 1, 1], true),
-        ] {
+        // (x, gamma, beta, style weights, relu)
+        let cases: [(&[i64], &[i64], &[i64], Option<&[i64]>, bool); 4] = [
+            (&[1, 3, 7, 11], &[1, 3, 1, 1], &[3, 1, 1], None, true),
+            (&[2, 4, 33, 17], &[2, 4, 1, 1], &[1, 4, 1, 1], None, false),
+            (&[1, 2, 1, 1], &[1, 2, 1, 1], &[1, 2, 1, 1], None, true),
+            (&[2, 5, 9, 13], &[26, 5], &[26, 5], Some(&[26]), true),
+        ];
+        for (shape, gamma_shape, beta_shape, mix_shape, relu) in cases {
             let c = shape[1] as usize;
             let count = |s: &[i64]| s.iter().product::<i64>() as usize;
-            let x = values(count(&shape), 1);
+            let x = values(count(shape), 1);
             let (scale, bias) = (values(c, 2), values(c, 3));
-            let (gamma, beta) = (
-                values(count(&gamma_shape), 4),
-                values(count(&beta_shape), 5),
-            );
-            let l = layout(&shape, &[c as i64], &[c as i64], &gamma_shape, &beta_shape).unwrap();
-            let p = [&scale[..], &bias[..], &gamma[..], &beta[..]];
+            let (gamma, beta) = (values(count(gamma_shape), 4), values(count(beta_shape), 5));
+            let mix = mix_shape.map(|m| values(count(m), 6));
+            let l = layout(
+                shape,
+                &[c as i64],
+                &[c as i64],
+                gamma_shape,
+                beta_shape,
+                mix_shape,
+            )
+            .unwrap();
+            let p = Params {
+                scale: &scale,
+                bias: &bias,
+                gamma: &gamma,
+                beta: &beta,
+                mix: mix.as_deref(),
+            };
             let mut y = vec![0.0; x.len()];
-            normalize(&x, &mut y, &l, p, 1e-5, relu);
-            let want = reference(&x, &l, p, 1e-5, relu);
+            normalize(&x, &mut y, &l, &p, 1e-5, relu);
+            let want = reference(&x, &l, &p, 1e-5, relu);
             let worst = y
                 .iter()
                 .zip(&want)
@@ -375,17 +470,26 @@ mod tests {
 
     #[test]
     fn bad_shapes_name_the_input() {
-        let ok = layout(&[1, 4, 8, 8], &[4], &[4], &[1, 4, 1, 1], &[4, 1, 1]).unwrap();
-        assert_eq!((ok.images, ok.channels, ok.plane), (1, 4, 64));
-        let e = layout(&[1, 4, 8, 8], &[3], &[4], &[1, 4, 1, 1], &[4, 1, 1]).unwrap_err();
+        let per = |x: &[i64], s: &[i64], g: &[i64], b: &[i64]| layout(x, s, &[4], g, b, None);
+        let ok = per(&[1, 4, 8, 8], &[4], &[1, 4, 1, 1], &[4, 1, 1]).unwrap();
+        assert_eq!((ok.images, ok.channels, ok.plane, ok.styles), (1, 4, 64, 0));
+        let e = per(&[1, 4, 8, 8], &[3], &[1, 4, 1, 1], &[4, 1, 1]).unwrap_err();
         assert!(e.contains("input scale") && e.contains("[4]"), "{e}");
         // [4] broadcasts along W in ONNX, not per channel.
-        let e = layout(&[1, 4, 8, 4], &[4], &[4], &[4], &[4, 1, 1]).unwrap_err();
+        let e = per(&[1, 4, 8, 4], &[4], &[4], &[4, 1, 1]).unwrap_err();
         assert!(e.contains("input gamma"), "{e}");
-        let e = layout(&[1, 4, 8, 8], &[4], &[4], &[1, 4, 1, 1], &[3, 4, 1, 1]).unwrap_err();
+        let e = per(&[1, 4, 8, 8], &[4], &[1, 4, 1, 1], &[3, 4, 1, 1]).unwrap_err();
         assert!(e.contains("input beta"), "{e}");
-        let e = layout(&[1, 4], &[4], &[4], &[1, 4, 1, 1], &[4, 1, 1]).unwrap_err();
+        let e = per(&[1, 4], &[4], &[1, 4, 1, 1], &[4, 1, 1]).unwrap_err();
         assert!(e.contains("input X"), "{e}");
+        // With style weights: [S, C] matrices.
+        let x = [1i64, 4, 8, 8];
+        let ok = layout(&x, &[4], &[4], &[26, 4], &[26, 4], Some(&[26])).unwrap();
+        assert_eq!(ok.styles, 26);
+        let e = layout(&x, &[4], &[4], &[26, 4], &[25, 4], Some(&[26])).unwrap_err();
+        assert!(e.contains("input beta") && e.contains("[26, 4]"), "{e}");
+        let e = layout(&x, &[4], &[4], &[26, 4], &[26, 4], Some(&[1, 26])).unwrap_err();
+        assert!(e.contains("style_weights"), "{e}");
     }
 
     #[test]

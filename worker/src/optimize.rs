@@ -71,9 +71,11 @@ pub struct Report {
     pub fp16_tensors: usize,
     pub dynamic_batch: bool,
     pub pixels_into_first_conv: bool,
-    /// Normalisations that became framewise's own op (of them, how many took a ReLU along).
+    /// Normalisations that became framewise's own op (of them, how many took a ReLU along, and
+    /// how many mix their style's gamma and beta themselves).
     pub norm_ops: usize,
     pub norm_ops_with_relu: usize,
+    pub norm_ops_with_style_mix: usize,
     pub nodes_before: usize,
     pub nodes_after: usize,
 }
@@ -116,7 +118,11 @@ pub fn optimize_model(
         report.fused_instance_norms = fuse_instance_norm(g);
     }
     if r.norm_op {
-        (report.norm_ops, report.norm_ops_with_relu) = fuse_norm_affine(g);
+        (
+            report.norm_ops,
+            report.norm_ops_with_relu,
+            report.norm_ops_with_style_mix,
+        ) = fuse_norm_affine(g);
     }
     if r.uint8_io {
         fold_uint8_io(g, io)?;
@@ -524,11 +530,58 @@ fn is_per_channel(ix: &Index, g: &GraphProto, name: &str) -> bool {
     matches!(dims.as_slice(), [1, d, 1, 1] | [d, 1, 1] if c(*d))
 }
 
+/// Where `name` is a conditional normalisation's style mix as PyTorch exports it,
+/// Reshape(ReduceSum(Mul(Unsqueeze(w, [1]), M), [0], keepdims 0), per channel), with w a graph
+/// input [S] and M a constant [S, C]: (w, M). The fused op then mixes M's rows itself.
+fn style_mix(ix: &Index, g: &GraphProto, name: &str) -> Option<(String, String)> {
+    let ir = ix.produced_by(g, name, "Reshape")?;
+    let sum_out = g.node[ir].input.first()?;
+    let isum = ix.produced_by(g, sum_out, "ReduceSum")?;
+    if ix.consumers_of(sum_out).len() != 1 || attr_int(&g.node[isum], "keepdims") != Some(0) {
+        return None;
+    }
+    let axes = match g.node[isum].input.get(1) {
+        Some(a) => tensor_i64(ix.constants.get(a.as_str())?)?,
+        None => attr_ints(&g.node[isum], "axes")?,
+    };
+    if axes != [0] {
+        return None;
+    }
+    let mul_out = g.node[isum].input.first()?;
+    let imul = ix.produced_by(g, mul_out, "Mul")?;
+    if ix.consumers_of(mul_out).len() != 1 {
+        return None;
+    }
+    let (u, m) = match g.node[imul].input.as_slice() {
+        [a, b] if ix.constants.contains_key(b.as_str()) => (a, b),
+        [a, b] if ix.constants.contains_key(a.as_str()) => (b, a),
+        _ => return None,
+    };
+    let iu = ix.produced_by(g, u, "Unsqueeze")?;
+    let axes = match g.node[iu].input.get(1) {
+        Some(a) => tensor_i64(ix.constants.get(a.as_str())?)?,
+        None => attr_ints(&g.node[iu], "axes")?,
+    };
+    let w = g.node[iu].input.first()?;
+    let w_dims = g
+        .input
+        .iter()
+        .find(|v| v.name() == w.as_str())
+        .and_then(|v| match &v.r#type.as_ref()?.value {
+            Some(onnx::type_proto::Value::TensorType(t)) => Some(t.shape.as_ref()?.dim.len()),
+            _ => None,
+        })?;
+    let dims = &ix.constants.get(m.as_str())?.dims;
+    (w_dims == 1 && [[1], [-1]].contains(&axes.as_slice().try_into().ok()?) && dims.len() == 2)
+        .then(|| (w.clone(), m.clone()))
+}
+
 /// Replaces each InstanceNormalization followed by Mul (a per-channel gamma) and Add (a
 /// per-channel beta), and by a Relu where the Add's only consumer is one, with framewise's
-/// fused op (norm_op.rs). The fused node takes the place of the last node it replaces, where
-/// every input is ready. Returns (fused, of them with the ReLU).
-pub fn fuse_norm_affine(g: &mut GraphProto) -> (usize, usize) {
+/// fused op (norm_op.rs); where gamma and beta are a style mix (`style_mix`), the op takes the
+/// style weights and both matrices instead. The fused node takes the place of the last node it
+/// replaces, where every input is ready. Returns (fused, of them with the ReLU, with the mix).
+pub fn fuse_norm_affine(g: &mut GraphProto) -> (usize, usize, usize) {
     struct Found {
         node: NodeProto,
         remove: Vec<usize>,
@@ -560,6 +613,11 @@ pub fn fuse_norm_affine(g: &mut GraphProto) -> (usize, usize) {
                 if !is_per_channel(&ix, g, &gamma) || !is_per_channel(&ix, g, &beta) {
                     return None;
                 }
+                let mut inputs = vec![n.input[0].clone(), n.input[1].clone(), n.input[2].clone()];
+                match (style_mix(&ix, g, &gamma), style_mix(&ix, g, &beta)) {
+                    (Some((wg, mg)), Some((wb, mb))) if wg == wb => inputs.extend([mg, mb, wg]),
+                    _ => inputs.extend([gamma, beta]),
+                }
                 let za = g.node[iadd].output.first()?;
                 let irelu = ix.only_consumer(g, za, "Relu");
                 let (y, at) = match irelu {
@@ -567,10 +625,11 @@ pub fn fuse_norm_affine(g: &mut GraphProto) -> (usize, usize) {
                     None => (za.clone(), iadd),
                 };
                 let eps = attr(n, "epsilon").and_then(|a| a.f).unwrap_or(1e-5);
+                let inputs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
                 let mut node = node(
                     norm_op::OP,
                     &format!("{y}__fw_norm"),
-                    &[&n.input[0], &n.input[1], &n.input[2], &gamma, &beta],
+                    &inputs,
                     &[&y],
                     vec![
                         float_attr("epsilon", eps),
@@ -588,6 +647,7 @@ pub fn fuse_norm_affine(g: &mut GraphProto) -> (usize, usize) {
         }
     }
     let with_relu = found.iter().filter(|f| f.remove.len() == 4).count();
+    let with_mix = found.iter().filter(|f| f.node.input.len() == 6).count();
     let n = found.len();
     let mut dead: HashSet<usize> = HashSet::new();
     let mut insert: HashMap<usize, NodeProto> = HashMap::new();
@@ -603,7 +663,7 @@ pub fn fuse_norm_affine(g: &mut GraphProto) -> (usize, usize) {
             None => {}
         }
     }
-    (n, with_relu)
+    (n, with_relu, with_mix)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1282,6 +1342,15 @@ mod tests {
         assert_eq!(g.node.last().unwrap().output[0], "stylized");
     }
 
+    /// The length of a 1-d initializer (a normalisation's scale: its channel count).
+    fn n_channels(g: &GraphProto, name: &str) -> i64 {
+        g.initializer
+            .iter()
+            .find(|t| t.name() == name)
+            .unwrap()
+            .dims[0]
+    }
+
     #[test]
     fn norm_op_takes_the_style_affine_and_relu_along() {
         let r = Rewrites {
@@ -1294,15 +1363,22 @@ mod tests {
         let g = m.graph.as_ref().unwrap();
         // All 18 normalisations of the style model, 11 followed by a ReLU (the residual
         // blocks' second ones and the output head's are not).
+        // All 18 also mix their style's gamma and beta themselves.
         assert_eq!(
-            (report.norm_ops, report.norm_ops_with_relu),
-            (18, 11),
+            (
+                report.norm_ops,
+                report.norm_ops_with_relu,
+                report.norm_ops_with_style_mix
+            ),
+            (18, 11, 18),
             "{report:?}"
         );
         let count = |op: &str| g.node.iter().filter(|n| n.op_type() == op).count();
         assert_eq!(count("InstanceNormalization"), 0);
         assert_eq!(count("Relu"), 0);
         assert_eq!(count(norm_op::OP), 18);
+        // The style mix's Unsqueeze, 36 Mul, 36 ReduceSum and 36 Reshape are gone.
+        assert_eq!((count("Unsqueeze"), count("ReduceSum")), (0, 0));
         assert!(m.opset_import.iter().any(|o| o.domain() == norm_op::DOMAIN));
         // Every fused node's inputs are produced before it (the graph stays in order).
         let mut ready: HashSet<&str> = g.input.iter().map(|v| v.name()).collect();
@@ -1318,7 +1394,12 @@ mod tests {
             ready.extend(n.output.iter().map(|o| o.as_str()));
             if n.op_type() == norm_op::OP {
                 assert_eq!(n.domain(), norm_op::DOMAIN);
-                assert_eq!(n.input.len(), 5);
+                assert_eq!(n.input.len(), 6);
+                assert_eq!(n.input[5], "style_weights");
+                for m in &n.input[3..5] {
+                    let t = g.initializer.iter().find(|t| t.name() == m).unwrap();
+                    assert_eq!(t.dims, [26, n_channels(g, &n.input[1])], "{m}");
+                }
             }
         }
         let e = optimize(&model_bytes(), &io(), Rewrites { fp16: true, ..r }).unwrap_err();
