@@ -220,7 +220,8 @@ fn framewise_norm_op_keeps_the_pictures() {
     let (plain, _) = optimize(&bytes, &io, r).unwrap();
     r.norm_op = true;
     let (fused, report) = optimize(&bytes, &io, r).unwrap();
-    assert_eq!(report.norm_ops, 18, "{report:?}");
+    assert_eq!(report.norm_ops.fused, 18, "{report:?}");
+    assert_eq!(report.norm_ops.with_pad, 9, "{report:?}");
     let load = |name: &str, b: &[u8]| {
         let p = dir.path().join(name);
         std::fs::write(&p, b).unwrap();

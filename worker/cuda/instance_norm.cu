@@ -81,22 +81,33 @@ fw_norm_stats(const float* __restrict__ x, float* __restrict__ partial, long lon
     }
 }
 
-// grid (blocks per channel, images * channels), THREADS threads. scale and bias have `channels`
-// values; gamma and beta `channels` (shared by every image) or images * channels values, or,
-// with styles > 0, are [styles, channels] matrices mixed by the weights `mix` [styles]
-// (gamma_c = sum_s mix_s * gamma[s, c]: a multi-style model's conditional normalisation).
+// Reflection of index i into [0, n) (ONNX Pad's "reflect": the edge value is not repeated).
+__device__ __forceinline__ int reflect(int i, int n) {
+    i = i < 0 ? -i : i;
+    return i >= n ? 2 * n - 2 - i : i;
+}
+
+// grid (blocks per output plane, images * channels), THREADS threads. scale and bias have
+// `channels` values; gamma and beta `channels` (shared by every image) or images * channels
+// values, or, with styles > 0, are [styles, channels] matrices mixed by the weights `mix`
+// [styles] (gamma_c = sum_s mix_s * gamma[s, c]: a multi-style model's conditional
+// normalisation). The input plane is hw = in_h x in_w values; the output plane out_h x out_w,
+// the input reflected by pad_top / pad_left (and whatever bottom and right padding out_h and
+// out_w leave): the Pad that feeds the next convolution, folded in.
 extern "C" __global__ void __launch_bounds__(THREADS)
-fw_norm_apply(const float* x, float* y,  // y may be x (in place)
+fw_norm_apply(const float* x, float* y,  // y may be x (in place, unpadded)
               const float* __restrict__ partial, int splits, long long hw, int chunk, int vec,
               const float* __restrict__ scale, const float* __restrict__ bias,
               const float* __restrict__ gamma, const float* __restrict__ beta, int channels,
               int gamma_per_image, int beta_per_image, float eps, int relu,
-              const float* __restrict__ mix, int styles) {
+              const float* __restrict__ mix, int styles, int in_w, int out_h, int out_w,
+              int pad_top, int pad_left) {
     const long long ch = blockIdx.y;
     const int c = (int)(ch % channels);
+    const long long out_hw = (long long)out_h * out_w;
     const float* xc = x + ch * hw;
-    float* yc = y + ch * hw;
-    __shared__ double w1[THREADS / 32], w2[THREADS / 32];
+    float* yc = y + ch * out_hw;
+    __shared__ double w1[THREADS / 32], w2[THREADS / 32], gb[2];
     __shared__ float coef[3];
     const float* p = partial + ch * (2 * splits + 1);
     double d1 = 0.0, d2 = 0.0;
@@ -111,6 +122,26 @@ fw_norm_apply(const float* x, float* y,  // y may be x (in place)
         w1[warp] = d1;
         w2[warp] = d2;
     }
+    // Warp 0 mixes the style's gamma and beta, one style per lane (a loop in one thread made
+    // every block wait for 2 x styles dependent loads).
+    if (warp == 0) {
+        double g = 0.0, bt = 0.0;
+        if (styles > 0) {
+            for (int i = lane; i < styles; i += 32) {
+                g += (double)mix[i] * (double)gamma[i * channels + c];
+                bt += (double)mix[i] * (double)beta[i * channels + c];
+            }
+            g = warp_sum_d(g);
+            bt = warp_sum_d(bt);
+        } else if (lane == 0) {
+            g = (double)gamma[gamma_per_image ? ch : c];
+            bt = (double)beta[beta_per_image ? ch : c];
+        }
+        if (lane == 0) {
+            gb[0] = g;
+            gb[1] = bt;
+        }
+    }
     __syncthreads();
     if (threadIdx.x == 0) {
         double t1 = 0.0, t2 = 0.0;
@@ -124,16 +155,7 @@ fw_norm_apply(const float* x, float* y,  // y may be x (in place)
         if (var < 0.0) var = 0.0;
         const double mean = (double)p[2 * splits] + m;
         const double rstd = 1.0 / sqrt(var + (double)eps);
-        double g = 0.0, bt = 0.0;
-        if (styles > 0) {
-            for (int i = 0; i < styles; i++) {
-                g += (double)mix[i] * (double)gamma[i * channels + c];
-                bt += (double)mix[i] * (double)beta[i * channels + c];
-            }
-        } else {
-            g = (double)gamma[gamma_per_image ? ch : c];
-            bt = (double)beta[beta_per_image ? ch : c];
-        }
+        const double g = gb[0], bt = gb[1];
         const double s = (double)scale[c] * rstd * g;
         coef[0] = (float)mean;
         coef[1] = (float)s;
@@ -143,8 +165,16 @@ fw_norm_apply(const float* x, float* y,  // y may be x (in place)
     // (x - mean) * a + b: folding the mean into b would lose digits when it is large.
     const float mean = coef[0], a = coef[1], b = coef[2];
     const long long start = (long long)blockIdx.x * chunk;
-    const long long end = min(start + (long long)chunk, hw);
-    if (vec) {
+    const long long end = min(start + (long long)chunk, out_hw);
+    if (out_hw != hw || out_w != in_w) {
+        const int in_h = (int)(hw / in_w);
+        for (long long i = start + threadIdx.x; i < end; i += blockDim.x) {
+            const int r = (int)(i / out_w), col = (int)(i % out_w);
+            const float v = xc[(long long)reflect(r - pad_top, in_h) * in_w + reflect(col - pad_left, in_w)];
+            const float o = fmaf(v - mean, a, b);
+            yc[i] = relu ? fmaxf(o, 0.f) : o;
+        }
+    } else if (vec) {
         const float4* v = reinterpret_cast<const float4*>(xc);
         float4* o = reinterpret_cast<float4*>(yc);
         for (long long i = start / 4 + threadIdx.x; i < end / 4; i += blockDim.x) {

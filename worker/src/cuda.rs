@@ -239,6 +239,13 @@ pub struct NormPlan {
     gamma_per_image: i32,
     beta_per_image: i32,
     styles: i32,
+    /// Blocks per plane of the second kernel (it covers the output plane, padded or not).
+    apply_splits: u32,
+    in_w: i32,
+    out_h: i32,
+    out_w: i32,
+    pad_top: i32,
+    pad_left: i32,
 }
 
 impl NormPlan {
@@ -252,10 +259,19 @@ impl NormPlan {
             ));
         }
         let splits = l.plane.div_ceil(NORM_CHUNK as usize).max(1);
+        let (out_h, out_w) = l.out_hw();
+        let too_large = || format!("planes of {} values are too large", l.plane);
+        let int = |v: usize| i32::try_from(v).map_err(|_| too_large());
         Ok(Self {
+            apply_splits: u32::try_from((out_h * out_w).div_ceil(NORM_CHUNK as usize).max(1))
+                .map_err(|_| too_large())?,
+            in_w: int(l.width)?,
+            out_h: int(out_h)?,
+            out_w: int(out_w)?,
+            pad_top: int(l.pads.top)?,
+            pad_left: int(l.pads.left)?,
             planes: planes as u32,
-            splits: u32::try_from(splits)
-                .map_err(|_| format!("planes of {} values are too large", l.plane))?,
+            splits: u32::try_from(splits).map_err(|_| too_large())?,
             plane: l.plane as i64,
             channels: l.channels as i32,
             gamma_per_image: l.gamma_per_image as i32,
@@ -285,7 +301,7 @@ pub struct NormPtrs {
 ///
 /// # Safety
 /// `stream` is a CUDA stream of `device`, and `t` holds addresses of live memory on it: x and y
-/// (may be the same) of `p`'s planes, the scratch of `p.scratch_floats()`, scale and bias of
+/// of `p`'s input and output planes (the same address only without padding), the scratch of `p.scratch_floats()`, scale and bias of
 /// one value per channel, gamma and beta as `p` was planned for, mix (unless 0) p's styles. The kernels read and write
 /// them after this returns, in stream order.
 pub unsafe fn launch_norm(
@@ -305,6 +321,8 @@ pub unsafe fn launch_norm(
     let (mut plane, mut splits, mut channels) = (p.plane, p.splits as i32, p.channels);
     let (mut gpi, mut bpi, mut eps) = (p.gamma_per_image, p.beta_per_image, eps);
     let (mut mix, mut styles) = (t.mix, p.styles);
+    let (mut in_w, mut out_h, mut out_w) = (p.in_w, p.out_h, p.out_w);
+    let (mut pad_top, mut pad_left) = (p.pad_top, p.pad_left);
     let (mut chunk, mut vec, mut relu) = (NORM_CHUNK as i32, vec, i32::from(relu));
     fn arg<T>(v: &mut T) -> *mut c_void {
         (v as *mut T).cast()
@@ -356,12 +374,17 @@ pub unsafe fn launch_norm(
             arg(&mut relu),
             arg(&mut mix),
             arg(&mut styles),
+            arg(&mut in_w),
+            arg(&mut out_h),
+            arg(&mut out_w),
+            arg(&mut pad_top),
+            arg(&mut pad_left),
         ];
         check(
             d,
             (d.launch_kernel)(
                 k.apply as *mut c_void,
-                p.splits,
+                p.apply_splits,
                 p.planes,
                 1,
                 NORM_THREADS,

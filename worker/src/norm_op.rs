@@ -12,7 +12,9 @@
 //! ([1, C, 1, 1], [C, 1, 1] or [N, C, 1, 1]), act = ReLU when the attribute `relu` is 1. With a
 //! sixth input, style weights w [S], gamma and beta are [S, C] and mixed inside the op
 //! (gamma_c = sum_s w_s gamma[s, c]): a multi-style model's conditional normalisation, which
-//! the graph otherwise computes with four small ops per parameter and normalisation.
+//! the graph otherwise computes with four small ops per parameter and normalisation. With a
+//! seventh input, ONNX Pad's pads (int64, constant), the output is the result reflect-padded
+//! along H and W: the Pad before the next convolution, folded into the op's write.
 
 use ort::operator::{
     BoxedKernel, ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput,
@@ -42,6 +44,59 @@ pub struct Layout {
     pub beta_per_image: bool,
     /// With style weights: how many (gamma and beta are then [styles, channels]); else 0.
     pub styles: usize,
+    /// Width of an input plane (its last dimension).
+    pub width: usize,
+    /// Reflect padding of the output along H and W.
+    pub pads: Pads,
+}
+
+impl Layout {
+    /// Height and width of an output plane.
+    pub fn out_hw(&self) -> (usize, usize) {
+        let h = self.plane / self.width;
+        (
+            h + self.pads.top + self.pads.bottom,
+            self.width + self.pads.left + self.pads.right,
+        )
+    }
+
+    /// The output's shape: x's with H and W padded.
+    pub fn out_shape(&self, x: &[i64]) -> Vec<i64> {
+        let mut s = x.to_vec();
+        if self.pads != Pads::default() {
+            let (h, w) = self.out_hw();
+            s[2] = h as i64;
+            s[3] = w as i64;
+        }
+        s
+    }
+}
+
+/// Reflect padding folded into the op, in values: top, left, bottom, right.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pads {
+    pub top: usize,
+    pub left: usize,
+    pub bottom: usize,
+    pub right: usize,
+}
+
+impl Pads {
+    /// From ONNX Pad's `pads` of a 4-d tensor ([n, c, h, w] begins, then ends): only H and W
+    /// may be padded, by zero or more.
+    pub fn from_onnx(p: &[i64]) -> Result<Self, String> {
+        match p {
+            [0, 0, t, l, 0, 0, b, r] if [t, l, b, r].iter().all(|&&v| v >= 0) => Ok(Self {
+                top: *t as usize,
+                left: *l as usize,
+                bottom: *b as usize,
+                right: *r as usize,
+            }),
+            _ => Err(format!(
+                "pads {p:?}: expected [0, 0, top, left, 0, 0, bottom, right] with no negative value"
+            )),
+        }
+    }
 }
 
 /// The per-channel parameters, as the op receives them.
@@ -65,6 +120,7 @@ pub fn layout(
     gamma: &[i64],
     beta: &[i64],
     mix: Option<&[i64]>,
+    pads: Pads,
 ) -> Result<Layout, String> {
     if x.len() < 3 || x.iter().any(|&d| d < 1) {
         return Err(format!(
@@ -73,6 +129,21 @@ pub fn layout(
     }
     let (n, c) = (x[0] as usize, x[1] as usize);
     let plane = x[2..].iter().product::<i64>() as usize;
+    let width = *x.last().unwrap_or(&1) as usize;
+    if pads != Pads::default() {
+        let &[_, _, h, w] = x else {
+            return Err(format!(
+                "input X has shape {x:?}; padding needs [N, C, H, W]"
+            ));
+        };
+        if pads.top.max(pads.bottom) as i64 >= h || pads.left.max(pads.right) as i64 >= w {
+            return Err(format!(
+                "pads {pads:?} reflect beyond X's {h}x{w} planes (at most {} and {})",
+                h - 1,
+                w - 1
+            ));
+        }
+    }
     for (name, s) in [("scale", scale), ("B", bias)] {
         if s != [c as i64] {
             return Err(format!(
@@ -109,6 +180,8 @@ pub fn layout(
             gamma_per_image: false,
             beta_per_image: false,
             styles: styles as usize,
+            width,
+            pads,
         });
     }
     Ok(Layout {
@@ -118,6 +191,8 @@ pub fn layout(
         gamma_per_image: per_image("gamma", gamma)?,
         beta_per_image: per_image("beta", beta)?,
         styles: 0,
+        width,
+        pads,
     })
 }
 
@@ -164,9 +239,10 @@ fn gamma_beta(l: &Layout, ch: usize, p: &Params) -> (f64, f64) {
 /// The CPU kernel: the same maths as the CUDA one (sums shifted by each plane's first value,
 /// added in f64), one plane at a time.
 pub fn normalize(x: &[f32], y: &mut [f32], l: &Layout, p: &Params, eps: f32, relu: bool) {
+    let (out_h, out_w) = l.out_hw();
     for (ch, (xc, yc)) in x
         .chunks_exact(l.plane)
-        .zip(y.chunks_exact_mut(l.plane))
+        .zip(y.chunks_exact_mut(out_h * out_w))
         .enumerate()
     {
         let k = xc[0];
@@ -192,33 +268,73 @@ pub fn normalize(x: &[f32], y: &mut [f32], l: &Layout, p: &Params, eps: f32, rel
             s2 += b2.iter().map(|&v| v as f64).sum::<f64>();
         }
         let (mean, a, b) = coefficients(l, ch, (k as f64, s1, s2), eps, p);
-        for (o, &v) in yc.iter_mut().zip(xc) {
+        let f = |v: f32| {
             let r = (v - mean).mul_add(a, b);
-            *o = if relu { r.max(0.0) } else { r };
+            if relu {
+                r.max(0.0)
+            } else {
+                r
+            }
+        };
+        if l.pads == Pads::default() {
+            for (o, &v) in yc.iter_mut().zip(xc) {
+                *o = f(v);
+            }
+            continue;
+        }
+        let (h, w, pd) = (l.plane / l.width, l.width, l.pads);
+        for (r, row) in yc.chunks_exact_mut(out_w).enumerate() {
+            let src = &xc[reflect(r as i64 - pd.top as i64, h) * w..][..w];
+            for (col, o) in row.iter_mut().enumerate() {
+                *o = f(src[reflect(col as i64 - pd.left as i64, w)]);
+            }
         }
     }
 }
 
-/// The attributes, read once per node.
+/// Index `i` reflected into [0, n) as ONNX Pad's "reflect" does (the edge is not repeated).
+fn reflect(i: i64, n: usize) -> usize {
+    let i = i.unsigned_abs() as usize;
+    if i >= n {
+        2 * n - 2 - i
+    } else {
+        i
+    }
+}
+
+/// The attributes and the constant pads, read once per node.
 #[derive(Clone, Copy, Debug)]
 struct Attrs {
     eps: f32,
     relu: bool,
+    pads: Pads,
 }
 
 impl Attrs {
-    fn of(k: &KernelContext<'_>) -> Self {
-        Self {
+    fn of(k: &KernelContext<'_>) -> ort::Result<Self> {
+        let has_pads = k.inputs()?.get(6).is_some_and(|o| !o.name().is_empty());
+        let pads = if has_pads {
+            let t = k.constant_input::<DynTensorValueType>(6).map_err(|e| {
+                ort::Error::new(format!("{OP}: pads (input 6) must be a constant: {e}"))
+            })?;
+            let (_, v) = t.try_extract_tensor::<i64>()?;
+            Pads::from_onnx(v).map_err(|e| ort::Error::new(format!("{OP}: {e}")))?
+        } else {
+            Pads::default()
+        };
+        Ok(Self {
             eps: k.get::<f32>("epsilon").unwrap_or(1e-5),
             relu: k.get::<i64>("relu").unwrap_or(0) != 0,
-        }
+            pads,
+        })
     }
 }
 
-fn inputs() -> [OperatorInput; 6] {
+fn inputs() -> [OperatorInput; 7] {
     let f = TensorElementType::Float32;
-    let mut v = [(); 6].map(|_| OperatorInput::required(f));
+    let mut v = [(); 7].map(|_| OperatorInput::required(f));
     v[5] = OperatorInput::optional(f);
+    v[6] = OperatorInput::optional(TensorElementType::Int64);
     v
 }
 
@@ -228,7 +344,7 @@ fn outputs() -> [OperatorOutput; 1] {
     [OperatorOutput::required(TensorElementType::Float32)]
 }
 
-/// The five required inputs, then the style weights if given.
+/// The five required inputs, then the style weights if given (the pads are read at creation).
 fn inputs_of(ctx: &ComputeContext) -> ort::Result<Vec<ValueRef<'_, DynTensorValueType>>> {
     let mut t = Vec::with_capacity(6);
     for i in 0..6 {
@@ -242,17 +358,10 @@ fn inputs_of(ctx: &ComputeContext) -> ort::Result<Vec<ValueRef<'_, DynTensorValu
 }
 
 /// The layout from the inputs' shapes.
-fn layout_of(t: &[ValueRef<'_, DynTensorValueType>]) -> ort::Result<Layout> {
+fn layout_of(t: &[ValueRef<'_, DynTensorValueType>], pads: Pads) -> ort::Result<Layout> {
     let sh = |i: usize| -> &[i64] { t[i].shape() };
-    layout(
-        sh(0),
-        sh(1),
-        sh(2),
-        sh(3),
-        sh(4),
-        t.get(5).map(|w| w.shape() as &[i64]),
-    )
-    .map_err(ort::Error::new)
+    let mix = t.get(5).map(|w| w.shape() as &[i64]);
+    layout(sh(0), sh(1), sh(2), sh(3), sh(4), mix, pads).map_err(ort::Error::new)
 }
 
 /// The op on ONNX Runtime's CPU provider.
@@ -274,10 +383,10 @@ impl Operator for OnCpu {
     }
 
     fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
-        let a = Attrs::of(k);
+        let a = Attrs::of(k)?;
         Ok(Box::new(move |ctx: &ComputeContext| {
             let t = inputs_of(ctx)?;
-            let l = layout_of(&t)?;
+            let l = layout_of(&t, a.pads)?;
             let mut v = Vec::with_capacity(t.len());
             for x in &t {
                 v.push(x.try_extract_tensor::<f32>()?.1);
@@ -290,7 +399,7 @@ impl Operator for OnCpu {
                 mix: v.get(5).copied(),
             };
             let mut y = ctx
-                .output(0, t[0].shape().to_vec())?
+                .output(0, l.out_shape(t[0].shape()))?
                 .ok_or_else(|| ort::Error::new(format!("{OP}: no output")))?;
             let (_, ys) = y.try_extract_tensor_mut::<f32>()?;
             normalize(v[0], ys, &l, &p, a.eps, a.relu);
@@ -305,8 +414,6 @@ struct OnCuda;
 
 impl Operator for OnCuda {
     type Kernel<'attr> = CudaKernel;
-
-    const INPLACES: &[(u32, u32)] = &[(0, 0)];
 
     fn name(&self) -> &str {
         OP
@@ -325,7 +432,7 @@ impl Operator for OnCuda {
     }
 
     fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
-        Ok(CudaKernel(Attrs::of(k)))
+        Ok(CudaKernel(Attrs::of(k)?))
     }
 }
 
@@ -334,7 +441,7 @@ struct CudaKernel(Attrs);
 impl Kernel for CudaKernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
         let t = inputs_of(ctx)?;
-        let l = layout_of(&t)?;
+        let l = layout_of(&t, self.0.pads)?;
         let stream = ctx
             .stream()?
             .ok_or_else(|| ort::Error::new(format!("{OP}: no CUDA stream")))?;
@@ -345,7 +452,7 @@ impl Kernel for CudaKernel {
         let mut scratch = alloc.alloc::<f32>(plan.scratch_floats())?;
         // GetTensorMutableData underneath: the address is written by the kernel.
         let y = ctx
-            .output(0, t[0].shape().to_vec())?
+            .output(0, l.out_shape(t[0].shape()))?
             .ok_or_else(|| ort::Error::new(format!("{OP}: no output")))?
             .downcast::<DynTensorValueType>()?;
         let ptrs = crate::cuda::NormPtrs {
@@ -377,9 +484,10 @@ impl Kernel for CudaKernel {
 mod tests {
     use super::*;
 
-    /// The textbook formula in f64, two passes; gamma and beta mixed by hand.
+    /// The textbook formula in f64, two passes; gamma and beta mixed by hand; then the planes
+    /// padded by mirroring rows and columns one at a time.
     fn reference(x: &[f32], l: &Layout, p: &Params, eps: f32, relu: bool) -> Vec<f32> {
-        let mut out = Vec::with_capacity(x.len());
+        let mut planes = Vec::new();
         for (ch, xc) in x.chunks(l.plane).enumerate() {
             let c = ch % l.channels;
             let n = xc.len() as f64;
@@ -399,13 +507,31 @@ mod tests {
                     p.beta[if l.beta_per_image { ch } else { c }] as f64,
                 ),
             };
-            for &v in xc {
-                let z = (v as f64 - mean) / (var + eps as f64).sqrt();
-                let r = (z * p.scale[c] as f64 + p.bias[c] as f64) * g + b;
-                out.push(if relu { r.max(0.0) } else { r } as f32);
+            let mut rows: Vec<Vec<f32>> = xc
+                .chunks(l.width)
+                .map(|row| {
+                    row.iter()
+                        .map(|&v| {
+                            let z = (v as f64 - mean) / (var + eps as f64).sqrt();
+                            let r = (z * p.scale[c] as f64 + p.bias[c] as f64) * g + b;
+                            (if relu { r.max(0.0) } else { r }) as f32
+                        })
+                        .collect()
+                })
+                .collect();
+            let pd = l.pads;
+            for row in rows.iter_mut() {
+                let w = row.len();
+                let left: Vec<f32> = (1..=pd.left).rev().map(|i| row[i]).collect();
+                let right: Vec<f32> = (1..=pd.right).map(|i| row[w - 1 - i]).collect();
+                *row = [left, row.clone(), right].concat();
             }
+            let h = rows.len();
+            let top: Vec<Vec<f32>> = (1..=pd.top).rev().map(|i| rows[i].clone()).collect();
+            let bottom: Vec<Vec<f32>> = (1..=pd.bottom).map(|i| rows[h - 1 - i].clone()).collect();
+            planes.push([top, rows, bottom].concat().concat());
         }
-        out
+        planes.concat()
     }
 
     /// Deterministic values with a large offset per plane (what breaks a naive E[x²] - E[x]²).
@@ -421,31 +547,92 @@ mod tests {
             .collect()
     }
 
+    /// One kernel test: x's shape, gamma's and beta's, the style weights', the pads, the ReLU.
+    struct Case(
+        &'static [i64],
+        &'static [i64],
+        &'static [i64],
+        Option<&'static [i64]>,
+        [usize; 4],
+        bool,
+    );
+
     #[test]
     fn cpu_kernel_matches_the_formula() {
-        // (x, gamma, beta, style weights, relu)
-        let cases: [(&[i64], &[i64], &[i64], Option<&[i64]>, bool); 4] = [
-            (&[1, 3, 7, 11], &[1, 3, 1, 1], &[3, 1, 1], None, true),
-            (&[2, 4, 33, 17], &[2, 4, 1, 1], &[1, 4, 1, 1], None, false),
-            (&[1, 2, 1, 1], &[1, 2, 1, 1], &[1, 2, 1, 1], None, true),
-            (&[2, 5, 9, 13], &[26, 5], &[26, 5], Some(&[26]), true),
+        let cases = [
+            Case(
+                &[1, 3, 7, 11],
+                &[1, 3, 1, 1],
+                &[3, 1, 1],
+                None,
+                [0; 4],
+                true,
+            ),
+            Case(
+                &[2, 4, 33, 17],
+                &[2, 4, 1, 1],
+                &[1, 4, 1, 1],
+                None,
+                [0; 4],
+                false,
+            ),
+            Case(
+                &[1, 2, 1, 1],
+                &[1, 2, 1, 1],
+                &[1, 2, 1, 1],
+                None,
+                [0; 4],
+                true,
+            ),
+            Case(
+                &[2, 5, 9, 13],
+                &[26, 5],
+                &[26, 5],
+                Some(&[26]),
+                [0; 4],
+                true,
+            ),
+            // The style model's pads: 1 (3x3 convolutions) and 4 (9x9), odd sizes, uneven.
+            Case(
+                &[1, 3, 9, 13],
+                &[26, 3],
+                &[26, 3],
+                Some(&[26]),
+                [1, 1, 1, 1],
+                true,
+            ),
+            Case(
+                &[2, 2, 11, 7],
+                &[1, 2, 1, 1],
+                &[2, 1, 1],
+                None,
+                [4, 4, 4, 4],
+                false,
+            ),
+            Case(
+                &[1, 2, 5, 6],
+                &[1, 2, 1, 1],
+                &[2, 1, 1],
+                None,
+                [2, 0, 1, 3],
+                true,
+            ),
         ];
-        for (shape, gamma_shape, beta_shape, mix_shape, relu) in cases {
+        for Case(shape, gamma_shape, beta_shape, mix_shape, [t, lf, b, r], relu) in cases {
             let c = shape[1] as usize;
             let count = |s: &[i64]| s.iter().product::<i64>() as usize;
             let x = values(count(shape), 1);
             let (scale, bias) = (values(c, 2), values(c, 3));
             let (gamma, beta) = (values(count(gamma_shape), 4), values(count(beta_shape), 5));
             let mix = mix_shape.map(|m| values(count(m), 6));
-            let l = layout(
-                shape,
-                &[c as i64],
-                &[c as i64],
-                gamma_shape,
-                beta_shape,
-                mix_shape,
-            )
-            .unwrap();
+            let pads = Pads {
+                top: t,
+                left: lf,
+                bottom: b,
+                right: r,
+            };
+            let cs = [c as i64];
+            let l = layout(shape, &cs, &cs, gamma_shape, beta_shape, mix_shape, pads).unwrap();
             let p = Params {
                 scale: &scale,
                 bias: &bias,
@@ -453,9 +640,15 @@ mod tests {
                 beta: &beta,
                 mix: mix.as_deref(),
             };
-            let mut y = vec![0.0; x.len()];
+            let out = l.out_shape(shape);
+            assert_eq!(
+                out[2..],
+                [shape[2] + (t + b) as i64, shape[3] + (lf + r) as i64]
+            );
+            let mut y = vec![0.0; count(&out)];
             normalize(&x, &mut y, &l, &p, 1e-5, relu);
             let want = reference(&x, &l, &p, 1e-5, relu);
+            assert_eq!(y.len(), want.len());
             let worst = y
                 .iter()
                 .zip(&want)
@@ -470,7 +663,8 @@ mod tests {
 
     #[test]
     fn bad_shapes_name_the_input() {
-        let per = |x: &[i64], s: &[i64], g: &[i64], b: &[i64]| layout(x, s, &[4], g, b, None);
+        let none = Pads::default();
+        let per = |x: &[i64], s: &[i64], g: &[i64], b: &[i64]| layout(x, s, &[4], g, b, None, none);
         let ok = per(&[1, 4, 8, 8], &[4], &[1, 4, 1, 1], &[4, 1, 1]).unwrap();
         assert_eq!((ok.images, ok.channels, ok.plane, ok.styles), (1, 4, 64, 0));
         let e = per(&[1, 4, 8, 8], &[3], &[1, 4, 1, 1], &[4, 1, 1]).unwrap_err();
@@ -484,12 +678,25 @@ mod tests {
         assert!(e.contains("input X"), "{e}");
         // With style weights: [S, C] matrices.
         let x = [1i64, 4, 8, 8];
-        let ok = layout(&x, &[4], &[4], &[26, 4], &[26, 4], Some(&[26])).unwrap();
-        assert_eq!(ok.styles, 26);
-        let e = layout(&x, &[4], &[4], &[26, 4], &[25, 4], Some(&[26])).unwrap_err();
+        let mix = |g: &[i64], b: &[i64], w: &[i64]| layout(&x, &[4], &[4], g, b, Some(w), none);
+        assert_eq!(mix(&[26, 4], &[26, 4], &[26]).unwrap().styles, 26);
+        let e = mix(&[26, 4], &[25, 4], &[26]).unwrap_err();
         assert!(e.contains("input beta") && e.contains("[26, 4]"), "{e}");
-        let e = layout(&x, &[4], &[4], &[26, 4], &[26, 4], Some(&[1, 26])).unwrap_err();
+        let e = mix(&[26, 4], &[26, 4], &[1, 26]).unwrap_err();
         assert!(e.contains("style_weights"), "{e}");
+        // Pads: only H and W, not negative, and reflection needs a bigger plane.
+        assert!(Pads::from_onnx(&[0, 0, 1, 1, 0, 0, 1, 1]).is_ok());
+        for bad in [
+            &[0, 1, 1, 1, 0, 0, 1, 1][..],
+            &[0, 0, -1, 1, 0, 0, 1, 1],
+            &[1, 1, 1, 1],
+        ] {
+            let e = Pads::from_onnx(bad).unwrap_err();
+            assert!(e.contains("pads"), "{e}");
+        }
+        let big = Pads { top: 8, ..none };
+        let e = layout(&x, &[4], &[4], &[1, 4, 1, 1], &[4, 1, 1], None, big).unwrap_err();
+        assert!(e.contains("reflect beyond") && e.contains("8x8"), "{e}");
     }
 
     #[test]

@@ -63,6 +63,16 @@ pub struct ImageIo {
     pub value_range: [f32; 2],
 }
 
+/// What `fuse_norm_affine` fused: normalisations, and of them how many took a ReLU along, mix
+/// their style's gamma and beta themselves, write the next convolution's reflect padding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NormOps {
+    pub fused: usize,
+    pub with_relu: usize,
+    pub with_style_mix: usize,
+    pub with_pad: usize,
+}
+
 /// What a rewrite changed, for the log and the tests.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Report {
@@ -71,11 +81,8 @@ pub struct Report {
     pub fp16_tensors: usize,
     pub dynamic_batch: bool,
     pub pixels_into_first_conv: bool,
-    /// Normalisations that became framewise's own op (of them, how many took a ReLU along, and
-    /// how many mix their style's gamma and beta themselves).
-    pub norm_ops: usize,
-    pub norm_ops_with_relu: usize,
-    pub norm_ops_with_style_mix: usize,
+    /// Normalisations that became framewise's own op, and what they took along.
+    pub norm_ops: NormOps,
     pub nodes_before: usize,
     pub nodes_after: usize,
 }
@@ -118,11 +125,7 @@ pub fn optimize_model(
         report.fused_instance_norms = fuse_instance_norm(g);
     }
     if r.norm_op {
-        (
-            report.norm_ops,
-            report.norm_ops_with_relu,
-            report.norm_ops_with_style_mix,
-        ) = fuse_norm_affine(g);
+        report.norm_ops = fuse_norm_affine(g);
     }
     if r.uint8_io {
         fold_uint8_io(g, io)?;
@@ -143,7 +146,7 @@ pub fn optimize_model(
     // Shapes and types of intermediate values are re-inferred by the runtime.
     g.value_info.clear();
     report.nodes_after = g.node.len();
-    if report.norm_ops > 0
+    if report.norm_ops.fused > 0
         && !model
             .opset_import
             .iter()
@@ -580,12 +583,14 @@ fn style_mix(ix: &Index, g: &GraphProto, name: &str) -> Option<(String, String)>
 /// per-channel beta), and by a Relu where the Add's only consumer is one, with framewise's
 /// fused op (norm_op.rs); where gamma and beta are a style mix (`style_mix`), the op takes the
 /// style weights and both matrices instead. The fused node takes the place of the last node it
-/// replaces, where every input is ready. Returns (fused, of them with the ReLU, with the mix).
-pub fn fuse_norm_affine(g: &mut GraphProto) -> (usize, usize, usize) {
+/// replaces, where every input is ready.
+pub fn fuse_norm_affine(g: &mut GraphProto) -> NormOps {
     struct Found {
         node: NodeProto,
         remove: Vec<usize>,
         at: usize,
+        /// With the ReLU, the style mix, the Pad.
+        counts: [bool; 3],
     }
     let mut found = Vec::new();
     {
@@ -620,10 +625,27 @@ pub fn fuse_norm_affine(g: &mut GraphProto) -> (usize, usize, usize) {
                 }
                 let za = g.node[iadd].output.first()?;
                 let irelu = ix.only_consumer(g, za, "Relu");
-                let (y, at) = match irelu {
+                let (mut y, mut at) = match irelu {
                     Some(k) => (g.node[k].output.first()?.clone(), k),
                     None => (za.clone(), iadd),
                 };
+                // A reflect Pad that only this result feeds (the next convolution's): folded
+                // into the op's write; its pads input stays a tensor (ONNX Runtime folds the
+                // constant ops that compute it when the session is made).
+                let ipad = ix.only_consumer(g, &y, "Pad").filter(|&k| {
+                    let pd = &g.node[k];
+                    let mode = attr(pd, "mode").and_then(|a| a.s.as_deref());
+                    mode == Some(b"reflect".as_slice())
+                        && (pd.input.len() == 2 || pd.input[2..].iter().all(|s| s.is_empty()))
+                });
+                if let Some(k) = ipad {
+                    let pads = g.node[k].input.get(1)?.clone();
+                    if inputs.len() == 5 {
+                        inputs.push(String::new());
+                    }
+                    inputs.push(pads);
+                    (y, at) = (g.node[k].output.first()?.clone(), k);
+                }
                 let eps = attr(n, "epsilon").and_then(|a| a.f).unwrap_or(1e-5);
                 let inputs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
                 let mut node = node(
@@ -639,16 +661,31 @@ pub fn fuse_norm_affine(g: &mut GraphProto) -> (usize, usize, usize) {
                 node.domain = Some(norm_op::DOMAIN.into());
                 let mut remove = vec![i, imul, iadd];
                 remove.extend(irelu);
-                Some(Found { node, remove, at })
+                remove.extend(ipad);
+                let counts = [
+                    irelu.is_some(),
+                    !node.input.get(5).is_none_or(|s| s.is_empty()),
+                    ipad.is_some(),
+                ];
+                Some(Found {
+                    node,
+                    remove,
+                    at,
+                    counts,
+                })
             })() else {
                 continue;
             };
             found.push(f);
         }
     }
-    let with_relu = found.iter().filter(|f| f.remove.len() == 4).count();
-    let with_mix = found.iter().filter(|f| f.node.input.len() == 6).count();
-    let n = found.len();
+    let count = |k: usize| found.iter().filter(|f| f.counts[k]).count();
+    let counts = NormOps {
+        fused: found.len(),
+        with_relu: count(0),
+        with_style_mix: count(1),
+        with_pad: count(2),
+    };
     let mut dead: HashSet<usize> = HashSet::new();
     let mut insert: HashMap<usize, NodeProto> = HashMap::new();
     for f in found {
@@ -663,7 +700,7 @@ pub fn fuse_norm_affine(g: &mut GraphProto) -> (usize, usize, usize) {
             None => {}
         }
     }
-    (n, with_relu, with_mix)
+    counts
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1362,17 +1399,17 @@ mod tests {
         let (m, report) = rewritten(r);
         let g = m.graph.as_ref().unwrap();
         // All 18 normalisations of the style model, 11 followed by a ReLU (the residual
-        // blocks' second ones and the output head's are not).
-        // All 18 also mix their style's gamma and beta themselves.
-        assert_eq!(
-            (
-                report.norm_ops,
-                report.norm_ops_with_relu,
-                report.norm_ops_with_style_mix
-            ),
-            (18, 11, 18),
-            "{report:?}"
-        );
+        // blocks' second ones and the output head's are not), all 18 mixing their style's
+        // gamma and beta, 9 of them alone feeding the next convolution's reflect Pad (the
+        // others feed a residual Add, an upsampling or the output).
+        let want = NormOps {
+            fused: 18,
+            with_relu: 11,
+            with_style_mix: 18,
+            with_pad: 9,
+        };
+        assert_eq!(report.norm_ops, want, "{report:?}");
+        assert_eq!(ops(&m)["Pad"], 18 - 9);
         let count = |op: &str| g.node.iter().filter(|n| n.op_type() == op).count();
         assert_eq!(count("InstanceNormalization"), 0);
         assert_eq!(count("Relu"), 0);
@@ -1394,7 +1431,7 @@ mod tests {
             ready.extend(n.output.iter().map(|o| o.as_str()));
             if n.op_type() == norm_op::OP {
                 assert_eq!(n.domain(), norm_op::DOMAIN);
-                assert_eq!(n.input.len(), 6);
+                assert!((6..=7).contains(&n.input.len()), "{:?}", n.input);
                 assert_eq!(n.input[5], "style_weights");
                 for m in &n.input[3..5] {
                     let t = g.initializer.iter().find(|t| t.name() == m).unwrap();
