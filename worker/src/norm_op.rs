@@ -16,6 +16,7 @@
 //! seventh input, ONNX Pad's pads (int64, constant), the output is the result reflect-padded
 //! along H and W: the Pad before the next convolution, folded into the op's write.
 
+use ort::memory::MemoryType;
 use ort::operator::{
     BoxedKernel, ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput,
     OperatorOutput,
@@ -334,7 +335,9 @@ fn inputs() -> [OperatorInput; 7] {
     let f = TensorElementType::Float32;
     let mut v = [(); 7].map(|_| OperatorInput::required(f));
     v[5] = OperatorInput::optional(f);
-    v[6] = OperatorInput::optional(TensorElementType::Int64);
+    // The pads stay in host memory on a GPU too: read once, when the kernel is made (a GPU
+    // copy could not be read there).
+    v[6] = OperatorInput::optional(TensorElementType::Int64).memory_type(MemoryType::CPUInput);
     v
 }
 
