@@ -87,7 +87,8 @@ __device__ __forceinline__ int reflect(int i, int n) {
     return i >= n ? 2 * n - 2 - i : i;
 }
 
-// grid (blocks per output plane, images * channels), THREADS threads. scale and bias have
+// grid (blocks per output plane: chunks of `chunk` values, or with padding groups of
+// max(1, chunk / out_w) rows; images * channels), THREADS threads. scale and bias have
 // `channels` values; gamma and beta `channels` (shared by every image) or images * channels
 // values, or, with styles > 0, are [styles, channels] matrices mixed by the weights `mix`
 // [styles] (gamma_c = sum_s mix_s * gamma[s, c]: a multi-style model's conditional
@@ -167,12 +168,18 @@ fw_norm_apply(const float* x, float* y,  // y may be x (in place, unpadded)
     const long long start = (long long)blockIdx.x * chunk;
     const long long end = min(start + (long long)chunk, out_hw);
     if (out_hw != hw || out_w != in_w) {
+        // Padded: whole output rows per block (max(1, chunk / out_w) of them), threads along
+        // the row, so reads and writes stay contiguous and no value needs a division.
         const int in_h = (int)(hw / in_w);
-        for (long long i = start + threadIdx.x; i < end; i += blockDim.x) {
-            const int r = (int)(i / out_w), col = (int)(i % out_w);
-            const float v = xc[(long long)reflect(r - pad_top, in_h) * in_w + reflect(col - pad_left, in_w)];
-            const float o = fmaf(v - mean, a, b);
-            yc[i] = relu ? fmaxf(o, 0.f) : o;
+        const int rows = max(1, chunk / out_w);
+        const int r0 = blockIdx.x * rows, r1 = min(r0 + rows, out_h);
+        for (int r = r0; r < r1; r++) {
+            const float* src = xc + (long long)reflect(r - pad_top, in_h) * in_w;
+            float* dst = yc + (long long)r * out_w;
+            for (int col = threadIdx.x; col < out_w; col += blockDim.x) {
+                const float o = fmaf(src[reflect(col - pad_left, in_w)] - mean, a, b);
+                dst[col] = relu ? fmaxf(o, 0.f) : o;
+            }
         }
     } else if (vec) {
         const float4* v = reinterpret_cast<const float4*>(xc);

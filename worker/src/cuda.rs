@@ -263,8 +263,7 @@ impl NormPlan {
         let too_large = || format!("planes of {} values are too large", l.plane);
         let int = |v: usize| i32::try_from(v).map_err(|_| too_large());
         Ok(Self {
-            apply_splits: u32::try_from((out_h * out_w).div_ceil(NORM_CHUNK as usize).max(1))
-                .map_err(|_| too_large())?,
+            apply_splits: u32::try_from(apply_blocks(l, out_h, out_w)).map_err(|_| too_large())?,
             in_w: int(l.width)?,
             out_h: int(out_h)?,
             out_w: int(out_w)?,
@@ -284,6 +283,16 @@ impl NormPlan {
     /// Floats of GPU scratch the launch needs: per plane, two sums per split and the shift.
     pub fn scratch_floats(&self) -> usize {
         self.planes as usize * (2 * self.splits as usize + 1)
+    }
+}
+
+/// Blocks per plane of fw_norm_apply: chunks of NORM_CHUNK values, or with padding groups of
+/// max(1, NORM_CHUNK / out_w) whole rows (the kernel's own split).
+fn apply_blocks(l: &Layout, out_h: usize, out_w: usize) -> usize {
+    if l.pads == crate::norm_op::Pads::default() {
+        (out_h * out_w).div_ceil(NORM_CHUNK as usize).max(1)
+    } else {
+        out_h.div_ceil((NORM_CHUNK as usize / out_w).max(1)).max(1)
     }
 }
 
@@ -397,5 +406,51 @@ pub unsafe fn launch_norm(
             ),
             "cuLaunchKernel(fw_norm_apply)",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::norm_op::{layout, Pads};
+
+    #[test]
+    fn launch_geometry_covers_every_plane_and_row() {
+        let none = Pads::default();
+        let x = [1i64, 32, 720, 1280];
+        let per = [1i64, 32, 1, 1];
+        let l = layout(&x, &[32], &[32], &per, &per, None, none).unwrap();
+        let p = NormPlan::new(&l).unwrap();
+        // 921,600 values per plane in chunks of 8,192: 113 blocks for each pass.
+        assert_eq!((p.planes, p.splits, p.apply_splits), (32, 113, 113));
+        assert_eq!(p.scratch_floats(), 32 * (2 * 113 + 1));
+        // Padded by 4 (a 9x9 convolution next): rows of 1,288, 6 per block, 728 rows.
+        let pads = Pads {
+            top: 4,
+            left: 4,
+            bottom: 4,
+            right: 4,
+        };
+        let l = layout(&x, &[32], &[32], &per, &per, None, pads).unwrap();
+        let p = NormPlan::new(&l).unwrap();
+        assert_eq!(
+            (p.splits, p.apply_splits, p.out_h, p.out_w),
+            (113, 122, 728, 1288)
+        );
+        // Rows wider than a chunk: one row per block.
+        let wide = [1i64, 2, 3, 10_000];
+        let one = Pads {
+            top: 1,
+            left: 1,
+            bottom: 1,
+            right: 1,
+        };
+        let l = layout(&wide, &[2], &[2], &[1, 2, 1, 1], &[1, 2, 1, 1], None, one).unwrap();
+        assert_eq!(NormPlan::new(&l).unwrap().apply_splits, 5);
+        // More planes than one launch's grid.y holds.
+        let many = [1024i64, 128, 2, 2];
+        let per = [1024i64, 128, 1, 1];
+        let l = layout(&many, &[128], &[128], &per, &per, None, none).unwrap();
+        assert!(NormPlan::new(&l).unwrap_err().contains("65,535"));
     }
 }
