@@ -295,18 +295,9 @@ fn spawn(spec: &ChildSpec) -> Result<Child> {
     if let (Some(level), None) = (&spec.log, std::env::var_os("FRAMEWISE_LOG")) {
         cmd.env("FRAMEWISE_LOG", level);
     }
-    // SAFETY: prctl and signal are async-signal-safe and touch only the child being started. A
-    // child whose supervisor dies (even by SIGKILL) gets SIGTERM and drains like on a stop. The
-    // drain is a SIGINT, so the child starts with its default action whatever this process
-    // inherited: a supervisor started with `&` from a script ignores SIGINT, and a child
-    // inheriting that could not be drained (a shell cannot even trap it), only killed.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
-            Ok(())
-        });
-    }
+    // A child whose supervisor dies (even by SIGKILL) gets SIGTERM and drains like on a stop;
+    // SIGINT (the drain) has its default action whatever this process inherited.
+    framewise_common::process::die_with_parent(cmd.as_std_mut());
     cmd.spawn().with_context(|| {
         format!(
             "starting the worker process for GPU {} ({})",

@@ -5,6 +5,7 @@ pub mod bearer;
 pub mod config;
 pub mod device;
 pub mod plan;
+pub mod process;
 pub mod storage;
 pub mod style;
 

@@ -76,7 +76,9 @@ impl Local {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        die_with_parent(&mut cmd);
+        // SIGTERM when the actors' thread (which lives as long as the coordinator) ends, so a
+        // killed coordinator leaves no unmanaged worker behind; SIGINT drains.
+        framewise_common::process::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {} worker: {e}", self.bin.display()))?;
@@ -91,33 +93,6 @@ impl Local {
         Ok(())
     }
 }
-
-/// The children get SIGTERM when the thread that started them (the actors' thread, which lives
-/// as long as the coordinator) ends, so a killed coordinator leaves no unmanaged worker behind.
-#[cfg(target_os = "linux")]
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: prctl, signal, getppid and raise are async-signal-safe and nothing here allocates.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Drained with SIGINT: its default action, even where the coordinator inherited
-            // an ignored SIGINT (started with `&` from a script).
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
-            // The coordinator died between fork and prctl.
-            if libc::getppid() != parent {
-                libc::raise(libc::SIGTERM);
-            }
-            Ok(())
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_parent(_: &mut Command) {}
 
 fn describe(s: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
