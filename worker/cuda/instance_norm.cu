@@ -16,14 +16,21 @@
 
 #define THREADS 256
 
-__device__ __forceinline__ float warp_sum(float v) {
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
     return v;
 }
 
-__device__ __forceinline__ double warp_sum_d(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    return v;
+// Each warp's sums of a and b into wa[warp] and wb[warp] (then __syncthreads and add them).
+template <typename T>
+__device__ __forceinline__ void warp_sums_to_shared(T a, T b, T* wa, T* wb) {
+    a = warp_sum(a);
+    b = warp_sum(b);
+    if (threadIdx.x % 32 == 0) {
+        wa[threadIdx.x / 32] = a;
+        wb[threadIdx.x / 32] = b;
+    }
 }
 
 // Sums of x - k and (x - k)^2 over elements [start, end) of one channel `xc`.
@@ -59,13 +66,8 @@ fw_norm_stats(const float* __restrict__ x, float* __restrict__ partial, long lon
     float s1 = 0.f, s2 = 0.f;
     chunk_sums(xc, k, start, end, vec, s1, s2);
     __shared__ float w1[THREADS / 32], w2[THREADS / 32];
-    s1 = warp_sum(s1);
-    s2 = warp_sum(s2);
+    warp_sums_to_shared(s1, s2, w1, w2);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) {
-        w1[warp] = s1;
-        w2[warp] = s2;
-    }
     __syncthreads();
     if (warp == 0) {
         s1 = lane < THREADS / 32 ? w1[lane] : 0.f;
@@ -116,13 +118,8 @@ fw_norm_apply(const float* x, float* y,  // y may be x (in place, unpadded)
         d1 += (double)p[2 * i];
         d2 += (double)p[2 * i + 1];
     }
-    d1 = warp_sum_d(d1);
-    d2 = warp_sum_d(d2);
+    warp_sums_to_shared(d1, d2, w1, w2);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) {
-        w1[warp] = d1;
-        w2[warp] = d2;
-    }
     // Warp 0 mixes the style's gamma and beta, one style per lane (a loop in one thread made
     // every block wait for 2 x styles dependent loads).
     if (warp == 0) {
@@ -132,8 +129,8 @@ fw_norm_apply(const float* x, float* y,  // y may be x (in place, unpadded)
                 g += (double)mix[i] * (double)gamma[i * channels + c];
                 bt += (double)mix[i] * (double)beta[i * channels + c];
             }
-            g = warp_sum_d(g);
-            bt = warp_sum_d(bt);
+            g = warp_sum(g);
+            bt = warp_sum(bt);
         } else if (lane == 0) {
             g = (double)gamma[gamma_per_image ? ch : c];
             bt = (double)beta[beta_per_image ? ch : c];
