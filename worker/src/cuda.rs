@@ -7,9 +7,11 @@
 //! several pipelines per GPU that is several cores taken from x264 and the decoders. Blocking
 //! sync makes the waiting thread sleep instead.
 
-use libloading::{Library, Symbol};
-use std::collections::HashSet;
-use std::sync::Mutex;
+use crate::norm_op::Layout;
+use libloading::Library;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::sync::{Mutex, OnceLock};
 
 /// CU_CTX_SCHED_BLOCKING_SYNC in cuda.h.
 const SCHED_BLOCKING_SYNC: u32 = 0x04;
@@ -23,47 +25,24 @@ pub fn blocking_sync(device: u32) -> Result<(), String> {
     if !done.get_or_insert_with(HashSet::new).insert(device) {
         return Ok(());
     }
-    // SAFETY: libcuda.so.1 is the NVIDIA driver's library; the three functions are called with
-    // the signatures cuda.h declares (CUresult is an int, CUdevice an int), and the library
-    // stays loaded for the life of the process (ONNX Runtime's CUDA provider uses it too).
+    let d = driver()?;
+    let mut dev = 0i32;
+    // SAFETY: driver calls with the signatures cuda.h declares and an out-pointer to a local.
     unsafe {
-        let lib = Library::new("libcuda.so.1").map_err(|e| format!("libcuda.so.1: {e}"))?;
-        let init: Symbol<unsafe extern "C" fn(u32) -> i32> =
-            lib.get(b"cuInit\0").map_err(|e| e.to_string())?;
-        let get: Symbol<unsafe extern "C" fn(*mut i32, i32) -> i32> =
-            lib.get(b"cuDeviceGet\0").map_err(|e| e.to_string())?;
-        let set: Symbol<unsafe extern "C" fn(i32, u32) -> i32> = lib
-            .get(b"cuDevicePrimaryCtxSetFlags_v2\0")
-            .map_err(|e| e.to_string())?;
-        let rc = init(0);
-        if rc != 0 {
-            return Err(format!("cuInit failed with CUresult {rc}"));
-        }
-        let mut dev = 0i32;
-        let rc = get(&mut dev, device as i32);
-        if rc != 0 {
-            return Err(format!("cuDeviceGet({device}) failed with CUresult {rc}"));
-        }
-        let rc = set(dev, SCHED_BLOCKING_SYNC);
-        if rc != 0 {
-            return Err(format!(
-                "cuDevicePrimaryCtxSetFlags on GPU {device} failed with CUresult {rc}"
-            ));
-        }
-        std::mem::forget(lib);
+        check(d, (d.device_get)(&mut dev, device as i32), "cuDeviceGet")?;
+        check(
+            d,
+            (d.primary_ctx_set_flags)(dev, SCHED_BLOCKING_SYNC),
+            "cuDevicePrimaryCtxSetFlags",
+        )
     }
-    Ok(())
+    .map_err(|e| format!("GPU {device}: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
 // The fused normalisation's kernels (worker/cuda/instance_norm.cu, norm_op.rs), launched through
 // the driver API on ONNX Runtime's stream: the PTX is embedded and compiled by the driver for
 // the GPU at hand, once per device, so the worker needs no CUDA toolkit.
-
-use crate::norm_op::Layout;
-use std::collections::HashMap;
-use std::ffi::{c_char, c_void, CStr, CString};
-use std::sync::OnceLock;
 
 /// The kernels' PTX, from scripts/ptx.sh.
 const NORM_PTX: &str = include_str!("../cuda/instance_norm.ptx");
@@ -74,11 +53,13 @@ const NORM_CHUNK: u32 = 8192;
 
 type CuResult = i32;
 
-/// The driver functions used, resolved once per process.
+/// The driver functions used, resolved once per process (libcuda.so.1 stays loaded: ONNX
+/// Runtime's CUDA provider uses it too).
 struct Driver {
     init: unsafe extern "C" fn(u32) -> CuResult,
     device_get: unsafe extern "C" fn(*mut i32, i32) -> CuResult,
     primary_ctx_retain: unsafe extern "C" fn(*mut *mut c_void, i32) -> CuResult,
+    primary_ctx_set_flags: unsafe extern "C" fn(i32, u32) -> CuResult,
     ctx_get_current: unsafe extern "C" fn(*mut *mut c_void) -> CuResult,
     ctx_set_current: unsafe extern "C" fn(*mut c_void) -> CuResult,
     module_load_data: unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> CuResult,
@@ -129,6 +110,7 @@ fn driver() -> Result<&'static Driver, String> {
                     init: sym!(b"cuInit\0"),
                     device_get: sym!(b"cuDeviceGet\0"),
                     primary_ctx_retain: sym!(b"cuDevicePrimaryCtxRetain\0"),
+                    primary_ctx_set_flags: sym!(b"cuDevicePrimaryCtxSetFlags_v2\0"),
                     ctx_get_current: sym!(b"cuCtxGetCurrent\0"),
                     ctx_set_current: sym!(b"cuCtxSetCurrent\0"),
                     module_load_data: sym!(b"cuModuleLoadData\0"),
@@ -161,19 +143,26 @@ fn check(d: &Driver, rc: CuResult, call: &str) -> Result<(), String> {
     Err(format!("{call} failed with CUresult {rc} ({text})"))
 }
 
-/// The module loaded into a device's primary context (the one ONNX Runtime uses).
-#[derive(Clone, Copy)]
-struct Loaded {
+/// The kernels loaded into a device's primary context (the one ONNX Runtime uses). Each fused
+/// node keeps a copy after its first run, so launches take no process-wide lock.
+#[derive(Clone, Copy, Debug)]
+pub struct NormKernels {
     ctx: usize,
     stats: usize,
     apply: usize,
 }
 
-static LOADED: Mutex<Option<HashMap<i32, Loaded>>> = Mutex::new(None);
+static LOADED: Mutex<Option<HashMap<i32, NormKernels>>> = Mutex::new(None);
 
-/// Makes `device`'s primary context current on this thread, loading the kernels into it the
-/// first time (the driver compiles the PTX then: tens of milliseconds, once per device).
-fn kernels(d: &Driver, device: i32) -> Result<Loaded, String> {
+impl NormKernels {
+    /// The kernels on `device`, loaded the first time (the driver compiles the PTX then: tens
+    /// of milliseconds, once per device and process).
+    pub fn on(device: i32) -> Result<Self, String> {
+        load_kernels(driver()?, device)
+    }
+}
+
+fn load_kernels(d: &Driver, device: i32) -> Result<NormKernels, String> {
     let mut map = LOADED.lock().unwrap_or_else(|p| p.into_inner());
     let map = map.get_or_insert_with(HashMap::new);
     // SAFETY: driver calls with out-pointers to locals; the PTX image is NUL-terminated.
@@ -205,7 +194,7 @@ fn kernels(d: &Driver, device: i32) -> Result<Loaded, String> {
                         "cuModuleGetFunction",
                     )?;
                 }
-                let k = Loaded {
+                let k = NormKernels {
                     ctx: ctx as usize,
                     stats: f[0] as usize,
                     apply: f[1] as usize,
@@ -214,7 +203,6 @@ fn kernels(d: &Driver, device: i32) -> Result<Loaded, String> {
                 k
             }
         };
-        make_current(d, k.ctx as *mut c_void)?;
         Ok(k)
     }
 }
@@ -289,7 +277,7 @@ impl NormPlan {
 /// Blocks per plane of fw_norm_apply: chunks of NORM_CHUNK values, or with padding groups of
 /// max(1, NORM_CHUNK / out_w) whole rows (the kernel's own split).
 fn apply_blocks(l: &Layout, out_h: usize, out_w: usize) -> usize {
-    if l.pads == crate::norm_op::Pads::default() {
+    if !l.padded() {
         (out_h * out_w).div_ceil(NORM_CHUNK as usize).max(1)
     } else {
         out_h.div_ceil((NORM_CHUNK as usize / out_w).max(1)).max(1)
@@ -309,12 +297,12 @@ pub struct NormPtrs {
 /// Queues the two kernels on `stream` (ONNX Runtime's, so they run in order with the graph).
 ///
 /// # Safety
-/// `stream` is a CUDA stream of `device`, and `t` holds addresses of live memory on it: x and y
+/// `stream` is a CUDA stream of `k`'s device, and `t` holds addresses of live memory on it: x and y
 /// of `p`'s input and output planes (the same address only without padding), the scratch of `p.scratch_floats()`, scale and bias of
 /// one value per channel, gamma and beta as `p` was planned for, mix (unless 0) p's styles. The kernels read and write
 /// them after this returns, in stream order.
 pub unsafe fn launch_norm(
-    device: i32,
+    k: &NormKernels,
     stream: *mut c_void,
     p: &NormPlan,
     t: &NormPtrs,
@@ -322,7 +310,8 @@ pub unsafe fn launch_norm(
     relu: bool,
 ) -> Result<(), String> {
     let d = driver()?;
-    let k = kernels(d, device)?;
+    // SAFETY: the context is the device's primary one, retained for the life of the process.
+    unsafe { make_current(d, k.ctx as *mut c_void)? };
     // float4 loads need 16-byte alignment of every plane.
     let vec = i32::from(p.plane % 4 == 0 && t.x.is_multiple_of(16) && t.y.is_multiple_of(16));
     let (mut x, mut y, mut s) = (t.x, t.y, t.scratch);

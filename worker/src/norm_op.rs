@@ -52,6 +52,11 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// Whether the output is padded (its planes larger than the input's).
+    pub fn padded(&self) -> bool {
+        self.pads != Pads::default()
+    }
+
     /// Height and width of an output plane.
     pub fn out_hw(&self) -> (usize, usize) {
         let h = self.plane / self.width;
@@ -64,7 +69,7 @@ impl Layout {
     /// The output's shape: x's with H and W padded.
     pub fn out_shape(&self, x: &[i64]) -> Vec<i64> {
         let mut s = x.to_vec();
-        if self.pads != Pads::default() {
+        if self.padded() {
             let (h, w) = self.out_hw();
             s[2] = h as i64;
             s[3] = w as i64;
@@ -163,35 +168,29 @@ pub fn layout(
             _ => Err(bad()),
         }
     };
-    if let Some(w) = mix {
-        let &[styles] = w else {
-            return Err(format!("input style_weights has shape {w:?}; expected [S]"));
-        };
-        for (name, m) in [("gamma", gamma), ("beta", beta)] {
-            if m != [styles, c as i64] {
-                return Err(format!(
-                    "input {name} has shape {m:?}; expected [{styles}, {c}] (style weights x X's channels)"
-                ));
+    let (gamma_per_image, beta_per_image, styles) = match mix {
+        Some(w) => {
+            let &[styles] = w else {
+                return Err(format!("input style_weights has shape {w:?}; expected [S]"));
+            };
+            for (name, m) in [("gamma", gamma), ("beta", beta)] {
+                if m != [styles, c as i64] {
+                    return Err(format!(
+                        "input {name} has shape {m:?}; expected [{styles}, {c}] (style weights x X's channels)"
+                    ));
+                }
             }
+            (false, false, styles as usize)
         }
-        return Ok(Layout {
-            images: n,
-            channels: c,
-            plane,
-            gamma_per_image: false,
-            beta_per_image: false,
-            styles: styles as usize,
-            width,
-            pads,
-        });
-    }
+        None => (per_image("gamma", gamma)?, per_image("beta", beta)?, 0),
+    };
     Ok(Layout {
         images: n,
         channels: c,
         plane,
-        gamma_per_image: per_image("gamma", gamma)?,
-        beta_per_image: per_image("beta", beta)?,
-        styles: 0,
+        gamma_per_image,
+        beta_per_image,
+        styles,
         width,
         pads,
     })
@@ -277,7 +276,7 @@ pub fn normalize(x: &[f32], y: &mut [f32], l: &Layout, p: &Params, eps: f32, rel
                 r
             }
         };
-        if l.pads == Pads::default() {
+        if !l.padded() {
             for (o, &v) in yc.iter_mut().zip(xc) {
                 *o = f(v);
             }
@@ -439,21 +438,37 @@ impl Operator for OnCuda {
     }
 
     fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
-        Ok(CudaKernel(Attrs::of(k)?))
+        Ok(CudaKernel {
+            attrs: Attrs::of(k)?,
+            kernels: None,
+        })
     }
 }
 
-struct CudaKernel(Attrs);
+struct CudaKernel {
+    attrs: Attrs,
+    /// The device's loaded kernels, from the first run on.
+    kernels: Option<(i32, crate::cuda::NormKernels)>,
+}
 
 impl Kernel for CudaKernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
         let t = inputs_of(ctx)?;
-        let l = layout_of(&t, self.0.pads)?;
+        let l = layout_of(&t, self.attrs.pads)?;
         let stream = ctx
             .stream()?
             .ok_or_else(|| ort::Error::new(format!("{OP}: no CUDA stream")))?;
         let info = t[0].memory_info();
         let device = info.device_id();
+        let kernels = match self.kernels {
+            Some((d, k)) if d == device => k,
+            _ => {
+                let k = crate::cuda::NormKernels::on(device)
+                    .map_err(|e| ort::Error::new(format!("{OP} on GPU {device}: {e}")))?;
+                self.kernels = Some((device, k));
+                k
+            }
+        };
         let plan = crate::cuda::NormPlan::new(&l).map_err(ort::Error::new)?;
         let alloc = ctx.allocator(info)?;
         let mut scratch = alloc.alloc::<f32>(plan.scratch_floats())?;
@@ -475,12 +490,12 @@ impl Kernel for CudaKernel {
         // (ONNX Runtime orders its own reuse of them on the same stream).
         unsafe {
             crate::cuda::launch_norm(
-                device,
+                &kernels,
                 stream.as_ptr(),
                 &plan,
                 &ptrs,
-                self.0.eps,
-                self.0.relu,
+                self.attrs.eps,
+                self.attrs.relu,
             )
         }
         .map_err(|e| ort::Error::new(format!("{OP} on GPU {device}: {e}")))
