@@ -334,20 +334,22 @@ impl<'g> Index<'g> {
     }
 }
 
+/// A reduction's or Unsqueeze's axes: its second input (a constant, opset 13 and later) or its
+/// `axes` attribute (earlier opsets).
+fn axes_of(ix: &Index, n: &NodeProto) -> Option<Vec<i64>> {
+    match n.input.get(1).filter(|s| !s.is_empty()) {
+        Some(a) => tensor_i64(ix.constants.get(a.as_str())?),
+        None => attr_ints(n, "axes"),
+    }
+}
+
 /// ReduceMean over the spatial axes of a 4-d tensor, keeping dims (axes as attribute or input).
 fn is_spatial_mean(ix: &Index, n: &NodeProto) -> bool {
     if n.op_type() != "ReduceMean" || attr_int(n, "keepdims").unwrap_or(1) != 1 {
         return false;
     }
-    let axes = match n.input.get(1).filter(|s| !s.is_empty()) {
-        Some(a) => match ix.constants.get(a.as_str()).and_then(|t| tensor_i64(t)) {
-            Some(v) => v,
-            None => return false,
-        },
-        None => match attr_ints(n, "axes") {
-            Some(v) => v,
-            None => return false,
-        },
+    let Some(axes) = axes_of(ix, n) else {
+        return false;
     };
     let mut axes: Vec<i64> = axes
         .iter()
@@ -494,6 +496,13 @@ pub fn fuse_instance_norm(g: &mut GraphProto) -> usize {
             ),
         );
     }
+    splice(g, &dead, insert);
+    n
+}
+
+/// Rebuilds the node list: each new node goes where `insert` says (before the node of that
+/// index, which is usually among the dead), the `dead` ones are dropped.
+fn splice(g: &mut GraphProto, dead: &HashSet<usize>, mut insert: HashMap<usize, NodeProto>) {
     let old = std::mem::take(&mut g.node);
     for (i, nd) in old.into_iter().enumerate() {
         if let Some(new) = insert.remove(&i) {
@@ -503,34 +512,18 @@ pub fn fuse_instance_norm(g: &mut GraphProto) -> usize {
             g.node.push(nd);
         }
     }
-    n
 }
 
 /// Whether `name` holds one value per channel of a 4-d NCHW tensor whatever the channel count:
 /// a constant, or a Reshape to a constant shape, of dims [1, c, 1, 1] or [c, 1, 1] (c may be
 /// -1). Anything else may broadcast along other axes, which the fused op does not.
 fn is_per_channel(ix: &Index, g: &GraphProto, name: &str) -> bool {
-    let dims = match ix.constants.get(name) {
-        Some(t) => t.dims.clone(),
-        None => {
-            let Some(i) = ix.produced_by(g, name, "Reshape") else {
-                return false;
-            };
-            let Some(shape) = g.node[i]
-                .input
-                .get(1)
-                .and_then(|s| ix.constants.get(s.as_str()))
-            else {
-                return false;
-            };
-            match tensor_i64(shape) {
-                Some(v) => v,
-                None => return false,
-            }
-        }
-    };
+    let dims = ix.constants.get(name).map(|t| t.dims.clone()).or_else(|| {
+        let i = ix.produced_by(g, name, "Reshape")?;
+        tensor_i64(ix.constants.get(g.node[i].input.get(1)?.as_str())?)
+    });
     let c = |d: i64| d > 0 || d == -1;
-    matches!(dims.as_slice(), [1, d, 1, 1] | [d, 1, 1] if c(*d))
+    matches!(dims.as_deref(), Some([1, d, 1, 1] | [d, 1, 1]) if c(*d))
 }
 
 /// Where `name` is a conditional normalisation's style mix as PyTorch exports it,
@@ -543,11 +536,7 @@ fn style_mix(ix: &Index, g: &GraphProto, name: &str) -> Option<(String, String)>
     if ix.consumers_of(sum_out).len() != 1 || attr_int(&g.node[isum], "keepdims") != Some(0) {
         return None;
     }
-    let axes = match g.node[isum].input.get(1) {
-        Some(a) => tensor_i64(ix.constants.get(a.as_str())?)?,
-        None => attr_ints(&g.node[isum], "axes")?,
-    };
-    if axes != [0] {
+    if axes_of(ix, &g.node[isum])? != [0] {
         return None;
     }
     let mul_out = g.node[isum].input.first()?;
@@ -561,10 +550,7 @@ fn style_mix(ix: &Index, g: &GraphProto, name: &str) -> Option<(String, String)>
         _ => return None,
     };
     let iu = ix.produced_by(g, u, "Unsqueeze")?;
-    let axes = match g.node[iu].input.get(1) {
-        Some(a) => tensor_i64(ix.constants.get(a.as_str())?)?,
-        None => attr_ints(&g.node[iu], "axes")?,
-    };
+    let axes = axes_of(ix, &g.node[iu])?;
     let w = g.node[iu].input.first()?;
     let w_dims = g
         .input
@@ -692,14 +678,7 @@ pub fn fuse_norm_affine(g: &mut GraphProto) -> NormOps {
         dead.extend(f.remove);
         insert.insert(f.at, f.node);
     }
-    let old = std::mem::take(&mut g.node);
-    for (i, nd) in old.into_iter().enumerate() {
-        match insert.remove(&i) {
-            Some(new) => g.node.push(new),
-            None if !dead.contains(&i) => g.node.push(nd),
-            None => {}
-        }
-    }
+    splice(g, &dead, insert);
     counts
 }
 
