@@ -215,7 +215,7 @@ pub struct BenchArgs {
     /// Frames per run (when the model takes a batch, as the rewritten one does).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// auto (a rewritten model that passes its quality gate and is faster here), on (one that passes the gate), off, or a variant to pin (fused-u8, fused-u8-fp16, fused-u8-tf32, fused-u8-tf32-norm; still gated).
+    /// auto (a rewritten model that passes its quality gate and is faster here), on (one that passes the gate), off, or a variant to pin (fused-u8, fused-u8-fp16, fused-u8-tf32, fused-u8-tf32-norm, fused-u8-fp16-norm-nhwc; still gated).
     #[arg(long)]
     pub optimize: Option<String>,
     #[arg(short, long)]

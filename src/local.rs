@@ -725,8 +725,11 @@ pub fn optimize_model(a: OptimizeArgs) -> Result<ExitCode> {
             "batch" => r.dynamic_batch = true,
             "pixels" => r.pixels_into_first_conv = true,
             "norm" => r.norm_op = true,
+            "nhwc" => r.channels_last = true,
             other => {
-                bail!("--rewrites: {other:?} is not one of fuse, u8, fp16, batch, pixels, norm")
+                bail!(
+                    "--rewrites: {other:?} is not one of fuse, u8, fp16, batch, pixels, norm, nhwc"
+                )
             }
         }
     }
@@ -741,7 +744,7 @@ pub fn optimize_model(a: OptimizeArgs) -> Result<ExitCode> {
         optimize(&bytes, &io, r).map_err(|e| anyhow!("model {}: {e}", m.path.display()))?;
     std::fs::write(&a.output, out).with_context(|| format!("writing {}", a.output.display()))?;
     println!(
-        "optimize-model: {} -> {}: {} instance normalisations fused, {} as framewise's op ({} with their ReLU, {} mixing their style, {} writing the next reflect padding), uint8 I/O {}, pixels into the first convolution {}, {} tensors in fp16, {} -> {} nodes",
+        "optimize-model: {} -> {}: {} instance normalisations fused, {} as framewise's op ({} with their ReLU, {} mixing their style, {} writing the next reflect padding, {} channels last), uint8 I/O {}, pixels into the first convolution {}, {} tensors in fp16, {} -> {} nodes",
         m.path.display(),
         a.output.display(),
         report.fused_instance_norms,
@@ -749,6 +752,7 @@ pub fn optimize_model(a: OptimizeArgs) -> Result<ExitCode> {
         report.norm_ops.with_relu,
         report.norm_ops.with_style_mix,
         report.norm_ops.with_pad,
+        report.channels_last_ops,
         if report.uint8_io { "yes" } else { "no" },
         if report.pixels_into_first_conv { "yes" } else { "no" },
         report.fp16_tensors,

@@ -49,7 +49,7 @@ fn cpu_gets_the_fused_uint8_model_and_the_same_pictures() {
         .to_string_lossy()
         .into_owned();
     assert!(
-        name.ends_with("-fused-u8-v7.onnx") && name.len() > 30,
+        name.ends_with("-fused-u8-v8.onnx") && name.len() > 30,
         "{name}"
     );
 
@@ -229,4 +229,41 @@ fn framewise_norm_op_keeps_the_pictures() {
     assert_eq!(report.norm_ops.fused, 18, "{report:?}");
     assert_eq!(report.norm_ops.with_pad, 9, "{report:?}");
     assert!(db.iter().all(|&p| p >= 60.0), "{db:?} dB");
+}
+
+#[test]
+fn channels_last_norm_op_keeps_the_pictures() {
+    // The fused op working channels last between transposes (the layout ONNX Runtime's NHWC
+    // convolutions want): the same pictures as ONNX Runtime's own ops, at an odd size.
+    let mut mix = vec![0.0f32; 26];
+    mix[5] = 1.0;
+    let (db, report) = rewrite_pair(
+        |r| {
+            r.norm_op = true;
+            r.channels_last = true;
+        },
+        (97, 61),
+        &mix,
+    );
+    assert_eq!(report.channels_last_ops, 18, "{report:?}");
+    assert!(db.iter().all(|&p| p >= 60.0), "{db:?} dB");
+}
+
+#[test]
+fn half_channels_last_norm_op_runs_and_stays_close() {
+    // fp16 convolutions with the op's half form (its CPU kernel here; GPUs run the half
+    // kernels): it loads, and the pictures stay within the fp16 variants' 40 dB gate of fp32.
+    let (db, report) = rewrite_pair(
+        |r| {
+            r.norm_op = true;
+            r.channels_last = true;
+            r.fp16 = true;
+            r.pixels_into_first_conv = true;
+        },
+        (97, 61),
+        &[0.0; 26].map(|_: f32| 1.0 / 26.0),
+    );
+    assert_eq!(report.channels_last_ops, 18, "{report:?}");
+    assert!(report.fp16_tensors > 0, "{report:?}");
+    assert!(db.iter().all(|&p| p >= 40.0), "{db:?} dB");
 }

@@ -428,6 +428,7 @@ pub const OPTIMIZE_MODES: &[&str] = &[
     "fused-u8-fp16",
     "fused-u8-tf32",
     "fused-u8-tf32-norm",
+    "fused-u8-fp16-norm-nhwc",
 ];
 
 impl Default for WorkerConfig {

@@ -97,21 +97,16 @@ __device__ __forceinline__ int reflect(int i, int n) {
 // normalisation). The input plane is hw = in_h x in_w values; the output plane out_h x out_w,
 // the input reflected by pad_top / pad_left (and whatever bottom and right padding out_h and
 // out_w leave): the Pad that feeds the next convolution, folded in.
-extern "C" __global__ void __launch_bounds__(THREADS)
-fw_norm_apply(const float* x, float* y,  // y may be x (in place, unpadded)
-              const float* __restrict__ partial, int splits, long long hw, int chunk, int vec,
-              const float* __restrict__ scale, const float* __restrict__ bias,
-              const float* __restrict__ gamma, const float* __restrict__ beta, int channels,
-              int gamma_per_image, int beta_per_image, float eps, int relu,
-              const float* __restrict__ mix, int styles, int in_w, int out_h, int out_w,
-              int pad_top, int pad_left) {
-    const long long ch = blockIdx.y;
-    const int c = (int)(ch % channels);
-    const long long out_hw = (long long)out_h * out_w;
-    const float* xc = x + ch * hw;
-    float* yc = y + ch * out_hw;
+// The mean, factor and offset of plane `ch` (image x channels + channel) into coef[0..3]:
+// y = act((x - mean) * coef[1] + coef[2]) with mean = coef[0]. Called by every thread of the
+// block (it synchronises); its partial sums are the ones fw_norm_stats* wrote.
+__device__ __forceinline__ void plane_coefficients(
+    const float* __restrict__ partial, int splits, long long hw, long long ch, int c,
+    const float* __restrict__ scale, const float* __restrict__ bias,
+    const float* __restrict__ gamma, const float* __restrict__ beta, int channels,
+    int gamma_per_image, int beta_per_image, float eps, const float* __restrict__ mix, int styles,
+    float* coef) {
     __shared__ double w1[THREADS / 32], w2[THREADS / 32], gb[2];
-    __shared__ float coef[3];
     const float* p = partial + ch * (2 * splits + 1);
     double d1 = 0.0, d2 = 0.0;
     for (int i = threadIdx.x; i < splits; i += blockDim.x) {
@@ -160,6 +155,24 @@ fw_norm_apply(const float* x, float* y,  // y may be x (in place, unpadded)
         coef[2] = (float)((double)bias[c] * g + bt);
     }
     __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+fw_norm_apply(const float* x, float* y,  // y may be x (in place, unpadded)
+              const float* __restrict__ partial, int splits, long long hw, int chunk, int vec,
+              const float* __restrict__ scale, const float* __restrict__ bias,
+              const float* __restrict__ gamma, const float* __restrict__ beta, int channels,
+              int gamma_per_image, int beta_per_image, float eps, int relu,
+              const float* __restrict__ mix, int styles, int in_w, int out_h, int out_w,
+              int pad_top, int pad_left) {
+    const long long ch = blockIdx.y;
+    const int c = (int)(ch % channels);
+    const long long out_hw = (long long)out_h * out_w;
+    const float* xc = x + ch * hw;
+    float* yc = y + ch * out_hw;
+    __shared__ float coef[3];
+    plane_coefficients(partial, splits, hw, ch, c, scale, bias, gamma, beta, channels,
+                       gamma_per_image, beta_per_image, eps, mix, styles, coef);
     // (x - mean) * a + b: folding the mean into b would lose digits when it is large.
     const float mean = coef[0], a = coef[1], b = coef[2];
     const long long start = (long long)blockIdx.x * chunk;
@@ -201,4 +214,204 @@ fw_norm_apply(const float* x, float* y,  // y may be x (in place, unpadded)
             yc[i] = relu ? fmaxf(r, 0.f) : r;
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Channels last: x [N, H, W, C] (what cuDNN's tensor-core convolutions read and write, so an
+// NHWC model needs no layout transposes around them), float or half values (the sums and the
+// coefficients stay float / double). Three launches: fw_norm_stats_nhwc_* (grid (splits,
+// images): a chunk of pixels, all channels; same partial layout as fw_norm_stats),
+// fw_norm_coefficients (grid images * channels: coef[ch] = mean, factor, offset),
+// fw_norm_apply_nhwc_* (grid (out_h, images): one output row, reflect-padded, per block).
+
+__device__ __forceinline__ float load(const float* p) { return *p; }
+// Half values as their 16 bits (cuda_fp16.h needs CCCL headers the PyPI nvcc lacks).
+typedef unsigned short half_bits;
+__device__ __forceinline__ float load(const half_bits* p) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(*p));
+    return f;
+}
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(half_bits* p, float v) {
+    half_bits h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    *p = h;
+}
+
+// V values of x at p into o (float): one 16-byte load when V > 1 (p then 16-byte aligned).
+template <int V, typename T>
+__device__ __forceinline__ void load_v(const T* p, float* o) {
+    if constexpr (V == 1) {
+        o[0] = load(p);
+    } else if constexpr (sizeof(T) == 4) {
+        const float4 q = *reinterpret_cast<const float4*>(p);
+        o[0] = q.x;
+        o[1] = q.y;
+        o[2] = q.z;
+        o[3] = q.w;
+    } else {
+        const uint4 q = *reinterpret_cast<const uint4*>(p);
+        const unsigned w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const half_bits lo = (half_bits)(w[k] & 0xffffu), hi = (half_bits)(w[k] >> 16);
+            o[2 * k] = load(&lo);
+            o[2 * k + 1] = load(&hi);
+        }
+    }
+}
+
+// V values o into y at p, rounded to T; one 16-byte store when V > 1.
+template <int V, typename T>
+__device__ __forceinline__ void store_v(T* p, const float* o) {
+    if constexpr (V == 1) {
+        store(p, o[0]);
+    } else if constexpr (sizeof(T) == 4) {
+        *reinterpret_cast<float4*>(p) = make_float4(o[0], o[1], o[2], o[3]);
+    } else {
+        unsigned w[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            half_bits lo, hi;
+            store(&lo, o[2 * k]);
+            store(&hi, o[2 * k + 1]);
+            w[k] = (unsigned)lo | ((unsigned)hi << 16);
+        }
+        *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+}
+
+// Thread t sums channels g*V .. g*V+V-1 (g = t % G, G = channels / V groups) over pixels
+// t / G, + per, ... of the block's chunk (per = THREADS / G pixels per pass, so a warp reads
+// contiguous memory, 16 bytes per thread when V > 1); shift k = the image's first pixel.
+// channels <= THREADS, channels % V == 0.
+template <int V, typename T>
+__device__ __forceinline__ void stats_nhwc(const T* __restrict__ x, float* __restrict__ partial,
+                                           long long hw, int channels, int chunk) {
+    const long long n = blockIdx.y;
+    const T* xi = x + n * hw * channels;
+    const int groups = channels / V, per = THREADS / groups;
+    const int g = threadIdx.x % groups, p0 = threadIdx.x / groups;
+    float k[V], s1[V], s2[V], v[V];
+    load_v<V>(xi + g * V, k);
+#pragma unroll
+    for (int j = 0; j < V; j++) s1[j] = s2[j] = 0.f;
+    if (p0 < per) {
+        const long long start = (long long)blockIdx.x * chunk;
+        const long long end = min(start + (long long)chunk, hw);
+        const T* q = xi + (start + p0) * channels + g * V;
+        const long long step = (long long)per * channels;
+        for (long long i = start + p0; i < end; i += per, q += step) {
+            load_v<V>(q, v);
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                const float a = v[j] - k[j];
+                s1[j] += a;
+                s2[j] += a * a;
+            }
+        }
+    }
+    __shared__ float w1[THREADS * 8], w2[THREADS * 8];
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        w1[threadIdx.x * V + j] = s1[j];
+        w2[threadIdx.x * V + j] = s2[j];
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < channels; c += blockDim.x) {
+        // Thread (pass pp, group c / V) kept channel c at w[(pp * groups + c / V) * V + c % V].
+        float t1 = 0.f, t2 = 0.f;
+        for (int pp = 0; pp < per; pp++) {
+            const int at = (pp * groups + c / V) * V + c % V;
+            t1 += w1[at];
+            t2 += w2[at];
+        }
+        float* p = partial + (n * channels + c) * (2 * gridDim.x + 1);
+        p[2 * blockIdx.x] = t1;
+        p[2 * blockIdx.x + 1] = t2;
+        if (blockIdx.x == 0) p[2 * gridDim.x] = load(xi + c);
+    }
+}
+
+// vec: channels % V == 0 and x 16-byte aligned (V = 4 floats or 8 halves), else one value per
+// load.
+extern "C" __global__ void __launch_bounds__(THREADS)
+fw_norm_stats_nhwc_f32(const float* __restrict__ x, float* __restrict__ partial, long long hw,
+                       int channels, int chunk, int vec) {
+    if (vec) stats_nhwc<4>(x, partial, hw, channels, chunk);
+    else stats_nhwc<1>(x, partial, hw, channels, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+fw_norm_stats_nhwc_f16(const half_bits* __restrict__ x, float* __restrict__ partial,
+                       long long hw, int channels, int chunk, int vec) {
+    if (vec) stats_nhwc<8>(x, partial, hw, channels, chunk);
+    else stats_nhwc<1>(x, partial, hw, channels, chunk);
+}
+
+// grid images * channels: the coefficients of every plane into coef [images * channels, 3].
+extern "C" __global__ void __launch_bounds__(THREADS)
+fw_norm_coefficients(const float* __restrict__ partial, int splits, long long hw,
+                     const float* __restrict__ scale, const float* __restrict__ bias,
+                     const float* __restrict__ gamma, const float* __restrict__ beta,
+                     int channels, int gamma_per_image, int beta_per_image, float eps,
+                     const float* __restrict__ mix, int styles, float* __restrict__ coef) {
+    const long long ch = blockIdx.x;
+    __shared__ float cf[3];
+    plane_coefficients(partial, splits, hw, ch, (int)(ch % channels), scale, bias, gamma, beta,
+                       channels, gamma_per_image, beta_per_image, eps, mix, styles, cf);
+    if (threadIdx.x < 3) coef[ch * 3 + threadIdx.x] = cf[threadIdx.x];
+}
+
+// One output row per block: thread t writes channels g*V .. g*V+V-1 (g = t % G) of pixels
+// t / G, + per, ... (as stats_nhwc reads them), each read from its reflected source pixel.
+template <int V, typename T>
+__device__ __forceinline__ void apply_nhwc(const T* __restrict__ x, T* __restrict__ y,
+                                           const float* __restrict__ coef, int channels, int in_h,
+                                           int in_w, int out_h, int out_w, int pad_top,
+                                           int pad_left, int relu) {
+    const long long n = blockIdx.y;
+    const int r = blockIdx.x;
+    __shared__ float cf[3 * THREADS];
+    for (int i = threadIdx.x; i < 3 * channels; i += blockDim.x) cf[i] = coef[n * channels * 3 + i];
+    __syncthreads();
+    const int groups = channels / V, per = THREADS / groups;
+    const int g = threadIdx.x % groups, p0 = threadIdx.x / groups;
+    if (p0 >= per) return;
+    float a[V], b[V], m[V], v[V];
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        const int c = g * V + j;
+        m[j] = cf[3 * c];
+        a[j] = cf[3 * c + 1];
+        b[j] = cf[3 * c + 2];
+    }
+    const T* src = x + (n * in_h + reflect(r - pad_top, in_h)) * (long long)in_w * channels + g * V;
+    T* dst = y + (n * out_h + r) * (long long)out_w * channels + g * V;
+    for (int col = p0; col < out_w; col += per) {
+        load_v<V>(src + (long long)reflect(col - pad_left, in_w) * channels, v);
+#pragma unroll
+        for (int j = 0; j < V; j++) {
+            const float o = fmaf(v[j] - m[j], a[j], b[j]);
+            v[j] = relu ? fmaxf(o, 0.f) : o;
+        }
+        store_v<V>(dst + (long long)col * channels, v);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+fw_norm_apply_nhwc_f32(const float* __restrict__ x, float* __restrict__ y,
+                       const float* __restrict__ coef, int channels, int in_h, int in_w,
+                       int out_h, int out_w, int pad_top, int pad_left, int relu, int vec) {
+    if (vec) apply_nhwc<4>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu);
+    else apply_nhwc<1>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+fw_norm_apply_nhwc_f16(const half_bits* __restrict__ x, half_bits* __restrict__ y,
+                       const float* __restrict__ coef, int channels, int in_h, int in_w,
+                       int out_h, int out_w, int pad_top, int pad_left, int relu, int vec) {
+    if (vec) apply_nhwc<8>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu);
+    else apply_nhwc<1>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu);
 }

@@ -50,6 +50,8 @@ const NORM_PTX: &str = include_str!("../cuda/instance_norm.ptx");
 const NORM_THREADS: u32 = 256;
 /// Values of one plane per block: 256 threads x 8 float4 loads.
 const NORM_CHUNK: u32 = 8192;
+/// Values (pixels x channels) one block of fw_norm_stats_nhwc sums.
+const NHWC_CHUNK: usize = 16_384;
 
 type CuResult = i32;
 
@@ -150,6 +152,10 @@ pub struct NormKernels {
     ctx: usize,
     stats: usize,
     apply: usize,
+    /// Channels last: stats and apply for float, then for half values; the coefficients.
+    stats_nhwc: [usize; 2],
+    apply_nhwc: [usize; 2],
+    coefficients: usize,
 }
 
 static LOADED: Mutex<Option<HashMap<i32, NormKernels>>> = Mutex::new(None);
@@ -186,8 +192,17 @@ fn load_kernels(d: &Driver, device: i32) -> Result<NormKernels, String> {
                     (d.module_load_data)(&mut module, image.as_ptr().cast()),
                     "cuModuleLoadData (the fused normalisation's PTX)",
                 )?;
-                let mut f = [std::ptr::null_mut(); 2];
-                for (slot, name) in f.iter_mut().zip([c"fw_norm_stats", c"fw_norm_apply"]) {
+                let mut f = [std::ptr::null_mut(); 7];
+                let names = [
+                    c"fw_norm_stats",
+                    c"fw_norm_apply",
+                    c"fw_norm_stats_nhwc_f32",
+                    c"fw_norm_stats_nhwc_f16",
+                    c"fw_norm_apply_nhwc_f32",
+                    c"fw_norm_apply_nhwc_f16",
+                    c"fw_norm_coefficients",
+                ];
+                for (slot, name) in f.iter_mut().zip(names) {
                     check(
                         d,
                         (d.module_get_function)(slot, module, name.as_ptr()),
@@ -198,6 +213,9 @@ fn load_kernels(d: &Driver, device: i32) -> Result<NormKernels, String> {
                     ctx: ctx as usize,
                     stats: f[0] as usize,
                     apply: f[1] as usize,
+                    stats_nhwc: [f[2] as usize, f[3] as usize],
+                    apply_nhwc: [f[4] as usize, f[5] as usize],
+                    coefficients: f[6] as usize,
                 };
                 map.insert(device, k);
                 k
@@ -234,24 +252,45 @@ pub struct NormPlan {
     out_w: i32,
     pad_top: i32,
     pad_left: i32,
+    /// x is [N, H, W, C]: the three channels-last kernels, grids over images.
+    channels_last: bool,
+    images: u32,
+    in_h: i32,
+    /// Values (NCHW) or pixels (channels last) one block of the first kernel sums.
+    chunk: i32,
 }
 
 impl NormPlan {
     /// Rejects what one launch cannot cover (grid.y holds at most 65,535 planes).
     pub fn new(l: &Layout) -> Result<Self, String> {
         let planes = l.images * l.channels;
-        if planes > 65_535 {
-            return Err(format!(
-                "{} images x {} channels is more than the 65,535 planes one launch covers",
-                l.images, l.channels
-            ));
-        }
-        let splits = l.plane.div_ceil(NORM_CHUNK as usize).max(1);
+        let chunk = if l.channels_last {
+            if l.channels > NORM_THREADS as usize || l.images > 65_535 {
+                return Err(format!(
+                    "{} images x {} channels: the channels-last kernels take at most 65,535 images and {NORM_THREADS} channels",
+                    l.images, l.channels
+                ));
+            }
+            (NHWC_CHUNK / l.channels).max(1)
+        } else {
+            if planes > 65_535 {
+                return Err(format!(
+                    "{} images x {} channels is more than the 65,535 planes one launch covers",
+                    l.images, l.channels
+                ));
+            }
+            NORM_CHUNK as usize
+        };
+        let splits = l.plane.div_ceil(chunk).max(1);
         let (out_h, out_w) = l.out_hw();
         let too_large = || format!("planes of {} values are too large", l.plane);
         let int = |v: usize| i32::try_from(v).map_err(|_| too_large());
         Ok(Self {
             apply_splits: u32::try_from(apply_blocks(l, out_h, out_w)).map_err(|_| too_large())?,
+            channels_last: l.channels_last,
+            images: l.images as u32,
+            in_h: int(l.plane / l.width)?,
+            chunk: int(chunk)?,
             in_w: int(l.width)?,
             out_h: int(out_h)?,
             out_w: int(out_w)?,
@@ -269,15 +308,19 @@ impl NormPlan {
     }
 
     /// Floats of GPU scratch the launch needs: per plane, two sums per split and the shift.
+    /// Channels last also keeps each plane's three coefficients there.
     pub fn scratch_floats(&self) -> usize {
-        self.planes as usize * (2 * self.splits as usize + 1)
+        let coefficients = if self.channels_last { 3 } else { 0 };
+        self.planes as usize * (2 * self.splits as usize + 1 + coefficients)
     }
 }
 
 /// Blocks per plane of fw_norm_apply: chunks of NORM_CHUNK values, or with padding groups of
 /// max(1, NORM_CHUNK / out_w) whole rows (the kernel's own split).
 fn apply_blocks(l: &Layout, out_h: usize, out_w: usize) -> usize {
-    if !l.padded() {
+    if l.channels_last {
+        out_h
+    } else if !l.padded() {
         (out_h * out_w).div_ceil(NORM_CHUNK as usize).max(1)
     } else {
         out_h.div_ceil((NORM_CHUNK as usize / out_w).max(1)).max(1)
@@ -294,13 +337,15 @@ pub struct NormPtrs {
     pub mix: u64,
 }
 
-/// Queues the two kernels on `stream` (ONNX Runtime's, so they run in order with the graph).
+/// Queues the kernels on `stream` (ONNX Runtime's, so they run in order with the graph): two
+/// for NCHW float, three for channels last (float or `half` values).
 ///
 /// # Safety
-/// `stream` is a CUDA stream of `k`'s device, and `t` holds addresses of live memory on it: x and y
-/// of `p`'s input and output planes (the same address only without padding), the scratch of `p.scratch_floats()`, scale and bias of
-/// one value per channel, gamma and beta as `p` was planned for, mix (unless 0) p's styles. The kernels read and write
-/// them after this returns, in stream order.
+/// `stream` is a CUDA stream of `k`'s device, and `t` holds addresses of live memory on it: x
+/// and y of `p`'s input and output (the same address only without padding and not channels
+/// last), of f32 values or, with `half`, f16 ones; the scratch of `p.scratch_floats()`; scale
+/// and bias of one value per channel, gamma and beta as `p` was planned for, mix (unless 0)
+/// p's styles. The kernels read and write them after this returns, in stream order.
 pub unsafe fn launch_norm(
     k: &NormKernels,
     stream: *mut c_void,
@@ -308,11 +353,13 @@ pub unsafe fn launch_norm(
     t: &NormPtrs,
     eps: f32,
     relu: bool,
+    half: bool,
 ) -> Result<(), String> {
     let d = driver()?;
-    // SAFETY: the context is the device's primary one, retained for the life of the process.
     unsafe { make_current(d, k.ctx as *mut c_void)? };
-    // float4 loads need 16-byte alignment of every plane.
+    if half && !p.channels_last {
+        return Err("half values need the channels-last kernels".into());
+    }
     let vec = i32::from(p.plane % 4 == 0 && t.x.is_multiple_of(16) && t.y.is_multiple_of(16));
     let (mut x, mut y, mut s) = (t.x, t.y, t.scratch);
     let [mut scale, mut bias, mut gamma, mut beta] = t.params;
@@ -320,40 +367,110 @@ pub unsafe fn launch_norm(
     let (mut gpi, mut bpi, mut eps) = (p.gamma_per_image, p.beta_per_image, eps);
     let (mut mix, mut styles) = (t.mix, p.styles);
     let (mut in_w, mut out_h, mut out_w) = (p.in_w, p.out_h, p.out_w);
-    let (mut pad_top, mut pad_left) = (p.pad_top, p.pad_left);
-    let (mut chunk, mut vec, mut relu) = (NORM_CHUNK as i32, vec, i32::from(relu));
+    let (mut pad_top, mut pad_left, mut in_h) = (p.pad_top, p.pad_left, p.in_h);
+    let (mut chunk, mut vec, mut relu) = (p.chunk, vec, i32::from(relu));
+    // The coefficients (channels last) follow the partial sums in the scratch.
+    let mut coef = t.scratch + 4 * (p.planes as u64 * (2 * p.splits as u64 + 1));
     fn arg<T>(v: &mut T) -> *mut c_void {
         (v as *mut T).cast()
     }
-    let mut stats = [
-        arg(&mut x),
-        arg(&mut s),
-        arg(&mut plane),
-        arg(&mut chunk),
-        arg(&mut vec),
-    ];
-    // SAFETY: the argument lists match the kernels' parameters in instance_norm.cu (pointers as
-    // u64, long long as i64, int as i32, float as f32), each pointer to a live local; the
-    // device addresses are the caller's (see # Safety).
-    unsafe {
+    // SAFETY: the functions are this module's kernels; each argument array matches its kernel's
+    // parameter list in instance_norm.cu (pointers as u64, ints as i32, plane as i64).
+    let launch = |f: usize, grid: (u32, u32), args: &mut [*mut c_void], name: &str| unsafe {
         check(
             d,
             (d.launch_kernel)(
-                k.stats as *mut c_void,
-                p.splits,
-                p.planes,
+                f as *mut c_void,
+                grid.0,
+                grid.1,
                 1,
                 NORM_THREADS,
                 1,
                 1,
                 0,
                 stream,
-                stats.as_mut_ptr(),
+                args.as_mut_ptr(),
                 std::ptr::null_mut(),
             ),
-            "cuLaunchKernel(fw_norm_stats)",
+            &format!("cuLaunchKernel({name})"),
+        )
+    };
+    if p.channels_last {
+        let h = usize::from(half);
+        // 16-byte loads and stores: 4 floats or 8 halves of one pixel per thread.
+        let width = if half { 8 } else { 4 };
+        let mut vec =
+            i32::from(p.channels % width == 0 && t.x.is_multiple_of(16) && t.y.is_multiple_of(16));
+        launch(
+            k.stats_nhwc[h],
+            (p.splits, p.images),
+            &mut [
+                arg(&mut x),
+                arg(&mut s),
+                arg(&mut plane),
+                arg(&mut channels),
+                arg(&mut chunk),
+                arg(&mut vec),
+            ],
+            "fw_norm_stats_nhwc",
         )?;
-        let mut apply = [
+        launch(
+            k.coefficients,
+            (p.planes, 1),
+            &mut [
+                arg(&mut s),
+                arg(&mut splits),
+                arg(&mut plane),
+                arg(&mut scale),
+                arg(&mut bias),
+                arg(&mut gamma),
+                arg(&mut beta),
+                arg(&mut channels),
+                arg(&mut gpi),
+                arg(&mut bpi),
+                arg(&mut eps),
+                arg(&mut mix),
+                arg(&mut styles),
+                arg(&mut coef),
+            ],
+            "fw_norm_coefficients",
+        )?;
+        return launch(
+            k.apply_nhwc[h],
+            (p.apply_splits, p.images),
+            &mut [
+                arg(&mut x),
+                arg(&mut y),
+                arg(&mut coef),
+                arg(&mut channels),
+                arg(&mut in_h),
+                arg(&mut in_w),
+                arg(&mut out_h),
+                arg(&mut out_w),
+                arg(&mut pad_top),
+                arg(&mut pad_left),
+                arg(&mut relu),
+                arg(&mut vec),
+            ],
+            "fw_norm_apply_nhwc",
+        );
+    }
+    launch(
+        k.stats,
+        (p.splits, p.planes),
+        &mut [
+            arg(&mut x),
+            arg(&mut s),
+            arg(&mut plane),
+            arg(&mut chunk),
+            arg(&mut vec),
+        ],
+        "fw_norm_stats",
+    )?;
+    launch(
+        k.apply,
+        (p.apply_splits, p.planes),
+        &mut [
             arg(&mut x),
             arg(&mut y),
             arg(&mut s),
@@ -377,25 +494,9 @@ pub unsafe fn launch_norm(
             arg(&mut out_w),
             arg(&mut pad_top),
             arg(&mut pad_left),
-        ];
-        check(
-            d,
-            (d.launch_kernel)(
-                k.apply as *mut c_void,
-                p.apply_splits,
-                p.planes,
-                1,
-                NORM_THREADS,
-                1,
-                1,
-                0,
-                stream,
-                apply.as_mut_ptr(),
-                std::ptr::null_mut(),
-            ),
-            "cuLaunchKernel(fw_norm_apply)",
-        )
-    }
+        ],
+        "fw_norm_apply",
+    )
 }
 
 #[cfg(test)]
@@ -408,7 +509,7 @@ mod tests {
         let none = Pads::default();
         let x = [1i64, 32, 720, 1280];
         let per = [1i64, 32, 1, 1];
-        let l = layout(&x, &[32], &[32], &per, &per, None, none).unwrap();
+        let l = layout(&x, &[32], &[32], &per, &per, None, none, false).unwrap();
         let p = NormPlan::new(&l).unwrap();
         // 921,600 values per plane in chunks of 8,192: 113 blocks for each pass.
         assert_eq!((p.planes, p.splits, p.apply_splits), (32, 113, 113));
@@ -420,7 +521,7 @@ mod tests {
             bottom: 4,
             right: 4,
         };
-        let l = layout(&x, &[32], &[32], &per, &per, None, pads).unwrap();
+        let l = layout(&x, &[32], &[32], &per, &per, None, pads, false).unwrap();
         let p = NormPlan::new(&l).unwrap();
         assert_eq!(
             (p.splits, p.apply_splits, p.out_h, p.out_w),
@@ -434,12 +535,22 @@ mod tests {
             bottom: 1,
             right: 1,
         };
-        let l = layout(&wide, &[2], &[2], &[1, 2, 1, 1], &[1, 2, 1, 1], None, one).unwrap();
+        let l = layout(
+            &wide,
+            &[2],
+            &[2],
+            &[1, 2, 1, 1],
+            &[1, 2, 1, 1],
+            None,
+            one,
+            false,
+        )
+        .unwrap();
         assert_eq!(NormPlan::new(&l).unwrap().apply_splits, 5);
         // More planes than one launch's grid.y holds.
         let many = [1024i64, 128, 2, 2];
         let per = [1024i64, 128, 1, 1];
-        let l = layout(&many, &[128], &[128], &per, &per, None, none).unwrap();
+        let l = layout(&many, &[128], &[128], &per, &per, None, none, false).unwrap();
         assert!(NormPlan::new(&l).unwrap_err().contains("65,535"));
     }
 }

@@ -16,6 +16,7 @@
 //! seventh input, ONNX Pad's pads (int64, constant), the output is the result reflect-padded
 //! along H and W: the Pad before the next convolution, folded into the op's write.
 
+use crate::optimize::{f16_to_f32, f32_to_f16};
 use ort::memory::MemoryType;
 use ort::operator::{
     BoxedKernel, ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput,
@@ -27,10 +28,25 @@ use ort::value::{DynTensorValueType, TensorElementType, ValueRef};
 pub const DOMAIN: &str = "ai.framewise";
 /// The fused op's name.
 pub const OP: &str = "InstanceNormAffine";
+/// The same op on fp16 X and Y (its parameters stay fp32), channels last only on a GPU.
+pub const OP_HALF: &str = "InstanceNormAffineHalf";
 
 /// The operator domain a session needs to load a model with fused normalisations.
 pub fn domain() -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?.add(OnCpu)?.add(OnCuda)
+    OperatorDomain::new(DOMAIN)?
+        .add(OnCpu { half: false })?
+        .add(OnCuda { half: false })?
+        .add(OnCpu { half: true })?
+        .add(OnCuda { half: true })
+}
+
+/// The op's name for f32 or f16 values.
+fn op_name(half: bool) -> &'static str {
+    if half {
+        OP_HALF
+    } else {
+        OP
+    }
 }
 
 /// How the input is laid out, from the shapes alone.
@@ -49,6 +65,8 @@ pub struct Layout {
     pub width: usize,
     /// Reflect padding of the output along H and W.
     pub pads: Pads,
+    /// X is [N, H, W, C] (attribute `channels_last`), as tensor-core convolutions want it.
+    pub channels_last: bool,
 }
 
 impl Layout {
@@ -71,8 +89,9 @@ impl Layout {
         let mut s = x.to_vec();
         if self.padded() {
             let (h, w) = self.out_hw();
-            s[2] = h as i64;
-            s[3] = w as i64;
+            let at = if self.channels_last { 1 } else { 2 };
+            s[at] = h as i64;
+            s[at + 1] = w as i64;
         }
         s
     }
@@ -116,9 +135,10 @@ pub struct Params<'a> {
     pub mix: Option<&'a [f32]>,
 }
 
-/// Checks the inputs' shapes against each other: x [N, C, ...] with at least one value per
-/// plane, scale and bias [C], gamma and beta per channel, or [S, C] with style weights [S]. The
-/// error names the input.
+/// Checks the inputs' shapes against each other: x [N, C, ...] (or [N, H, W, C] when
+/// `channels_last`) with at least one value per plane, scale and bias [C], gamma and beta per
+/// channel, or [S, C] with style weights [S]. The error names the input.
+#[allow(clippy::too_many_arguments)]
 pub fn layout(
     x: &[i64],
     scale: &[i64],
@@ -127,17 +147,26 @@ pub fn layout(
     beta: &[i64],
     mix: Option<&[i64]>,
     pads: Pads,
+    channels_last: bool,
 ) -> Result<Layout, String> {
     if x.len() < 3 || x.iter().any(|&d| d < 1) {
         return Err(format!(
             "input X has shape {x:?}; expected [N, C, H, ...] with no empty dimension"
         ));
     }
-    let (n, c) = (x[0] as usize, x[1] as usize);
-    let plane = x[2..].iter().product::<i64>() as usize;
-    let width = *x.last().unwrap_or(&1) as usize;
+    let (n, c, plane, width, hw) = match (channels_last, x) {
+        (true, &[n, h, w, c]) => (n, c, h * w, w, Some((h, w))),
+        (true, _) => {
+            return Err(format!(
+                "input X has shape {x:?}; channels_last needs [N, H, W, C]"
+            ))
+        }
+        (false, &[n, c, h, w]) => (n, c, h * w, w, Some((h, w))),
+        (false, _) => (x[0], x[1], x[2..].iter().product(), x[x.len() - 1], None),
+    };
+    let (n, c, plane, width) = (n as usize, c as usize, plane as usize, width as usize);
     if pads != Pads::default() {
-        let &[_, _, h, w] = x else {
+        let Some((h, w)) = hw else {
             return Err(format!(
                 "input X has shape {x:?}; padding needs [N, C, H, W]"
             ));
@@ -193,6 +222,7 @@ pub fn layout(
         styles,
         width,
         pads,
+        channels_last,
     })
 }
 
@@ -239,6 +269,9 @@ fn gamma_beta(l: &Layout, ch: usize, p: &Params) -> (f64, f64) {
 /// The CPU kernel: the same maths as the CUDA one (sums shifted by each plane's first value,
 /// added in f64), one plane at a time.
 pub fn normalize(x: &[f32], y: &mut [f32], l: &Layout, p: &Params, eps: f32, relu: bool) {
+    if l.channels_last {
+        return normalize_channels_last(x, y, l, p, eps, relu);
+    }
     let (out_h, out_w) = l.out_hw();
     for (ch, (xc, yc)) in x
         .chunks_exact(l.plane)
@@ -296,6 +329,51 @@ pub fn normalize(x: &[f32], y: &mut [f32], l: &Layout, p: &Params, eps: f32, rel
     }
 }
 
+/// `normalize` for x [N, H, W, C]: per image, each channel's sums over blocks of 256 pixels
+/// (f32, then added in f64), then the output rows with their reflected edges.
+fn normalize_channels_last(x: &[f32], y: &mut [f32], l: &Layout, p: &Params, eps: f32, relu: bool) {
+    let c = l.channels;
+    let (h, w, pd) = (l.plane / l.width, l.width, l.pads);
+    let (out_h, out_w) = l.out_hw();
+    for (n, (xi, yi)) in x
+        .chunks_exact(l.plane * c)
+        .zip(y.chunks_exact_mut(out_h * out_w * c))
+        .enumerate()
+    {
+        let k = &xi[..c];
+        let (mut s1, mut s2) = (vec![0.0f64; c], vec![0.0f64; c]);
+        let (mut b1, mut b2) = (vec![0.0f32; c], vec![0.0f32; c]);
+        for block in xi.chunks(256 * c) {
+            b1.fill(0.0);
+            b2.fill(0.0);
+            for px in block.chunks_exact(c) {
+                for j in 0..c {
+                    let d = px[j] - k[j];
+                    b1[j] += d;
+                    b2[j] += d * d;
+                }
+            }
+            for j in 0..c {
+                s1[j] += b1[j] as f64;
+                s2[j] += b2[j] as f64;
+            }
+        }
+        let coef: Vec<(f32, f32, f32)> = (0..c)
+            .map(|j| coefficients(l, n * c + j, (k[j] as f64, s1[j], s2[j]), eps, p))
+            .collect();
+        for (r, row) in yi.chunks_exact_mut(out_w * c).enumerate() {
+            let src = &xi[reflect(r as i64 - pd.top as i64, h) * w * c..][..w * c];
+            for (col, out) in row.chunks_exact_mut(c).enumerate() {
+                let px = &src[reflect(col as i64 - pd.left as i64, w) * c..][..c];
+                for ((o, &v), &(mean, a, b)) in out.iter_mut().zip(px).zip(&coef) {
+                    let r = (v - mean).mul_add(a, b);
+                    *o = if relu { r.max(0.0) } else { r };
+                }
+            }
+        }
+    }
+}
+
 /// Index `i` reflected into [0, n) as ONNX Pad's "reflect" does (the edge is not repeated).
 fn reflect(i: i64, n: usize) -> usize {
     let i = i.unsigned_abs() as usize;
@@ -312,6 +390,7 @@ struct Attrs {
     eps: f32,
     relu: bool,
     pads: Pads,
+    channels_last: bool,
 }
 
 impl Attrs {
@@ -330,13 +409,17 @@ impl Attrs {
             eps: k.get::<f32>("epsilon").unwrap_or(1e-5),
             relu: k.get::<i64>("relu").unwrap_or(0) != 0,
             pads,
+            channels_last: k.get::<i64>("channels_last").unwrap_or(0) != 0,
         })
     }
 }
 
-fn inputs() -> [OperatorInput; 7] {
+fn inputs(half: bool) -> [OperatorInput; 7] {
     let f = TensorElementType::Float32;
     let mut v = [(); 7].map(|_| OperatorInput::required(f));
+    if half {
+        v[0] = OperatorInput::required(TensorElementType::Float16);
+    }
     v[5] = OperatorInput::optional(f);
     // The pads stay in host memory on a GPU too: read once, when the kernel is made (a GPU
     // copy could not be read there).
@@ -346,8 +429,12 @@ fn inputs() -> [OperatorInput; 7] {
 
 // No shape inference: ort 2.0.0-rc.15 aborts on the symbolic dimensions it is handed (its
 // ValueType round trip rejects them), and ONNX Runtime plans the output at run time anyway.
-fn outputs() -> [OperatorOutput; 1] {
-    [OperatorOutput::required(TensorElementType::Float32)]
+fn outputs(half: bool) -> [OperatorOutput; 1] {
+    [OperatorOutput::required(if half {
+        TensorElementType::Float16
+    } else {
+        TensorElementType::Float32
+    })]
 }
 
 /// The five required inputs, then the style weights if given (the pads are read at creation).
@@ -364,51 +451,94 @@ fn inputs_of(ctx: &ComputeContext) -> ort::Result<Vec<ValueRef<'_, DynTensorValu
 }
 
 /// The layout from the inputs' shapes.
-fn layout_of(t: &[ValueRef<'_, DynTensorValueType>], pads: Pads) -> ort::Result<Layout> {
+fn layout_of(t: &[ValueRef<'_, DynTensorValueType>], a: &Attrs) -> ort::Result<Layout> {
     let sh = |i: usize| -> &[i64] { t[i].shape() };
     let mix = t.get(5).map(|w| w.shape() as &[i64]);
-    layout(sh(0), sh(1), sh(2), sh(3), sh(4), mix, pads).map_err(ort::Error::new)
+    layout(
+        sh(0),
+        sh(1),
+        sh(2),
+        sh(3),
+        sh(4),
+        mix,
+        a.pads,
+        a.channels_last,
+    )
+    .map_err(ort::Error::new)
 }
 
 /// The op on ONNX Runtime's CPU provider.
-struct OnCpu;
+struct OnCpu {
+    half: bool,
+}
 
 impl Operator for OnCpu {
     type Kernel<'attr> = BoxedKernel<'attr>;
 
     fn name(&self) -> &str {
-        OP
+        op_name(self.half)
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        inputs()
+        inputs(self.half)
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        outputs()
+        outputs(self.half)
     }
 
     fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
         let a = Attrs::of(k)?;
+        let half = self.half;
         Ok(Box::new(move |ctx: &ComputeContext| {
             let t = inputs_of(ctx)?;
-            let l = layout_of(&t, a.pads)?;
+            let l = layout_of(&t, &a)?;
             let mut v = Vec::with_capacity(t.len());
-            for x in &t {
+            for x in &t[1..] {
                 v.push(x.try_extract_tensor::<f32>()?.1);
             }
             let p = Params {
-                scale: v[1],
-                bias: v[2],
-                gamma: v[3],
-                beta: v[4],
-                mix: v.get(5).copied(),
+                scale: v[0],
+                bias: v[1],
+                gamma: v[2],
+                beta: v[3],
+                mix: v.get(4).copied(),
             };
+            let shape = l.out_shape(t[0].shape());
             let mut y = ctx
-                .output(0, l.out_shape(t[0].shape()))?
-                .ok_or_else(|| ort::Error::new(format!("{OP}: no output")))?;
-            let (_, ys) = y.try_extract_tensor_mut::<f32>()?;
-            normalize(v[0], ys, &l, &p, a.eps, a.relu);
+                .output(0, shape.clone())?
+                .ok_or_else(|| ort::Error::new(format!("{OP}: no output")))?
+                .downcast::<DynTensorValueType>()?;
+            if !half {
+                let (_, ys) = y.try_extract_tensor_mut::<f32>()?;
+                normalize(
+                    t[0].try_extract_tensor::<f32>()?.1,
+                    ys,
+                    &l,
+                    &p,
+                    a.eps,
+                    a.relu,
+                );
+                return Ok(());
+            }
+            // fp16 values through f32 (tests and CPU fallbacks; GPUs run the half kernels).
+            let count = |s: &[i64]| s.iter().product::<i64>() as usize;
+            let (nx, ny) = (count(t[0].shape()), count(&shape));
+            // SAFETY: X and Y are CPU tensors of the op's declared f16 type with these shapes
+            // (ONNX Runtime allocated Y just now, GetTensorMutableData underneath data_ptr); u16 has
+            // f16's size and alignment.
+            let (xs, ys) = unsafe {
+                (
+                    std::slice::from_raw_parts(t[0].data_ptr() as *const u16, nx),
+                    std::slice::from_raw_parts_mut(y.data_ptr() as *mut u16, ny),
+                )
+            };
+            let x: Vec<f32> = xs.iter().map(|&h| f16_to_f32(h)).collect();
+            let mut out = vec![0.0; ny];
+            normalize(&x, &mut out, &l, &p, a.eps, a.relu);
+            for (o, v) in ys.iter_mut().zip(out) {
+                *o = f32_to_f16(v);
+            }
             Ok(())
         }))
     }
@@ -416,13 +546,15 @@ impl Operator for OnCpu {
 
 /// The op on ONNX Runtime's CUDA provider: the kernels of worker/cuda/instance_norm.cu on the
 /// session's stream.
-struct OnCuda;
+struct OnCuda {
+    half: bool,
+}
 
 impl Operator for OnCuda {
     type Kernel<'attr> = CudaKernel;
 
     fn name(&self) -> &str {
-        OP
+        op_name(self.half)
     }
 
     fn execution_provider_type(&self) -> Option<&str> {
@@ -430,11 +562,11 @@ impl Operator for OnCuda {
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        inputs()
+        inputs(self.half)
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        outputs()
+        outputs(self.half)
     }
 
     fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
@@ -454,7 +586,7 @@ struct CudaKernel {
 impl Kernel for CudaKernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
         let t = inputs_of(ctx)?;
-        let l = layout_of(&t, self.attrs.pads)?;
+        let l = layout_of(&t, &self.attrs)?;
         let stream = ctx
             .stream()?
             .ok_or_else(|| ort::Error::new(format!("{OP}: no CUDA stream")))?;
@@ -496,6 +628,7 @@ impl Kernel for CudaKernel {
                 &ptrs,
                 self.attrs.eps,
                 self.attrs.relu,
+                t[0].dtype().tensor_type() == Some(TensorElementType::Float16),
             )
         }
         .map_err(|e| ort::Error::new(format!("{OP} on GPU {device}: {e}")))
@@ -654,7 +787,17 @@ mod tests {
                 right: r,
             };
             let cs = [c as i64];
-            let l = layout(shape, &cs, &cs, gamma_shape, beta_shape, mix_shape, pads).unwrap();
+            let l = layout(
+                shape,
+                &cs,
+                &cs,
+                gamma_shape,
+                beta_shape,
+                mix_shape,
+                pads,
+                false,
+            )
+            .unwrap();
             let p = Params {
                 scale: &scale,
                 bias: &bias,
@@ -680,13 +823,52 @@ mod tests {
             if relu {
                 assert!(y.iter().all(|&v| v >= 0.0));
             }
+            // Channels last: the formula's result, transposed.
+            let nhwc = |v: &[i64]| [v[0], v[2], v[3], v[1]];
+            let xl = to_channels_last(&x, shape);
+            let ll = layout(
+                &nhwc(shape),
+                &cs,
+                &cs,
+                gamma_shape,
+                beta_shape,
+                mix_shape,
+                pads,
+                true,
+            )
+            .unwrap();
+            assert_eq!(ll.out_shape(&nhwc(shape)), nhwc(&out));
+            let mut yl = vec![0.0; y.len()];
+            normalize(&xl, &mut yl, &ll, &p, 1e-5, relu);
+            let worst = to_channels_last(&want, &out)
+                .iter()
+                .zip(&yl)
+                .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst < 2e-5,
+                "{shape:?} channels last: worst relative error {worst}"
+            );
         }
+    }
+
+    /// [N, C, H, W] values reordered to [N, H, W, C].
+    fn to_channels_last(x: &[f32], s: &[i64]) -> Vec<f32> {
+        let [_, c, h, w] = [s[0], s[1], s[2], s[3]].map(|d| d as usize);
+        let mut out = vec![0.0; x.len()];
+        for (i, &v) in x.iter().enumerate() {
+            let (img, ch, r, col) = (i / (c * h * w), i / (h * w) % c, i / w % h, i % w);
+            out[((img * h + r) * w + col) * c + ch] = v;
+        }
+        out
     }
 
     #[test]
     fn bad_shapes_name_the_input() {
         let none = Pads::default();
-        let per = |x: &[i64], s: &[i64], g: &[i64], b: &[i64]| layout(x, s, &[4], g, b, None, none);
+        let per = |x: &[i64], s: &[i64], g: &[i64], b: &[i64]| {
+            layout(x, s, &[4], g, b, None, none, false)
+        };
         let ok = per(&[1, 4, 8, 8], &[4], &[1, 4, 1, 1], &[4, 1, 1]).unwrap();
         assert_eq!((ok.images, ok.channels, ok.plane, ok.styles), (1, 4, 64, 0));
         let e = per(&[1, 4, 8, 8], &[3], &[1, 4, 1, 1], &[4, 1, 1]).unwrap_err();
@@ -700,7 +882,8 @@ mod tests {
         assert!(e.contains("input X"), "{e}");
         // With style weights: [S, C] matrices.
         let x = [1i64, 4, 8, 8];
-        let mix = |g: &[i64], b: &[i64], w: &[i64]| layout(&x, &[4], &[4], g, b, Some(w), none);
+        let mix =
+            |g: &[i64], b: &[i64], w: &[i64]| layout(&x, &[4], &[4], g, b, Some(w), none, false);
         assert_eq!(mix(&[26, 4], &[26, 4], &[26]).unwrap().styles, 26);
         let e = mix(&[26, 4], &[25, 4], &[26]).unwrap_err();
         assert!(e.contains("input beta") && e.contains("[26, 4]"), "{e}");
@@ -717,7 +900,7 @@ mod tests {
             assert!(e.contains("pads"), "{e}");
         }
         let big = Pads { top: 8, ..none };
-        let e = layout(&x, &[4], &[4], &[1, 4, 1, 1], &[4, 1, 1], None, big).unwrap_err();
+        let e = layout(&x, &[4], &[4], &[1, 4, 1, 1], &[4, 1, 1], None, big, false).unwrap_err();
         assert!(e.contains("reflect beyond") && e.contains("8x8"), "{e}");
     }
 

@@ -53,6 +53,9 @@ pub struct Rewrites {
     /// After `fuse_instance_norm`: each normalisation, the style's scale and shift after it and
     /// a following ReLU become framewise's own op (`fuse_norm_affine`, norm_op.rs). Not with fp16.
     pub norm_op: bool,
+    /// With `norm_op`: the fused ops work channels last between transposes
+    /// (`norm_op_channels_last`), for ONNX Runtime's NHWC convolutions (`prefer_nhwc`).
+    pub channels_last: bool,
 }
 
 /// What the model's image input and output are called and which value range they use.
@@ -83,6 +86,8 @@ pub struct Report {
     pub pixels_into_first_conv: bool,
     /// Normalisations that became framewise's own op, and what they took along.
     pub norm_ops: NormOps,
+    /// Of them, the ones working channels last.
+    pub channels_last_ops: usize,
     pub nodes_before: usize,
     pub nodes_after: usize,
 }
@@ -104,9 +109,14 @@ pub fn optimize_model(
     io: &ImageIo,
     r: Rewrites,
 ) -> Result<Report, OptimizeError> {
-    if r.norm_op && r.fp16 {
+    if r.norm_op && r.fp16 && !r.channels_last {
         return Err(OptimizeError::Combination(
-            "norm_op and fp16 (the op is fp32 only)",
+            "norm_op and fp16 without channels_last (the op's fp16 GPU kernels are channels last)",
+        ));
+    }
+    if r.channels_last && !r.norm_op {
+        return Err(OptimizeError::Combination(
+            "channels_last without norm_op (it lays out framewise's op)",
         ));
     }
     let g = model.graph.as_mut().ok_or(OptimizeError::NoGraph)?;
@@ -126,6 +136,9 @@ pub fn optimize_model(
     }
     if r.norm_op {
         report.norm_ops = fuse_norm_affine(g);
+    }
+    if r.channels_last {
+        report.channels_last_ops = norm_op_channels_last(g);
     }
     if r.uint8_io {
         fold_uint8_io(g, io)?;
@@ -682,6 +695,34 @@ pub fn fuse_norm_affine(g: &mut GraphProto) -> NormOps {
     counts
 }
 
+/// Puts every fused normalisation between a Transpose to NHWC and one back, and has it work
+/// channels last. With ONNX Runtime's NHWC convolutions (`prefer_nhwc`), the runtime wraps each
+/// convolution in the opposite transposes and its transpose optimiser cancels the pairs (and
+/// moves the rest through Add, Pad and Resize), so cuDNN reads and writes NHWC tensors without
+/// the layout transposes it runs around NCHW ones (a quarter of the GPU time, BENCHMARKS.md).
+pub fn norm_op_channels_last(g: &mut GraphProto) -> usize {
+    let mut count = 0;
+    let mut nodes = Vec::with_capacity(g.node.len() + 2 * g.node.len() / 8);
+    for mut n in std::mem::take(&mut g.node) {
+        if n.op_type() != norm_op::OP || n.domain() != norm_op::DOMAIN || n.output.is_empty() {
+            nodes.push(n);
+            continue;
+        }
+        let (x, y) = (n.input[0].clone(), n.output[0].clone());
+        let (xl, yl) = (format!("{y}__fw_in_nhwc"), format!("{y}__fw_out_nhwc"));
+        let perm = |p: &[i64]| vec![ints_attr("perm", p)];
+        nodes.push(node("Transpose", &xl, &[&x], &[&xl], perm(&[0, 2, 3, 1])));
+        n.input[0] = xl;
+        n.output[0] = yl.clone();
+        n.attribute.push(int_attr("channels_last", 1));
+        nodes.push(n);
+        nodes.push(node("Transpose", &yl, &[&yl], &[&y], perm(&[0, 3, 1, 2])));
+        count += 1;
+    }
+    g.node = nodes;
+    count
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rewrite 2: uint8 NHWC in and out.
 
@@ -877,6 +918,24 @@ pub fn f32_to_f16(v: f32) -> u16 {
     let rem = man & 0x1fff;
     let round = (rem > 0x1000 || (rem == 0x1000 && half & 1 == 1)) as u32;
     sign | (half + round) as u16
+}
+
+/// IEEE half → f32 (exact).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h & 0x8000) as u32) << 16;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let man = (h & 0x3ff) as u32;
+    let bits = match (exp, man) {
+        (0, 0) => sign,
+        // Subnormal: man x 2^-24.
+        (0, _) => {
+            let v = man as f32 * (-24f32).exp2();
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1f, _) => sign | 0x7f80_0000 | (man << 13),
+        _ => sign | ((exp + 127 - 15) << 23) | (man << 13),
+    };
+    f32::from_bits(bits)
 }
 
 fn tensor_to_fp16(t: &mut TensorProto) -> bool {
@@ -1079,7 +1138,7 @@ pub fn to_fp16(g: &mut GraphProto, fp32_head_from: Option<&str>) -> usize {
         }
     }
     for n in &g.node {
-        if FP32_OPS.contains(&n.op_type()) {
+        if FP32_OPS.contains(&n.op_type()) || n.domain() == norm_op::DOMAIN {
             keep.extend(n.input.iter().skip(1).cloned());
         }
     }
@@ -1206,7 +1265,56 @@ pub fn to_fp16(g: &mut GraphProto, fp32_head_from: Option<&str>) -> usize {
             vec![int_attr("to", DataType::Float as i64)],
         ));
     }
+    norm_ops_to_half(g);
     converted
+}
+
+/// framewise's fused ops in an fp16 graph: the half op on fp16 X and Y, their parameters in
+/// fp32 (the graph's own float inputs as given, computed ones cast up).
+fn norm_ops_to_half(g: &mut GraphProto) {
+    let inputs: HashSet<String> = g.input.iter().map(|v| v.name().to_string()).collect();
+    // Kept fp32 by to_fp16: initializers and Constant nodes.
+    let constants: HashSet<String> = g
+        .initializer
+        .iter()
+        .map(|t| t.name().to_string())
+        .chain(
+            g.node
+                .iter()
+                .filter(|n| n.op_type() == "Constant")
+                .flat_map(|n| n.output.iter().cloned()),
+        )
+        .collect();
+    let old = std::mem::take(&mut g.node);
+    for mut n in old {
+        if n.domain() != norm_op::DOMAIN || n.op_type() != norm_op::OP {
+            g.node.push(n);
+            continue;
+        }
+        n.op_type = Some(norm_op::OP_HALF.into());
+        let y = n.output.first().cloned().unwrap_or_default();
+        // Inputs 1..=5 are float parameters; 6 (the pads) is int64.
+        for inp in n.input.iter_mut().skip(1).take(5) {
+            if inp.is_empty() || constants.contains(inp.as_str()) {
+                continue;
+            }
+            match inp.strip_suffix("__fw_f16") {
+                Some(orig) if inputs.contains(orig) => *inp = orig.to_string(),
+                _ => {
+                    let up = format!("{inp}__fw_to_f32_for_{y}");
+                    g.node.push(node(
+                        "Cast",
+                        &up,
+                        &[inp.as_str()],
+                        &[&up],
+                        vec![int_attr("to", DataType::Float as i64)],
+                    ));
+                    *inp = up;
+                }
+            }
+        }
+        g.node.push(n);
+    }
 }
 
 fn is_float(v: &onnx::ValueInfoProto) -> bool {
@@ -1373,6 +1481,7 @@ mod tests {
             fuse_instance_norm: true,
             uint8_io: true,
             norm_op: true,
+            channels_last: false,
             ..Default::default()
         };
         let (m, report) = rewritten(r);
@@ -1431,6 +1540,7 @@ mod tests {
             dynamic_batch: true,
             pixels_into_first_conv: false,
             norm_op: false,
+            channels_last: false,
         });
         assert!(r.fp16_tensors > 50, "{r:?}");
         let g = m.graph.as_ref().unwrap();
@@ -1496,6 +1606,7 @@ mod tests {
             dynamic_batch: false,
             pixels_into_first_conv: true,
             norm_op: false,
+            channels_last: false,
         });
         assert!(r.pixels_into_first_conv, "{r:?}");
         let g = m.graph.as_ref().unwrap();

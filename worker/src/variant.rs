@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 /// Bumped whenever a rewrite or the way variants are timed changes, so stale cached files
 /// and decisions are not reused.
-const OPTIMIZER_VERSION: u32 = 7;
+const OPTIMIZER_VERSION: u32 = 8;
 
 /// One rewritten model to try, and the quality it must keep.
 #[derive(Clone, Copy, Debug)]
@@ -42,6 +42,7 @@ pub fn candidates(device: Device) -> Vec<Candidate> {
         dynamic_batch: true,
         pixels_into_first_conv: false,
         norm_op: false,
+        channels_last: false,
     };
     let exact = Candidate {
         name: "fused-u8",
@@ -57,12 +58,31 @@ pub fn candidates(device: Device) -> Vec<Candidate> {
     };
     // The normalisation with the style's scale, shift and ReLU as framewise's own op (norm_op.rs).
     let norm = |r: Rewrites| Rewrites { norm_op: true, ..r };
+    // The op channels last, so the convolutions run NHWC (no layout transposes around cuDNN's
+    // tensor-core kernels); in fp16 the op has a half form. (In TF32, channels last measured
+    // slower than NCHW, 367 against 454 frames/s on an H100: not a candidate.)
+    let nhwc = |r: Rewrites| Rewrites {
+        channels_last: true,
+        ..norm(r)
+    };
     match device {
         // The fused normalisation's CPU kernel runs one thread: no faster than ONNX Runtime's
         // ops with one thread, slower with two (640x360 here: 139.7–164.7 against 184.2–217.4
         // ms per frame); it stays for tests and for nodes a GPU session leaves to the CPU.
         Device::Cpu => vec![exact],
         Device::Cuda(_) => vec![
+            // `tf32` here too: ONNX Runtime lets cuDNN use tensor cores only with use_tf32, for
+            // fp16 convolutions as well (without it they ran on CUDA cores, converted to NCHW:
+            // 247 against 478 frames/s on an H100, BENCHMARKS.md session 12).
+            Candidate {
+                name: "fused-u8-fp16-norm-nhwc",
+                rewrites: Rewrites {
+                    fp16: true,
+                    ..nhwc(pixels)
+                },
+                min_psnr_db: 40.0,
+                tf32: true,
+            },
             Candidate {
                 name: "fused-u8-tf32-norm",
                 rewrites: norm(pixels),
@@ -100,17 +120,13 @@ pub fn pick(passed: &[(f64, f64)]) -> Option<usize> {
         .max_by(|&a, &b| passed[a].0.total_cmp(&passed[b].0))
 }
 
-/// Whether `variant` runs its convolutions in TF32 on `device` (else as the config says).
-fn tf32_of(device: Device, variant: &str) -> bool {
-    candidates(device)
-        .iter()
-        .any(|c| c.name == variant && c.tf32)
-}
-
-/// The CUDA settings a variant's session runs with: the config's, TF32 on if it needs it.
-fn cuda_for(cuda: CudaOptions, tf32: bool) -> CudaOptions {
+/// The CUDA settings a variant's session runs with: the config's, with TF32 on if the variant
+/// needs it and NHWC convolutions if its fused normalisations work channels last.
+fn cuda_for(cuda: CudaOptions, device: Device, variant: &str) -> CudaOptions {
+    let c = candidates(device).into_iter().find(|c| c.name == variant);
     CudaOptions {
-        tf32: cuda.tf32 || tf32,
+        tf32: cuda.tf32 || c.is_some_and(|c| c.tf32),
+        prefer_nhwc: cuda.prefer_nhwc || c.is_some_and(|c| c.rewrites.channels_last),
         ..cuda
     }
 }
@@ -141,7 +157,7 @@ pub fn load_best(
 ) -> Result<(Stylizer, Choice), ModelError> {
     // Loads a file with the settings its variant needs.
     let load = |path: &Path, variant: &str| {
-        let o = cuda_for(cuda, tf32_of(device, variant));
+        let o = cuda_for(cuda, device, variant);
         Stylizer::load_on(env, cfg, threads, device, path, o)
     };
     let original = Choice {
@@ -477,18 +493,28 @@ mod tests {
     #[test]
     fn gpu_tries_reduced_precision_first_and_cpu_never() {
         let gpu = candidates(Device::Cuda(0));
-        // framewise's fused normalisation (fp32 only) with TF32 convolutions first.
-        assert!(gpu[0].tf32 && gpu[0].rewrites.norm_op && !gpu[0].rewrites.fp16);
-        assert!(gpu[1].rewrites.fp16 && !gpu[1].rewrites.norm_op);
-        assert!(gpu[2].tf32 && !gpu[2].rewrites.fp16 && !gpu[2].rewrites.norm_op);
-        // All feed whole pixels to the first convolution; the exact one runs as published.
-        assert!(gpu[..3].iter().all(|c| c.rewrites.pixels_into_first_conv));
-        assert!(!gpu[3].tf32 && !gpu[3].rewrites.pixels_into_first_conv);
+        let by = |name: &str| gpu.iter().find(|c| c.name == name).unwrap();
+        // framewise's fused normalisation: channels last in fp16 (tensor cores need the TF32
+        // switch), then NCHW in TF32.
+        let half = by("fused-u8-fp16-norm-nhwc");
+        assert!(half.rewrites.fp16 && half.rewrites.norm_op && half.rewrites.channels_last);
+        assert!(half.tf32 && gpu[0].name == half.name);
+        let r = by("fused-u8-tf32-norm");
+        assert!(r.tf32 && r.rewrites.norm_op && !r.rewrites.channels_last);
+        assert!(by("fused-u8-fp16").rewrites.fp16 && !by("fused-u8-fp16").rewrites.norm_op);
+        // All feed whole pixels to the first convolution; the exact one, last, runs as published.
+        let (exact, rest) = gpu.split_last().unwrap();
+        assert!(rest.iter().all(|c| c.rewrites.pixels_into_first_conv));
+        assert!(!exact.tf32 && !exact.rewrites.pixels_into_first_conv);
         assert!(candidates(Device::Cpu)
             .iter()
             .all(|c| !c.rewrites.fp16 && !c.tf32 && !c.rewrites.norm_op));
-        assert!(tf32_of(Device::Cuda(0), "fused-u8-tf32"));
-        assert!(!tf32_of(Device::Cuda(0), "fused-u8") && !tf32_of(Device::Cpu, "fused-u8-tf32"));
+        let o = CudaOptions::default();
+        let tf32 = cuda_for(o, Device::Cuda(0), "fused-u8-tf32");
+        assert!(tf32.tf32 && !tf32.prefer_nhwc);
+        assert!(cuda_for(o, Device::Cuda(0), "fused-u8-fp16-norm-nhwc").prefer_nhwc);
+        assert!(!cuda_for(o, Device::Cuda(0), "fused-u8").tf32);
+        assert!(!cuda_for(o, Device::Cpu, "fused-u8-tf32").tf32);
     }
 
     #[test]
