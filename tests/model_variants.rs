@@ -245,7 +245,14 @@ fn channels_last_norm_op_keeps_the_pictures() {
         (97, 61),
         &mix,
     );
-    assert_eq!(report.channels_last_ops, 18, "{report:?}");
+    // 18 normalisations and the 7 Pads left: after the skip connections and the input's
+    // (framewise's ReflectPad).
+    assert_eq!(report.channels_last_ops, 25, "{report:?}");
+    // The six residual Adds, both nearest 2x Resizes and the Pads after them (7 Pads stay: the
+    // input's, and those after the skip connections, which feed two ops).
+    assert_eq!(report.norm_ops.with_residual, 6, "{report:?}");
+    assert_eq!(report.norm_ops.with_upsample, 2, "{report:?}");
+    assert_eq!(report.norm_ops.with_pad, 11, "{report:?}");
     assert!(db.iter().all(|&p| p >= 60.0), "{db:?} dB");
 }
 
@@ -263,7 +270,10 @@ fn half_channels_last_norm_op_runs_and_stays_close() {
         (97, 61),
         &[0.0; 26].map(|_: f32| 1.0 / 26.0),
     );
-    assert_eq!(report.channels_last_ops, 18, "{report:?}");
-    assert!(report.fp16_tensors > 0, "{report:?}");
+    assert_eq!(report.channels_last_ops, 25, "{report:?}");
+    assert!(
+        report.fp16_tensors > 0 && report.pixels_into_first_conv,
+        "{report:?}"
+    );
     assert!(db.iter().all(|&p| p >= 40.0), "{db:?} dB");
 }

@@ -365,12 +365,16 @@ fw_norm_coefficients(const float* __restrict__ partial, int splits, long long hw
 }
 
 // One output row per block: thread t writes channels g*V .. g*V+V-1 (g = t % G) of pixels
-// t / G, + per, ... (as stats_nhwc reads them), each read from its reflected source pixel.
+// t / G, + per, ... (as stats_nhwc reads them), each read from its source pixel: reflected by
+// the padding in the image upsampled `up` times (nearest), so that upsampling (a Resize before
+// the next convolution's Pad) is folded in too. res (X's shape, or null) is added after the
+// ReLU: a residual block's Add.
 template <int V, typename T>
 __device__ __forceinline__ void apply_nhwc(const T* __restrict__ x, T* __restrict__ y,
                                            const float* __restrict__ coef, int channels, int in_h,
                                            int in_w, int out_h, int out_w, int pad_top,
-                                           int pad_left, int relu) {
+                                           int pad_left, int relu, int up,
+                                           const T* __restrict__ res) {
     const long long n = blockIdx.y;
     const int r = blockIdx.x;
     __shared__ float cf[3 * THREADS];
@@ -387,14 +391,19 @@ __device__ __forceinline__ void apply_nhwc(const T* __restrict__ x, T* __restric
         a[j] = cf[3 * c + 1];
         b[j] = cf[3 * c + 2];
     }
-    const T* src = x + (n * in_h + reflect(r - pad_top, in_h)) * (long long)in_w * channels + g * V;
+    const long long row = (n * in_h + reflect(r - pad_top, in_h * up) / up) * (long long)in_w * channels + g * V;
+    const T* src = x + row;
+    const T* rsrc = res ? res + row : nullptr;
     T* dst = y + (n * out_h + r) * (long long)out_w * channels + g * V;
+    float e[V];
     for (int col = p0; col < out_w; col += per) {
-        load_v<V>(src + (long long)reflect(col - pad_left, in_w) * channels, v);
+        const long long at = (long long)(reflect(col - pad_left, in_w * up) / up) * channels;
+        load_v<V>(src + at, v);
+        if (rsrc) load_v<V>(rsrc + at, e);
 #pragma unroll
         for (int j = 0; j < V; j++) {
             const float o = fmaf(v[j] - m[j], a[j], b[j]);
-            v[j] = relu ? fmaxf(o, 0.f) : o;
+            v[j] = (relu ? fmaxf(o, 0.f) : o) + (rsrc ? e[j] : 0.f);
         }
         store_v<V>(dst + (long long)col * channels, v);
     }
@@ -403,15 +412,56 @@ __device__ __forceinline__ void apply_nhwc(const T* __restrict__ x, T* __restric
 extern "C" __global__ void __launch_bounds__(THREADS)
 fw_norm_apply_nhwc_f32(const float* __restrict__ x, float* __restrict__ y,
                        const float* __restrict__ coef, int channels, int in_h, int in_w,
-                       int out_h, int out_w, int pad_top, int pad_left, int relu, int vec) {
-    if (vec) apply_nhwc<4>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu);
-    else apply_nhwc<1>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu);
+                       int out_h, int out_w, int pad_top, int pad_left, int relu, int vec,
+                       int up, const float* __restrict__ res) {
+    if (vec) apply_nhwc<4>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu, up, res);
+    else apply_nhwc<1>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu, up, res);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
 fw_norm_apply_nhwc_f16(const half_bits* __restrict__ x, half_bits* __restrict__ y,
                        const float* __restrict__ coef, int channels, int in_h, int in_w,
-                       int out_h, int out_w, int pad_top, int pad_left, int relu, int vec) {
-    if (vec) apply_nhwc<8>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu);
-    else apply_nhwc<1>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu);
+                       int out_h, int out_w, int pad_top, int pad_left, int relu, int vec,
+                       int up, const half_bits* __restrict__ res) {
+    if (vec) apply_nhwc<8>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu, up, res);
+    else apply_nhwc<1>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu, up, res);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A reflect Pad along H and W of a channels-last tensor [N, H, W, C] (ONNX Runtime runs a
+// generic index-mapping kernel for it there, 15 GB/s). One output row per block (grid (out_h,
+// images)); a pixel is `units` values of type U (16, 4 or 2 bytes: whatever divides the
+// pixel's bytes and the addresses), copied as they are, so any element type pads alike.
+// units <= THREADS.
+template <typename U>
+__device__ __forceinline__ void pad_nhwc(const U* __restrict__ x, U* __restrict__ y, int units,
+                                         int in_h, int in_w, int out_h, int out_w, int pad_top,
+                                         int pad_left) {
+    const long long n = blockIdx.y;
+    const int r = blockIdx.x;
+    const int per = THREADS / units;
+    const int g = threadIdx.x % units, p0 = threadIdx.x / units;
+    if (p0 >= per) return;
+    const U* src = x + (n * in_h + reflect(r - pad_top, in_h)) * (long long)in_w * units + g;
+    U* dst = y + (n * out_h + r) * (long long)out_w * units + g;
+    for (int col = p0; col < out_w; col += per)
+        dst[(long long)col * units] = src[(long long)reflect(col - pad_left, in_w) * units];
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+fw_pad_nhwc_16(const uint4* __restrict__ x, uint4* __restrict__ y, int units, int in_h,
+               int in_w, int out_h, int out_w, int pad_top, int pad_left) {
+    pad_nhwc(x, y, units, in_h, in_w, out_h, out_w, pad_top, pad_left);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+fw_pad_nhwc_4(const unsigned* __restrict__ x, unsigned* __restrict__ y, int units, int in_h,
+              int in_w, int out_h, int out_w, int pad_top, int pad_left) {
+    pad_nhwc(x, y, units, in_h, in_w, out_h, out_w, pad_top, pad_left);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+fw_pad_nhwc_2(const unsigned short* __restrict__ x, unsigned short* __restrict__ y, int units,
+              int in_h, int in_w, int out_h, int out_w, int pad_top, int pad_left) {
+    pad_nhwc(x, y, units, in_h, in_w, out_h, out_w, pad_top, pad_left);
 }

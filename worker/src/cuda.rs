@@ -156,6 +156,8 @@ pub struct NormKernels {
     stats_nhwc: [usize; 2],
     apply_nhwc: [usize; 2],
     coefficients: usize,
+    /// The channels-last reflect pad, copying 16-, 4- or 2-byte units.
+    pad_nhwc: [usize; 3],
 }
 
 static LOADED: Mutex<Option<HashMap<i32, NormKernels>>> = Mutex::new(None);
@@ -192,7 +194,7 @@ fn load_kernels(d: &Driver, device: i32) -> Result<NormKernels, String> {
                     (d.module_load_data)(&mut module, image.as_ptr().cast()),
                     "cuModuleLoadData (the fused normalisation's PTX)",
                 )?;
-                let mut f = [std::ptr::null_mut(); 7];
+                let mut f = [std::ptr::null_mut(); 10];
                 let names = [
                     c"fw_norm_stats",
                     c"fw_norm_apply",
@@ -201,6 +203,9 @@ fn load_kernels(d: &Driver, device: i32) -> Result<NormKernels, String> {
                     c"fw_norm_apply_nhwc_f32",
                     c"fw_norm_apply_nhwc_f16",
                     c"fw_norm_coefficients",
+                    c"fw_pad_nhwc_16",
+                    c"fw_pad_nhwc_4",
+                    c"fw_pad_nhwc_2",
                 ];
                 for (slot, name) in f.iter_mut().zip(names) {
                     check(
@@ -216,6 +221,7 @@ fn load_kernels(d: &Driver, device: i32) -> Result<NormKernels, String> {
                     stats_nhwc: [f[2] as usize, f[3] as usize],
                     apply_nhwc: [f[4] as usize, f[5] as usize],
                     coefficients: f[6] as usize,
+                    pad_nhwc: [f[7] as usize, f[8] as usize, f[9] as usize],
                 };
                 map.insert(device, k);
                 k
@@ -258,6 +264,8 @@ pub struct NormPlan {
     in_h: i32,
     /// Values (NCHW) or pixels (channels last) one block of the first kernel sums.
     chunk: i32,
+    /// Nearest upsampling folded into the output (channels last).
+    upsample: i32,
 }
 
 impl NormPlan {
@@ -291,6 +299,7 @@ impl NormPlan {
             images: l.images as u32,
             in_h: int(l.plane / l.width)?,
             chunk: int(chunk)?,
+            upsample: int(l.upsample)?,
             in_w: int(l.width)?,
             out_h: int(out_h)?,
             out_w: int(out_w)?,
@@ -335,6 +344,8 @@ pub struct NormPtrs {
     pub scratch: u64,
     pub params: [u64; 4],
     pub mix: u64,
+    /// Added to the result (channels last), X's shape; 0 for none.
+    pub residual: u64,
 }
 
 /// Queues the kernels on `stream` (ONNX Runtime's, so they run in order with the graph): two
@@ -399,8 +410,10 @@ pub unsafe fn launch_norm(
         let h = usize::from(half);
         // 16-byte loads and stores: 4 floats or 8 halves of one pixel per thread.
         let width = if half { 8 } else { 4 };
-        let mut vec =
-            i32::from(p.channels % width == 0 && t.x.is_multiple_of(16) && t.y.is_multiple_of(16));
+        let mut vec = i32::from(
+            p.channels % width == 0 && [t.x, t.y, t.residual].iter().all(|a| a.is_multiple_of(16)),
+        );
+        let (mut up, mut res) = (p.upsample, t.residual);
         launch(
             k.stats_nhwc[h],
             (p.splits, p.images),
@@ -451,6 +464,8 @@ pub unsafe fn launch_norm(
                 arg(&mut pad_left),
                 arg(&mut relu),
                 arg(&mut vec),
+                arg(&mut up),
+                arg(&mut res),
             ],
             "fw_norm_apply_nhwc",
         );
@@ -497,6 +512,100 @@ pub unsafe fn launch_norm(
         ],
         "fw_norm_apply",
     )
+}
+
+/// One channels-last reflect pad: [N, H, W, C] of `elem` bytes per value into [N, H + top +
+/// bottom, W + left + right, C].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PadPlan {
+    pub images: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub channels: usize,
+    pub elem: usize,
+    pub pads: crate::norm_op::Pads,
+}
+
+impl PadPlan {
+    /// The copy unit (16, 4 or 2 bytes) for these addresses, and units per pixel; rejects what
+    /// one launch cannot cover.
+    fn unit(&self, x: u64, y: u64) -> Result<(usize, usize), String> {
+        let bytes = self.channels * self.elem;
+        let unit = [16usize, 4, 2]
+            .into_iter()
+            .find(|&u| {
+                bytes.is_multiple_of(u) && x.is_multiple_of(u as u64) && y.is_multiple_of(u as u64)
+            })
+            .ok_or_else(|| format!("pixels of {bytes} bytes cannot be copied in 2-byte units"))?;
+        let units = bytes / unit;
+        if units > NORM_THREADS as usize || self.images > 65_535 {
+            return Err(format!(
+                "{} images of {bytes}-byte pixels: the pad kernel takes at most 65,535 images and {} units of {unit} bytes per pixel",
+                self.images, NORM_THREADS
+            ));
+        }
+        Ok((unit, units))
+    }
+}
+
+/// Queues the channels-last reflect pad on `stream`.
+///
+/// # Safety
+/// `stream` is a CUDA stream of `k`'s device; x and y are live device memory of `p`'s input
+/// and output, read and written after this returns, in stream order.
+pub unsafe fn launch_pad(
+    k: &NormKernels,
+    stream: *mut c_void,
+    p: &PadPlan,
+    x: u64,
+    y: u64,
+) -> Result<(), String> {
+    let d = driver()?;
+    unsafe { make_current(d, k.ctx as *mut c_void)? };
+    let (unit, units) = p.unit(x, y)?;
+    let f = k.pad_nhwc[match unit {
+        16 => 0,
+        4 => 1,
+        _ => 2,
+    }];
+    let int = |v: usize| i32::try_from(v).map_err(|_| format!("{v} is too large for the pad"));
+    let (out_h, out_w) = (
+        p.in_h + p.pads.top + p.pads.bottom,
+        p.in_w + p.pads.left + p.pads.right,
+    );
+    let (mut x, mut y) = (x, y);
+    let mut ints = [
+        int(units)?,
+        int(p.in_h)?,
+        int(p.in_w)?,
+        int(out_h)?,
+        int(out_w)?,
+        int(p.pads.top)?,
+        int(p.pads.left)?,
+    ];
+    let mut args: Vec<*mut c_void> = vec![(&mut x as *mut u64).cast(), (&mut y as *mut u64).cast()];
+    args.extend(ints.iter_mut().map(|v| (v as *mut i32).cast::<c_void>()));
+    // SAFETY: fw_pad_nhwc_*'s parameters are (x, y, units, in_h, in_w, out_h, out_w, pad_top,
+    // pad_left): two pointers and seven ints, as `args` holds them.
+    unsafe {
+        check(
+            d,
+            (d.launch_kernel)(
+                f as *mut c_void,
+                u32::try_from(out_h).map_err(|e| e.to_string())?,
+                p.images as u32,
+                1,
+                NORM_THREADS,
+                1,
+                1,
+                0,
+                stream,
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            ),
+            "cuLaunchKernel(fw_pad_nhwc)",
+        )
+    }
 }
 
 #[cfg(test)]

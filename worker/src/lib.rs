@@ -8,6 +8,7 @@ pub mod inference;
 pub mod media;
 pub mod norm_op;
 pub mod optimize;
+pub mod pad_op;
 pub mod preemption;
 pub mod segment;
 pub mod tasklog;

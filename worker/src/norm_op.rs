@@ -38,6 +38,7 @@ pub fn domain() -> ort::Result<OperatorDomain> {
         .add(OnCuda { half: false })?
         .add(OnCpu { half: true })?
         .add(OnCuda { half: true })
+        .and_then(crate::pad_op::add_to)
 }
 
 /// The op's name for f32 or f16 values.
@@ -67,6 +68,12 @@ pub struct Layout {
     pub pads: Pads,
     /// X is [N, H, W, C] (attribute `channels_last`), as tensor-core convolutions want it.
     pub channels_last: bool,
+    /// The output is the result upsampled this many times (nearest, before the padding): a
+    /// Resize between the op and the next convolution's Pad, folded in. 1 or 2; channels last.
+    pub upsample: usize,
+    /// A residual input of X's shape is added to the result (after the ReLU, before the
+    /// upsampling): the residual block's Add, folded in. Channels last.
+    pub residual: bool,
 }
 
 impl Layout {
@@ -79,9 +86,33 @@ impl Layout {
     pub fn out_hw(&self) -> (usize, usize) {
         let h = self.plane / self.width;
         (
-            h + self.pads.top + self.pads.bottom,
-            self.width + self.pads.left + self.pads.right,
+            h * self.upsample + self.pads.top + self.pads.bottom,
+            self.width * self.upsample + self.pads.left + self.pads.right,
         )
+    }
+
+    /// The layout with the op's `upsample` attribute and its residual input's shape (if any)
+    /// checked: both need channels last, the residual X's shape.
+    pub fn with_extras(
+        mut self,
+        upsample: usize,
+        residual: Option<&[i64]>,
+        x: &[i64],
+    ) -> Result<Self, String> {
+        if (upsample != 1 || residual.is_some()) && !self.channels_last {
+            return Err("upsample and a residual input need channels_last".into());
+        }
+        if !matches!(upsample, 1 | 2) {
+            return Err(format!("upsample {upsample}: expected 1 or 2"));
+        }
+        if let Some(r) = residual.filter(|&r| r != x) {
+            return Err(format!(
+                "input residual has shape {r:?}; expected X's {x:?}"
+            ));
+        }
+        self.upsample = upsample;
+        self.residual = residual.is_some();
+        Ok(self)
     }
 
     /// The output's shape: x's with H and W padded.
@@ -133,6 +164,8 @@ pub struct Params<'a> {
     pub beta: &'a [f32],
     /// Style weights mixing gamma's and beta's rows, if the op has them.
     pub mix: Option<&'a [f32]>,
+    /// Added to the result (`Layout::residual`), X's shape.
+    pub residual: Option<&'a [f32]>,
 }
 
 /// Checks the inputs' shapes against each other: x [N, C, ...] (or [N, H, W, C] when
@@ -223,6 +256,8 @@ pub fn layout(
         width,
         pads,
         channels_last,
+        upsample: 1,
+        residual: false,
     })
 }
 
@@ -361,13 +396,19 @@ fn normalize_channels_last(x: &[f32], y: &mut [f32], l: &Layout, p: &Params, eps
         let coef: Vec<(f32, f32, f32)> = (0..c)
             .map(|j| coefficients(l, n * c + j, (k[j] as f64, s1[j], s2[j]), eps, p))
             .collect();
+        let u = l.upsample;
+        let ri = p.residual.map(|r| &r[n * l.plane * c..][..l.plane * c]);
         for (r, row) in yi.chunks_exact_mut(out_w * c).enumerate() {
-            let src = &xi[reflect(r as i64 - pd.top as i64, h) * w * c..][..w * c];
+            let sr = reflect(r as i64 - pd.top as i64, h * u) / u;
+            let src = &xi[sr * w * c..][..w * c];
             for (col, out) in row.chunks_exact_mut(c).enumerate() {
-                let px = &src[reflect(col as i64 - pd.left as i64, w) * c..][..c];
-                for ((o, &v), &(mean, a, b)) in out.iter_mut().zip(px).zip(&coef) {
+                let at = reflect(col as i64 - pd.left as i64, w * u) / u * c;
+                let px = &src[at..][..c];
+                for (j, (o, &v)) in out.iter_mut().zip(px).enumerate() {
+                    let (mean, a, b) = coef[j];
                     let r = (v - mean).mul_add(a, b);
-                    *o = if relu { r.max(0.0) } else { r };
+                    let r = if relu { r.max(0.0) } else { r };
+                    *o = ri.map_or(r, |ri| r + ri[sr * w * c + at + j]);
                 }
             }
         }
@@ -375,12 +416,51 @@ fn normalize_channels_last(x: &[f32], y: &mut [f32], l: &Layout, p: &Params, eps
 }
 
 /// Index `i` reflected into [0, n) as ONNX Pad's "reflect" does (the edge is not repeated).
-fn reflect(i: i64, n: usize) -> usize {
+pub(crate) fn reflect(i: i64, n: usize) -> usize {
     let i = i.unsigned_abs() as usize;
     if i >= n {
         2 * n - 2 - i
     } else {
         i
+    }
+}
+
+/// The constant pads of input `idx`, read when the kernel is made.
+pub(crate) fn read_pads(k: &KernelContext<'_>, idx: usize, op: &str) -> ort::Result<Pads> {
+    let t = k.constant_input::<DynTensorValueType>(idx).map_err(|e| {
+        ort::Error::new(format!("{op}: pads (input {idx}) must be a constant: {e}"))
+    })?;
+    let (_, v) = t.try_extract_tensor::<i64>()?;
+    Pads::from_onnx(v).map_err(|e| ort::Error::new(format!("{op}: {e}")))
+}
+
+/// Whether the node has input `idx` (not absent, not the empty name of a skipped optional one).
+/// By name alone: ort's `KernelContext::inputs` asks every input for its type and fails on a
+/// skipped one (a residual after no pads, or pads after no style weights).
+pub(crate) fn has_input(k: &KernelContext<'_>, idx: usize) -> bool {
+    use ort::AsPointer;
+    let api = ort::api();
+    let info = k.ptr();
+    let ok = |s: ort::sys::OrtStatusPtr| {
+        if !s.0.is_null() {
+            // SAFETY: a status ONNX Runtime returned, released once.
+            unsafe { (api.ReleaseStatus)(s.0) };
+        }
+        s.0.is_null()
+    };
+    let (mut count, mut len) = (0usize, 0usize);
+    // SAFETY: `info` is the kernel info ONNX Runtime handed to create_kernel, alive during it;
+    // the out-pointers are locals; a null name buffer asks for the name's size only.
+    unsafe {
+        ok((api.KernelInfo_GetInputCount)(info, &mut count))
+            && idx < count
+            && ok((api.KernelInfo_GetInputName)(
+                info,
+                idx,
+                std::ptr::null_mut(),
+                &mut len,
+            ))
+            && len > 1
     }
 }
 
@@ -391,17 +471,13 @@ struct Attrs {
     relu: bool,
     pads: Pads,
     channels_last: bool,
+    upsample: usize,
 }
 
 impl Attrs {
     fn of(k: &KernelContext<'_>) -> ort::Result<Self> {
-        let has_pads = k.inputs()?.get(6).is_some_and(|o| !o.name().is_empty());
-        let pads = if has_pads {
-            let t = k.constant_input::<DynTensorValueType>(6).map_err(|e| {
-                ort::Error::new(format!("{OP}: pads (input 6) must be a constant: {e}"))
-            })?;
-            let (_, v) = t.try_extract_tensor::<i64>()?;
-            Pads::from_onnx(v).map_err(|e| ort::Error::new(format!("{OP}: {e}")))?
+        let pads = if has_input(k, 6) {
+            read_pads(k, 6, OP)?
         } else {
             Pads::default()
         };
@@ -410,20 +486,21 @@ impl Attrs {
             relu: k.get::<i64>("relu").unwrap_or(0) != 0,
             pads,
             channels_last: k.get::<i64>("channels_last").unwrap_or(0) != 0,
+            upsample: k.get::<i64>("upsample").unwrap_or(1).max(0) as usize,
         })
     }
 }
 
-fn inputs(half: bool) -> [OperatorInput; 7] {
+fn inputs(half: bool) -> [OperatorInput; 8] {
     let f = TensorElementType::Float32;
-    let mut v = [(); 7].map(|_| OperatorInput::required(f));
-    if half {
-        v[0] = OperatorInput::required(TensorElementType::Float16);
-    }
+    let values = if half { TensorElementType::Float16 } else { f };
+    let mut v = [(); 8].map(|_| OperatorInput::required(f));
+    v[0] = OperatorInput::required(values);
     v[5] = OperatorInput::optional(f);
     // The pads stay in host memory on a GPU too: read once, when the kernel is made (a GPU
     // copy could not be read there).
     v[6] = OperatorInput::optional(TensorElementType::Int64).memory_type(MemoryType::CPUInput);
+    v[7] = OperatorInput::optional(values);
     v
 }
 
@@ -437,23 +514,38 @@ fn outputs(half: bool) -> [OperatorOutput; 1] {
     })]
 }
 
-/// The five required inputs, then the style weights if given (the pads are read at creation).
-fn inputs_of(ctx: &ComputeContext) -> ort::Result<Vec<ValueRef<'_, DynTensorValueType>>> {
-    let mut t = Vec::with_capacity(6);
-    for i in 0..6 {
-        match ctx.input(i)? {
-            Some(v) => t.push(v.downcast()?),
-            None if i == 5 => {}
-            None => return Err(ort::Error::new(format!("{OP}: input {i} is missing"))),
+/// A run's inputs (the pads are read at creation).
+struct Inputs<'a> {
+    /// X, scale, B, gamma, beta.
+    t: Vec<ValueRef<'a, DynTensorValueType>>,
+    mix: Option<ValueRef<'a, DynTensorValueType>>,
+    residual: Option<ValueRef<'a, DynTensorValueType>>,
+}
+
+fn inputs_of(ctx: &ComputeContext) -> ort::Result<Inputs<'_>> {
+    let n = ctx.num_inputs()?;
+    let get = |i: usize| -> ort::Result<Option<ValueRef<'_, DynTensorValueType>>> {
+        match if i < n { ctx.input(i)? } else { None } {
+            Some(v) => Ok(Some(v.downcast()?)),
+            None => Ok(None),
         }
+    };
+    let mut t = Vec::with_capacity(5);
+    for i in 0..5 {
+        t.push(get(i)?.ok_or_else(|| ort::Error::new(format!("{OP}: input {i} is missing")))?);
     }
-    Ok(t)
+    Ok(Inputs {
+        t,
+        mix: get(5)?,
+        residual: get(7)?,
+    })
 }
 
 /// The layout from the inputs' shapes.
-fn layout_of(t: &[ValueRef<'_, DynTensorValueType>], a: &Attrs) -> ort::Result<Layout> {
-    let sh = |i: usize| -> &[i64] { t[i].shape() };
-    let mix = t.get(5).map(|w| w.shape() as &[i64]);
+fn layout_of(i: &Inputs, a: &Attrs) -> ort::Result<Layout> {
+    let sh = |k: usize| -> &[i64] { i.t[k].shape() };
+    let mix = i.mix.as_ref().map(|w| w.shape() as &[i64]);
+    let residual = i.residual.as_ref().map(|r| r.shape() as &[i64]);
     layout(
         sh(0),
         sh(1),
@@ -464,7 +556,8 @@ fn layout_of(t: &[ValueRef<'_, DynTensorValueType>], a: &Attrs) -> ort::Result<L
         a.pads,
         a.channels_last,
     )
-    .map_err(ort::Error::new)
+    .and_then(|l| l.with_extras(a.upsample, residual, sh(0)))
+    .map_err(|e| ort::Error::new(format!("{OP}: {e}")))
 }
 
 /// The op on ONNX Runtime's CPU provider.
@@ -491,18 +584,39 @@ impl Operator for OnCpu {
         let a = Attrs::of(k)?;
         let half = self.half;
         Ok(Box::new(move |ctx: &ComputeContext| {
-            let t = inputs_of(ctx)?;
-            let l = layout_of(&t, &a)?;
-            let mut v = Vec::with_capacity(t.len());
+            let i = inputs_of(ctx)?;
+            let l = layout_of(&i, &a)?;
+            let t = &i.t;
+            let mut v = Vec::with_capacity(4);
             for x in &t[1..] {
                 v.push(x.try_extract_tensor::<f32>()?.1);
             }
+            let mix = match &i.mix {
+                Some(w) => Some(w.try_extract_tensor::<f32>()?.1),
+                None => None,
+            };
+            let count = |s: &[i64]| s.iter().product::<i64>() as usize;
+            // fp16 values through f32 (tests and CPU fallbacks; GPUs run the half kernels).
+            // SAFETY: an f16 CPU tensor of `shape` (its declared type); u16 has f16's layout.
+            let widen = |v: &ValueRef<'_, DynTensorValueType>| -> Vec<f32> {
+                let h = unsafe {
+                    std::slice::from_raw_parts(v.data_ptr() as *const u16, count(v.shape()))
+                };
+                h.iter().map(|&b| f16_to_f32(b)).collect()
+            };
+            let residual_half = i.residual.as_ref().filter(|_| half).map(widen);
+            let residual = match (&i.residual, &residual_half) {
+                (_, Some(r)) => Some(r.as_slice()),
+                (Some(r), None) => Some(r.try_extract_tensor::<f32>()?.1),
+                (None, None) => None,
+            };
             let p = Params {
                 scale: v[0],
                 bias: v[1],
                 gamma: v[2],
                 beta: v[3],
-                mix: v.get(4).copied(),
+                mix,
+                residual,
             };
             let shape = l.out_shape(t[0].shape());
             let mut y = ctx
@@ -521,19 +635,11 @@ impl Operator for OnCpu {
                 );
                 return Ok(());
             }
-            // fp16 values through f32 (tests and CPU fallbacks; GPUs run the half kernels).
-            let count = |s: &[i64]| s.iter().product::<i64>() as usize;
-            let (nx, ny) = (count(t[0].shape()), count(&shape));
-            // SAFETY: X and Y are CPU tensors of the op's declared f16 type with these shapes
-            // (ONNX Runtime allocated Y just now, GetTensorMutableData underneath data_ptr); u16 has
-            // f16's size and alignment.
-            let (xs, ys) = unsafe {
-                (
-                    std::slice::from_raw_parts(t[0].data_ptr() as *const u16, nx),
-                    std::slice::from_raw_parts_mut(y.data_ptr() as *mut u16, ny),
-                )
-            };
-            let x: Vec<f32> = xs.iter().map(|&h| f16_to_f32(h)).collect();
+            let ny = count(&shape);
+            // SAFETY: Y is a CPU tensor of the op's declared f16 type and this shape (ONNX
+            // Runtime allocated it just now, GetTensorMutableData underneath data_ptr).
+            let ys = unsafe { std::slice::from_raw_parts_mut(y.data_ptr() as *mut u16, ny) };
+            let x = widen(&t[0]);
             let mut out = vec![0.0; ny];
             normalize(&x, &mut out, &l, &p, a.eps, a.relu);
             for (o, v) in ys.iter_mut().zip(out) {
@@ -585,8 +691,9 @@ struct CudaKernel {
 
 impl Kernel for CudaKernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        let t = inputs_of(ctx)?;
-        let l = layout_of(&t, &self.attrs)?;
+        let i = inputs_of(ctx)?;
+        let l = layout_of(&i, &self.attrs)?;
+        let t = &i.t;
         let stream = ctx
             .stream()?
             .ok_or_else(|| ort::Error::new(format!("{OP}: no CUDA stream")))?;
@@ -613,8 +720,9 @@ impl Kernel for CudaKernel {
             x: t[0].data_ptr() as u64,
             y: y.data_ptr() as u64,
             scratch: scratch.as_mut_ptr() as u64,
-            params: [1, 2, 3, 4].map(|i| t[i].data_ptr() as u64),
-            mix: t.get(5).map_or(0, |w| w.data_ptr() as u64),
+            params: [1, 2, 3, 4].map(|k| t[k].data_ptr() as u64),
+            mix: i.mix.as_ref().map_or(0, |w| w.data_ptr() as u64),
+            residual: i.residual.as_ref().map_or(0, |r| r.data_ptr() as u64),
         };
         // SAFETY: the stream is the session's on the tensors' device; x, y, the parameters and
         // the scratch are ONNX Runtime's tensors and allocation there, of the sizes the plan was
@@ -804,6 +912,7 @@ mod tests {
                 gamma: &gamma,
                 beta: &beta,
                 mix: mix.as_deref(),
+                residual: None,
             };
             let out = l.out_shape(shape);
             assert_eq!(
@@ -850,6 +959,81 @@ mod tests {
                 "{shape:?} channels last: worst relative error {worst}"
             );
         }
+    }
+
+    #[test]
+    fn channels_last_folds_the_residual_add_and_the_upsampling() {
+        // [N, H, W, C] = [2, 5, 7, 4]: the op with a residual, upsampling 2x and uneven pads
+        // against the plain op, then the Add, a nearest 2x Resize and a reflect Pad by hand.
+        let x_shape = [2i64, 5, 7, 4];
+        let (n, h, w, c) = (2usize, 5usize, 7usize, 4usize);
+        let x = values(n * h * w * c, 7);
+        let res = values(x.len(), 8);
+        let (scale, bias) = (values(c, 2), values(c, 3));
+        let (gamma, beta) = (values(c, 4), values(c, 5));
+        let per = [1i64, 4, 1, 1];
+        let pads = Pads {
+            top: 1,
+            left: 2,
+            bottom: 3,
+            right: 1,
+        };
+        let mk = |p: Pads| layout(&x_shape, &[4], &[4], &per, &per, None, p, true).unwrap();
+        let mut p = Params {
+            scale: &scale,
+            bias: &bias,
+            gamma: &gamma,
+            beta: &beta,
+            mix: None,
+            residual: None,
+        };
+        let mut plain = vec![0.0; x.len()];
+        normalize(&x, &mut plain, &mk(Pads::default()), &p, 1e-5, true);
+        let l = mk(pads).with_extras(2, Some(&x_shape), &x_shape).unwrap();
+        let (oh, ow) = l.out_hw();
+        assert_eq!((oh, ow), (2 * h + 4, 2 * w + 3));
+        assert_eq!(l.out_shape(&x_shape), [2, oh as i64, ow as i64, 4]);
+        p.residual = Some(&res);
+        let mut y = vec![0.0; n * oh * ow * c];
+        normalize(&x, &mut y, &l, &p, 1e-5, true);
+        for img in 0..n {
+            for r in 0..oh {
+                for col in 0..ow {
+                    let sr = reflect(r as i64 - 1, 2 * h) / 2;
+                    let sc = reflect(col as i64 - 2, 2 * w) / 2;
+                    for ch in 0..c {
+                        let at = ((img * h + sr) * w + sc) * c + ch;
+                        let want = plain[at] + res[at];
+                        let got = y[((img * oh + r) * ow + col) * c + ch];
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "{img} {r} {col} {ch}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        // Only channels last, 1x or 2x, and a residual of X's shape.
+        let nchw = layout(
+            &[2, 4, 5, 7],
+            &[4],
+            &[4],
+            &per,
+            &per,
+            None,
+            Pads::default(),
+            false,
+        );
+        let e = nchw.unwrap().with_extras(2, None, &x_shape).unwrap_err();
+        assert!(e.contains("channels_last"), "{e}");
+        assert!(mk(pads)
+            .with_extras(3, None, &x_shape)
+            .unwrap_err()
+            .contains("upsample 3"));
+        let e = mk(pads)
+            .with_extras(1, Some(&[2, 5, 7, 3]), &x_shape)
+            .unwrap_err();
+        assert!(e.contains("input residual"), "{e}");
     }
 
     /// [N, C, H, W] values reordered to [N, H, W, C].

@@ -7,7 +7,7 @@
 //! Every rewrite is a plain function on the decoded model, so unit tests call them without a
 //! runtime; whether a rewritten model is good enough is decided by `variant.rs` (a PSNR gate).
 
-use crate::norm_op;
+use crate::{norm_op, pad_op};
 use prost::Message;
 use std::collections::{HashMap, HashSet};
 
@@ -74,6 +74,9 @@ pub struct NormOps {
     pub with_relu: usize,
     pub with_style_mix: usize,
     pub with_pad: usize,
+    /// Channels last only: a residual block's Add, and a nearest 2x Resize, folded in.
+    pub with_residual: usize,
+    pub with_upsample: usize,
 }
 
 /// What a rewrite changed, for the log and the tests.
@@ -138,6 +141,15 @@ pub fn optimize_model(
         report.norm_ops = fuse_norm_affine(g);
     }
     if r.channels_last {
+        (report.norm_ops.with_residual, report.norm_ops.with_upsample) =
+            fold_residual_and_upsample(g);
+        report.norm_ops.with_pad = g
+            .node
+            .iter()
+            .filter(|n| {
+                n.domain() == norm_op::DOMAIN && n.input.get(6).is_some_and(|p| !p.is_empty())
+            })
+            .count();
         report.channels_last_ops = norm_op_channels_last(g);
     }
     if r.uint8_io {
@@ -151,6 +163,11 @@ pub fn optimize_model(
         // this model amplifies input rounding. Either the scaling has moved past the first
         // convolution, or that convolution and what feeds it stay fp32.
         report.fp16_tensors = to_fp16(g, (!exact).then_some(io.input.as_str()));
+    }
+    // The input's Pad last, once the pixels and fp16 rewrites have seen it as ONNX's (all
+    // float tensors are then of one type: f16 when fp16 reaches the input, else f32).
+    if r.channels_last && (exact || !r.fp16) {
+        report.channels_last_ops += pads_channels_last(g, r.fp16);
     }
     if r.dynamic_batch {
         report.dynamic_batch = make_batch_dynamic(g, io);
@@ -684,6 +701,7 @@ pub fn fuse_norm_affine(g: &mut GraphProto) -> NormOps {
         with_relu: count(0),
         with_style_mix: count(1),
         with_pad: count(2),
+        ..NormOps::default()
     };
     let mut dead: HashSet<usize> = HashSet::new();
     let mut insert: HashMap<usize, NodeProto> = HashMap::new();
@@ -695,16 +713,149 @@ pub fn fuse_norm_affine(g: &mut GraphProto) -> NormOps {
     counts
 }
 
+/// For the channels-last op: folds into each fused normalisation without padding a residual
+/// Add that only its result feeds (the other operand becomes input 7), then a nearest 2x
+/// Resize and the reflect Pad after it, or (after such an Add) a reflect Pad alone. ONNX
+/// Runtime ran those Pads with a generic kernel, a fifth of the fp16 model's GPU time
+/// (BENCHMARKS.md, session 12). Returns (Adds, Resizes) folded.
+pub fn fold_residual_and_upsample(g: &mut GraphProto) -> (usize, usize) {
+    let (mut adds, mut resizes) = (0, 0);
+    let mut dead: HashSet<usize> = HashSet::new();
+    let mut insert: HashMap<usize, NodeProto> = HashMap::new();
+    {
+        let ix = Index::new(g);
+        let reflect_pad = |k: usize| {
+            let pd = &g.node[k];
+            attr(pd, "mode").and_then(|a| a.s.as_deref()) == Some(b"reflect".as_slice())
+                && (pd.input.len() == 2 || pd.input[2..].iter().all(|s| s.is_empty()))
+        };
+        let nearest_2x = |k: usize| {
+            let rs = &g.node[k];
+            let is =
+                |name: &str, want: &[u8]| attr(rs, name).and_then(|a| a.s.as_deref()) == Some(want);
+            let scales = rs.input.get(2).and_then(|s| ix.constants.get(s.as_str()));
+            is("mode", b"nearest")
+                && is("coordinate_transformation_mode", b"asymmetric")
+                && is("nearest_mode", b"floor")
+                && rs.input.get(1).is_none_or(|r| r.is_empty())
+                && rs.input.get(3).is_none_or(|r| r.is_empty())
+                && scales.and_then(|t| tensor_f32(t)) == Some(vec![1.0, 1.0, 2.0, 2.0])
+        };
+        for (i, n) in g.node.iter().enumerate() {
+            if n.domain() != norm_op::DOMAIN
+                || n.op_type() != norm_op::OP
+                || n.input.get(6).is_some_and(|p| !p.is_empty())
+            {
+                continue;
+            }
+            let Some(mut y) = n.output.first().cloned() else {
+                continue;
+            };
+            let mut node = n.clone();
+            let mut gone = vec![i];
+            let mut residual = false;
+            if let Some(k) = ix.only_consumer(g, &y, "Add") {
+                let other = match g.node[k].input.as_slice() {
+                    [a, b] if *a == y && *b != y => Some(b.clone()),
+                    [a, b] if *b == y && *a != y => Some(a.clone()),
+                    _ => None,
+                };
+                if let (Some(r), Some(out)) = (other, g.node[k].output.first()) {
+                    node.input.resize(8, String::new());
+                    node.input[7] = r;
+                    y = out.clone();
+                    gone.push(k);
+                    residual = true;
+                }
+            }
+            let resize = ix.only_consumer(g, &y, "Resize").filter(|&k| nearest_2x(k));
+            let pad_after = resize
+                .and_then(|k| g.node[k].output.first())
+                .and_then(|o| ix.only_consumer(g, o, "Pad"))
+                .filter(|&k| reflect_pad(k));
+            let pad = match (resize, pad_after) {
+                (Some(k), Some(p)) => {
+                    gone.push(k);
+                    node.attribute.push(int_attr("upsample", 2));
+                    resizes += 1;
+                    Some(p)
+                }
+                _ if residual => ix.only_consumer(g, &y, "Pad").filter(|&k| reflect_pad(k)),
+                _ => None,
+            };
+            if let Some(p) = pad {
+                let (Some(pads), Some(out)) = (g.node[p].input.get(1), g.node[p].output.first())
+                else {
+                    continue;
+                };
+                node.input.resize(node.input.len().max(7), String::new());
+                node.input[6] = pads.clone();
+                y = out.clone();
+                gone.push(p);
+            }
+            if gone.len() == 1 {
+                continue;
+            }
+            adds += residual as usize;
+            node.output[0] = y;
+            let at = *gone.iter().max().unwrap_or(&i);
+            dead.extend(gone);
+            insert.insert(at, node);
+        }
+    }
+    splice(g, &dead, insert);
+    (adds, resizes)
+}
+
 /// Puts every fused normalisation between a Transpose to NHWC and one back, and has it work
 /// channels last. With ONNX Runtime's NHWC convolutions (`prefer_nhwc`), the runtime wraps each
 /// convolution in the opposite transposes and its transpose optimiser cancels the pairs (and
 /// moves the rest through Add, Pad and Resize), so cuDNN reads and writes NHWC tensors without
 /// the layout transposes it runs around NCHW ones (a quarter of the GPU time, BENCHMARKS.md).
+///
+/// The reflect Pads left that a fused op's result feeds (those after the skip connections,
+/// which also feed the next Add) become framewise's channels-last `ReflectPad` the same way:
+/// ONNX Runtime's own Pad on an NHWC tensor is a generic kernel, 15 GB/s. Returns the ops now
+/// channels last (normalisations and pads).
 pub fn norm_op_channels_last(g: &mut GraphProto) -> usize {
+    channels_last(g, None)
+}
+
+/// After the other rewrites of a channels-last model: every reflect Pad still ONNX's (the
+/// input's, before the first convolution) becomes framewise's `ReflectPad` (`ReflectPadHalf`
+/// with `half`), between transposes as in `norm_op_channels_last`. Returns how many.
+pub fn pads_channels_last(g: &mut GraphProto, half: bool) -> usize {
+    channels_last(g, Some(if half { pad_op::OP_HALF } else { pad_op::OP }))
+}
+
+/// `norm_op_channels_last` (`all_pads` None: the fused ops and the Pads they feed) or
+/// `pads_channels_last` (every reflect Pad, as the op `all_pads` names).
+fn channels_last(g: &mut GraphProto, all_pads: Option<&str>) -> usize {
+    let from_op: HashSet<String> = g
+        .node
+        .iter()
+        .filter(|n| n.domain() == norm_op::DOMAIN)
+        .flat_map(|n| n.output.iter().cloned())
+        .collect();
     let mut count = 0;
     let mut nodes = Vec::with_capacity(g.node.len() + 2 * g.node.len() / 8);
     for mut n in std::mem::take(&mut g.node) {
-        if n.op_type() != norm_op::OP || n.domain() != norm_op::DOMAIN || n.output.is_empty() {
+        let reflect_pad = n.op_type() == "Pad"
+            && n.domain().is_empty()
+            && attr(&n, "mode").and_then(|a| a.s.as_deref()) == Some(b"reflect".as_slice())
+            && n.input.len() >= 2
+            && n.input[2..].iter().all(|s| s.is_empty())
+            && (all_pads.is_some() || from_op.contains(&n.input[0]));
+        if reflect_pad {
+            n.op_type = Some(all_pads.unwrap_or(pad_op::OP).into());
+            n.domain = Some(norm_op::DOMAIN.into());
+            n.input.truncate(2);
+            n.attribute.clear();
+        } else if all_pads.is_some()
+            || n.op_type() != norm_op::OP
+            || n.domain() != norm_op::DOMAIN
+            || n.output.is_empty()
+        {
             nodes.push(n);
             continue;
         }
@@ -713,8 +864,16 @@ pub fn norm_op_channels_last(g: &mut GraphProto) -> usize {
         let perm = |p: &[i64]| vec![ints_attr("perm", p)];
         nodes.push(node("Transpose", &xl, &[&x], &[&xl], perm(&[0, 2, 3, 1])));
         n.input[0] = xl;
+        // The residual too (input 7).
+        if let Some(r) = n.input.get(7).filter(|r| !r.is_empty()).cloned() {
+            let rl = format!("{y}__fw_residual_nhwc");
+            nodes.push(node("Transpose", &rl, &[&r], &[&rl], perm(&[0, 2, 3, 1])));
+            n.input[7] = rl;
+        }
         n.output[0] = yl.clone();
-        n.attribute.push(int_attr("channels_last", 1));
+        if !reflect_pad {
+            n.attribute.push(int_attr("channels_last", 1));
+        }
         nodes.push(n);
         nodes.push(node("Transpose", &yl, &[&yl], &[&y], perm(&[0, 3, 1, 2])));
         count += 1;
@@ -1138,8 +1297,12 @@ pub fn to_fp16(g: &mut GraphProto, fp32_head_from: Option<&str>) -> usize {
         }
     }
     for n in &g.node {
-        if FP32_OPS.contains(&n.op_type()) || n.domain() == norm_op::DOMAIN {
+        if FP32_OPS.contains(&n.op_type()) {
             keep.extend(n.input.iter().skip(1).cloned());
+        }
+        // framewise's op: its parameters (inputs 1..=6), not its residual (7, X's type).
+        if n.domain() == norm_op::DOMAIN {
+            keep.extend(n.input.iter().skip(1).take(6).cloned());
         }
     }
     let mut converted = 0;
@@ -1287,6 +1450,11 @@ fn norm_ops_to_half(g: &mut GraphProto) {
         .collect();
     let old = std::mem::take(&mut g.node);
     for mut n in old {
+        if n.domain() == norm_op::DOMAIN && n.op_type() == pad_op::OP {
+            n.op_type = Some(pad_op::OP_HALF.into());
+            g.node.push(n);
+            continue;
+        }
         if n.domain() != norm_op::DOMAIN || n.op_type() != norm_op::OP {
             g.node.push(n);
             continue;
@@ -1495,6 +1663,7 @@ mod tests {
             with_relu: 11,
             with_style_mix: 18,
             with_pad: 9,
+            ..NormOps::default()
         };
         assert_eq!(report.norm_ops, want, "{report:?}");
         assert_eq!(ops(&m)["Pad"], 18 - 9);
