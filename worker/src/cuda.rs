@@ -163,6 +163,19 @@ pub struct NormKernels {
 static LOADED: Mutex<Option<HashMap<i32, NormKernels>>> = Mutex::new(None);
 
 impl NormKernels {
+    /// The kernels on `device`, kept in `cache` by a node after its first run (so launches
+    /// take no process-wide lock).
+    pub fn cached(cache: &mut Option<(i32, NormKernels)>, device: i32) -> Result<Self, String> {
+        match *cache {
+            Some((d, k)) if d == device => Ok(k),
+            _ => {
+                let k = Self::on(device)?;
+                *cache = Some((device, k));
+                Ok(k)
+            }
+        }
+    }
+
     /// The kernels on `device`, loaded the first time (the driver compiles the PTX then: tens
     /// of milliseconds, once per device and process).
     pub fn on(device: i32) -> Result<Self, String> {
@@ -388,23 +401,7 @@ pub unsafe fn launch_norm(
     // SAFETY: the functions are this module's kernels; each argument array matches its kernel's
     // parameter list in instance_norm.cu (pointers as u64, ints as i32, plane as i64).
     let launch = |f: usize, grid: (u32, u32), args: &mut [*mut c_void], name: &str| unsafe {
-        check(
-            d,
-            (d.launch_kernel)(
-                f as *mut c_void,
-                grid.0,
-                grid.1,
-                1,
-                NORM_THREADS,
-                1,
-                1,
-                0,
-                stream,
-                args.as_mut_ptr(),
-                std::ptr::null_mut(),
-            ),
-            &format!("cuLaunchKernel({name})"),
-        )
+        launch_on(d, stream, f, grid, args, name)
     };
     if p.channels_last {
         let h = usize::from(half);
@@ -514,6 +511,40 @@ pub unsafe fn launch_norm(
     )
 }
 
+/// Queues kernel `f` on `stream`, grid (x, y) of NORM_THREADS-thread blocks.
+///
+/// # Safety
+/// `f` is one of this module's kernels on `stream`'s device and `args` points at values that
+/// match its parameter list, alive for this call.
+unsafe fn launch_on(
+    d: &Driver,
+    stream: *mut c_void,
+    f: usize,
+    grid: (u32, u32),
+    args: &mut [*mut c_void],
+    name: &str,
+) -> Result<(), String> {
+    check(
+        d,
+        unsafe {
+            (d.launch_kernel)(
+                f as *mut c_void,
+                grid.0,
+                grid.1,
+                1,
+                NORM_THREADS,
+                1,
+                1,
+                0,
+                stream,
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        },
+        &format!("cuLaunchKernel({name})"),
+    )
+}
+
 /// One channels-last reflect pad: [N, H, W, C] of `elem` bytes per value into [N, H + top +
 /// bottom, W + left + right, C].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -585,27 +616,13 @@ pub unsafe fn launch_pad(
     ];
     let mut args: Vec<*mut c_void> = vec![(&mut x as *mut u64).cast(), (&mut y as *mut u64).cast()];
     args.extend(ints.iter_mut().map(|v| (v as *mut i32).cast::<c_void>()));
+    let grid = (
+        u32::try_from(out_h).map_err(|e| e.to_string())?,
+        p.images as u32,
+    );
     // SAFETY: fw_pad_nhwc_*'s parameters are (x, y, units, in_h, in_w, out_h, out_w, pad_top,
     // pad_left): two pointers and seven ints, as `args` holds them.
-    unsafe {
-        check(
-            d,
-            (d.launch_kernel)(
-                f as *mut c_void,
-                u32::try_from(out_h).map_err(|e| e.to_string())?,
-                p.images as u32,
-                1,
-                NORM_THREADS,
-                1,
-                1,
-                0,
-                stream,
-                args.as_mut_ptr(),
-                std::ptr::null_mut(),
-            ),
-            "cuLaunchKernel(fw_pad_nhwc)",
-        )
-    }
+    unsafe { launch_on(d, stream, f, grid, &mut args, "fw_pad_nhwc") }
 }
 
 #[cfg(test)]

@@ -699,15 +699,8 @@ impl Kernel for CudaKernel {
             .ok_or_else(|| ort::Error::new(format!("{OP}: no CUDA stream")))?;
         let info = t[0].memory_info();
         let device = info.device_id();
-        let kernels = match self.kernels {
-            Some((d, k)) if d == device => k,
-            _ => {
-                let k = crate::cuda::NormKernels::on(device)
-                    .map_err(|e| ort::Error::new(format!("{OP} on GPU {device}: {e}")))?;
-                self.kernels = Some((device, k));
-                k
-            }
-        };
+        let kernels = crate::cuda::NormKernels::cached(&mut self.kernels, device)
+            .map_err(|e| ort::Error::new(format!("{OP} on GPU {device}: {e}")))?;
         let plan = crate::cuda::NormPlan::new(&l).map_err(ort::Error::new)?;
         let alloc = ctx.allocator(info)?;
         let mut scratch = alloc.alloc::<f32>(plan.scratch_floats())?;

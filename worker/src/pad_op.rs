@@ -219,15 +219,8 @@ impl Kernel for CudaPad {
             .stream()?
             .ok_or_else(|| ort::Error::new(format!("{OP}: no CUDA stream")))?;
         let device = x.memory_info().device_id();
-        let kernels = match self.kernels {
-            Some((dv, k)) if dv == device => k,
-            _ => {
-                let k = crate::cuda::NormKernels::on(device)
-                    .map_err(|e| ort::Error::new(format!("{OP} on GPU {device}: {e}")))?;
-                self.kernels = Some((device, k));
-                k
-            }
-        };
+        let kernels = crate::cuda::NormKernels::cached(&mut self.kernels, device)
+            .map_err(|e| ort::Error::new(format!("{OP} on GPU {device}: {e}")))?;
         let y = ctx
             .output(0, out_shape(d, self.pads))?
             .ok_or_else(|| ort::Error::new(format!("{OP}: no output")))?
