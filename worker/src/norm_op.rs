@@ -888,17 +888,10 @@ mod tests {
                 right: r,
             };
             let cs = [c as i64];
-            let l = layout(
-                shape,
-                &cs,
-                &cs,
-                gamma_shape,
-                beta_shape,
-                mix_shape,
-                pads,
-                false,
-            )
-            .unwrap();
+            let lay = |s: &[i64], last: bool| {
+                layout(s, &cs, &cs, gamma_shape, beta_shape, mix_shape, pads, last).unwrap()
+            };
+            let l = lay(shape, false);
             let p = Params {
                 scale: &scale,
                 bias: &bias,
@@ -928,17 +921,7 @@ mod tests {
             // Channels last: the formula's result, transposed.
             let nhwc = |v: &[i64]| [v[0], v[2], v[3], v[1]];
             let xl = to_channels_last(&x, shape);
-            let ll = layout(
-                &nhwc(shape),
-                &cs,
-                &cs,
-                gamma_shape,
-                beta_shape,
-                mix_shape,
-                pads,
-                true,
-            )
-            .unwrap();
+            let ll = lay(&nhwc(shape), true);
             assert_eq!(ll.out_shape(&nhwc(shape)), nhwc(&out));
             let mut yl = vec![0.0; y.len()];
             normalize(&xl, &mut yl, &ll, &p, 1e-5, relu);
