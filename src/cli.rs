@@ -225,7 +225,7 @@ pub struct BenchArgs {
 /// `framewise optimize-model`.
 #[derive(Args, Debug)]
 pub struct OptimizeArgs {
-    /// Rewrites to apply, comma-separated: fuse (instance normalisation), u8 (uint8 NHWC in and out), fp16, batch (dynamic batch dimension), pixels (with u8: the first convolution reads whole pixel values, exact in fp16), norm (with fuse, not fp16: normalisation + style scale and shift + ReLU as framewise's own op).
+    /// Rewrites to apply, comma-separated: fuse (instance normalisation), u8 (uint8 NHWC in and out), fp16, batch (dynamic batch dimension), pixels (with u8: the first convolution reads whole pixel values, exact in fp16), norm (with fuse: normalisation + style scale and shift + ReLU + the next reflect Pad as framewise's own op; with fp16 only together with nhwc), nhwc (with norm: the ops channels last, the residual Adds and 2x upsampling folded in, the other reflect Pads as framewise's ReflectPad; for NHWC convolutions on a GPU).
     #[arg(long, default_value = "fuse,u8,batch")]
     pub rewrites: String,
     /// Where to write the rewritten model.
