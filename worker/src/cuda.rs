@@ -679,4 +679,42 @@ mod tests {
         let l = layout(&many, &[128], &[128], &per, &per, None, none, false).unwrap();
         assert!(NormPlan::new(&l).unwrap_err().contains("65,535"));
     }
+
+    #[test]
+    fn channels_last_geometry_and_pad_units() {
+        // [1, 720, 1280, 32] padded by 4: 512 pixels per statistics block, one block per
+        // output row, the coefficients after the partial sums; at most 256 channels.
+        let four = Pads {
+            top: 4,
+            left: 4,
+            bottom: 4,
+            right: 4,
+        };
+        let per = [1i64, 32, 1, 1];
+        let x = [1i64, 720, 1280, 32];
+        let l = layout(&x, &[32], &[32], &per, &per, None, four, true).unwrap();
+        let p = NormPlan::new(&l).unwrap();
+        assert_eq!((p.splits, p.apply_splits, p.chunk), (1800, 728, 512));
+        assert_eq!(p.scratch_floats(), 32 * (2 * 1800 + 1 + 3));
+        let l = l.with_extras(2, None, &x).unwrap();
+        assert_eq!(NormPlan::new(&l).unwrap().apply_splits, 2 * 720 + 8);
+        let wide = [1i64, 4, 4, 300];
+        let w = [1i64, 300, 1, 1];
+        let l = layout(&wide, &[300], &[300], &w, &w, None, Pads::default(), true).unwrap();
+        assert!(NormPlan::new(&l).unwrap_err().contains("256 channels"));
+        // The pad copies 16 bytes at a time where pixels and addresses allow, else less.
+        let pad = |channels, elem| PadPlan {
+            images: 1,
+            in_h: 8,
+            in_w: 8,
+            channels,
+            elem,
+            pads: four,
+        };
+        assert_eq!(pad(32, 2).unit(0, 256).unwrap(), (16, 4));
+        assert_eq!(pad(32, 2).unit(0, 4).unwrap(), (4, 16));
+        assert_eq!(pad(3, 2).unit(0, 256).unwrap(), (2, 3));
+        assert_eq!(pad(3, 4).unit(0, 256).unwrap(), (4, 3));
+        assert!(pad(2048, 4).unit(0, 256).unwrap_err().contains("256 units"));
+    }
 }
