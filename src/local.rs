@@ -744,7 +744,7 @@ pub fn optimize_model(a: OptimizeArgs) -> Result<ExitCode> {
         optimize(&bytes, &io, r).map_err(|e| anyhow!("model {}: {e}", m.path.display()))?;
     std::fs::write(&a.output, out).with_context(|| format!("writing {}", a.output.display()))?;
     println!(
-        "optimize-model: {} -> {}: {} instance normalisations fused, {} as framewise's op ({} with their ReLU, {} mixing their style, {} writing the next reflect padding, {} adding the residual, {} upsampling; {} ops channels last), uint8 I/O {}, pixels into the first convolution {}, {} tensors in fp16, {} -> {} nodes",
+        "optimize-model: {} -> {}: {} instance normalisations fused, {} as framewise's op ({} with their ReLU, {} mixing their style, {} writing the next reflect padding, {} adding the residual, {} upsampling, {} shifts before them dropped; {} ops channels last), uint8 I/O {}, pixels into the first convolution {}, {} tensors in fp16, {} -> {} nodes",
         m.path.display(),
         a.output.display(),
         report.fused_instance_norms,
@@ -754,6 +754,7 @@ pub fn optimize_model(a: OptimizeArgs) -> Result<ExitCode> {
         report.norm_ops.with_pad,
         report.norm_ops.with_residual,
         report.norm_ops.with_upsample,
+        report.norm_ops.shifts_dropped,
         report.channels_last_ops,
         if report.uint8_io { "yes" } else { "no" },
         if report.pixels_into_first_conv { "yes" } else { "no" },

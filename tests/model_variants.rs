@@ -49,7 +49,7 @@ fn cpu_gets_the_fused_uint8_model_and_the_same_pictures() {
         .to_string_lossy()
         .into_owned();
     assert!(
-        name.ends_with("-fused-u8-v8.onnx") && name.len() > 30,
+        name.ends_with("-fused-u8-v9.onnx") && name.len() > 30,
         "{name}"
     );
 
@@ -275,5 +275,25 @@ fn half_channels_last_norm_op_runs_and_stays_close() {
         report.fp16_tensors > 0 && report.pixels_into_first_conv,
         "{report:?}"
     );
+    // The first convolution's shift (from the pixels rewrite) cancels in the normalisation.
+    assert_eq!(report.norm_ops.shifts_dropped, 1, "{report:?}");
     assert!(db.iter().all(|&p| p >= 40.0), "{db:?} dB");
+}
+
+#[test]
+fn the_first_convolutions_shift_cancels_in_the_norm_op() {
+    // The pixels rewrite adds a per-channel shift after the first convolution; the fused
+    // normalisation after it subtracts each channel's mean, so the shift is removed: the same
+    // pictures in fp32.
+    let (db, report) = rewrite_pair(
+        |r| {
+            r.norm_op = true;
+            r.pixels_into_first_conv = true;
+        },
+        (97, 61),
+        &[0.0; 26].map(|_: f32| 1.0 / 26.0),
+    );
+    assert!(report.pixels_into_first_conv, "{report:?}");
+    assert_eq!(report.norm_ops.shifts_dropped, 1, "{report:?}");
+    assert!(db.iter().all(|&p| p >= 60.0), "{db:?} dB");
 }

@@ -77,6 +77,8 @@ pub struct NormOps {
     /// Channels last only: a residual block's Add, and a nearest 2x Resize, folded in.
     pub with_residual: usize,
     pub with_upsample: usize,
+    /// Per-channel constant Adds removed before a fused op (`drop_shifts_before_norm`).
+    pub shifts_dropped: usize,
 }
 
 /// What a rewrite changed, for the log and the tests.
@@ -158,6 +160,9 @@ pub fn optimize_model(
     }
     let exact = r.uint8_io && r.pixels_into_first_conv && scale_after_first_conv(g, io);
     report.pixels_into_first_conv = exact;
+    if r.norm_op {
+        report.norm_ops.shifts_dropped = drop_shifts_before_norm(g);
+    }
     if r.fp16 {
         // Whole pixel values (0..255) are exact in fp16; the model's scaled ones are not, and
         // this model amplifies input rounding. Either the scaling has moved past the first
@@ -805,6 +810,69 @@ pub fn fold_residual_and_upsample(g: &mut GraphProto) -> (usize, usize) {
     }
     splice(g, &dead, insert);
     (adds, resizes)
+}
+
+/// Removes an Add of a per-channel constant whose result only feeds fused normalisations (as
+/// their X, directly or through one Transpose): the normalisation subtracts each channel's
+/// mean, so the shift cancels exactly. The first convolution's shift from
+/// `scale_after_first_conv` is one; ONNX Runtime folded it into the convolution's bias and
+/// cuDNN added that in a pass of its own (7 % of the fp16 model's GPU time). Returns how many.
+pub fn drop_shifts_before_norm(g: &mut GraphProto) -> usize {
+    let mut drop: Vec<(usize, String, String)> = Vec::new();
+    {
+        let ix = Index::new(g);
+        let is_norm = |k: usize, v: &str| {
+            let n = &g.node[k];
+            n.domain() == norm_op::DOMAIN
+                && (n.op_type() == norm_op::OP || n.op_type() == norm_op::OP_HALF)
+                && n.input.first().map(String::as_str) == Some(v)
+        };
+        for (i, n) in g.node.iter().enumerate() {
+            let (Some(y), [a, b]) = (n.output.first(), n.input.as_slice()) else {
+                continue;
+            };
+            if n.op_type() != "Add" || !n.domain().is_empty() || ix.outputs.contains(y.as_str()) {
+                continue;
+            }
+            let data = match (
+                is_per_channel_constant(&ix, a),
+                is_per_channel_constant(&ix, b),
+            ) {
+                (false, true) => a,
+                (true, false) => b,
+                _ => continue,
+            };
+            let uses = ix.consumers_of(y);
+            let feeds_norm = |&k: &usize| {
+                let c = &g.node[k];
+                if c.op_type() == "Transpose" {
+                    let t = c.output.first().map(String::as_str).unwrap_or_default();
+                    let next = ix.consumers_of(t);
+                    !next.is_empty() && next.iter().all(|&m| is_norm(m, t))
+                } else {
+                    is_norm(k, y)
+                }
+            };
+            if !uses.is_empty() && uses.iter().all(feeds_norm) {
+                drop.push((i, y.clone(), data.clone()));
+            }
+        }
+    }
+    let dead: HashSet<usize> = drop.iter().map(|d| d.0).collect();
+    for (_, y, data) in &drop {
+        rename_uses(g, y, data);
+    }
+    let count = dead.len();
+    splice(g, &dead, HashMap::new());
+    count
+}
+
+/// A constant of dims [1, C, 1, 1] or [C, 1, 1] (one value per channel of an NCHW tensor).
+fn is_per_channel_constant(ix: &Index, name: &str) -> bool {
+    ix.constants.get(name).is_some_and(|t| {
+        let d = &t.dims;
+        matches!(d.as_slice(), [1, c, 1, 1] | [c, 1, 1] if *c >= 1)
+    })
 }
 
 /// Puts every fused normalisation between a Transpose to NHWC and one back, and has it work

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 /// Bumped whenever a rewrite or the way variants are timed changes, so stale cached files
 /// and decisions are not reused.
-const OPTIMIZER_VERSION: u32 = 8;
+const OPTIMIZER_VERSION: u32 = 9;
 
 /// One rewritten model to try, and the quality it must keep.
 #[derive(Clone, Copy, Debug)]
