@@ -384,7 +384,16 @@ pub unsafe fn launch_norm(
     if half && !p.channels_last {
         return Err("half values need the channels-last kernels".into());
     }
-    let vec = i32::from(p.plane % 4 == 0 && t.x.is_multiple_of(16) && t.y.is_multiple_of(16));
+    // 16-byte loads and stores: 4 floats along an NCHW plane, or 4 floats / 8 halves of one
+    // pixel channels last (t.residual is 0 when absent).
+    let lanes: (i64, i64) = if p.channels_last {
+        (p.channels.into(), if half { 8 } else { 4 })
+    } else {
+        (p.plane, 4)
+    };
+    let vec = i32::from(
+        lanes.0 % lanes.1 == 0 && [t.x, t.y, t.residual].iter().all(|a| a.is_multiple_of(16)),
+    );
     let (mut x, mut y, mut s) = (t.x, t.y, t.scratch);
     let [mut scale, mut bias, mut gamma, mut beta] = t.params;
     let (mut plane, mut splits, mut channels) = (p.plane, p.splits as i32, p.channels);
@@ -405,11 +414,6 @@ pub unsafe fn launch_norm(
     };
     if p.channels_last {
         let h = usize::from(half);
-        // 16-byte loads and stores: 4 floats or 8 halves of one pixel per thread.
-        let width = if half { 8 } else { 4 };
-        let mut vec = i32::from(
-            p.channels % width == 0 && [t.x, t.y, t.residual].iter().all(|a| a.is_multiple_of(16)),
-        );
         let (mut up, mut res) = (p.upsample, t.residual);
         launch(
             k.stats_nhwc[h],

@@ -22,7 +22,7 @@ use ort::operator::{
     BoxedKernel, ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput,
     OperatorOutput,
 };
-use ort::value::{DynTensorValueType, TensorElementType, ValueRef};
+use ort::value::{DynTensor, DynTensorValueType, TensorElementType, ValueRef};
 
 /// The custom domain the rewritten model's fused nodes live in.
 pub const DOMAIN: &str = "ai.framewise";
@@ -425,6 +425,28 @@ pub(crate) fn reflect(i: i64, n: usize) -> usize {
     }
 }
 
+/// A CPU tensor's values as `T` (its element type, or u16 for f16), for the ops' CPU kernels.
+///
+/// # Safety
+/// `v` is in host memory and its elements have `T`'s size and alignment.
+pub(crate) unsafe fn host_values<T>(v: &DynTensor) -> &[T] {
+    let n = v.shape().iter().product::<i64>() as usize;
+    // SAFETY: as the caller promises; data_ptr is the start of `n` elements.
+    unsafe { std::slice::from_raw_parts(v.data_ptr() as *const T, n) }
+}
+
+/// `host_values` of an output to write (data_ptr is GetTensorMutableData underneath).
+///
+/// # Safety
+/// As `host_values`, and nothing else reads or writes `v` meanwhile (an output ONNX Runtime
+/// has just allocated).
+#[allow(clippy::mut_from_ref)]
+pub(crate) unsafe fn host_values_mut<T>(v: &DynTensor) -> &mut [T] {
+    let n = v.shape().iter().product::<i64>() as usize;
+    // SAFETY: as the caller promises.
+    unsafe { std::slice::from_raw_parts_mut(v.data_ptr() as *mut T, n) }
+}
+
 /// The constant pads of input `idx`, read when the kernel is made.
 pub(crate) fn read_pads(k: &KernelContext<'_>, idx: usize, op: &str) -> ort::Result<Pads> {
     let t = k.constant_input::<DynTensorValueType>(idx).map_err(|e| {
@@ -595,13 +617,11 @@ impl Operator for OnCpu {
                 Some(w) => Some(w.try_extract_tensor::<f32>()?.1),
                 None => None,
             };
-            let count = |s: &[i64]| s.iter().product::<i64>() as usize;
             // fp16 values through f32 (tests and CPU fallbacks; GPUs run the half kernels).
-            // SAFETY: an f16 CPU tensor of `shape` (its declared type); u16 has f16's layout.
+            // SAFETY: X and the residual are CPU tensors of the op's declared f16 type (u16 has
+            // its size and alignment).
             let widen = |v: &ValueRef<'_, DynTensorValueType>| -> Vec<f32> {
-                let h = unsafe {
-                    std::slice::from_raw_parts(v.data_ptr() as *const u16, count(v.shape()))
-                };
+                let h = unsafe { host_values::<u16>(v) };
                 h.iter().map(|&b| f16_to_f32(b)).collect()
             };
             let residual_half = i.residual.as_ref().filter(|_| half).map(widen);
@@ -618,9 +638,8 @@ impl Operator for OnCpu {
                 mix,
                 residual,
             };
-            let shape = l.out_shape(t[0].shape());
             let mut y = ctx
-                .output(0, shape.clone())?
+                .output(0, l.out_shape(t[0].shape()))?
                 .ok_or_else(|| ort::Error::new(format!("{OP}: no output")))?
                 .downcast::<DynTensorValueType>()?;
             if !half {
@@ -635,12 +654,11 @@ impl Operator for OnCpu {
                 );
                 return Ok(());
             }
-            let ny = count(&shape);
-            // SAFETY: Y is a CPU tensor of the op's declared f16 type and this shape (ONNX
-            // Runtime allocated it just now, GetTensorMutableData underneath data_ptr).
-            let ys = unsafe { std::slice::from_raw_parts_mut(y.data_ptr() as *mut u16, ny) };
+            // SAFETY: Y is a CPU tensor of the op's declared f16 type that ONNX Runtime has just
+            // allocated.
+            let ys = unsafe { host_values_mut::<u16>(&y) };
             let x = widen(&t[0]);
-            let mut out = vec![0.0; ny];
+            let mut out = vec![0.0; ys.len()];
             normalize(&x, &mut out, &l, &p, a.eps, a.relu);
             for (o, v) in ys.iter_mut().zip(out) {
                 *o = f32_to_f16(v);

@@ -50,11 +50,14 @@ pub struct Rewrites {
     /// With uint8 I/O: the first convolution reads whole pixel values and the scaling to the
     /// model's range follows it (`scale_after_first_conv`), so fp16 holds the input exactly.
     pub pixels_into_first_conv: bool,
-    /// After `fuse_instance_norm`: each normalisation, the style's scale and shift after it and
-    /// a following ReLU become framewise's own op (`fuse_norm_affine`, norm_op.rs). Not with fp16.
+    /// After `fuse_instance_norm`: each normalisation, the style's scale and shift after it, a
+    /// following ReLU and reflect Pad become framewise's own op (`fuse_norm_affine`,
+    /// norm_op.rs). With fp16 only when `channels_last`.
     pub norm_op: bool,
     /// With `norm_op`: the fused ops work channels last between transposes
-    /// (`norm_op_channels_last`), for ONNX Runtime's NHWC convolutions (`prefer_nhwc`).
+    /// (`norm_op_channels_last`), for ONNX Runtime's NHWC convolutions (`prefer_nhwc`), taking the
+    /// residual Adds and 2x upsampling along (`fold_residual_and_upsample`); the other reflect
+    /// Pads become framewise's `ReflectPad`.
     pub channels_last: bool,
 }
 
@@ -143,15 +146,10 @@ pub fn optimize_model(
         report.norm_ops = fuse_norm_affine(g);
     }
     if r.channels_last {
-        (report.norm_ops.with_residual, report.norm_ops.with_upsample) =
-            fold_residual_and_upsample(g);
-        report.norm_ops.with_pad = g
-            .node
-            .iter()
-            .filter(|n| {
-                n.domain() == norm_op::DOMAIN && n.input.get(6).is_some_and(|p| !p.is_empty())
-            })
-            .count();
+        let (adds, resizes, pads) = fold_residual_and_upsample(g);
+        report.norm_ops.with_residual = adds;
+        report.norm_ops.with_upsample = resizes;
+        report.norm_ops.with_pad += pads;
         report.channels_last_ops = norm_op_channels_last(g);
     }
     if r.uint8_io {
@@ -197,6 +195,25 @@ pub fn optimize_model(
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers over the graph.
+
+/// An ONNX Pad in reflect mode with only its data and pads inputs (no constant value, no axes):
+/// what framewise's ops can write themselves.
+fn is_reflect_pad(n: &NodeProto) -> bool {
+    n.op_type() == "Pad"
+        && n.domain().is_empty()
+        && attr(n, "mode").and_then(|a| a.s.as_deref()) == Some(b"reflect".as_slice())
+        && n.input.len() >= 2
+        && n.input[2..].iter().all(|s| s.is_empty())
+}
+
+/// The other operand of a two-input node that `v` feeds once.
+fn other_operand(n: &NodeProto, v: &str) -> Option<String> {
+    match n.input.as_slice() {
+        [a, b] if a == v && b != v => Some(b.clone()),
+        [a, b] if b == v && a != v => Some(a.clone()),
+        _ => None,
+    }
+}
 
 fn attr<'a>(n: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
     n.attribute.iter().find(|a| a.name() == name)
@@ -623,19 +640,11 @@ pub fn fuse_norm_affine(g: &mut GraphProto) -> NormOps {
             let Some(f) = (|| -> Option<Found> {
                 let z = n.output.first()?;
                 // The other operand of a binary node that `v` feeds.
-                let other = |k: usize, v: &str| -> Option<String> {
-                    let nd = &g.node[k];
-                    match nd.input.as_slice() {
-                        [a, b] if a == v && b != v => Some(b.clone()),
-                        [a, b] if b == v && a != v => Some(a.clone()),
-                        _ => None,
-                    }
-                };
                 let imul = ix.only_consumer(g, z, "Mul")?;
-                let gamma = other(imul, z)?;
+                let gamma = other_operand(&g.node[imul], z)?;
                 let zm = g.node[imul].output.first()?;
                 let iadd = ix.only_consumer(g, zm, "Add")?;
-                let beta = other(iadd, zm)?;
+                let beta = other_operand(&g.node[iadd], zm)?;
                 if !is_per_channel(&ix, g, &gamma) || !is_per_channel(&ix, g, &beta) {
                     return None;
                 }
@@ -653,12 +662,9 @@ pub fn fuse_norm_affine(g: &mut GraphProto) -> NormOps {
                 // A reflect Pad that only this result feeds (the next convolution's): folded
                 // into the op's write; its pads input stays a tensor (ONNX Runtime folds the
                 // constant ops that compute it when the session is made).
-                let ipad = ix.only_consumer(g, &y, "Pad").filter(|&k| {
-                    let pd = &g.node[k];
-                    let mode = attr(pd, "mode").and_then(|a| a.s.as_deref());
-                    mode == Some(b"reflect".as_slice())
-                        && (pd.input.len() == 2 || pd.input[2..].iter().all(|s| s.is_empty()))
-                });
+                let ipad = ix
+                    .only_consumer(g, &y, "Pad")
+                    .filter(|&k| is_reflect_pad(&g.node[k]));
                 if let Some(k) = ipad {
                     let pads = g.node[k].input.get(1)?.clone();
                     if inputs.len() == 5 {
@@ -722,18 +728,14 @@ pub fn fuse_norm_affine(g: &mut GraphProto) -> NormOps {
 /// Add that only its result feeds (the other operand becomes input 7), then a nearest 2x
 /// Resize and the reflect Pad after it, or (after such an Add) a reflect Pad alone. ONNX
 /// Runtime ran those Pads with a generic kernel, a fifth of the fp16 model's GPU time
-/// (BENCHMARKS.md, session 12). Returns (Adds, Resizes) folded.
-pub fn fold_residual_and_upsample(g: &mut GraphProto) -> (usize, usize) {
-    let (mut adds, mut resizes) = (0, 0);
+/// (BENCHMARKS.md, session 12). Returns (Adds, Resizes, Pads) folded.
+pub fn fold_residual_and_upsample(g: &mut GraphProto) -> (usize, usize, usize) {
+    let (mut adds, mut resizes, mut pads) = (0, 0, 0);
     let mut dead: HashSet<usize> = HashSet::new();
     let mut insert: HashMap<usize, NodeProto> = HashMap::new();
     {
         let ix = Index::new(g);
-        let reflect_pad = |k: usize| {
-            let pd = &g.node[k];
-            attr(pd, "mode").and_then(|a| a.s.as_deref()) == Some(b"reflect".as_slice())
-                && (pd.input.len() == 2 || pd.input[2..].iter().all(|s| s.is_empty()))
-        };
+        let reflect_pad = |k: usize| is_reflect_pad(&g.node[k]);
         let nearest_2x = |k: usize| {
             let rs = &g.node[k];
             let is =
@@ -760,12 +762,9 @@ pub fn fold_residual_and_upsample(g: &mut GraphProto) -> (usize, usize) {
             let mut gone = vec![i];
             let mut residual = false;
             if let Some(k) = ix.only_consumer(g, &y, "Add") {
-                let other = match g.node[k].input.as_slice() {
-                    [a, b] if *a == y && *b != y => Some(b.clone()),
-                    [a, b] if *b == y && *a != y => Some(a.clone()),
-                    _ => None,
-                };
-                if let (Some(r), Some(out)) = (other, g.node[k].output.first()) {
+                if let (Some(r), Some(out)) =
+                    (other_operand(&g.node[k], &y), g.node[k].output.first())
+                {
                     node.input.resize(8, String::new());
                     node.input[7] = r;
                     y = out.clone();
@@ -789,14 +788,15 @@ pub fn fold_residual_and_upsample(g: &mut GraphProto) -> (usize, usize) {
                 _ => None,
             };
             if let Some(p) = pad {
-                let (Some(pads), Some(out)) = (g.node[p].input.get(1), g.node[p].output.first())
+                let (Some(pd), Some(out)) = (g.node[p].input.get(1), g.node[p].output.first())
                 else {
                     continue;
                 };
                 node.input.resize(node.input.len().max(7), String::new());
-                node.input[6] = pads.clone();
+                node.input[6] = pd.clone();
                 y = out.clone();
                 gone.push(p);
+                pads += 1;
             }
             if gone.len() == 1 {
                 continue;
@@ -809,7 +809,7 @@ pub fn fold_residual_and_upsample(g: &mut GraphProto) -> (usize, usize) {
         }
     }
     splice(g, &dead, insert);
-    (adds, resizes)
+    (adds, resizes, pads)
 }
 
 /// Removes an Add of a per-channel constant whose result only feeds fused normalisations (as
@@ -908,12 +908,8 @@ fn channels_last(g: &mut GraphProto, all_pads: Option<&str>) -> usize {
     let mut count = 0;
     let mut nodes = Vec::with_capacity(g.node.len() + 2 * g.node.len() / 8);
     for mut n in std::mem::take(&mut g.node) {
-        let reflect_pad = n.op_type() == "Pad"
-            && n.domain().is_empty()
-            && attr(&n, "mode").and_then(|a| a.s.as_deref()) == Some(b"reflect".as_slice())
-            && n.input.len() >= 2
-            && n.input[2..].iter().all(|s| s.is_empty())
-            && (all_pads.is_some() || from_op.contains(&n.input[0]));
+        let reflect_pad =
+            is_reflect_pad(&n) && (all_pads.is_some() || from_op.contains(&n.input[0]));
         if reflect_pad {
             n.op_type = Some(all_pads.unwrap_or(pad_op::OP).into());
             n.domain = Some(norm_op::DOMAIN.into());
@@ -1505,16 +1501,10 @@ pub fn to_fp16(g: &mut GraphProto, fp32_head_from: Option<&str>) -> usize {
 fn norm_ops_to_half(g: &mut GraphProto) {
     let inputs: HashSet<String> = g.input.iter().map(|v| v.name().to_string()).collect();
     // Kept fp32 by to_fp16: initializers and Constant nodes.
-    let constants: HashSet<String> = g
-        .initializer
-        .iter()
-        .map(|t| t.name().to_string())
-        .chain(
-            g.node
-                .iter()
-                .filter(|n| n.op_type() == "Constant")
-                .flat_map(|n| n.output.iter().cloned()),
-        )
+    let constants: HashSet<String> = Index::new(g)
+        .constants
+        .keys()
+        .map(|s| s.to_string())
         .collect();
     let old = std::mem::take(&mut g.node);
     for mut n in old {

@@ -4,7 +4,7 @@
 //! fused normalisation cannot write them) ran as ONNX Runtime's generic pad kernel, half of the
 //! GPU time (BENCHMARKS.md, session 12); this one copies whole pixels, 16 bytes at a time.
 
-use crate::norm_op::{read_pads, reflect, Pads, DOMAIN};
+use crate::norm_op::{host_values, host_values_mut, read_pads, reflect, Pads, DOMAIN};
 use ort::memory::MemoryType;
 use ort::operator::{
     BoxedKernel, ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput,
@@ -137,31 +137,17 @@ impl Operator for OnCpu {
                 .ok_or_else(|| ort::Error::new(format!("{OP}: no input X")))?
                 .downcast::<DynTensorValueType>()?;
             let d = dims(x.shape(), pads).map_err(|e| ort::Error::new(format!("{OP}: {e}")))?;
-            let shape = out_shape(d, pads);
             let y = ctx
-                .output(0, shape.clone())?
+                .output(0, out_shape(d, pads))?
                 .ok_or_else(|| ort::Error::new(format!("{OP}: no output")))?
                 .downcast::<DynTensorValueType>()?;
-            let count = |s: &[i64]| s.iter().product::<i64>() as usize;
-            let (nx, ny) = (count(x.shape()), count(&shape));
             // SAFETY: X and Y are CPU tensors of the op's element type (f32, or f16 as u16:
-            // same size and alignment) with these shapes; Y was allocated just now
-            // (GetTensorMutableData underneath data_ptr).
+            // same size and alignment); ONNX Runtime has just allocated Y.
             unsafe {
                 if half {
-                    reflect_pad(
-                        std::slice::from_raw_parts(x.data_ptr() as *const u16, nx),
-                        std::slice::from_raw_parts_mut(y.data_ptr() as *mut u16, ny),
-                        d,
-                        pads,
-                    );
+                    reflect_pad(host_values::<u16>(&x), host_values_mut::<u16>(&y), d, pads);
                 } else {
-                    reflect_pad(
-                        std::slice::from_raw_parts(x.data_ptr() as *const f32, nx),
-                        std::slice::from_raw_parts_mut(y.data_ptr() as *mut f32, ny),
-                        d,
-                        pads,
-                    );
+                    reflect_pad(host_values::<f32>(&x), host_values_mut::<f32>(&y), d, pads);
                 }
             }
             Ok(())
