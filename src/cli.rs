@@ -215,7 +215,7 @@ pub struct BenchArgs {
     /// Frames per run (when the model takes a batch, as the rewritten one does).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// auto (a rewritten model that passes its quality gate and is faster here), on (one that passes the gate), off, or a variant to pin (fused-u8, fused-u8-fp16, fused-u8-tf32, fused-u8-tf32-norm, fused-u8-fp16-norm-nhwc; still gated).
+    /// auto (a rewritten model that passes its quality gate and is faster here), on (one that passes the gate), off, or a variant to pin (fused-u8, fused-u8-fp16, fused-u8-tf32, fused-u8-tf32-norm, fused-u8-fp16-norm-nhwc, fused-u8-fp16-norm-nhwc-s2d; still gated).
     #[arg(long)]
     pub optimize: Option<String>,
     #[arg(short, long)]
@@ -225,7 +225,7 @@ pub struct BenchArgs {
 /// `framewise optimize-model`.
 #[derive(Args, Debug)]
 pub struct OptimizeArgs {
-    /// Rewrites to apply, comma-separated: fuse (instance normalisation), u8 (uint8 NHWC in and out), fp16, batch (dynamic batch dimension), pixels (with u8: the first convolution reads whole pixel values, exact in fp16), norm (with fuse: normalisation + style scale and shift + ReLU + the next reflect Pad as framewise's own op; with fp16 only together with nhwc), nhwc (with norm: the ops channels last, the residual Adds and 2x upsampling folded in, the other reflect Pads as framewise's ReflectPad; for NHWC convolutions on a GPU).
+    /// Rewrites to apply, comma-separated: fuse (instance normalisation), u8 (uint8 NHWC in and out), fp16, batch (dynamic batch dimension), pixels (with u8: the first convolution reads whole pixel values, exact in fp16), norm (with fuse: normalisation + style scale and shift + ReLU + the next reflect Pad as framewise's own op; with fp16 only together with nhwc), nhwc (with norm: the ops channels last, the residual Adds and 2x upsampling folded in, the other reflect Pads as framewise's ReflectPad; for NHWC convolutions on a GPU), s2d (with nhwc: the 9x9 convolutions on 3 and 4 channels as 5x5 ones on 2x2 blocks of pixels, written and read by framewise's ops).
     #[arg(long, default_value = "fuse,u8,batch")]
     pub rewrites: String,
     /// Where to write the rewritten model.

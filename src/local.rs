@@ -726,9 +726,10 @@ pub fn optimize_model(a: OptimizeArgs) -> Result<ExitCode> {
             "pixels" => r.pixels_into_first_conv = true,
             "norm" => r.norm_op = true,
             "nhwc" => r.channels_last = true,
+            "s2d" => r.space_to_depth = true,
             other => {
                 bail!(
-                    "--rewrites: {other:?} is not one of fuse, u8, fp16, batch, pixels, norm, nhwc"
+                    "--rewrites: {other:?} is not one of fuse, u8, fp16, batch, pixels, norm, nhwc, s2d"
                 )
             }
         }
@@ -744,7 +745,7 @@ pub fn optimize_model(a: OptimizeArgs) -> Result<ExitCode> {
         optimize(&bytes, &io, r).map_err(|e| anyhow!("model {}: {e}", m.path.display()))?;
     std::fs::write(&a.output, out).with_context(|| format!("writing {}", a.output.display()))?;
     println!(
-        "optimize-model: {} -> {}: {} instance normalisations fused, {} as framewise's op ({} with their ReLU, {} mixing their style, {} writing the next reflect padding, {} adding the residual, {} upsampling, {} shifts before them dropped; {} ops channels last), uint8 I/O {}, pixels into the first convolution {}, {} tensors in fp16, {} -> {} nodes",
+        "optimize-model: {} -> {}: {} instance normalisations fused, {} as framewise's op ({} with their ReLU, {} mixing their style, {} writing the next reflect padding, {} adding the residual, {} upsampling, {} shifts before them dropped; {} ops channels last; {} convolutions space to depth), uint8 I/O {}, pixels into the first convolution {}, {} tensors in fp16, {} -> {} nodes",
         m.path.display(),
         a.output.display(),
         report.fused_instance_norms,
@@ -756,6 +757,7 @@ pub fn optimize_model(a: OptimizeArgs) -> Result<ExitCode> {
         report.norm_ops.with_upsample,
         report.norm_ops.shifts_dropped,
         report.channels_last_ops,
+        report.space_to_depth_convs,
         if report.uint8_io { "yes" } else { "no" },
         if report.pixels_into_first_conv { "yes" } else { "no" },
         report.fp16_tensors,

@@ -281,6 +281,33 @@ fn half_channels_last_norm_op_runs_and_stays_close() {
 }
 
 #[test]
+fn space_to_depth_convolutions_keep_the_pictures() {
+    // The two 9x9 convolutions as 5x5 ones on 2x2 blocks (written and read by framewise's
+    // channels-last ops): exact in fp32, with odd and even sides (an odd side's extra block row
+    // or column must be left out of the normalisation's statistics), and within the 40 dB gate
+    // in fp16.
+    let mut mix = vec![0.0f32; 26];
+    mix[7] = 1.0;
+    let s2d = |half: bool| {
+        move |r: &mut framewise_worker::optimize::Rewrites| {
+            r.norm_op = true;
+            r.channels_last = true;
+            r.space_to_depth = true;
+            r.fp16 = half;
+            r.pixels_into_first_conv = half;
+        }
+    };
+    for size in [(97, 64), (96, 61)] {
+        let (db, report) = rewrite_pair(s2d(false), size, &mix);
+        assert_eq!(report.space_to_depth_convs, 2, "{report:?}");
+        assert!(db.iter().all(|&p| p >= 60.0), "{size:?}: {db:?} dB");
+    }
+    let (db, report) = rewrite_pair(s2d(true), (97, 61), &mix);
+    assert_eq!(report.space_to_depth_convs, 2, "{report:?}");
+    assert!(db.iter().all(|&p| p >= 40.0), "{db:?} dB");
+}
+
+#[test]
 fn the_first_convolutions_shift_cancels_in_the_norm_op() {
     // The pixels rewrite adds a per-channel shift after the first convolution; the fused
     // normalisation after it subtracts each channel's mean, so the shift is removed: the same

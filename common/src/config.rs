@@ -429,6 +429,7 @@ pub const OPTIMIZE_MODES: &[&str] = &[
     "fused-u8-tf32",
     "fused-u8-tf32-norm",
     "fused-u8-fp16-norm-nhwc",
+    "fused-u8-fp16-norm-nhwc-s2d",
 ];
 
 impl Default for WorkerConfig {

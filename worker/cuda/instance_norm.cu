@@ -239,6 +239,19 @@ __device__ __forceinline__ void store(half_bits* p, float v) {
     *p = h;
 }
 
+// Where pixel (y, x) of an image w pixels wide lives, in pixels from the image's start: row_at(y)
+// + col_at(x). Plain [H, W], or with s2d space to depth [ceil(H/2), ceil(W/2), 2, 2] (a 2x2
+// block of pixels is one pixel of 4C channels, (2 * (y % 2) + x % 2) * C + c), the layout a
+// 9x9 convolution on few channels runs as a 5x5 one on 4x as many (optimize::space_to_depth).
+__device__ __forceinline__ long long row_at(int y, int w, int s2d) {
+    return s2d ? (long long)(y >> 1) * (((w + 1) >> 1) * 4) + (y & 1) * 2 : (long long)y * w;
+}
+__device__ __forceinline__ int col_at(int x, int s2d) { return s2d ? (x >> 1) * 4 + (x & 1) : x; }
+// Pixels one h x w image takes (space to depth rounds H and W up to even).
+__device__ __forceinline__ long long image_pixels(int h, int w, int s2d) {
+    return s2d ? 4LL * ((h + 1) >> 1) * ((w + 1) >> 1) : (long long)h * w;
+}
+
 // V values of x at p into o (float): one 16-byte load when V > 1 (p then 16-byte aligned).
 template <int V, typename T>
 __device__ __forceinline__ void load_v(const T* p, float* o) {
@@ -285,10 +298,13 @@ __device__ __forceinline__ void store_v(T* p, const float* o) {
 // Thread t sums channels g*V .. g*V+V-1 (g = t % G, G = channels / V groups) over pixels
 // t / G, + per, ... of the block's chunk (per = THREADS / G pixels per pass, so a warp reads
 // contiguous memory, 16 bytes per thread when V > 1); shift k = the image's first pixel.
-// channels <= THREADS, channels % V == 0.
+// channels <= THREADS, channels % V == 0. hw: pixels stored per image; mask_w > 0: x is space
+// to depth of a mask_h x mask_w image with an odd side, and the stored pixels past it (whatever
+// the convolution made of the padding row or column) are skipped.
 template <int V, typename T>
 __device__ __forceinline__ void stats_nhwc(const T* __restrict__ x, float* __restrict__ partial,
-                                           long long hw, int channels, int chunk) {
+                                           long long hw, int channels, int chunk, int mask_h,
+                                           int mask_w) {
     const long long n = blockIdx.y;
     const T* xi = x + n * hw * channels;
     const int groups = channels / V, per = THREADS / groups;
@@ -302,7 +318,13 @@ __device__ __forceinline__ void stats_nhwc(const T* __restrict__ x, float* __res
         const long long end = min(start + (long long)chunk, hw);
         const T* q = xi + (start + p0) * channels + g * V;
         const long long step = (long long)per * channels;
+        const int ws = (mask_w + 1) >> 1;
         for (long long i = start + p0; i < end; i += per, q += step) {
+            if (mask_w) {
+                const long long cell = i >> 2;
+                const int sub = (int)(i & 3), row = (int)(cell / ws), col = (int)(cell - (long long)row * ws);
+                if (2 * row + (sub >> 1) >= mask_h || 2 * col + (sub & 1) >= mask_w) continue;
+            }
             load_v<V>(q, v);
 #pragma unroll
             for (int j = 0; j < V; j++) {
@@ -338,16 +360,16 @@ __device__ __forceinline__ void stats_nhwc(const T* __restrict__ x, float* __res
 // load.
 extern "C" __global__ void __launch_bounds__(THREADS)
 fw_norm_stats_nhwc_f32(const float* __restrict__ x, float* __restrict__ partial, long long hw,
-                       int channels, int chunk, int vec) {
-    if (vec) stats_nhwc<4>(x, partial, hw, channels, chunk);
-    else stats_nhwc<1>(x, partial, hw, channels, chunk);
+                       int channels, int chunk, int vec, int mask_h, int mask_w) {
+    if (vec) stats_nhwc<4>(x, partial, hw, channels, chunk, mask_h, mask_w);
+    else stats_nhwc<1>(x, partial, hw, channels, chunk, mask_h, mask_w);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
 fw_norm_stats_nhwc_f16(const half_bits* __restrict__ x, float* __restrict__ partial,
-                       long long hw, int channels, int chunk, int vec) {
-    if (vec) stats_nhwc<8>(x, partial, hw, channels, chunk);
-    else stats_nhwc<1>(x, partial, hw, channels, chunk);
+                       long long hw, int channels, int chunk, int vec, int mask_h, int mask_w) {
+    if (vec) stats_nhwc<8>(x, partial, hw, channels, chunk, mask_h, mask_w);
+    else stats_nhwc<1>(x, partial, hw, channels, chunk, mask_h, mask_w);
 }
 
 // grid images * channels: the coefficients of every plane into coef [images * channels, 3].
@@ -368,13 +390,15 @@ fw_norm_coefficients(const float* __restrict__ partial, int splits, long long hw
 // t / G, + per, ... (as stats_nhwc reads them), each read from its source pixel: reflected by
 // the padding in the image upsampled `up` times (nearest), so that upsampling (a Resize before
 // the next convolution's Pad) is folded in too. res (X's shape, or null) is added after the
-// ReLU: a residual block's Add.
+// ReLU: a residual block's Add. in_s2d / out_s2d: x / y are space to depth (row_at); in_h and
+// in_w are then the image's own size, and with out_s2d the grid has an even number of rows, an
+// odd output's last row and column written as zeros.
 template <int V, typename T>
 __device__ __forceinline__ void apply_nhwc(const T* __restrict__ x, T* __restrict__ y,
                                            const float* __restrict__ coef, int channels, int in_h,
                                            int in_w, int out_h, int out_w, int pad_top,
                                            int pad_left, int relu, int up,
-                                           const T* __restrict__ res) {
+                                           const T* __restrict__ res, int in_s2d, int out_s2d) {
     const long long n = blockIdx.y;
     const int r = blockIdx.x;
     __shared__ float cf[3 * THREADS];
@@ -391,13 +415,25 @@ __device__ __forceinline__ void apply_nhwc(const T* __restrict__ x, T* __restric
         a[j] = cf[3 * c + 1];
         b[j] = cf[3 * c + 2];
     }
-    const long long row = (n * in_h + reflect(r - pad_top, in_h * up) / up) * (long long)in_w * channels + g * V;
+    T* dst = y + (n * image_pixels(out_h, out_w, out_s2d) + row_at(r, out_w, out_s2d)) * channels + g * V;
+    const int cols = out_s2d ? (out_w + 1) & ~1 : out_w;
+    float e[V], zero[V];
+#pragma unroll
+    for (int j = 0; j < V; j++) zero[j] = 0.f;
+    if (r >= out_h) {
+        for (int col = p0; col < cols; col += per) store_v<V>(dst + (long long)col_at(col, out_s2d) * channels, zero);
+        return;
+    }
+    const long long row = (n * image_pixels(in_h, in_w, in_s2d) + row_at(reflect(r - pad_top, in_h * up) / up, in_w, in_s2d)) * channels + g * V;
     const T* src = x + row;
     const T* rsrc = res ? res + row : nullptr;
-    T* dst = y + (n * out_h + r) * (long long)out_w * channels + g * V;
-    float e[V];
-    for (int col = p0; col < out_w; col += per) {
-        const long long at = (long long)(reflect(col - pad_left, in_w * up) / up) * channels;
+    for (int col = p0; col < cols; col += per) {
+        T* o = dst + (long long)col_at(col, out_s2d) * channels;
+        if (col >= out_w) {
+            store_v<V>(o, zero);
+            continue;
+        }
+        const long long at = (long long)col_at(reflect(col - pad_left, in_w * up) / up, in_s2d) * channels;
         load_v<V>(src + at, v);
         if (rsrc) load_v<V>(rsrc + at, e);
 #pragma unroll
@@ -405,7 +441,7 @@ __device__ __forceinline__ void apply_nhwc(const T* __restrict__ x, T* __restric
             const float o = fmaf(v[j] - m[j], a[j], b[j]);
             v[j] = (relu ? fmaxf(o, 0.f) : o) + (rsrc ? e[j] : 0.f);
         }
-        store_v<V>(dst + (long long)col * channels, v);
+        store_v<V>(o, v);
     }
 }
 
@@ -413,18 +449,18 @@ extern "C" __global__ void __launch_bounds__(THREADS)
 fw_norm_apply_nhwc_f32(const float* __restrict__ x, float* __restrict__ y,
                        const float* __restrict__ coef, int channels, int in_h, int in_w,
                        int out_h, int out_w, int pad_top, int pad_left, int relu, int vec,
-                       int up, const float* __restrict__ res) {
-    if (vec) apply_nhwc<4>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu, up, res);
-    else apply_nhwc<1>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu, up, res);
+                       int up, const float* __restrict__ res, int in_s2d, int out_s2d) {
+    if (vec) apply_nhwc<4>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu, up, res, in_s2d, out_s2d);
+    else apply_nhwc<1>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu, up, res, in_s2d, out_s2d);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
 fw_norm_apply_nhwc_f16(const half_bits* __restrict__ x, half_bits* __restrict__ y,
                        const float* __restrict__ coef, int channels, int in_h, int in_w,
                        int out_h, int out_w, int pad_top, int pad_left, int relu, int vec,
-                       int up, const half_bits* __restrict__ res) {
-    if (vec) apply_nhwc<8>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu, up, res);
-    else apply_nhwc<1>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu, up, res);
+                       int up, const half_bits* __restrict__ res, int in_s2d, int out_s2d) {
+    if (vec) apply_nhwc<8>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu, up, res, in_s2d, out_s2d);
+    else apply_nhwc<1>(x, y, coef, channels, in_h, in_w, out_h, out_w, pad_top, pad_left, relu, up, res, in_s2d, out_s2d);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -432,36 +468,44 @@ fw_norm_apply_nhwc_f16(const half_bits* __restrict__ x, half_bits* __restrict__ 
 // generic index-mapping kernel for it there, 15 GB/s). One output row per block (grid (out_h,
 // images)); a pixel is `units` values of type U (16, 4 or 2 bytes: whatever divides the
 // pixel's bytes and the addresses), copied as they are, so any element type pads alike.
-// units <= THREADS.
+// units <= THREADS. s2d: y is space to depth (row_at; the grid then has an even number of rows,
+// an odd output's last row and column written as zeros).
 template <typename U>
 __device__ __forceinline__ void pad_nhwc(const U* __restrict__ x, U* __restrict__ y, int units,
                                          int in_h, int in_w, int out_h, int out_w, int pad_top,
-                                         int pad_left) {
+                                         int pad_left, int s2d) {
     const long long n = blockIdx.y;
     const int r = blockIdx.x;
     const int per = THREADS / units;
     const int g = threadIdx.x % units, p0 = threadIdx.x / units;
     if (p0 >= per) return;
+    const U zero = U();
+    const int cols = s2d ? (out_w + 1) & ~1 : out_w;
+    U* dst = y + (n * image_pixels(out_h, out_w, s2d) + row_at(r, out_w, s2d)) * units + g;
+    if (r >= out_h) {
+        for (int col = p0; col < cols; col += per) dst[(long long)col_at(col, s2d) * units] = zero;
+        return;
+    }
     const U* src = x + (n * in_h + reflect(r - pad_top, in_h)) * (long long)in_w * units + g;
-    U* dst = y + (n * out_h + r) * (long long)out_w * units + g;
-    for (int col = p0; col < out_w; col += per)
-        dst[(long long)col * units] = src[(long long)reflect(col - pad_left, in_w) * units];
+    for (int col = p0; col < cols; col += per)
+        dst[(long long)col_at(col, s2d) * units] =
+            col < out_w ? src[(long long)reflect(col - pad_left, in_w) * units] : zero;
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
 fw_pad_nhwc_16(const uint4* __restrict__ x, uint4* __restrict__ y, int units, int in_h,
-               int in_w, int out_h, int out_w, int pad_top, int pad_left) {
-    pad_nhwc(x, y, units, in_h, in_w, out_h, out_w, pad_top, pad_left);
+               int in_w, int out_h, int out_w, int pad_top, int pad_left, int s2d) {
+    pad_nhwc(x, y, units, in_h, in_w, out_h, out_w, pad_top, pad_left, s2d);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
 fw_pad_nhwc_4(const unsigned* __restrict__ x, unsigned* __restrict__ y, int units, int in_h,
-              int in_w, int out_h, int out_w, int pad_top, int pad_left) {
-    pad_nhwc(x, y, units, in_h, in_w, out_h, out_w, pad_top, pad_left);
+              int in_w, int out_h, int out_w, int pad_top, int pad_left, int s2d) {
+    pad_nhwc(x, y, units, in_h, in_w, out_h, out_w, pad_top, pad_left, s2d);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
 fw_pad_nhwc_2(const unsigned short* __restrict__ x, unsigned short* __restrict__ y, int units,
-              int in_h, int in_w, int out_h, int out_w, int pad_top, int pad_left) {
-    pad_nhwc(x, y, units, in_h, in_w, out_h, out_w, pad_top, pad_left);
+              int in_h, int in_w, int out_h, int out_w, int pad_top, int pad_left, int s2d) {
+    pad_nhwc(x, y, units, in_h, in_w, out_h, out_w, pad_top, pad_left, s2d);
 }

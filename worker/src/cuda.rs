@@ -279,6 +279,15 @@ pub struct NormPlan {
     chunk: i32,
     /// Nearest upsampling folded into the output (channels last).
     upsample: i32,
+    /// X / Y are space to depth (`Layout::in_s2d`, `out_s2d`): 1, else 0.
+    in_s2d: i32,
+    out_s2d: i32,
+    /// Pixels stored per image of X (the statistics kernel's range; more than `plane` when
+    /// space to depth rounds an odd side up), and the image size whose pixels it counts when
+    /// it must skip the rest (0, 0: every stored pixel counts).
+    stored: i64,
+    mask_h: i32,
+    mask_w: i32,
 }
 
 impl NormPlan {
@@ -302,15 +311,23 @@ impl NormPlan {
             }
             NORM_CHUNK as usize
         };
-        let splits = l.plane.div_ceil(chunk).max(1);
+        let stored = l.stored_pixels();
+        let splits = stored.div_ceil(chunk).max(1);
         let (out_h, out_w) = l.out_hw();
+        let in_h = l.plane / l.width;
+        let mask = l.in_s2d && (in_h % 2 == 1 || l.width % 2 == 1);
         let too_large = || format!("planes of {} values are too large", l.plane);
         let int = |v: usize| i32::try_from(v).map_err(|_| too_large());
         Ok(Self {
             apply_splits: u32::try_from(apply_blocks(l, out_h, out_w)).map_err(|_| too_large())?,
             channels_last: l.channels_last,
             images: l.images as u32,
-            in_h: int(l.plane / l.width)?,
+            in_h: int(in_h)?,
+            in_s2d: l.in_s2d.into(),
+            out_s2d: l.out_s2d.into(),
+            stored: stored as i64,
+            mask_h: if mask { int(in_h)? } else { 0 },
+            mask_w: if mask { int(l.width)? } else { 0 },
             chunk: int(chunk)?,
             upsample: int(l.upsample)?,
             in_w: int(l.width)?,
@@ -338,10 +355,15 @@ impl NormPlan {
 }
 
 /// Blocks per plane of fw_norm_apply: chunks of NORM_CHUNK values, or with padding groups of
-/// max(1, NORM_CHUNK / out_w) whole rows (the kernel's own split).
+/// max(1, NORM_CHUNK / out_w) whole rows (the kernel's own split). Channels last: one per output
+/// row (an even number of them when the output is space to depth).
 fn apply_blocks(l: &Layout, out_h: usize, out_w: usize) -> usize {
     if l.channels_last {
-        out_h
+        if l.out_s2d {
+            out_h.next_multiple_of(2)
+        } else {
+            out_h
+        }
     } else if !l.padded() {
         (out_h * out_w).div_ceil(NORM_CHUNK as usize).max(1)
     } else {
@@ -415,16 +437,20 @@ pub unsafe fn launch_norm(
     if p.channels_last {
         let h = usize::from(half);
         let (mut up, mut res) = (p.upsample, t.residual);
+        let (mut stored, mut mask_h, mut mask_w) = (p.stored, p.mask_h, p.mask_w);
+        let (mut in_s2d, mut out_s2d) = (p.in_s2d, p.out_s2d);
         launch(
             k.stats_nhwc[h],
             (p.splits, p.images),
             &mut [
                 arg(&mut x),
                 arg(&mut s),
-                arg(&mut plane),
+                arg(&mut stored),
                 arg(&mut channels),
                 arg(&mut chunk),
                 arg(&mut vec),
+                arg(&mut mask_h),
+                arg(&mut mask_w),
             ],
             "fw_norm_stats_nhwc",
         )?;
@@ -467,6 +493,8 @@ pub unsafe fn launch_norm(
                 arg(&mut vec),
                 arg(&mut up),
                 arg(&mut res),
+                arg(&mut in_s2d),
+                arg(&mut out_s2d),
             ],
             "fw_norm_apply_nhwc",
         );
@@ -550,7 +578,7 @@ unsafe fn launch_on(
 }
 
 /// One channels-last reflect pad: [N, H, W, C] of `elem` bytes per value into [N, H + top +
-/// bottom, W + left + right, C].
+/// bottom, W + left + right, C], or that space to depth (`s2d`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PadPlan {
     pub images: usize,
@@ -559,6 +587,7 @@ pub struct PadPlan {
     pub channels: usize,
     pub elem: usize,
     pub pads: crate::norm_op::Pads,
+    pub s2d: bool,
 }
 
 impl PadPlan {
@@ -617,15 +646,22 @@ pub unsafe fn launch_pad(
         int(out_w)?,
         int(p.pads.top)?,
         int(p.pads.left)?,
+        i32::from(p.s2d),
     ];
     let mut args: Vec<*mut c_void> = vec![(&mut x as *mut u64).cast(), (&mut y as *mut u64).cast()];
     args.extend(ints.iter_mut().map(|v| (v as *mut i32).cast::<c_void>()));
+    // Space to depth: an even number of rows (an odd image's last one is zeros).
+    let rows = if p.s2d {
+        out_h.next_multiple_of(2)
+    } else {
+        out_h
+    };
     let grid = (
-        u32::try_from(out_h).map_err(|e| e.to_string())?,
+        u32::try_from(rows).map_err(|e| e.to_string())?,
         p.images as u32,
     );
     // SAFETY: fw_pad_nhwc_*'s parameters are (x, y, units, in_h, in_w, out_h, out_w, pad_top,
-    // pad_left): two pointers and seven ints, as `args` holds them.
+    // pad_left, s2d): two pointers and eight ints, as `args` holds them.
     unsafe { launch_on(d, stream, f, grid, &mut args, "fw_pad_nhwc") }
 }
 
@@ -714,6 +750,7 @@ mod tests {
             channels,
             elem,
             pads: four,
+            s2d: false,
         };
         assert_eq!(pad(32, 2).unit(0, 256).unwrap(), (16, 4));
         assert_eq!(pad(32, 2).unit(0, 4).unwrap(), (4, 16));

@@ -15,6 +15,12 @@
 //! the graph otherwise computes with four small ops per parameter and normalisation. With a
 //! seventh input, ONNX Pad's pads (int64, constant), the output is the result reflect-padded
 //! along H and W: the Pad before the next convolution, folded into the op's write.
+//!
+//! Channels last, X or Y may be space to depth (attributes `space_to_depth_in` / `_out`):
+//! [N, ceil(H/2), ceil(W/2), 4C], each 2x2 block of pixels one pixel of 4C channels, so that the
+//! model's 9x9 convolutions on 3 and 4 channels run as 5x5 ones on 12 and 16
+//! (`optimize::space_to_depth`). X's own H and W then come from a ninth input whose shape is
+//! [N, H, W, ...] (its values are not read): an odd side cannot be told from X's.
 
 use crate::optimize::{f16_to_f32, f32_to_f16};
 use ort::memory::MemoryType;
@@ -74,6 +80,9 @@ pub struct Layout {
     /// A residual input of X's shape is added to the result (after the ReLU, before the
     /// upsampling): the residual block's Add, folded in. Channels last.
     pub residual: bool,
+    /// X / Y are space to depth (`pixel_at`); `plane` and `width` are the image's own.
+    pub in_s2d: bool,
+    pub out_s2d: bool,
 }
 
 impl Layout {
@@ -115,17 +124,88 @@ impl Layout {
         Ok(self)
     }
 
-    /// The output's shape: x's with H and W padded.
+    /// The layout with X and / or Y space to depth (channels last; not with a residual, which
+    /// is read where X is).
+    pub fn with_space_to_depth(mut self, input: bool, output: bool) -> Result<Self, String> {
+        if (input || output) && !self.channels_last {
+            return Err("space_to_depth needs channels_last".into());
+        }
+        if input && self.residual {
+            return Err("space_to_depth_in cannot take a residual input".into());
+        }
+        self.in_s2d = input;
+        self.out_s2d = output;
+        Ok(self)
+    }
+
+    /// Pixels X stores per image (space to depth rounds an odd side up).
+    pub fn stored_pixels(&self) -> usize {
+        image_pixels(self.plane / self.width, self.width, self.in_s2d)
+    }
+
+    /// The output's shape: x's with H and W padded (channels last: [N, H, W, C] of the output
+    /// image, or that space to depth).
     pub fn out_shape(&self, x: &[i64]) -> Vec<i64> {
+        let (h, w) = self.out_hw();
+        if self.channels_last {
+            let (h, w, c) = if self.out_s2d {
+                (h.div_ceil(2), w.div_ceil(2), 4 * self.channels)
+            } else {
+                (h, w, self.channels)
+            };
+            return [self.images, h, w, c].iter().map(|&v| v as i64).collect();
+        }
         let mut s = x.to_vec();
         if self.padded() {
-            let (h, w) = self.out_hw();
-            let at = if self.channels_last { 1 } else { 2 };
-            s[at] = h as i64;
-            s[at + 1] = w as i64;
+            s[2] = h as i64;
+            s[3] = w as i64;
         }
         s
     }
+}
+
+/// Where pixel (y, x) of an image `w` pixels wide sits, in pixels from the image's start: plain
+/// [H, W], or space to depth [ceil(H/2), ceil(W/2), 2, 2] (instance_norm.cu's row_at + col_at).
+pub(crate) fn pixel_at(y: usize, x: usize, w: usize, s2d: bool) -> usize {
+    if s2d {
+        ((y / 2) * w.div_ceil(2) + x / 2) * 4 + (y % 2) * 2 + x % 2
+    } else {
+        y * w + x
+    }
+}
+
+/// Pixels an h x w image takes, plain or space to depth.
+pub(crate) fn image_pixels(h: usize, w: usize, s2d: bool) -> usize {
+    if s2d {
+        4 * h.div_ceil(2) * w.div_ceil(2)
+    } else {
+        h * w
+    }
+}
+
+/// The image behind a space-to-depth X [N, Hs, Ws, 4C]: [N, H, W, C], H and W from the
+/// reference's shape [N, H, W, ...] (or 2 Hs and 2 Ws without one). The error names the input.
+pub fn space_to_depth_dims(x: &[i64], reference: Option<&[i64]>) -> Result<[i64; 4], String> {
+    let &[n, hs, ws, c4] = x else {
+        return Err(format!(
+            "input X has shape {x:?}; space_to_depth_in needs [N, H/2, W/2, 4C]"
+        ));
+    };
+    if c4 % 4 != 0 || [n, hs, ws, c4].iter().any(|&d| d < 1) {
+        return Err(format!(
+            "input X has shape {x:?}; space_to_depth_in needs [N, H/2, W/2, 4C] with no empty dimension"
+        ));
+    }
+    let (h, w) = match reference {
+        None => (2 * hs, 2 * ws),
+        Some(&[rn, h, w, ..]) if rn == n && (h + 1) / 2 == hs && (w + 1) / 2 == ws => (h, w),
+        Some(r) => {
+            return Err(format!(
+                "input reference has shape {r:?}; expected [{n}, H, W, ...] with H and W halved (rounded up) {hs} and {ws} (X's {x:?})"
+            ))
+        }
+    };
+    Ok([n, h, w, c4 / 4])
 }
 
 /// Reflect padding folded into the op, in values: top, left, bottom, right.
@@ -258,6 +338,8 @@ pub fn layout(
         channels_last,
         upsample: 1,
         residual: false,
+        in_s2d: false,
+        out_s2d: false,
     })
 }
 
@@ -364,33 +446,41 @@ pub fn normalize(x: &[f32], y: &mut [f32], l: &Layout, p: &Params, eps: f32, rel
     }
 }
 
-/// `normalize` for x [N, H, W, C]: per image, each channel's sums over blocks of 256 pixels
-/// (f32, then added in f64), then the output rows with their reflected edges.
+/// `normalize` for x [N, H, W, C] (or space to depth): per image, each channel's sums over
+/// blocks of 256 pixels (f32, then added in f64), then the output rows with their reflected
+/// edges (space to depth: an odd output's extra row and column are zeros).
 fn normalize_channels_last(x: &[f32], y: &mut [f32], l: &Layout, p: &Params, eps: f32, relu: bool) {
     let c = l.channels;
     let (h, w, pd) = (l.plane / l.width, l.width, l.pads);
     let (out_h, out_w) = l.out_hw();
+    let (rows, cols) = if l.out_s2d {
+        (out_h.next_multiple_of(2), out_w.next_multiple_of(2))
+    } else {
+        (out_h, out_w)
+    };
+    let src_at = |y: usize, x: usize| pixel_at(y, x, w, l.in_s2d) * c;
     for (n, (xi, yi)) in x
-        .chunks_exact(l.plane * c)
-        .zip(y.chunks_exact_mut(out_h * out_w * c))
+        .chunks_exact(l.stored_pixels() * c)
+        .zip(y.chunks_exact_mut(rows * cols * c))
         .enumerate()
     {
         let k = &xi[..c];
         let (mut s1, mut s2) = (vec![0.0f64; c], vec![0.0f64; c]);
         let (mut b1, mut b2) = (vec![0.0f32; c], vec![0.0f32; c]);
-        for block in xi.chunks(256 * c) {
-            b1.fill(0.0);
-            b2.fill(0.0);
-            for px in block.chunks_exact(c) {
-                for j in 0..c {
-                    let d = px[j] - k[j];
-                    b1[j] += d;
-                    b2[j] += d * d;
-                }
-            }
+        for i in 0..l.plane {
+            let at = src_at(i / w, i % w);
             for j in 0..c {
-                s1[j] += b1[j] as f64;
-                s2[j] += b2[j] as f64;
+                let d = xi[at + j] - k[j];
+                b1[j] += d;
+                b2[j] += d * d;
+            }
+            if i % 256 == 255 || i + 1 == l.plane {
+                for j in 0..c {
+                    s1[j] += b1[j] as f64;
+                    s2[j] += b2[j] as f64;
+                }
+                b1.fill(0.0);
+                b2.fill(0.0);
             }
         }
         let coef: Vec<(f32, f32, f32)> = (0..c)
@@ -398,17 +488,21 @@ fn normalize_channels_last(x: &[f32], y: &mut [f32], l: &Layout, p: &Params, eps
             .collect();
         let u = l.upsample;
         let ri = p.residual.map(|r| &r[n * l.plane * c..][..l.plane * c]);
-        for (r, row) in yi.chunks_exact_mut(out_w * c).enumerate() {
-            let sr = reflect(r as i64 - pd.top as i64, h * u) / u;
-            let src = &xi[sr * w * c..][..w * c];
-            for (col, out) in row.chunks_exact_mut(c).enumerate() {
-                let at = reflect(col as i64 - pd.left as i64, w * u) / u * c;
-                let px = &src[at..][..c];
-                for (j, (o, &v)) in out.iter_mut().zip(px).enumerate() {
+        for r in 0..rows {
+            for col in 0..cols {
+                let out = &mut yi[pixel_at(r, col, cols, l.out_s2d) * c..][..c];
+                if r >= out_h || col >= out_w {
+                    out.fill(0.0);
+                    continue;
+                }
+                let sr = reflect(r as i64 - pd.top as i64, h * u) / u;
+                let sc = reflect(col as i64 - pd.left as i64, w * u) / u;
+                let at = src_at(sr, sc);
+                for (j, (o, &v)) in out.iter_mut().zip(&xi[at..at + c]).enumerate() {
                     let (mean, a, b) = coef[j];
                     let r = (v - mean).mul_add(a, b);
                     let r = if relu { r.max(0.0) } else { r };
-                    *o = ri.map_or(r, |ri| r + ri[sr * w * c + at + j]);
+                    *o = ri.map_or(r, |ri| r + ri[at + j]);
                 }
             }
         }
@@ -494,6 +588,8 @@ struct Attrs {
     pads: Pads,
     channels_last: bool,
     upsample: usize,
+    s2d_in: bool,
+    s2d_out: bool,
 }
 
 impl Attrs {
@@ -509,20 +605,45 @@ impl Attrs {
             pads,
             channels_last: k.get::<i64>("channels_last").unwrap_or(0) != 0,
             upsample: k.get::<i64>("upsample").unwrap_or(1).max(0) as usize,
+            s2d_in: k.get::<i64>("space_to_depth_in").unwrap_or(0) != 0,
+            s2d_out: space_to_depth_out(k, pads)
+                .map_err(|e| ort::Error::new(format!("{OP}: {e}")))?,
         })
     }
 }
 
-fn inputs(half: bool) -> [OperatorInput; 8] {
+/// The attribute `space_to_depth_out` = K: the output is read space to depth by a K x K
+/// convolution (`optimize::space_to_depth`), which needs the padding to total K - 1 along H and
+/// W (its output image then has X's size, the size its reader is told); checked here because
+/// the rewrite may not see the pads' values (the graph computes them).
+pub(crate) fn space_to_depth_out(k: &KernelContext<'_>, pads: Pads) -> Result<bool, String> {
+    match k.get::<i64>("space_to_depth_out").unwrap_or(0) {
+        0 => Ok(false),
+        kernel if kernel > 0
+            && (pads.top + pads.bottom) as i64 == kernel - 1
+            && (pads.left + pads.right) as i64 == kernel - 1 =>
+        {
+            Ok(true)
+        }
+        kernel => Err(format!(
+            "space_to_depth_out {kernel}: the pads {pads:?} must total {} along H and along W (a {kernel}x{kernel} convolution's)",
+            kernel - 1
+        )),
+    }
+}
+
+fn inputs(half: bool) -> [OperatorInput; 9] {
     let f = TensorElementType::Float32;
     let values = if half { TensorElementType::Float16 } else { f };
-    let mut v = [(); 8].map(|_| OperatorInput::required(f));
+    let mut v = [(); 9].map(|_| OperatorInput::required(f));
     v[0] = OperatorInput::required(values);
     v[5] = OperatorInput::optional(f);
     // The pads stay in host memory on a GPU too: read once, when the kernel is made (a GPU
     // copy could not be read there).
     v[6] = OperatorInput::optional(TensorElementType::Int64).memory_type(MemoryType::CPUInput);
     v[7] = OperatorInput::optional(values);
+    // Only its shape is read: X's own H and W when X is space to depth.
+    v[8] = OperatorInput::optional(values);
     v
 }
 
@@ -542,6 +663,7 @@ struct Inputs<'a> {
     t: Vec<ValueRef<'a, DynTensorValueType>>,
     mix: Option<ValueRef<'a, DynTensorValueType>>,
     residual: Option<ValueRef<'a, DynTensorValueType>>,
+    reference: Option<ValueRef<'a, DynTensorValueType>>,
 }
 
 fn inputs_of(ctx: &ComputeContext) -> ort::Result<Inputs<'_>> {
@@ -560,6 +682,7 @@ fn inputs_of(ctx: &ComputeContext) -> ort::Result<Inputs<'_>> {
         t,
         mix: get(5)?,
         residual: get(7)?,
+        reference: get(8)?,
     })
 }
 
@@ -568,8 +691,17 @@ fn layout_of(i: &Inputs, a: &Attrs) -> ort::Result<Layout> {
     let sh = |k: usize| -> &[i64] { i.t[k].shape() };
     let mix = i.mix.as_ref().map(|w| w.shape() as &[i64]);
     let residual = i.residual.as_ref().map(|r| r.shape() as &[i64]);
+    let reference = i.reference.as_ref().map(|r| r.shape() as &[i64]);
+    let image = if a.s2d_in {
+        Some(
+            space_to_depth_dims(sh(0), reference)
+                .map_err(|e| ort::Error::new(format!("{OP}: {e}")))?,
+        )
+    } else {
+        None
+    };
     layout(
-        sh(0),
+        image.as_ref().map_or(sh(0), |d| d.as_slice()),
         sh(1),
         sh(2),
         sh(3),
@@ -579,6 +711,7 @@ fn layout_of(i: &Inputs, a: &Attrs) -> ort::Result<Layout> {
         a.channels_last,
     )
     .and_then(|l| l.with_extras(a.upsample, residual, sh(0)))
+    .and_then(|l| l.with_space_to_depth(a.s2d_in, a.s2d_out))
     .map_err(|e| ort::Error::new(format!("{OP}: {e}")))
 }
 
@@ -1028,6 +1161,102 @@ mod tests {
             .with_extras(1, Some(&[2, 5, 7, 3]), &x_shape)
             .unwrap_err();
         assert!(e.contains("input residual"), "{e}");
+    }
+
+    #[test]
+    fn space_to_depth_reads_and_writes_the_same_values() {
+        // [1, H, W, 3] with odd, even and mixed sides, padded by 4 (a 9x9 convolution next):
+        // the op reading X as 2x2 blocks (an odd side's extra row or column holding garbage it
+        // must skip) and writing Y as blocks (an odd side's extra ones zero) against the plain op.
+        for (h, w) in [(7usize, 9usize), (6, 10), (7, 10), (6, 9)] {
+            let c = 3;
+            let x = values(h * w * c, 11);
+            let per = [1i64, 3, 1, 1];
+            let (scale, bias, gamma, beta) =
+                (values(c, 2), values(c, 3), values(c, 4), values(c, 5));
+            let p = Params {
+                scale: &scale,
+                bias: &bias,
+                gamma: &gamma,
+                beta: &beta,
+                mix: None,
+                residual: None,
+            };
+            let pads = Pads {
+                top: 4,
+                left: 4,
+                bottom: 4,
+                right: 4,
+            };
+            let shape = [1i64, h as i64, w as i64, 3];
+            let l = layout(&shape, &[3], &[3], &per, &per, None, pads, true).unwrap();
+            let (oh, ow) = l.out_hw();
+            let mut plain = vec![0.0; oh * ow * c];
+            normalize(&x, &mut plain, &l, &p, 1e-5, true);
+            // X as blocks, NaN where no pixel is.
+            let (hs, ws) = (h.div_ceil(2), w.div_ceil(2));
+            let mut xs = vec![f32::NAN; 4 * hs * ws * c];
+            for y in 0..h {
+                for xx in 0..w {
+                    let at = pixel_at(y, xx, w, true) * c;
+                    xs[at..at + c].copy_from_slice(&x[(y * w + xx) * c..][..c]);
+                }
+            }
+            let stored = [1i64, hs as i64, ws as i64, 12];
+            let image = space_to_depth_dims(&stored, Some(&shape)).unwrap();
+            assert_eq!(image, shape);
+            let ls = layout(&image, &[3], &[3], &per, &per, None, pads, true)
+                .and_then(|l| l.with_space_to_depth(true, true))
+                .unwrap();
+            assert_eq!(ls.stored_pixels(), 4 * hs * ws);
+            let out = ls.out_shape(&stored);
+            assert_eq!(out, [1, oh.div_ceil(2) as i64, ow.div_ceil(2) as i64, 12]);
+            let mut ys = vec![f32::NAN; out.iter().product::<i64>() as usize];
+            normalize(&xs, &mut ys, &ls, &p, 1e-5, true);
+            for r in 0..oh.next_multiple_of(2) {
+                for col in 0..ow.next_multiple_of(2) {
+                    let at = pixel_at(r, col, ow, true) * c;
+                    for j in 0..c {
+                        let want = if r < oh && col < ow {
+                            plain[(r * ow + col) * c + j]
+                        } else {
+                            0.0
+                        };
+                        let got = ys[at + j];
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "{h}x{w} {r} {col} {j}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        // The reference must match X's blocks; only channels last, no residual.
+        let e = space_to_depth_dims(&[1, 4, 5, 12], Some(&[1, 9, 11, 3])).unwrap_err();
+        assert!(e.contains("input reference"), "{e}");
+        assert_eq!(
+            space_to_depth_dims(&[1, 4, 5, 12], None).unwrap(),
+            [1, 8, 10, 3]
+        );
+        assert!(space_to_depth_dims(&[1, 4, 5, 10], None)
+            .unwrap_err()
+            .contains("4C"));
+        let per = [1i64, 3, 1, 1];
+        let nchw = layout(
+            &[1, 3, 4, 4],
+            &[3],
+            &[3],
+            &per,
+            &per,
+            None,
+            Pads::default(),
+            false,
+        );
+        assert!(nchw
+            .unwrap()
+            .with_space_to_depth(true, false)
+            .unwrap_err()
+            .contains("channels_last"));
     }
 
     /// [N, C, H, W] values reordered to [N, H, W, C].

@@ -59,6 +59,9 @@ pub struct Rewrites {
     /// residual Adds and 2x upsampling along (`fold_residual_and_upsample`); the other reflect
     /// Pads become framewise's `ReflectPad`.
     pub channels_last: bool,
+    /// With `channels_last`: the wide convolutions on few channels (the style model's 9x9
+    /// ones on 3 and 4) run space to depth (`space_to_depth`).
+    pub space_to_depth: bool,
 }
 
 /// What the model's image input and output are called and which value range they use.
@@ -96,6 +99,8 @@ pub struct Report {
     pub norm_ops: NormOps,
     /// Of them, the ones working channels last.
     pub channels_last_ops: usize,
+    /// Convolutions run space to depth.
+    pub space_to_depth_convs: usize,
     pub nodes_before: usize,
     pub nodes_after: usize,
 }
@@ -125,6 +130,11 @@ pub fn optimize_model(
     if r.channels_last && !r.norm_op {
         return Err(OptimizeError::Combination(
             "channels_last without norm_op (it lays out framewise's op)",
+        ));
+    }
+    if r.space_to_depth && !r.channels_last {
+        return Err(OptimizeError::Combination(
+            "space_to_depth without channels_last (framewise's channels-last ops write and read it)",
         ));
     }
     let g = model.graph.as_mut().ok_or(OptimizeError::NoGraph)?;
@@ -171,6 +181,9 @@ pub fn optimize_model(
     // float tensors are then of one type: f16 when fp16 reaches the input, else f32).
     if r.channels_last && (exact || !r.fp16) {
         report.channels_last_ops += pads_channels_last(g, r.fp16);
+    }
+    if r.space_to_depth {
+        report.space_to_depth_convs = space_to_depth(g);
     }
     if r.dynamic_batch {
         report.dynamic_batch = make_batch_dynamic(g, io);
@@ -946,6 +959,276 @@ fn channels_last(g: &mut GraphProto, all_pads: Option<&str>) -> usize {
     count
 }
 
+/// Input channels up to which a wide convolution runs space to depth: the style model's 9x9
+/// convolutions on 3 and 4 channels, which cuDNN runs with one kernel that leaves the tensor
+/// cores idle (43 % of the GPU time, BENCHMARKS.md session 12).
+const SPACE_TO_DEPTH_MAX_CHANNELS: usize = 8;
+
+/// Runs each convolution with an odd kernel K >= 5, stride 1 and at most 8 input channels
+/// between framewise's channels-last ops as one with kernel (K + 1) / 2 on the image's 2x2 blocks
+/// taken as pixels of 4x the channels (space to depth): the op writing its input (`ReflectPad`,
+/// or the fused normalisation writing the padding) writes the blocks, the weights are
+/// rearranged (`space_to_depth_weights`), and the fused normalisation after it reads the blocks
+/// of its output. The same products and sums, so exact; on a GPU the convolution gets channel
+/// counts tensor cores take (measured: half the time of the 9x9 ones). The writer must pad K - 1
+/// along each side in total (its attribute `space_to_depth_out` = K; the ops check it), so the
+/// convolution's output image has the writer's input's size: the reader takes that input as its
+/// `reference` (an odd side cannot be told from the blocks). Returns how many.
+pub fn space_to_depth(g: &mut GraphProto) -> usize {
+    struct Found {
+        writer: usize,
+        conv: usize,
+        reader: usize,
+        k: usize,
+    }
+    let mut found = Vec::new();
+    {
+        let ix = Index::new(g);
+        let ours = |n: &NodeProto, ops: [&str; 2]| {
+            n.domain() == norm_op::DOMAIN && ops.contains(&n.op_type())
+        };
+        let perm = |n: &NodeProto, p: &[i64]| {
+            n.op_type() == "Transpose" && attr_ints(n, "perm").as_deref() == Some(p)
+        };
+        let pads_of = |n: &NodeProto, at: usize| {
+            let v = tensor_i64(ix.constants.get(n.input.get(at)?.as_str())?)?;
+            norm_op::Pads::from_onnx(&v).ok()
+        };
+        for (ci, c) in g.node.iter().enumerate() {
+            if c.op_type() != "Conv" || !c.domain().is_empty() || c.input.len() < 2 {
+                continue;
+            }
+            let ones = |name: &str| attr_ints(c, name).is_none_or(|v| v.iter().all(|&d| d == 1));
+            let k = match attr_ints(c, "kernel_shape").as_deref() {
+                Some(&[a, b]) if a == b && a >= 5 && a % 2 == 1 => a as usize,
+                _ => continue,
+            };
+            let unpadded = attr_ints(c, "pads").is_none_or(|v| v.iter().all(|&d| d == 0))
+                && attr(c, "auto_pad")
+                    .and_then(|a| a.s.as_deref())
+                    .is_none_or(|s| s == b"NOTSET");
+            let weights = g.initializer.iter().find(|t| t.name() == c.input[1]);
+            let narrow = weights.is_some_and(|w| {
+                matches!(w.dims.as_slice(), &[_, i, a, b] if i as usize <= SPACE_TO_DEPTH_MAX_CHANNELS && a as usize == k && b as usize == k)
+            });
+            let bias_ok = c.input.get(2).is_none_or(|b| {
+                b.is_empty() || g.initializer.iter().any(|t| t.name() == b.as_str())
+            });
+            if !(ones("strides") && ones("dilations") && attr_int(c, "group").unwrap_or(1) == 1)
+                || !unpadded
+                || !narrow
+                || !bias_ok
+            {
+                continue;
+            }
+            // Writer -> Transpose to NCHW -> the convolution.
+            let Some(&t1) = ix.producer.get(c.input[0].as_str()) else {
+                continue;
+            };
+            let t1n = &g.node[t1];
+            if !perm(t1n, &[0, 3, 1, 2]) || ix.only_consumer(g, &c.input[0], "Conv") != Some(ci) {
+                continue;
+            }
+            let Some(&w) = ix.producer.get(t1n.input[0].as_str()) else {
+                continue;
+            };
+            let wn = &g.node[w];
+            if ix.only_consumer(g, &t1n.input[0], "Transpose") != Some(t1) {
+                continue;
+            }
+            let pads = if ours(wn, [pad_op::OP, pad_op::OP_HALF]) {
+                pads_of(wn, 1)
+            } else if ours(wn, [norm_op::OP, norm_op::OP_HALF])
+                && attr_int(wn, "channels_last") == Some(1)
+                && attr_int(wn, "upsample").unwrap_or(1) == 1
+                && attr_int(wn, "space_to_depth_in").unwrap_or(0) == 0
+            {
+                pads_of(wn, 6)
+            } else {
+                None
+            };
+            // Pads the graph computes (the style model's) are checked by the ops when the
+            // session is made (`norm_op::space_to_depth_out`).
+            let same = pads.is_none_or(|p| p.top + p.bottom == k - 1 && p.left + p.right == k - 1);
+            let writes_pads = wn
+                .input
+                .get(if ours(wn, [pad_op::OP, pad_op::OP_HALF]) {
+                    1
+                } else {
+                    6
+                })
+                .is_some_and(|s| !s.is_empty());
+            if !same || !writes_pads || attr_int(wn, "space_to_depth_out").unwrap_or(0) != 0 {
+                continue;
+            }
+            // The convolution -> scalar Mul / Add / Sub / Div or Cast -> Transpose to NHWC ->
+            // the reader, each the only consumer of the one before.
+            let mut at = c.output.first().cloned().unwrap_or_default();
+            let mut reader = None;
+            while let [next] = ix.consumers_of(&at) {
+                let n = &g.node[*next];
+                let scalar_op = ["Mul", "Add", "Sub", "Div"].contains(&n.op_type())
+                    && n.domain().is_empty()
+                    && n.input.len() == 2
+                    && n.input[0] == at
+                    && ix
+                        .constants
+                        .get(n.input[1].as_str())
+                        .is_some_and(|t| t.dims.iter().product::<i64>() == 1);
+                if ix.outputs.contains(at.as_str()) {
+                    break;
+                }
+                if scalar_op || (n.op_type() == "Cast" && n.domain().is_empty()) {
+                    at = n.output.first().cloned().unwrap_or_default();
+                    continue;
+                }
+                if perm(n, &[0, 2, 3, 1]) {
+                    let t2 = n.output.first().cloned().unwrap_or_default();
+                    reader = match ix.consumers_of(&t2) {
+                        [r] if !ix.outputs.contains(t2.as_str())
+                            && ours(&g.node[*r], [norm_op::OP, norm_op::OP_HALF])
+                            && g.node[*r].input[0] == t2
+                            && attr_int(&g.node[*r], "channels_last") == Some(1)
+                            && attr_int(&g.node[*r], "space_to_depth_in").unwrap_or(0) == 0
+                            && g.node[*r].input.get(7).is_none_or(|s| s.is_empty()) =>
+                        {
+                            Some(*r)
+                        }
+                        _ => None,
+                    };
+                }
+                break;
+            }
+            if let Some(reader) = reader {
+                found.push(Found {
+                    writer: w,
+                    conv: ci,
+                    reader,
+                    k,
+                });
+            }
+        }
+    }
+    let mut replaced = HashSet::new();
+    for f in &found {
+        g.node[f.writer]
+            .attribute
+            .push(int_attr("space_to_depth_out", f.k as i64));
+        let reference = g.node[f.writer].input[0].clone();
+        let r = &mut g.node[f.reader];
+        if r.input.len() < 8 {
+            r.input.resize(8, String::new());
+        }
+        r.input.truncate(8);
+        r.input.push(reference);
+        r.attribute.push(int_attr("space_to_depth_in", 1));
+        let c = g.node[f.conv].clone();
+        let kk = f.k.div_ceil(2) as i64;
+        let w = &c.input[1];
+        let wt = g
+            .initializer
+            .iter()
+            .find(|t| t.name() == w.as_str())
+            .cloned()
+            .unwrap_or_default();
+        let (co, ci) = (wt.dims[0] as usize, wt.dims[1] as usize);
+        let values = tensor_values(&wt).unwrap_or_default();
+        let new_w = format!("{w}__fw_s2d");
+        replaced.insert(w.clone());
+        let rearranged = space_to_depth_weights(&values, co, ci, f.k);
+        g.initializer.push(tensor_like(
+            &wt,
+            &new_w,
+            &[4 * co as i64, 4 * ci as i64, kk, kk],
+            &rearranged,
+        ));
+        let conv = &mut g.node[f.conv];
+        conv.input[1] = new_w;
+        if let Some(b) = c.input.get(2).filter(|b| !b.is_empty()) {
+            let bt = g
+                .initializer
+                .iter()
+                .find(|t| t.name() == b.as_str())
+                .cloned()
+                .unwrap_or_default();
+            let v = tensor_values(&bt).unwrap_or_default();
+            let new_b = format!("{b}__fw_s2d");
+            replaced.insert(b.clone());
+            let four: Vec<f32> = (0..4).flat_map(|_| v.iter().copied()).collect();
+            g.initializer
+                .push(tensor_like(&bt, &new_b, &[4 * v.len() as i64], &four));
+            g.node[f.conv].input[2] = new_b;
+        }
+        let conv = &mut g.node[f.conv];
+        conv.attribute.retain(|a| a.name() != "kernel_shape");
+        conv.attribute.push(ints_attr("kernel_shape", &[kk, kk]));
+    }
+    // The original weights and biases, unless something else reads them.
+    let used: HashSet<String> = g
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().cloned())
+        .collect();
+    g.initializer
+        .retain(|t| used.contains(t.name()) || !replaced.contains(t.name()));
+    found.len()
+}
+
+/// A convolution's weights [Co, Ci, K, K] (K odd) as those of its space-to-depth form
+/// [4 Co, 4 Ci, K', K'], K' = (K + 1) / 2: output channel (2a + b) Co + o at block (I, J) is
+/// output pixel (2I + a, 2J + b); input channel (2c + d) Ci + i at block (I + p, J + q) is input
+/// pixel (2(I + p) + c, 2(J + q) + d); its weight is W[o, i, 2p + c - a, 2q + d - b] where that
+/// lies inside the kernel, else 0.
+pub fn space_to_depth_weights(w: &[f32], co: usize, ci: usize, k: usize) -> Vec<f32> {
+    let kk = k.div_ceil(2);
+    let mut out = vec![0.0; 16 * co * ci * kk * kk];
+    for (a, b, o) in (0..2).flat_map(|a| (0..2).flat_map(move |b| (0..co).map(move |o| (a, b, o))))
+    {
+        for (c, d, i) in
+            (0..2).flat_map(|c| (0..2).flat_map(move |d| (0..ci).map(move |i| (c, d, i))))
+        {
+            for p in 0..kk {
+                for q in 0..kk {
+                    let (di, dj) = ((2 * p + c) as i64 - a as i64, (2 * q + d) as i64 - b as i64);
+                    if !(0..k as i64).contains(&di) || !(0..k as i64).contains(&dj) {
+                        continue;
+                    }
+                    let oc = (2 * a + b) * co + o;
+                    let ic = (2 * c + d) * ci + i;
+                    out[((oc * 4 * ci + ic) * kk + p) * kk + q] =
+                        w[((o * ci + i) * k + di as usize) * k + dj as usize];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A float tensor's values, fp32 or fp16.
+fn tensor_values(t: &TensorProto) -> Option<Vec<f32>> {
+    if t.data_type() == DataType::Float16 as i32 {
+        let raw = t.raw_data();
+        if raw.is_empty() {
+            return Some(t.int32_data.iter().map(|&v| f16_to_f32(v as u16)).collect());
+        }
+        return Some(
+            raw.chunks_exact(2)
+                .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+                .collect(),
+        );
+    }
+    tensor_f32(t)
+}
+
+/// A tensor named `name` of `like`'s element type (fp16 or fp32) with these dims and values.
+fn tensor_like(like: &TensorProto, name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
+    let mut t = f32_tensor(name, dims, values);
+    if like.data_type() == DataType::Float16 as i32 {
+        tensor_to_fp16(&mut t);
+    }
+    t
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rewrite 2: uint8 NHWC in and out.
 
@@ -1597,6 +1880,61 @@ fn remove_dead_nodes(g: &mut GraphProto) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn space_to_depth_weights_give_the_same_convolution() {
+        // A 9x9 convolution 3 -> 2 channels on a 14x10 image (padding already in it) against the
+        // 5x5 one on its 2x2 blocks: every output pixel, from its block's channel.
+        let (co, ci, k, h, w) = (2usize, 3usize, 9usize, 14usize, 10usize);
+        let val = |i: usize| ((i * 7919) % 113) as f32 / 17.0 - 3.0;
+        let wt: Vec<f32> = (0..co * ci * k * k).map(val).collect();
+        let x: Vec<f32> = (0..ci * h * w).map(|i| val(i + 5)).collect();
+        let (oh, ow) = (h - k + 1, w - k + 1);
+        let direct = |o: usize, y: usize, xx: usize| {
+            let mut s = 0.0;
+            for i in 0..ci {
+                for di in 0..k {
+                    for dj in 0..k {
+                        s += wt[((o * ci + i) * k + di) * k + dj]
+                            * x[(i * h + y + di) * w + xx + dj];
+                    }
+                }
+            }
+            s
+        };
+        let kk = 5;
+        let ws = space_to_depth_weights(&wt, co, ci, k);
+        assert_eq!(ws.len(), 16 * co * ci * kk * kk);
+        // Blocks of the input: channel (2c + d) ci + i at (I, J) is pixel (2I + c, 2J + d).
+        let blk = |ch: usize, bi: usize, bj: usize| {
+            let (sub, i) = (ch / ci, ch % ci);
+            x[(i * h + 2 * bi + sub / 2) * w + 2 * bj + sub % 2]
+        };
+        for y in 0..oh {
+            for xx in 0..ow {
+                for o in 0..co {
+                    let oc = (2 * (y % 2) + xx % 2) * co + o;
+                    let mut s = 0.0;
+                    for ch in 0..4 * ci {
+                        for p in 0..kk {
+                            for q in 0..kk {
+                                let (bi, bj) = (y / 2 + p, xx / 2 + q);
+                                if 2 * bi + 1 < h && 2 * bj + 1 < w {
+                                    s += ws[((oc * 4 * ci + ch) * kk + p) * kk + q]
+                                        * blk(ch, bi, bj);
+                                }
+                            }
+                        }
+                    }
+                    let want = direct(o, y, xx);
+                    assert!(
+                        (s - want).abs() < 1e-3 * (1.0 + want.abs()),
+                        "{o} {y} {xx}: {s} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
     /// The package directory at run time (cargo sets it for tests): a build reused from a
     /// clone at another path must read this checkout's files, not the path it was built at.
     fn manifest_dir() -> String {
@@ -1768,6 +2106,7 @@ mod tests {
             pixels_into_first_conv: false,
             norm_op: false,
             channels_last: false,
+            space_to_depth: false,
         });
         assert!(r.fp16_tensors > 50, "{r:?}");
         let g = m.graph.as_ref().unwrap();
@@ -1834,6 +2173,7 @@ mod tests {
             pixels_into_first_conv: true,
             norm_op: false,
             channels_last: false,
+            space_to_depth: false,
         });
         assert!(r.pixels_into_first_conv, "{r:?}");
         let g = m.graph.as_ref().unwrap();

@@ -3,8 +3,11 @@
 //! model the Pads after the residual blocks' skip connections (which feed two ops, so the
 //! fused normalisation cannot write them) ran as ONNX Runtime's generic pad kernel, half of the
 //! GPU time (BENCHMARKS.md, session 12); this one copies whole pixels, 16 bytes at a time.
+//! With the attribute `space_to_depth_out` = K it writes the padded image space to depth
+//! ([N, ceil(H'/2), ceil(W'/2), 4C], norm_op::pixel_at; an odd side's extra row or column is
+//! zeros): the input of the first 9x9 convolution run as a 5x5 one (`optimize::space_to_depth`).
 
-use crate::norm_op::{host_values, host_values_mut, read_pads, reflect, Pads, DOMAIN};
+use crate::norm_op::{host_values, host_values_mut, pixel_at, read_pads, reflect, Pads, DOMAIN};
 use ort::memory::MemoryType;
 use ort::operator::{
     BoxedKernel, ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput,
@@ -44,20 +47,45 @@ pub fn dims(x: &[i64], p: Pads) -> Result<[usize; 4], String> {
     Ok([n, h, w, c].map(|d| d as usize))
 }
 
-/// The output's shape.
-pub fn out_shape(d: [usize; 4], p: Pads) -> Vec<i64> {
+/// The output's shape (space to depth: [N, ceil(H'/2), ceil(W'/2), 4C]).
+pub fn out_shape(d: [usize; 4], p: Pads, s2d: bool) -> Vec<i64> {
     let [n, h, w, c] = d;
-    [n, h + p.top + p.bottom, w + p.left + p.right, c]
-        .iter()
-        .map(|&v| v as i64)
-        .collect()
+    let (oh, ow) = (h + p.top + p.bottom, w + p.left + p.right);
+    let s = if s2d {
+        [n, oh.div_ceil(2), ow.div_ceil(2), 4 * c]
+    } else {
+        [n, oh, ow, c]
+    };
+    s.iter().map(|&v| v as i64).collect()
 }
 
-/// The CPU kernel: rows copied whole, their reflected edges pixel by pixel. Any element type.
-pub fn reflect_pad<T: Copy>(x: &[T], y: &mut [T], d: [usize; 4], p: Pads) {
+/// The CPU kernel: rows copied whole, their reflected edges pixel by pixel (space to depth:
+/// pixel by pixel, an odd side's extra row and column `zero`). Any element type.
+pub fn reflect_pad<T: Copy>(x: &[T], y: &mut [T], d: [usize; 4], p: Pads, s2d: Option<T>) {
     let [_, h, w, c] = d;
     let ow = w + p.left + p.right;
     let oh = h + p.top + p.bottom;
+    if let Some(zero) = s2d {
+        let (rows, cols) = (oh.next_multiple_of(2), ow.next_multiple_of(2));
+        for (xi, yi) in x
+            .chunks_exact(h * w * c)
+            .zip(y.chunks_exact_mut(rows * cols * c))
+        {
+            for r in 0..rows {
+                for col in 0..cols {
+                    let out = &mut yi[pixel_at(r, col, cols, true) * c..][..c];
+                    if r >= oh || col >= ow {
+                        out.fill(zero);
+                    } else {
+                        let sr = reflect(r as i64 - p.top as i64, h);
+                        let sc = reflect(col as i64 - p.left as i64, w);
+                        out.copy_from_slice(&xi[(sr * w + sc) * c..][..c]);
+                    }
+                }
+            }
+        }
+        return;
+    }
     for (xi, yi) in x
         .chunks_exact(h * w * c)
         .zip(y.chunks_exact_mut(oh * ow * c))
@@ -71,6 +99,11 @@ pub fn reflect_pad<T: Copy>(x: &[T], y: &mut [T], d: [usize; 4], p: Pads) {
             }
         }
     }
+}
+
+/// The attribute `space_to_depth_out`, checked against the pads.
+fn space_to_depth(k: &KernelContext<'_>, pads: Pads) -> ort::Result<bool> {
+    crate::norm_op::space_to_depth_out(k, pads).map_err(|e| ort::Error::new(format!("{OP}: {e}")))
 }
 
 fn name(half: bool) -> &'static str {
@@ -131,6 +164,7 @@ impl Operator for OnCpu {
 
     fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
         let (pads, half) = (read_pads(k, 1, OP)?, self.half);
+        let s2d = space_to_depth(k, pads)?;
         Ok(Box::new(move |ctx: &ComputeContext| {
             let x = ctx
                 .input(0)?
@@ -138,16 +172,18 @@ impl Operator for OnCpu {
                 .downcast::<DynTensorValueType>()?;
             let d = dims(x.shape(), pads).map_err(|e| ort::Error::new(format!("{OP}: {e}")))?;
             let y = ctx
-                .output(0, out_shape(d, pads))?
+                .output(0, out_shape(d, pads, s2d))?
                 .ok_or_else(|| ort::Error::new(format!("{OP}: no output")))?
                 .downcast::<DynTensorValueType>()?;
             // SAFETY: X and Y are CPU tensors of the op's element type (f32, or f16 as u16:
             // same size and alignment); ONNX Runtime has just allocated Y.
             unsafe {
                 if half {
-                    reflect_pad(host_values::<u16>(&x), host_values_mut::<u16>(&y), d, pads);
+                    let (x, y) = (host_values::<u16>(&x), host_values_mut::<u16>(&y));
+                    reflect_pad(x, y, d, pads, s2d.then_some(0));
                 } else {
-                    reflect_pad(host_values::<f32>(&x), host_values_mut::<f32>(&y), d, pads);
+                    let (x, y) = (host_values::<f32>(&x), host_values_mut::<f32>(&y));
+                    reflect_pad(x, y, d, pads, s2d.then_some(0.0));
                 }
             }
             Ok(())
@@ -179,9 +215,11 @@ impl Operator for OnCuda {
     }
 
     fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        let pads = read_pads(k, 1, OP)?;
         Ok(CudaPad {
-            pads: read_pads(k, 1, OP)?,
+            pads,
             half: self.half,
+            s2d: space_to_depth(k, pads)?,
             kernels: None,
         })
     }
@@ -190,6 +228,7 @@ impl Operator for OnCuda {
 struct CudaPad {
     pads: Pads,
     half: bool,
+    s2d: bool,
     /// The device's loaded kernels, from the first run on.
     kernels: Option<(i32, crate::cuda::NormKernels)>,
 }
@@ -208,7 +247,7 @@ impl Kernel for CudaPad {
         let kernels = crate::cuda::NormKernels::cached(&mut self.kernels, device)
             .map_err(|e| ort::Error::new(format!("{OP} on GPU {device}: {e}")))?;
         let y = ctx
-            .output(0, out_shape(d, self.pads))?
+            .output(0, out_shape(d, self.pads, self.s2d))?
             .ok_or_else(|| ort::Error::new(format!("{OP}: no output")))?
             .downcast::<DynTensorValueType>()?;
         let [images, in_h, in_w, channels] = d;
@@ -219,6 +258,7 @@ impl Kernel for CudaPad {
             channels,
             elem: elem_bytes(self.half),
             pads: self.pads,
+            s2d: self.s2d,
         };
         // SAFETY: the session's stream on the tensors' device; X and Y are ONNX Runtime's
         // tensors there of the plan's shapes, alive until the stream has run the kernel.
@@ -250,9 +290,9 @@ mod tests {
             right: 1,
         };
         let d = dims(&[1, 2, 3, 2], p).unwrap();
-        assert_eq!(out_shape(d, p), [1, 4, 5, 2]);
+        assert_eq!(out_shape(d, p, false), [1, 4, 5, 2]);
         let mut y = vec![0u16; 40];
-        reflect_pad(&x, &mut y, d, p);
+        reflect_pad(&x, &mut y, d, p, None);
         // Row 0 reflects to input row 1, row 3 to input row 0; columns 0 and 4 to 1 and 1.
         let px = |r: usize, c: usize| [y[(r * 5 + c) * 2], y[(r * 5 + c) * 2 + 1]];
         assert_eq!(px(1, 1), [0, 1]);
@@ -264,5 +304,18 @@ mod tests {
         let e = dims(&[1, 2, 3, 2], Pads { top: 2, ..p }).unwrap_err();
         assert!(e.contains("reflect beyond"), "{e}");
         assert!(dims(&[1, 2, 3], p).unwrap_err().contains("[N, H, W, C]"));
+        // Space to depth: the same 4x5 image as 2x3 blocks of 2x2 pixels, the sixth column
+        // zeros; pixel (3, 2) is in block (1, 1) (the fifth), at (1, 0) in it: stored pixel 18.
+        assert_eq!(out_shape(d, p, true), [1, 2, 3, 8]);
+        let mut s = vec![99u16; 48];
+        reflect_pad(&x, &mut s, d, p, Some(0));
+        for r in 0..4 {
+            for col in 0..6 {
+                let at = pixel_at(r, col, 6, true) * 2;
+                let want = if col < 5 { px(r, col) } else { [0, 0] };
+                assert_eq!([s[at], s[at + 1]], want, "{r} {col}");
+            }
+        }
+        assert_eq!(pixel_at(3, 2, 6, true), 18);
     }
 }

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 /// Bumped whenever a rewrite or the way variants are timed changes, so stale cached files
 /// and decisions are not reused.
-const OPTIMIZER_VERSION: u32 = 9;
+const OPTIMIZER_VERSION: u32 = 10;
 
 /// One rewritten model to try, and the quality it must keep.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +43,7 @@ pub fn candidates(device: Device) -> Vec<Candidate> {
         pixels_into_first_conv: false,
         norm_op: false,
         channels_last: false,
+        space_to_depth: false,
     };
     let exact = Candidate {
         name: "fused-u8",
@@ -71,6 +72,18 @@ pub fn candidates(device: Device) -> Vec<Candidate> {
         // ms per frame); it stays for tests and for nodes a GPU session leaves to the CPU.
         Device::Cpu => vec![exact],
         Device::Cuda(_) => vec![
+            // The same with the two 9x9 convolutions on 3 and 4 channels run space to depth
+            // (5x5 on 12 and 16 channels, which tensor cores take; optimize::space_to_depth).
+            Candidate {
+                name: "fused-u8-fp16-norm-nhwc-s2d",
+                rewrites: Rewrites {
+                    fp16: true,
+                    space_to_depth: true,
+                    ..nhwc(pixels)
+                },
+                min_psnr_db: 40.0,
+                tf32: true,
+            },
             // `tf32` here too: ONNX Runtime lets cuDNN use tensor cores only with use_tf32, for
             // fp16 convolutions as well (without it they ran on CUDA cores, converted to NCHW:
             // 247 against 478 frames/s on an H100, BENCHMARKS.md session 12).
@@ -496,9 +509,12 @@ mod tests {
         let by = |name: &str| gpu.iter().find(|c| c.name == name).unwrap();
         // framewise's fused normalisation: channels last in fp16 (tensor cores need the TF32
         // switch), then NCHW in TF32.
+        let s2d = by("fused-u8-fp16-norm-nhwc-s2d");
+        assert!(s2d.rewrites.space_to_depth && s2d.rewrites.channels_last && s2d.tf32);
+        assert_eq!(gpu[0].name, s2d.name);
         let half = by("fused-u8-fp16-norm-nhwc");
         assert!(half.rewrites.fp16 && half.rewrites.norm_op && half.rewrites.channels_last);
-        assert!(half.tf32 && gpu[0].name == half.name);
+        assert!(half.tf32 && gpu[1].name == half.name && !half.rewrites.space_to_depth);
         let r = by("fused-u8-tf32-norm");
         assert!(r.tf32 && r.rewrites.norm_op && !r.rewrites.channels_last);
         assert!(by("fused-u8-fp16").rewrites.fp16 && !by("fused-u8-fp16").rewrites.norm_op);
@@ -513,6 +529,7 @@ mod tests {
         let tf32 = cuda_for(o, Device::Cuda(0), "fused-u8-tf32");
         assert!(tf32.tf32 && !tf32.prefer_nhwc);
         assert!(cuda_for(o, Device::Cuda(0), "fused-u8-fp16-norm-nhwc").prefer_nhwc);
+        assert!(cuda_for(o, Device::Cuda(0), "fused-u8-fp16-norm-nhwc-s2d").prefer_nhwc);
         assert!(!cuda_for(o, Device::Cuda(0), "fused-u8").tf32);
         assert!(!cuda_for(o, Device::Cpu, "fused-u8-tf32").tf32);
     }
