@@ -74,7 +74,7 @@ for step in "${steps[@]}"; do case $step in
     # (against the original in full fp32), then frames/s with 1, 4 and 8 sessions, with NHWC
     # convolutions off and on; the original once more with TF32 on.
     bm() {
-      CUDA_VISIBLE_DEVICES=0 FRAMEWISE_LOG=info $fw bench-model --device cuda --frames 100 --size 1280x720 "$@" 2>&1 \
+      CUDA_VISIBLE_DEVICES=0 FRAMEWISE_LOG=info $fw bench-model --device cuda --frames ${FW_FRAMES:-100} --size 1280x720 "$@" 2>&1 \
         | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'bench-model|passes|chosen|not faster|rejected|rror' | sed 's/^.*variant: //'
     }
     for nhwc in ${FW_NHWC:-false true}; do
