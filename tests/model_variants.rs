@@ -49,7 +49,7 @@ fn cpu_gets_the_fused_uint8_model_and_the_same_pictures() {
         .to_string_lossy()
         .into_owned();
     assert!(
-        name.ends_with("-fused-u8-v9.onnx") && name.len() > 30,
+        name.contains("-fused-u8-v") && name.ends_with(".onnx") && name.len() > 30,
         "{name}"
     );
 
