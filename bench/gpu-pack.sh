@@ -36,6 +36,7 @@ plugins="coreelements videoconvertscale app playback typefindfunctions isomp4 au
 for p in $plugins; do cp "$gst/libgst$p.so" "$b/gst/plugins/"; done
 scanner=/usr/lib/x86_64-linux-gnu/gstreamer1.0/gstreamer-1.0/gst-plugin-scanner
 cp "$scanner" "$b/gst/"
+cp /usr/bin/gst-launch-1.0 "$b/gst/"  # bench/gpu-decode.sh
 # Every shared library the binary, the plugins and the scanner load, except glibc's and the C++ runtime.
 { ldd "$b/framewise"; for f in "$b"/gst/plugins/*.so "$scanner"; do ldd "$f"; done; } \
   | awk '/=>/ {print $3}' | sort -u \
