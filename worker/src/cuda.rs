@@ -758,4 +758,42 @@ mod tests {
         assert_eq!(pad(3, 4).unit(0, 256).unwrap(), (4, 3));
         assert!(pad(2048, 4).unit(0, 256).unwrap_err().contains("256 units"));
     }
+
+    #[test]
+    fn space_to_depth_geometry() {
+        // The first normalisation of the space-to-depth model at 1281x721: X stores 361 x 641
+        // blocks of 4 pixels (more than the image's), the statistics kernel covers them all
+        // and skips what lies past the odd sides; at 1280x720 nothing is skipped.
+        let per = [1i64, 32, 1, 1];
+        let one = Pads {
+            top: 1,
+            left: 1,
+            bottom: 1,
+            right: 1,
+        };
+        let plan = |h: i64, w: i64, pads: Pads, out_s2d: bool| {
+            let l = layout(&[1, h, w, 32], &[32], &[32], &per, &per, None, pads, true)
+                .and_then(|l| l.with_space_to_depth(!out_s2d, out_s2d))
+                .unwrap();
+            NormPlan::new(&l).unwrap()
+        };
+        let p = plan(721, 1281, one, false);
+        assert_eq!(p.stored, 4 * 361 * 641);
+        assert_eq!((p.mask_h, p.mask_w, p.in_s2d, p.out_s2d), (721, 1281, 1, 0));
+        assert_eq!(p.plane, 721 * 1281);
+        assert_eq!(p.splits as usize, (p.stored as usize).div_ceil(512));
+        assert_eq!(p.apply_splits, 723);
+        let p = plan(720, 1280, one, false);
+        assert_eq!((p.stored, p.mask_h, p.mask_w), (720 * 1280, 0, 0));
+        // Writing blocks: an even number of output rows (an odd image's last one zeros).
+        let four = Pads {
+            top: 4,
+            left: 4,
+            bottom: 4,
+            right: 4,
+        };
+        let p = plan(721, 1281, four, true);
+        assert_eq!((p.in_s2d, p.out_s2d, p.apply_splits), (0, 1, 730));
+        assert_eq!(plan(720, 1280, four, true).apply_splits, 728);
+    }
 }

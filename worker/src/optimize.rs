@@ -975,193 +975,37 @@ const SPACE_TO_DEPTH_MAX_CHANNELS: usize = 8;
 /// convolution's output image has the writer's input's size: the reader takes that input as its
 /// `reference` (an odd side cannot be told from the blocks). Returns how many.
 pub fn space_to_depth(g: &mut GraphProto) -> usize {
-    struct Found {
-        writer: usize,
-        conv: usize,
-        reader: usize,
-        k: usize,
-    }
-    let mut found = Vec::new();
-    {
+    let found: Vec<SpaceToDepthSite> = {
         let ix = Index::new(g);
-        let ours = |n: &NodeProto, ops: [&str; 2]| {
-            n.domain() == norm_op::DOMAIN && ops.contains(&n.op_type())
-        };
-        let perm = |n: &NodeProto, p: &[i64]| {
-            n.op_type() == "Transpose" && attr_ints(n, "perm").as_deref() == Some(p)
-        };
-        let pads_of = |n: &NodeProto, at: usize| {
-            let v = tensor_i64(ix.constants.get(n.input.get(at)?.as_str())?)?;
-            norm_op::Pads::from_onnx(&v).ok()
-        };
-        for (ci, c) in g.node.iter().enumerate() {
-            if c.op_type() != "Conv" || !c.domain().is_empty() || c.input.len() < 2 {
-                continue;
-            }
-            let ones = |name: &str| attr_ints(c, name).is_none_or(|v| v.iter().all(|&d| d == 1));
-            let k = match attr_ints(c, "kernel_shape").as_deref() {
-                Some(&[a, b]) if a == b && a >= 5 && a % 2 == 1 => a as usize,
-                _ => continue,
-            };
-            let unpadded = attr_ints(c, "pads").is_none_or(|v| v.iter().all(|&d| d == 0))
-                && attr(c, "auto_pad")
-                    .and_then(|a| a.s.as_deref())
-                    .is_none_or(|s| s == b"NOTSET");
-            let weights = g.initializer.iter().find(|t| t.name() == c.input[1]);
-            let narrow = weights.is_some_and(|w| {
-                matches!(w.dims.as_slice(), &[_, i, a, b] if i as usize <= SPACE_TO_DEPTH_MAX_CHANNELS && a as usize == k && b as usize == k)
-            });
-            let bias_ok = c.input.get(2).is_none_or(|b| {
-                b.is_empty() || g.initializer.iter().any(|t| t.name() == b.as_str())
-            });
-            if !(ones("strides") && ones("dilations") && attr_int(c, "group").unwrap_or(1) == 1)
-                || !unpadded
-                || !narrow
-                || !bias_ok
-            {
-                continue;
-            }
-            // Writer -> Transpose to NCHW -> the convolution.
-            let Some(&t1) = ix.producer.get(c.input[0].as_str()) else {
-                continue;
-            };
-            let t1n = &g.node[t1];
-            if !perm(t1n, &[0, 3, 1, 2]) || ix.only_consumer(g, &c.input[0], "Conv") != Some(ci) {
-                continue;
-            }
-            let Some(&w) = ix.producer.get(t1n.input[0].as_str()) else {
-                continue;
-            };
-            let wn = &g.node[w];
-            if ix.only_consumer(g, &t1n.input[0], "Transpose") != Some(t1) {
-                continue;
-            }
-            let pads = if ours(wn, [pad_op::OP, pad_op::OP_HALF]) {
-                pads_of(wn, 1)
-            } else if ours(wn, [norm_op::OP, norm_op::OP_HALF])
-                && attr_int(wn, "channels_last") == Some(1)
-                && attr_int(wn, "upsample").unwrap_or(1) == 1
-                && attr_int(wn, "space_to_depth_in").unwrap_or(0) == 0
-            {
-                pads_of(wn, 6)
-            } else {
-                None
-            };
-            // Pads the graph computes (the style model's) are checked by the ops when the
-            // session is made (`norm_op::space_to_depth_out`).
-            let same = pads.is_none_or(|p| p.top + p.bottom == k - 1 && p.left + p.right == k - 1);
-            let writes_pads = wn
-                .input
-                .get(if ours(wn, [pad_op::OP, pad_op::OP_HALF]) {
-                    1
-                } else {
-                    6
-                })
-                .is_some_and(|s| !s.is_empty());
-            if !same || !writes_pads || attr_int(wn, "space_to_depth_out").unwrap_or(0) != 0 {
-                continue;
-            }
-            // The convolution -> scalar Mul / Add / Sub / Div or Cast -> Transpose to NHWC ->
-            // the reader, each the only consumer of the one before.
-            let mut at = c.output.first().cloned().unwrap_or_default();
-            let mut reader = None;
-            while let [next] = ix.consumers_of(&at) {
-                let n = &g.node[*next];
-                let scalar_op = ["Mul", "Add", "Sub", "Div"].contains(&n.op_type())
-                    && n.domain().is_empty()
-                    && n.input.len() == 2
-                    && n.input[0] == at
-                    && ix
-                        .constants
-                        .get(n.input[1].as_str())
-                        .is_some_and(|t| t.dims.iter().product::<i64>() == 1);
-                if ix.outputs.contains(at.as_str()) {
-                    break;
-                }
-                if scalar_op || (n.op_type() == "Cast" && n.domain().is_empty()) {
-                    at = n.output.first().cloned().unwrap_or_default();
-                    continue;
-                }
-                if perm(n, &[0, 2, 3, 1]) {
-                    let t2 = n.output.first().cloned().unwrap_or_default();
-                    reader = match ix.consumers_of(&t2) {
-                        [r] if !ix.outputs.contains(t2.as_str())
-                            && ours(&g.node[*r], [norm_op::OP, norm_op::OP_HALF])
-                            && g.node[*r].input[0] == t2
-                            && attr_int(&g.node[*r], "channels_last") == Some(1)
-                            && attr_int(&g.node[*r], "space_to_depth_in").unwrap_or(0) == 0
-                            && g.node[*r].input.get(7).is_none_or(|s| s.is_empty()) =>
-                        {
-                            Some(*r)
-                        }
-                        _ => None,
-                    };
-                }
-                break;
-            }
-            if let Some(reader) = reader {
-                found.push(Found {
-                    writer: w,
-                    conv: ci,
-                    reader,
-                    k,
-                });
-            }
-        }
-    }
+        (0..g.node.len())
+            .filter_map(|ci| space_to_depth_site(g, &ix, ci))
+            .collect()
+    };
     let mut replaced = HashSet::new();
+    let mut count = 0;
     for f in &found {
+        let conv = &g.node[f.conv];
+        let Some(tensors) = space_to_depth_tensors(g, conv, f.k) else {
+            continue;
+        };
+        for (i, (old, t)) in tensors.into_iter().enumerate() {
+            g.node[f.conv].input[1 + i] = t.name().to_string();
+            g.initializer.push(t);
+            replaced.insert(old);
+        }
+        let kk = f.k.div_ceil(2) as i64;
+        let conv = &mut g.node[f.conv];
+        conv.attribute.retain(|a| a.name() != "kernel_shape");
+        conv.attribute.push(ints_attr("kernel_shape", &[kk, kk]));
         g.node[f.writer]
             .attribute
             .push(int_attr("space_to_depth_out", f.k as i64));
         let reference = g.node[f.writer].input[0].clone();
         let r = &mut g.node[f.reader];
-        if r.input.len() < 8 {
-            r.input.resize(8, String::new());
-        }
-        r.input.truncate(8);
+        r.input.resize(8, String::new());
         r.input.push(reference);
         r.attribute.push(int_attr("space_to_depth_in", 1));
-        let c = g.node[f.conv].clone();
-        let kk = f.k.div_ceil(2) as i64;
-        let w = &c.input[1];
-        let wt = g
-            .initializer
-            .iter()
-            .find(|t| t.name() == w.as_str())
-            .cloned()
-            .unwrap_or_default();
-        let (co, ci) = (wt.dims[0] as usize, wt.dims[1] as usize);
-        let values = tensor_values(&wt).unwrap_or_default();
-        let new_w = format!("{w}__fw_s2d");
-        replaced.insert(w.clone());
-        let rearranged = space_to_depth_weights(&values, co, ci, f.k);
-        g.initializer.push(tensor_like(
-            &wt,
-            &new_w,
-            &[4 * co as i64, 4 * ci as i64, kk, kk],
-            &rearranged,
-        ));
-        let conv = &mut g.node[f.conv];
-        conv.input[1] = new_w;
-        if let Some(b) = c.input.get(2).filter(|b| !b.is_empty()) {
-            let bt = g
-                .initializer
-                .iter()
-                .find(|t| t.name() == b.as_str())
-                .cloned()
-                .unwrap_or_default();
-            let v = tensor_values(&bt).unwrap_or_default();
-            let new_b = format!("{b}__fw_s2d");
-            replaced.insert(b.clone());
-            let four: Vec<f32> = (0..4).flat_map(|_| v.iter().copied()).collect();
-            g.initializer
-                .push(tensor_like(&bt, &new_b, &[4 * v.len() as i64], &four));
-            g.node[f.conv].input[2] = new_b;
-        }
-        let conv = &mut g.node[f.conv];
-        conv.attribute.retain(|a| a.name() != "kernel_shape");
-        conv.attribute.push(ints_attr("kernel_shape", &[kk, kk]));
+        count += 1;
     }
     // The original weights and biases, unless something else reads them.
     let used: HashSet<String> = g
@@ -1171,7 +1015,184 @@ pub fn space_to_depth(g: &mut GraphProto) -> usize {
         .collect();
     g.initializer
         .retain(|t| used.contains(t.name()) || !replaced.contains(t.name()));
-    found.len()
+    count
+}
+
+/// Convolution `c`'s weights (and bias, if any) in their space-to-depth form, each with the
+/// name it replaces; None if they are not float initializers of the expected shapes.
+fn space_to_depth_tensors(
+    g: &GraphProto,
+    c: &NodeProto,
+    k: usize,
+) -> Option<Vec<(String, TensorProto)>> {
+    let initializer = |name: &str| g.initializer.iter().find(|t| t.name() == name);
+    let w = c.input.get(1)?;
+    let wt = initializer(w)?;
+    let &[co, ci, _, _] = wt.dims.as_slice() else {
+        return None;
+    };
+    let (co, ci) = (co as usize, ci as usize);
+    let values = tensor_values(wt).filter(|v| v.len() == co * ci * k * k)?;
+    let kk = k.div_ceil(2) as i64;
+    let mut out = vec![(
+        w.clone(),
+        tensor_like(
+            wt,
+            &format!("{w}__fw_s2d"),
+            &[4 * co as i64, 4 * ci as i64, kk, kk],
+            &space_to_depth_weights(&values, co, ci, k),
+        ),
+    )];
+    if let Some(b) = c.input.get(2).filter(|b| !b.is_empty()) {
+        let bt = initializer(b)?;
+        let v = tensor_values(bt).filter(|v| v.len() == co)?;
+        let four: Vec<f32> = (0..4).flat_map(|_| v.iter().copied()).collect();
+        out.push((
+            b.clone(),
+            tensor_like(bt, &format!("{b}__fw_s2d"), &[4 * co as i64], &four),
+        ));
+    }
+    Some(out)
+}
+
+/// A convolution `space_to_depth` rewrites: the op writing its input, the convolution, the
+/// fused normalisation reading its output (node indices), the kernel's size.
+struct SpaceToDepthSite {
+    writer: usize,
+    conv: usize,
+    reader: usize,
+    k: usize,
+}
+
+/// Whether node `n` is framewise's op `ops[0]` or `ops[1]`.
+fn is_ours(n: &NodeProto, ops: [&str; 2]) -> bool {
+    n.domain() == norm_op::DOMAIN && ops.contains(&n.op_type())
+}
+
+/// Whether node `n` is a Transpose with this permutation.
+fn is_transpose(n: &NodeProto, perm: &[i64]) -> bool {
+    n.op_type() == "Transpose" && attr_ints(n, "perm").as_deref() == Some(perm)
+}
+
+/// Node `ci` if it is a convolution `space_to_depth` takes, with its writer and reader.
+fn space_to_depth_site(g: &GraphProto, ix: &Index, ci: usize) -> Option<SpaceToDepthSite> {
+    let c = &g.node[ci];
+    let k = wide_narrow_conv(g, c)?;
+    // Writer -> Transpose to NCHW -> the convolution.
+    let &t1 = ix.producer.get(c.input[0].as_str())?;
+    let t1n = &g.node[t1];
+    if !is_transpose(t1n, &[0, 3, 1, 2]) || ix.only_consumer(g, &c.input[0], "Conv") != Some(ci) {
+        return None;
+    }
+    let &writer = ix.producer.get(t1n.input[0].as_str())?;
+    let wn = &g.node[writer];
+    let pads_at = if is_ours(wn, [pad_op::OP, pad_op::OP_HALF]) {
+        1
+    } else if is_ours(wn, [norm_op::OP, norm_op::OP_HALF])
+        && attr_int(wn, "channels_last") == Some(1)
+        && attr_int(wn, "upsample").unwrap_or(1) == 1
+        && attr_int(wn, "space_to_depth_in").unwrap_or(0) == 0
+    {
+        6
+    } else {
+        return None;
+    };
+    let pads = wn.input.get(pads_at).filter(|p| !p.is_empty())?;
+    // Pads the graph computes (the style model's) are checked by the ops when the session is
+    // made (`norm_op::space_to_depth_out`).
+    let same = tensor_i64_of(ix, pads)
+        .and_then(|v| norm_op::Pads::from_onnx(&v).ok())
+        .is_none_or(|p| p.top + p.bottom == k - 1 && p.left + p.right == k - 1);
+    if !same
+        || ix.only_consumer(g, &t1n.input[0], "Transpose") != Some(t1)
+        || attr_int(wn, "space_to_depth_out").unwrap_or(0) != 0
+    {
+        return None;
+    }
+    let reader = space_to_depth_reader(g, ix, c)?;
+    Some(SpaceToDepthSite {
+        writer,
+        conv: ci,
+        reader,
+        k,
+    })
+}
+
+/// The kernel size of a convolution `space_to_depth` can run in blocks: square, odd, at least
+/// 5, stride and dilation 1, one group, no padding of its own, at most
+/// SPACE_TO_DEPTH_MAX_CHANNELS input channels, weights (and any bias) as initializers.
+fn wide_narrow_conv(g: &GraphProto, c: &NodeProto) -> Option<usize> {
+    if c.op_type() != "Conv" || !c.domain().is_empty() || c.input.len() < 2 {
+        return None;
+    }
+    let ones = |name: &str| attr_ints(c, name).is_none_or(|v| v.iter().all(|&d| d == 1));
+    let k = match attr_ints(c, "kernel_shape").as_deref() {
+        Some(&[a, b]) if a == b && a >= 5 && a % 2 == 1 => a as usize,
+        _ => return None,
+    };
+    let unpadded = attr_ints(c, "pads").is_none_or(|v| v.iter().all(|&d| d == 0))
+        && attr(c, "auto_pad")
+            .and_then(|a| a.s.as_deref())
+            .is_none_or(|s| s == b"NOTSET");
+    let initializer = |name: &str| g.initializer.iter().find(|t| t.name() == name);
+    let narrow = initializer(&c.input[1]).is_some_and(|w| {
+        matches!(w.dims.as_slice(), &[_, i, a, b]
+            if i as usize <= SPACE_TO_DEPTH_MAX_CHANNELS && a as usize == k && b as usize == k)
+    });
+    let bias_ok = c
+        .input
+        .get(2)
+        .is_none_or(|b| b.is_empty() || initializer(b).is_some());
+    let plain = ones("strides") && ones("dilations") && attr_int(c, "group").unwrap_or(1) == 1;
+    (plain && unpadded && narrow && bias_ok).then_some(k)
+}
+
+/// The fused normalisation that reads convolution `c`'s output through scalar Mul / Add / Sub
+/// / Div or Cast nodes and a Transpose to NHWC, each the only consumer of the one before;
+/// channels last, no residual, not reading blocks already.
+fn space_to_depth_reader(g: &GraphProto, ix: &Index, c: &NodeProto) -> Option<usize> {
+    let mut at = c.output.first()?.clone();
+    loop {
+        let &[next] = ix.consumers_of(&at) else {
+            return None;
+        };
+        if ix.outputs.contains(at.as_str()) {
+            return None;
+        }
+        let n = &g.node[next];
+        let scalar_op = ["Mul", "Add", "Sub", "Div"].contains(&n.op_type())
+            && n.domain().is_empty()
+            && n.input.len() == 2
+            && n.input[0] == at
+            && ix
+                .constants
+                .get(n.input[1].as_str())
+                .is_some_and(|t| t.dims.iter().product::<i64>() == 1);
+        if scalar_op || (n.op_type() == "Cast" && n.domain().is_empty()) {
+            at = n.output.first()?.clone();
+            continue;
+        }
+        if !is_transpose(n, &[0, 2, 3, 1]) {
+            return None;
+        }
+        let t2 = n.output.first()?;
+        let &[r] = ix.consumers_of(t2) else {
+            return None;
+        };
+        let rn = &g.node[r];
+        let reads = !ix.outputs.contains(t2.as_str())
+            && is_ours(rn, [norm_op::OP, norm_op::OP_HALF])
+            && rn.input[0] == *t2
+            && attr_int(rn, "channels_last") == Some(1)
+            && attr_int(rn, "space_to_depth_in").unwrap_or(0) == 0
+            && rn.input.get(7).is_none_or(|s| s.is_empty());
+        return reads.then_some(r);
+    }
+}
+
+/// The integer values of constant `name`.
+fn tensor_i64_of(ix: &Index, name: &str) -> Option<Vec<i64>> {
+    tensor_i64(ix.constants.get(name)?)
 }
 
 /// A convolution's weights [Co, Ci, K, K] (K odd) as those of its space-to-depth form
