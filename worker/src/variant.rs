@@ -122,15 +122,23 @@ pub fn candidates(device: Device) -> Vec<Candidate> {
     }
 }
 
+/// How much more exact (worst PSNR, dB) a variant must be to win against a faster one within
+/// 5 % of its time: fp32 against fp16 (85 against 45 dB), not two fp16 variants a tenth of a
+/// decibel apart (with 0 dB, one H200 picked the space-to-depth variant's slower sibling, 45.7
+/// against 45.6 dB, on a 1-session timing 5 % apart: 1.3x slower with 8 sessions).
+const MORE_EXACT_DB: f64 = 3.0;
+
 /// Which of the variants that passed the gate to run, given (worst PSNR, ms per frame) of
-/// each: the fastest, unless a more exact one is within 5 % of its time (fp16 that is no
-/// faster than fp32 on this device is not worth its 40 dB). None if there are none.
+/// each: the fastest, unless one at least MORE_EXACT_DB more exact is within 5 % of its time
+/// (fp16 that is no faster than fp32 on this device is not worth its 40 dB); of those, the most
+/// exact. None if there are none.
 pub fn pick(passed: &[(f64, f64)]) -> Option<usize> {
     let fastest = (0..passed.len()).min_by(|&a, &b| passed[a].1.total_cmp(&passed[b].1))?;
-    let limit = passed[fastest].1 * 1.05;
+    let (db, ms) = passed[fastest];
     (0..passed.len())
-        .filter(|&i| passed[i].1 <= limit)
+        .filter(|&i| passed[i].1 <= ms * 1.05 && passed[i].0 >= db + MORE_EXACT_DB)
         .max_by(|&a, &b| passed[a].0.total_cmp(&passed[b].0))
+        .or(Some(fastest))
 }
 
 /// The CUDA settings a variant's session runs with: the config's, with TF32 on if the variant
@@ -544,6 +552,10 @@ mod tests {
         assert_eq!(pick(&[(45.0, 6.7), (85.0, 6.9)]), Some(1));
         // Without timing (optimize = "on"): all 0 ms, the most exact.
         assert_eq!(pick(&[(85.0, 0.0)]), Some(0));
+        // Two fp16 variants 0.1 dB apart: the faster, even within 5 %.
+        assert_eq!(pick(&[(45.7, 2.25), (45.6, 2.18), (54.2, 4.1)]), Some(1));
+        // Several more exact ones within 5 %: the most exact of them.
+        assert_eq!(pick(&[(45.0, 2.0), (50.0, 2.05), (85.0, 2.08)]), Some(2));
     }
 
     #[test]
