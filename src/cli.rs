@@ -225,7 +225,7 @@ pub struct BenchArgs {
 /// `framewise optimize-model`.
 #[derive(Args, Debug)]
 pub struct OptimizeArgs {
-    /// Rewrites to apply, comma-separated: fuse (instance normalisation), u8 (uint8 NHWC in and out), fp16, batch (dynamic batch dimension), pixels (with u8: the first convolution reads whole pixel values, exact in fp16), norm (with fuse: normalisation + style scale and shift + ReLU + the next reflect Pad as framewise's own op; with fp16 only together with nhwc), nhwc (with norm: the ops channels last, the residual Adds and 2x upsampling folded in, the other reflect Pads as framewise's ReflectPad; for NHWC convolutions on a GPU), s2d (with nhwc: the 9x9 convolutions on 3 and 4 channels as 5x5 ones on 2x2 blocks of pixels, written and read by framewise's ops).
+    /// Rewrites to apply, comma-separated: fuse (instance normalisation), u8 (uint8 NHWC in and out), fp16, batch (dynamic batch dimension), pixels (with u8: the first convolution reads whole pixel values, exact in fp16), norm (with fuse: normalisation + style scale and shift + ReLU + the next reflect Pad as framewise's own op; with fp16 only together with nhwc), nhwc (with norm: the ops channels last, the residual Adds and 2x upsampling folded in, the other reflect Pads as framewise's ReflectPad; for NHWC convolutions on a GPU), s2d (with nhwc: the 9x9 convolutions on 3 and 4 channels as 5x5 ones on 2x2 blocks of pixels, written and read by framewise's ops), nv12 (with u8: the image input also takes NV12, converted on the model's device by framewise's PixelsIn).
     #[arg(long, default_value = "fuse,u8,batch")]
     pub rewrites: String,
     /// Where to write the rewritten model.

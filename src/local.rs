@@ -444,6 +444,7 @@ fn synthetic(w: u32, h: u32) -> Frame {
         width: w,
         height: h,
         data,
+        yuv: None,
     }
 }
 
@@ -465,6 +466,7 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
                 threads: 0,
                 nvdec: None,
                 pool: None,
+                nv12: false,
             };
             decode_range(&req, &mut |f| {
                 out.push(f);
@@ -598,6 +600,7 @@ pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
             // As a worker on GPU 0 decodes (`worker.decoder`).
             nvdec: (cfg.worker.decoder == "nvdec").then_some(0),
             pool: None,
+            nv12: false,
         };
         decode_range(&req, &mut |f| {
             n += 1;
@@ -727,9 +730,10 @@ pub fn optimize_model(a: OptimizeArgs) -> Result<ExitCode> {
             "norm" => r.norm_op = true,
             "nhwc" => r.channels_last = true,
             "s2d" => r.space_to_depth = true,
+            "nv12" => r.nv12_input = true,
             other => {
                 bail!(
-                    "--rewrites: {other:?} is not one of fuse, u8, fp16, batch, pixels, norm, nhwc, s2d"
+                    "--rewrites: {other:?} is not one of fuse, u8, fp16, batch, pixels, norm, nhwc, s2d, nv12"
                 )
             }
         }
@@ -745,7 +749,7 @@ pub fn optimize_model(a: OptimizeArgs) -> Result<ExitCode> {
         optimize(&bytes, &io, r).map_err(|e| anyhow!("model {}: {e}", m.path.display()))?;
     std::fs::write(&a.output, out).with_context(|| format!("writing {}", a.output.display()))?;
     println!(
-        "optimize-model: {} -> {}: {} instance normalisations fused, {} as framewise's op ({} with their ReLU, {} mixing their style, {} writing the next reflect padding, {} adding the residual, {} upsampling, {} shifts before them dropped; {} ops channels last; {} convolutions space to depth), uint8 I/O {}, pixels into the first convolution {}, {} tensors in fp16, {} -> {} nodes",
+        "optimize-model: {} -> {}: {} instance normalisations fused, {} as framewise's op ({} with their ReLU, {} mixing their style, {} writing the next reflect padding, {} adding the residual, {} upsampling, {} shifts before them dropped; {} ops channels last; {} convolutions space to depth), uint8 I/O {}, NV12 input {}, pixels into the first convolution {}, {} tensors in fp16, {} -> {} nodes",
         m.path.display(),
         a.output.display(),
         report.fused_instance_norms,
@@ -759,6 +763,7 @@ pub fn optimize_model(a: OptimizeArgs) -> Result<ExitCode> {
         report.channels_last_ops,
         report.space_to_depth_convs,
         if report.uint8_io { "yes" } else { "no" },
+        if report.nv12_input { "yes" } else { "no" },
         if report.pixels_into_first_conv { "yes" } else { "no" },
         report.fp16_tensors,
         report.nodes_before,

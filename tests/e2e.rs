@@ -316,6 +316,7 @@ fn rotate_cw(f: &framewise_worker::media::Frame) -> framewise_worker::media::Fra
         width: f.height,
         height: f.width,
         data,
+        yuv: None,
     }
 }
 

@@ -324,3 +324,79 @@ fn the_first_convolutions_shift_cancels_in_the_norm_op() {
     assert_eq!(report.norm_ops.shifts_dropped, 1, "{report:?}");
     assert!(db.iter().all(|&p| p >= 60.0), "{db:?} dB");
 }
+
+#[test]
+fn nv12_input_takes_rgb_and_nv12_alike() {
+    // The image input that also takes NVDEC's NV12 (framewise's PixelsIn, its CPU kernel here):
+    // RGB frames give the pictures of the model without it, and an NV12 frame gives the pictures
+    // of the same frame converted to RGB first — a real frame and a gradient, at sizes the
+    // model takes without padding (multiples of 4: NV12 goes to the model as it is).
+    use framewise_worker::optimize::{optimize, ImageIo, Rewrites};
+    use framewise_worker::pixels_op::{rgb_to_nv12, Yuv, YuvMatrix};
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(&cfg().path).unwrap();
+    let io = ImageIo {
+        input: "image".into(),
+        output: "stylized".into(),
+        value_range: [0.0, 1.0],
+    };
+    let r = Rewrites {
+        fuse_instance_norm: true,
+        uint8_io: true,
+        ..Default::default()
+    };
+    let load = |name: &str, r: Rewrites| {
+        let (b, report) = optimize(&bytes, &io, r).unwrap();
+        let p = dir.path().join(name);
+        std::fs::write(&p, b).unwrap();
+        let s = Stylizer::load_on(
+            runtime(&lib()).unwrap(),
+            &cfg(),
+            1,
+            Device::Cpu,
+            &p,
+            CudaOptions::default(),
+        )
+        .unwrap();
+        (s, report)
+    };
+    let (mut plain, _) = load("plain.onnx", r);
+    let (mut nv12, report) = load(
+        "nv12.onnx",
+        Rewrites {
+            nv12_input: true,
+            ..r
+        },
+    );
+    assert!(report.nv12_input && nv12.takes_nv12(128, 72) && !plain.takes_nv12(128, 72));
+    // Sides the model pads (not multiples of 4) are converted on the CPU instead.
+    assert!(!nv12.takes_nv12(130, 72) && !nv12.takes_nv12(128, 74));
+    let clip = dir.path().join("clip.mp4");
+    common::make_clip(&clip, 128, 72, 2, false);
+    let mut style = vec![0.0f32; 26];
+    style[11] = 1.0;
+    for frame in [common::frame_at(&clip, 1, None), gradient(96, 56)] {
+        let (a, b) = (
+            plain.stylize(&frame, &style).unwrap(),
+            nv12.stylize(&frame, &style).unwrap(),
+        );
+        assert_eq!(a.data, b.data, "RGB through the new input");
+        for yuv in [Yuv::default(), Yuv::new(YuvMatrix::Bt601, true)] {
+            let (w, h) = (frame.width as usize, frame.height as usize);
+            let f = framewise_worker::media::Frame {
+                data: rgb_to_nv12(&frame.data, w, h, &yuv),
+                yuv: Some(yuv),
+                ..frame.clone()
+            };
+            let direct = nv12.stylize(&f, &style).unwrap();
+            let converted = plain.stylize(&f, &style).unwrap();
+            assert!(direct.yuv.is_none() && converted.yuv.is_none());
+            assert_eq!(
+                (direct.width, direct.height, direct.data.len()),
+                (frame.width, frame.height, w * h * 3)
+            );
+            let db = psnr(&direct, &converted);
+            assert!(db >= 60.0, "{w}x{h} {yuv:?}: {db} dB");
+        }
+    }
+}

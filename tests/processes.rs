@@ -313,6 +313,7 @@ fn all_frames(path: &Path) -> Vec<Vec<u8>> {
         threads: 0,
         nvdec: None,
         pool: None,
+        nv12: false,
     };
     decode_range(&req, &mut |f| {
         frames.push(f.data);

@@ -151,6 +151,7 @@ pub fn frame_at(path: &Path, index: usize, size: Option<(u32, u32)>) -> Frame {
         threads: 0,
         nvdec: None,
         pool: None,
+        nv12: false,
     };
     decode_range(&req, &mut |f| {
         out = Some(f);

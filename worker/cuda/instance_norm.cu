@@ -509,3 +509,38 @@ fw_pad_nhwc_2(const unsigned short* __restrict__ x, unsigned short* __restrict__
               int in_h, int in_w, int out_h, int out_w, int pad_top, int pad_left, int s2d) {
     pad_nhwc(x, y, units, in_h, in_w, out_h, out_w, pad_top, pad_left, s2d);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The model's image input (worker/src/pixels_op.rs): RGB bytes [N, H, W, 3] copied, or NV12
+// [N, 3H/2, W] (a luma plane, then interleaved U, V at half size; H and W even) converted to
+// RGB with rgb = m * (yuv - off), each 2x2 block's chroma for its four pixels, the products and
+// sums unfused and in the same order as the CPU kernel, rounded half away from zero. One
+// thread per pixel, grid (ceil(H * W / THREADS), images).
+extern "C" __global__ void __launch_bounds__(THREADS)
+fw_pixels_in(const unsigned char* __restrict__ x, unsigned char* __restrict__ y, int h, int w,
+             int nv12, float m0, float m1, float m2, float m3, float m4, float m5, float m6,
+             float m7, float m8, float o0, float o1, float o2) {
+    const long long hw = (long long)h * w;
+    const long long i = (long long)blockIdx.x * THREADS + threadIdx.x;
+    if (i >= hw) return;
+    const long long n = blockIdx.y;
+    unsigned char* out = y + (n * hw + i) * 3;
+    if (!nv12) {
+        const unsigned char* in = x + (n * hw + i) * 3;
+        out[0] = in[0];
+        out[1] = in[1];
+        out[2] = in[2];
+        return;
+    }
+    const unsigned char* img = x + n * (hw * 3 / 2);
+    const int r = (int)(i / w), c = (int)(i - (long long)r * w);
+    const unsigned char* uv = img + hw + (long long)(r >> 1) * w + (c & ~1);
+    const float a = (float)img[i] - o0, b = (float)uv[0] - o1, d = (float)uv[1] - o2;
+    const float m[9] = {m0, m1, m2, m3, m4, m5, m6, m7, m8};
+#pragma unroll
+    for (int k = 0; k < 3; k++) {
+        const float s = __fadd_rn(__fadd_rn(__fmul_rn(m[3 * k], a), __fmul_rn(m[3 * k + 1], b)),
+                                  __fmul_rn(m[3 * k + 2], d));
+        out[k] = (unsigned char)fminf(fmaxf(roundf(s), 0.f), 255.f);
+    }
+}

@@ -158,6 +158,8 @@ pub struct NormKernels {
     coefficients: usize,
     /// The channels-last reflect pad, copying 16-, 4- or 2-byte units.
     pad_nhwc: [usize; 3],
+    /// The model's image input: RGB copied, NV12 converted (pixels_op.rs).
+    pixels_in: usize,
 }
 
 static LOADED: Mutex<Option<HashMap<i32, NormKernels>>> = Mutex::new(None);
@@ -207,7 +209,7 @@ fn load_kernels(d: &Driver, device: i32) -> Result<NormKernels, String> {
                     (d.module_load_data)(&mut module, image.as_ptr().cast()),
                     "cuModuleLoadData (the fused normalisation's PTX)",
                 )?;
-                let mut f = [std::ptr::null_mut(); 10];
+                let mut f = [std::ptr::null_mut(); 11];
                 let names = [
                     c"fw_norm_stats",
                     c"fw_norm_apply",
@@ -219,6 +221,7 @@ fn load_kernels(d: &Driver, device: i32) -> Result<NormKernels, String> {
                     c"fw_pad_nhwc_16",
                     c"fw_pad_nhwc_4",
                     c"fw_pad_nhwc_2",
+                    c"fw_pixels_in",
                 ];
                 for (slot, name) in f.iter_mut().zip(names) {
                     check(
@@ -235,6 +238,7 @@ fn load_kernels(d: &Driver, device: i32) -> Result<NormKernels, String> {
                     apply_nhwc: [f[4] as usize, f[5] as usize],
                     coefficients: f[6] as usize,
                     pad_nhwc: [f[7] as usize, f[8] as usize, f[9] as usize],
+                    pixels_in: f[10] as usize,
                 };
                 map.insert(device, k);
                 k
@@ -663,6 +667,44 @@ pub unsafe fn launch_pad(
     // SAFETY: fw_pad_nhwc_*'s parameters are (x, y, units, in_h, in_w, out_h, out_w, pad_top,
     // pad_left, s2d): two pointers and eight ints, as `args` holds them.
     unsafe { launch_on(d, stream, f, grid, &mut args, "fw_pad_nhwc") }
+}
+
+/// Queues the image input's copy (RGB) or conversion (NV12) on `stream`: `dims` (images, height,
+/// width, nv12) as `pixels_op::dims` read them.
+///
+/// # Safety
+/// `stream` is a CUDA stream of `k`'s device; x and y are live device memory of the op's input
+/// and output for `dims`, read and written after this returns, in stream order.
+pub unsafe fn launch_pixels(
+    k: &NormKernels,
+    stream: *mut c_void,
+    dims: (usize, usize, usize, bool),
+    yuv: &crate::pixels_op::Yuv,
+    x: u64,
+    y: u64,
+) -> Result<(), String> {
+    let d = driver()?;
+    unsafe { make_current(d, k.ctx as *mut c_void)? };
+    let (images, h, w, nv12) = dims;
+    let int =
+        |v: usize| i32::try_from(v).map_err(|_| format!("{v} is too large for the image input"));
+    let blocks = (h * w).div_ceil(NORM_THREADS as usize);
+    let grid = (
+        u32::try_from(blocks).map_err(|e| e.to_string())?,
+        u32::try_from(images)
+            .ok()
+            .filter(|&n| n <= 65_535)
+            .ok_or_else(|| format!("{images} images: the image input takes at most 65,535"))?,
+    );
+    let (mut x, mut y) = (x, y);
+    let mut ints = [int(h)?, int(w)?, i32::from(nv12)];
+    let mut floats = yuv.values();
+    let mut args: Vec<*mut c_void> = vec![(&mut x as *mut u64).cast(), (&mut y as *mut u64).cast()];
+    args.extend(ints.iter_mut().map(|v| (v as *mut i32).cast::<c_void>()));
+    args.extend(floats.iter_mut().map(|v| (v as *mut f32).cast::<c_void>()));
+    // SAFETY: fw_pixels_in's parameters are (x, y, h, w, nv12, m0..m8, o0..o2): two pointers,
+    // three ints and twelve floats, as `args` holds them.
+    unsafe { launch_on(d, stream, k.pixels_in, grid, &mut args, "fw_pixels_in") }
 }
 
 #[cfg(test)]

@@ -116,6 +116,9 @@ pub struct Stylizer {
     last_size: Option<(u32, u32)>,
     /// Buffers for stylized frames, recycled by the pipeline's encoder (media/pool.rs).
     pool: FramePool,
+    /// The model's image input takes NV12 too (optimize::pixels_in): the name of its input
+    /// for the conversion.
+    yuv_input: Option<String>,
 }
 
 impl Stylizer {
@@ -203,6 +206,16 @@ impl Stylizer {
         }
         .map_err(|e| load(&e))?;
         let (layout, batchable) = check_shapes(&session, cfg, path)?;
+        // optimize::pixels_in leaves the uint8 input's channels open (3: RGB, 1: NV12); its
+        // conversion input is an overridable initializer, which ONNX Runtime does not list.
+        let open_channels = session
+            .inputs()
+            .iter()
+            .find(|o| o.name() == cfg.input)
+            .and_then(|o| o.dtype().tensor_shape().map(|s| s.to_vec()))
+            .is_some_and(|s| s.len() == 4 && s[3] < 0);
+        let yuv_input = (layout == ImageLayout::U8Nhwc && open_channels)
+            .then(|| format!("{}__fw_yuv", cfg.input));
         Ok(Self {
             session: Some(session),
             cfg: cfg.clone(),
@@ -216,12 +229,26 @@ impl Stylizer {
             max_batch: 1,
             last_size: None,
             pool: FramePool::default(),
+            yuv_input,
         })
     }
 
     /// The device this model runs on.
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// Whether NV12 frames of this size go to the model as they are (converted on its
+    /// device): a model with such an input, even sides the model needs no padding for. Other
+    /// NV12 frames are converted to RGB on the CPU first (slower than GStreamer's conversion:
+    /// decode those to RGB).
+    pub fn takes_nv12(&self, width: u32, height: u32) -> bool {
+        let m = self.cfg.pad_multiple.max(1);
+        self.yuv_input.is_some()
+            && self.session.is_some()
+            && [width, height]
+                .iter()
+                .all(|&d| d.is_multiple_of(2) && d.is_multiple_of(m))
     }
 
     /// The model file in use (the configured one or its rewritten copy).
@@ -269,6 +296,7 @@ impl Stylizer {
             max_batch: 1,
             last_size: None,
             pool: FramePool::default(),
+            yuv_input: None,
         }
     }
 
@@ -331,10 +359,25 @@ impl Stylizer {
         self.max_batch = n.max(1);
     }
 
+    /// NV12 frames converted to RGB on the CPU, unless the model takes them as they are (all
+    /// of one conversion, no padding to a multiple); None when there is nothing to convert.
+    fn nv12_as_rgb(&self, frames: &[Frame]) -> Option<Vec<Frame>> {
+        let first = frames.first()?;
+        if frames.iter().all(|f| f.yuv.is_none()) {
+            return None;
+        }
+        let direct = self.takes_nv12(first.width, first.height)
+            && frames.iter().all(|f| f.yuv.is_some() && f.yuv == first.yuv);
+        (!direct).then(|| frames.iter().map(Frame::to_rgb).collect())
+    }
+
     fn run(&mut self, frames: &[Frame], style: &[f32]) -> Result<Vec<Frame>, ModelError> {
+        if let Some(rgb) = self.nv12_as_rgb(frames) {
+            return self.run(&rgb, style);
+        }
         let Some(session) = self.session.as_mut() else {
             std::thread::sleep(self.synthetic * frames.len() as u32);
-            return Ok(frames.to_vec());
+            return Ok(frames.iter().map(Frame::to_rgb).collect());
         };
         let path = &self.path;
         let pool = &self.pool;
@@ -364,6 +407,22 @@ impl Stylizer {
                     .map_err(|e| run_err(&e))?
                     .into()
             }
+            // NV12 as it came from NVDEC (nv12_as_rgb let it through: no padding).
+            ImageLayout::U8Nhwc if first.yuv.is_some() => {
+                let one = w * h * 3 / 2;
+                let data: &[u8] = if n == 1 {
+                    &first.data
+                } else {
+                    self.input_u8.clear();
+                    for f in frames {
+                        self.input_u8.extend_from_slice(&f.data[..one]);
+                    }
+                    &self.input_u8
+                };
+                TensorRef::from_array_view(([n, h * 3 / 2, w, 1], data))
+                    .map_err(|e| run_err(&e))?
+                    .into()
+            }
             ImageLayout::U8Nhwc => {
                 let data: &[u8] = if n == 1 && (pw, ph) == (w, h) {
                     &first.data
@@ -388,6 +447,11 @@ impl Stylizer {
             }
         };
         inputs.push((Cow::Borrowed(self.cfg.input.as_str()), image));
+        let yuv_values = first.yuv.map(|y| y.values());
+        if let (Some(name), Some(v)) = (self.yuv_input.as_deref(), yuv_values.as_ref()) {
+            let t = TensorRef::from_array_view(([12usize], &v[..])).map_err(|e| run_err(&e))?;
+            inputs.push((Cow::Borrowed(name), t.into()));
+        }
         // No weights given (e.g. a job from the blob trigger): the model's first style.
         let first_style: Vec<f32>;
         let style = if style.is_empty() && self.cfg.style_count > 0 {
@@ -423,6 +487,7 @@ impl Stylizer {
             width: frames[k].width,
             height: frames[k].height,
             data,
+            yuv: None,
         };
         match self.layout {
             ImageLayout::F32Nchw => {
@@ -484,6 +549,7 @@ pub fn gradient(w: u32, h: u32) -> Frame {
         width: w,
         height: h,
         data,
+        yuv: None,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod media;
 pub mod norm_op;
 pub mod optimize;
 pub mod pad_op;
+pub mod pixels_op;
 pub mod preemption;
 pub mod segment;
 pub mod tasklog;

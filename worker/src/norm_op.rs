@@ -45,6 +45,7 @@ pub fn domain() -> ort::Result<OperatorDomain> {
         .add(OnCpu { half: true })?
         .add(OnCuda { half: true })
         .and_then(crate::pad_op::add_to)
+        .and_then(crate::pixels_op::add_to)
 }
 
 /// The op's name for f32 or f16 values.

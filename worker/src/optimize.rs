@@ -7,7 +7,7 @@
 //! Every rewrite is a plain function on the decoded model, so unit tests call them without a
 //! runtime; whether a rewritten model is good enough is decided by `variant.rs` (a PSNR gate).
 
-use crate::{norm_op, pad_op};
+use crate::{norm_op, pad_op, pixels_op};
 use prost::Message;
 use std::collections::{HashMap, HashSet};
 
@@ -62,6 +62,9 @@ pub struct Rewrites {
     /// With `channels_last`: the wide convolutions on few channels (the style model's 9x9
     /// ones on 3 and 4) run space to depth (`space_to_depth`).
     pub space_to_depth: bool,
+    /// With `uint8_io`: the image input takes NV12 as well as RGB, converted on the model's
+    /// device by framewise's `PixelsIn` (`pixels_in`).
+    pub nv12_input: bool,
 }
 
 /// What the model's image input and output are called and which value range they use.
@@ -101,6 +104,8 @@ pub struct Report {
     pub channels_last_ops: usize,
     /// Convolutions run space to depth.
     pub space_to_depth_convs: usize,
+    /// The image input takes NV12 too.
+    pub nv12_input: bool,
     pub nodes_before: usize,
     pub nodes_after: usize,
 }
@@ -130,6 +135,11 @@ pub fn optimize_model(
     if r.channels_last && !r.norm_op {
         return Err(OptimizeError::Combination(
             "channels_last without norm_op (it lays out framewise's op)",
+        ));
+    }
+    if r.nv12_input && !r.uint8_io {
+        return Err(OptimizeError::Combination(
+            "nv12_input without uint8_io (the input it widens is the uint8 one)",
         ));
     }
     if r.space_to_depth && !r.channels_last {
@@ -188,11 +198,15 @@ pub fn optimize_model(
     if r.dynamic_batch {
         report.dynamic_batch = make_batch_dynamic(g, io);
     }
+    if r.nv12_input {
+        pixels_in(g, io)?;
+        report.nv12_input = true;
+    }
     remove_dead_nodes(g);
     // Shapes and types of intermediate values are re-inferred by the runtime.
     g.value_info.clear();
     report.nodes_after = g.node.len();
-    if report.norm_ops.fused > 0
+    if (report.norm_ops.fused > 0 || report.nv12_input)
         && !model
             .opset_import
             .iter()
@@ -1879,6 +1893,66 @@ pub fn make_batch_dynamic(g: &mut GraphProto, io: &ImageIo) -> bool {
     changed
 }
 
+/// The uint8 image input [N, H, W, 3] becomes [N, rows, W, channels] read by framewise's
+/// `PixelsIn`, which passes RGB (channels 3) through and converts NV12 ([N, 3H/2, W, 1]) to RGB
+/// on the model's device; a second graph input `<image>__fw_yuv` [12] (an initializer too, so
+/// it may be left out: BT.709, limited range) gives the conversion. So one rewritten model
+/// takes a CPU decoder's RGB and NVDEC's own NV12 frames.
+pub fn pixels_in(g: &mut GraphProto, io: &ImageIo) -> Result<(), OptimizeError> {
+    let layout = |detail: &str| OptimizeError::Layout {
+        name: io.input.clone(),
+        detail: detail.into(),
+    };
+    let inp = g
+        .input
+        .iter_mut()
+        .find(|v| v.name() == io.input)
+        .ok_or_else(|| OptimizeError::NoInput(io.input.clone()))?;
+    let t = tensor_type_mut(inp).ok_or_else(|| layout("not a tensor"))?;
+    if t.elem_type() != DataType::Uint8 as i32 {
+        return Err(layout("not the uint8 input of uint8_io"));
+    }
+    let shape = t.shape.as_mut().filter(|s| s.dim.len() == 4);
+    let shape = shape.ok_or_else(|| layout("not 4-d"))?;
+    for (d, name) in shape
+        .dim
+        .iter_mut()
+        .skip(1)
+        .zip(["rows", "width", "channels"])
+    {
+        d.value = Some(onnx::tensor_shape_proto::dimension::Value::DimParam(
+            name.into(),
+        ));
+    }
+    let rgb = format!("{}__fw_rgb", io.input);
+    let yuv = format!("{}__fw_yuv", io.input);
+    rename_uses(g, &io.input, &rgb);
+    let mut n = node(pixels_op::OP, &rgb, &[&io.input, &yuv], &[&rgb], vec![]);
+    n.domain = Some(norm_op::DOMAIN.into());
+    g.node.insert(0, n);
+    g.initializer
+        .push(f32_tensor(&yuv, &[12], &pixels_op::Yuv::default().values()));
+    g.input.push(onnx::ValueInfoProto {
+        name: Some(yuv),
+        r#type: Some(onnx::TypeProto {
+            value: Some(onnx::type_proto::Value::TensorType(
+                onnx::type_proto::Tensor {
+                    elem_type: Some(DataType::Float as i32),
+                    shape: Some(onnx::TensorShapeProto {
+                        dim: vec![onnx::tensor_shape_proto::Dimension {
+                            value: Some(onnx::tensor_shape_proto::dimension::Value::DimValue(12)),
+                            ..Default::default()
+                        }],
+                    }),
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 
 /// Drops nodes whose outputs nobody uses, and initializers nobody reads.
@@ -2128,6 +2202,7 @@ mod tests {
             norm_op: false,
             channels_last: false,
             space_to_depth: false,
+            nv12_input: false,
         });
         assert!(r.fp16_tensors > 50, "{r:?}");
         let g = m.graph.as_ref().unwrap();
@@ -2195,6 +2270,7 @@ mod tests {
             norm_op: false,
             channels_last: false,
             space_to_depth: false,
+            nv12_input: false,
         });
         assert!(r.pixels_into_first_conv, "{r:?}");
         let g = m.graph.as_ref().unwrap();

@@ -142,6 +142,8 @@ pub fn run_segment(
     let seg_span = &seg_span;
     // Room for a batch being decoded while the previous one is inferred.
     let batch = model.max_batch();
+    // NVDEC's own NV12 frames go to a model that converts them on its GPU (pixels_op.rs).
+    let nv12 = spec.nvdec.is_some() && model.takes_nv12(infer_size.0, infer_size.1);
     // Frame buffers go round: decoded into, given back after inference, stylized into, and
     // back from the encoder once x264 is done with them.
     let pool = model.frame_pool();
@@ -164,6 +166,7 @@ pub fn run_segment(
                     threads: spec.encoder.threads,
                     nvdec: spec.nvdec,
                     pool: Some(dec_pool),
+                    nv12,
                 };
                 let mut i = start;
                 decode_range(&req, &mut |f| {

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 /// Bumped whenever a rewrite or the way variants are timed changes, so stale cached files
 /// and decisions are not reused.
-const OPTIMIZER_VERSION: u32 = 10;
+const OPTIMIZER_VERSION: u32 = 11;
 
 /// One rewritten model to try, and the quality it must keep.
 #[derive(Clone, Copy, Debug)]
@@ -44,6 +44,7 @@ pub fn candidates(device: Device) -> Vec<Candidate> {
         norm_op: false,
         channels_last: false,
         space_to_depth: false,
+        nv12_input: false,
     };
     let exact = Candidate {
         name: "fused-u8",
@@ -73,12 +74,14 @@ pub fn candidates(device: Device) -> Vec<Candidate> {
         Device::Cpu => vec![exact],
         Device::Cuda(_) => vec![
             // The same with the two 9x9 convolutions on 3 and 4 channels run space to depth
-            // (5x5 on 12 and 16 channels, which tensor cores take; optimize::space_to_depth).
+            // (5x5 on 12 and 16 channels, which tensor cores take; optimize::space_to_depth),
+            // and an image input that takes NVDEC's NV12 as well as RGB (pixels_op.rs).
             Candidate {
                 name: "fused-u8-fp16-norm-nhwc-s2d",
                 rewrites: Rewrites {
                     fp16: true,
                     space_to_depth: true,
+                    nv12_input: true,
                     ..nhwc(pixels)
                 },
                 min_psnr_db: 40.0,
@@ -479,6 +482,7 @@ pub fn sample_frames() -> Vec<Frame> {
         width: w,
         height: h,
         data: bars,
+        yuv: None,
     });
     // Noise (deterministic).
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -495,6 +499,7 @@ pub fn sample_frames() -> Vec<Frame> {
         width: w,
         height: h,
         data: noise,
+        yuv: None,
     });
     frames
 }

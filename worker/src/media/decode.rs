@@ -33,6 +33,9 @@ pub struct DecodeRequest<'a> {
     pub nvdec: Option<u32>,
     /// Where frame buffers come from (the pipeline's recycled ones); None = fresh ones.
     pub pool: Option<FramePool>,
+    /// Frames as NV12 (`Frame::yuv`), not RGB: for a model that converts them on its GPU
+    /// (pixels_op.rs), saving the CPU GStreamer's conversion. The output size must be even.
+    pub nv12: bool,
 }
 
 /// Decodes the requested frames in order, handing each to `on_frame`; stops early when it returns false.
@@ -119,7 +122,8 @@ fn decode_once(
             el.set_property("n-threads", req.threads);
         }
     }
-    let mut caps = gst::Caps::builder("video/x-raw").field("format", "RGB");
+    let mut caps =
+        gst::Caps::builder("video/x-raw").field("format", if req.nv12 { "NV12" } else { "RGB" });
     if let Some((w, h)) = req.size {
         caps = caps
             .field("width", w as i32)
@@ -282,7 +286,12 @@ fn decode_once(
             info = Some(gst_video::VideoInfo::from_caps(caps).map_err(|e| err(&e))?);
         }
         let Some(vi) = info.as_ref() else { continue };
-        let frame = pack_rgb(buf, vi, pts, req.pool.as_ref()).map_err(|e| err(&e))?;
+        let frame = if req.nv12 {
+            pack_nv12(buf, vi, pts, req.pool.as_ref())
+        } else {
+            pack_rgb(buf, vi, pts, req.pool.as_ref())
+        }
+        .map_err(|e| err(&e))?;
         if next == 0 {
             // Where a range's start-up time goes: pipeline start (and seek), first decoded
             // frame, frames decoded from the keyframe before the range and dropped.
@@ -401,6 +410,59 @@ fn pack_rgb(
         width: w as u32,
         height: h as u32,
         data,
+        yuv: None,
+    })
+}
+
+/// Copies an NV12 buffer's planes into a tight luma plane and a tight chroma plane, with the
+/// conversion its colorimetry says (unknown: BT.709 from 720 lines up, else BT.601; limited
+/// range unless full is stated, as GStreamer assumes).
+fn pack_nv12(
+    buf: &gst::BufferRef,
+    vi: &gst_video::VideoInfo,
+    pts: u64,
+    pool: Option<&FramePool>,
+) -> Result<Frame, String> {
+    use crate::pixels_op::{Yuv, YuvMatrix};
+    let (w, h) = (vi.width() as usize, vi.height() as usize);
+    if w % 2 == 1 || h % 2 == 1 {
+        return Err(format!("NV12 frames of {w}x{h}: both sides must be even"));
+    }
+    let map = buf.map_readable().map_err(|e| e.to_string())?;
+    let src = map.as_slice();
+    let mut data = pool.map_or_else(
+        || Vec::with_capacity(w * h * 3 / 2),
+        |p| p.take(w * h * 3 / 2),
+    );
+    for (plane, rows) in [(0usize, h), (1, h / 2)] {
+        let (stride, offset) = (vi.stride()[plane] as usize, vi.offset()[plane]);
+        if stride < w || src.len() < offset + stride * (rows - 1) + w {
+            return Err(format!(
+                "NV12 buffer of {} bytes is too small for {w}x{h} (plane {plane})",
+                src.len()
+            ));
+        }
+        for r in 0..rows {
+            data.extend_from_slice(&src[offset + r * stride..][..w]);
+        }
+    }
+    let c = vi.colorimetry();
+    let matrix = match c.matrix() {
+        gst_video::VideoColorMatrix::Bt601 | gst_video::VideoColorMatrix::Smpte240m => {
+            YuvMatrix::Bt601
+        }
+        gst_video::VideoColorMatrix::Bt2020 => YuvMatrix::Bt2020,
+        gst_video::VideoColorMatrix::Bt709 => YuvMatrix::Bt709,
+        _ if h >= 720 => YuvMatrix::Bt709,
+        _ => YuvMatrix::Bt601,
+    };
+    let full = c.range() == gst_video::VideoColorRange::Range0_255;
+    Ok(Frame {
+        pts,
+        width: w as u32,
+        height: h as u32,
+        data,
+        yuv: Some(Yuv::new(matrix, full)),
     })
 }
 
@@ -419,6 +481,48 @@ mod tests {
             threads: 1,
             nvdec: None,
             pool: None,
+            nv12: false,
+        }
+    }
+
+    /// NV12 frames (for a model that converts them itself) are the same pictures as the RGB
+    /// ones: same count and timestamps, tight planes, and framewise's conversion within a few
+    /// levels of GStreamer's (which filters the chroma between samples; framewise repeats it).
+    #[test]
+    fn nv12_frames_are_the_rgb_frames_unconverted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clip.mp4");
+        let p = crate::media::test_clip(&path, 12);
+        let decode = |nv12: bool| {
+            let mut out = Vec::new();
+            let req = DecodeRequest {
+                nv12,
+                ..request(&path, &p.frame_pts, 0)
+            };
+            decode_range_counted(&req, &mut |f| {
+                out.push(f);
+                true
+            })
+            .unwrap();
+            out
+        };
+        let (rgb, nv12) = (decode(false), decode(true));
+        assert_eq!(rgb.len(), 12);
+        assert_eq!(nv12.len(), 12);
+        for (a, b) in rgb.iter().zip(&nv12) {
+            assert_eq!((a.pts, a.width, a.height), (b.pts, b.width, b.height));
+            assert!(a.yuv.is_none() && b.yuv.is_some());
+            assert_eq!(b.data.len(), 96 * 64 * 3 / 2);
+            let back = b.to_rgb();
+            let mse = a
+                .data
+                .iter()
+                .zip(&back.data)
+                .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+                .sum::<f64>()
+                / a.data.len() as f64;
+            let psnr = 10.0 * (255.0f64 * 255.0 / mse.max(1e-9)).log10();
+            assert!(psnr >= 40.0, "frame at {}: {psnr:.1} dB", a.pts);
         }
     }
 

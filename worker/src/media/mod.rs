@@ -15,7 +15,8 @@ use gstreamer::prelude::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// One decoded or stylized picture: tightly packed RGB rows (width * 3 bytes each).
+/// One decoded or stylized picture: tightly packed RGB rows (width * 3 bytes each), or NV12
+/// from NVDEC (`yuv`).
 #[derive(Debug, Clone)]
 pub struct Frame {
     /// Presentation timestamp in ns (source timeline).
@@ -23,6 +24,26 @@ pub struct Frame {
     pub width: u32,
     pub height: u32,
     pub data: Vec<u8>,
+    /// None: `data` is RGB. Some: it is NV12 (width x height luma, then interleaved U and V at
+    /// half size; both sides even), to be converted with this (pixels_op.rs).
+    pub yuv: Option<crate::pixels_op::Yuv>,
+}
+
+impl Frame {
+    /// The picture as RGB: itself, or converted from NV12 with its own conversion.
+    pub fn to_rgb(&self) -> Frame {
+        let Some(yuv) = self.yuv else {
+            return self.clone();
+        };
+        let (w, h) = (self.width as usize, self.height as usize);
+        let mut data = vec![0u8; w * h * 3];
+        crate::pixels_op::nv12_to_rgb(&self.data, w, h, &yuv, &mut data);
+        Frame {
+            data,
+            yuv: None,
+            ..*self
+        }
+    }
 }
 
 /// Initialises GStreamer once; safe to call from any thread.

@@ -60,6 +60,7 @@ fn encode_and_decode(path: &Path, nvdec: Option<u32>) -> Result<(), MediaError> 
         threads: 1,
         nvdec,
         pool: None,
+        nv12: false,
     };
     let n = decode_range(&req, &mut |_| true)?;
     if n != probe.frame_pts.len() as u64 {
