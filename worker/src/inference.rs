@@ -311,7 +311,30 @@ impl Stylizer {
             return Ok(());
         }
         let style = self.default_style();
-        self.stylize(&gradient(w, h), &style).map(|_| ())
+        if !self.takes_nv12(w, h) {
+            return self.stylize(&gradient(w, h), &style).map(|_| ());
+        }
+        // The model's NV12 input is checked here, on the device, against the same frame
+        // converted on the CPU (its test runs the CPU kernel only): a mismatch turns it off
+        // (NV12 frames are then converted on the CPU) instead of stylizing wrong colours.
+        let (yuv, rgb) = (crate::pixels_op::Yuv::default(), gradient(w, h));
+        let nv12 = Frame {
+            data: crate::pixels_op::rgb_to_nv12(&rgb.data, w as usize, h as usize, &yuv),
+            yuv: Some(yuv),
+            ..rgb
+        };
+        let direct = self.stylize(&nv12, &style)?;
+        let converted = self.stylize(&nv12.to_rgb(), &style)?;
+        let db = crate::variant::psnr(&direct.data, &converted.data);
+        if db < 50.0 {
+            tracing::warn!(
+                psnr_db = db,
+                path = %self.path.display(),
+                "the model's NV12 input disagrees with the CPU's conversion on this device: NV12 frames are converted on the CPU"
+            );
+            self.yuv_input = None;
+        }
+        Ok(())
     }
 
     /// Runs the model on one frame with the given style weights (ignored if the model has no style input).
