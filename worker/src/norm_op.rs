@@ -542,6 +542,23 @@ pub(crate) unsafe fn host_values_mut<T>(v: &DynTensor) -> &mut [T] {
     unsafe { std::slice::from_raw_parts_mut(v.data_ptr() as *mut T, n) }
 }
 
+/// For a run of framewise's op `op` on the GPU holding `x`: the session's CUDA stream, the
+/// device, and the kernels loaded there (kept in `cache` after the first run).
+pub(crate) fn cuda_run(
+    ctx: &ComputeContext,
+    x: &DynTensor,
+    cache: &mut Option<(i32, crate::cuda::NormKernels)>,
+    op: &str,
+) -> ort::Result<(*mut std::ffi::c_void, i32, crate::cuda::NormKernels)> {
+    let stream = ctx
+        .stream()?
+        .ok_or_else(|| ort::Error::new(format!("{op}: no CUDA stream")))?;
+    let device = x.memory_info().device_id();
+    let kernels = crate::cuda::NormKernels::cached(cache, device)
+        .map_err(|e| ort::Error::new(format!("{op} on GPU {device}: {e}")))?;
+    Ok((stream.as_ptr(), device, kernels))
+}
+
 /// The constant pads of input `idx`, read when the kernel is made.
 pub(crate) fn read_pads(k: &KernelContext<'_>, idx: usize, op: &str) -> ort::Result<Pads> {
     let t = k.constant_input::<DynTensorValueType>(idx).map_err(|e| {
@@ -846,13 +863,8 @@ impl Kernel for CudaKernel {
         let i = inputs_of(ctx)?;
         let l = layout_of(&i, &self.attrs)?;
         let t = &i.t;
-        let stream = ctx
-            .stream()?
-            .ok_or_else(|| ort::Error::new(format!("{OP}: no CUDA stream")))?;
+        let (stream, device, kernels) = cuda_run(ctx, &t[0], &mut self.kernels, OP)?;
         let info = t[0].memory_info();
-        let device = info.device_id();
-        let kernels = crate::cuda::NormKernels::cached(&mut self.kernels, device)
-            .map_err(|e| ort::Error::new(format!("{OP} on GPU {device}: {e}")))?;
         let plan = crate::cuda::NormPlan::new(&l).map_err(ort::Error::new)?;
         let alloc = ctx.allocator(info)?;
         let mut scratch = alloc.alloc::<f32>(plan.scratch_floats())?;
@@ -876,7 +888,7 @@ impl Kernel for CudaKernel {
         unsafe {
             crate::cuda::launch_norm(
                 &kernels,
-                stream.as_ptr(),
+                stream,
                 &plan,
                 &ptrs,
                 self.attrs.eps,

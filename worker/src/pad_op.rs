@@ -7,7 +7,9 @@
 //! ([N, ceil(H'/2), ceil(W'/2), 4C], norm_op::pixel_at; an odd side's extra row or column is
 //! zeros): the input of the first 9x9 convolution run as a 5x5 one (`optimize::space_to_depth`).
 
-use crate::norm_op::{host_values, host_values_mut, pixel_at, read_pads, reflect, Pads, DOMAIN};
+use crate::norm_op::{
+    cuda_run, host_values, host_values_mut, pixel_at, read_pads, reflect, Pads, DOMAIN,
+};
 use ort::memory::MemoryType;
 use ort::operator::{
     BoxedKernel, ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput,
@@ -240,12 +242,7 @@ impl Kernel for CudaPad {
             .ok_or_else(|| ort::Error::new(format!("{OP}: no input X")))?
             .downcast::<DynTensorValueType>()?;
         let d = dims(x.shape(), self.pads).map_err(|e| ort::Error::new(format!("{OP}: {e}")))?;
-        let stream = ctx
-            .stream()?
-            .ok_or_else(|| ort::Error::new(format!("{OP}: no CUDA stream")))?;
-        let device = x.memory_info().device_id();
-        let kernels = crate::cuda::NormKernels::cached(&mut self.kernels, device)
-            .map_err(|e| ort::Error::new(format!("{OP} on GPU {device}: {e}")))?;
+        let (stream, device, kernels) = cuda_run(ctx, &x, &mut self.kernels, OP)?;
         let y = ctx
             .output(0, out_shape(d, self.pads, self.s2d))?
             .ok_or_else(|| ort::Error::new(format!("{OP}: no output")))?
@@ -265,7 +262,7 @@ impl Kernel for CudaPad {
         unsafe {
             crate::cuda::launch_pad(
                 &kernels,
-                stream.as_ptr(),
+                stream,
                 &plan,
                 x.data_ptr() as u64,
                 y.data_ptr() as u64,

@@ -8,7 +8,7 @@
 //! and the CUDA one compute it alike, and the worker uses the same function where a model has
 //! no such input.
 
-use crate::norm_op::{host_values, host_values_mut, DOMAIN};
+use crate::norm_op::{cuda_run, host_values, host_values_mut, DOMAIN};
 use ort::memory::MemoryType;
 use ort::operator::{
     BoxedKernel, ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput,
@@ -311,12 +311,7 @@ impl Kernel for CudaPixels {
             .downcast::<DynTensorValueType>()?;
         let (n, h, w, nv12) = dims(x.shape()).map_err(|e| ort::Error::new(format!("{OP}: {e}")))?;
         let yuv = yuv_of(ctx)?;
-        let stream = ctx
-            .stream()?
-            .ok_or_else(|| ort::Error::new(format!("{OP}: no CUDA stream")))?;
-        let device = x.memory_info().device_id();
-        let kernels = crate::cuda::NormKernels::cached(&mut self.kernels, device)
-            .map_err(|e| ort::Error::new(format!("{OP} on GPU {device}: {e}")))?;
+        let (stream, device, kernels) = cuda_run(ctx, &x, &mut self.kernels, OP)?;
         let y = ctx
             .output(0, vec![n as i64, h as i64, w as i64, 3])?
             .ok_or_else(|| ort::Error::new(format!("{OP}: no output")))?
@@ -326,7 +321,7 @@ impl Kernel for CudaPixels {
         unsafe {
             crate::cuda::launch_pixels(
                 &kernels,
-                stream.as_ptr(),
+                stream,
                 (n, h, w, nv12),
                 &yuv,
                 x.data_ptr() as u64,
