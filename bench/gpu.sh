@@ -50,7 +50,9 @@ for step in "${steps[@]}"; do case $step in
       | grep -o 'creating element "[a-z0-9]*dec[a-z0-9]*"' | sort | uniq -c
     ;;
   media)
-    for s in 1 4 8; do $fw bench-media --input "$clip" --frames 300 --streams $s; done ;;
+    # FW_MEDIA_ARGS: e.g. --nv12 (decode to NV12, as NVDEC workers do for a model that takes it,
+    # with FW_ENV=FRAMEWISE_WORKER__DECODER=nvdec).
+    for s in ${FW_STREAMS:-1 4 8}; do env ${FW_ENV:-} $fw bench-media --input "$clip" --frames 300 --streams $s ${FW_MEDIA_ARGS:-}; done ;;
   model)
     for v in off auto; do
       CUDA_VISIBLE_DEVICES=0 FRAMEWISE_LOG=info $fw bench-model --device cuda --optimize $v --sessions 1 --frames 100 --size 1280x720 2>&1 \

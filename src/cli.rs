@@ -184,6 +184,9 @@ pub struct BenchMediaArgs {
     /// Decoders (then encoders) running at once, as a worker's pipelines do; frames/s is their sum.
     #[arg(long, default_value_t = 1)]
     pub streams: usize,
+    /// Decode to NV12 instead of RGB, as an NVDEC worker does for a model that takes NV12 (sides must be even).
+    #[arg(long)]
+    pub nv12: bool,
     #[arg(short, long)]
     pub config: Option<PathBuf>,
 }

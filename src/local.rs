@@ -585,6 +585,12 @@ pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
     }
     let p = probe(&a.input, Duration::from_secs(300))?;
     let (w, h) = (p.width, p.height);
+    if a.nv12 && (w % 2 == 1 || h % 2 == 1) {
+        bail!(
+            "--nv12: {} is {w}x{h}; NV12 frames need even sides",
+            a.input.display()
+        );
+    }
     // Each stream decodes the whole clip at the same time as the others (as the pipelines of a
     // worker do); frames/s is their sum.
     let decode_one = |keep: bool| -> Result<(usize, Vec<Frame>)> {
@@ -600,7 +606,7 @@ pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
             // As a worker on GPU 0 decodes (`worker.decoder`).
             nvdec: (cfg.worker.decoder == "nvdec").then_some(0),
             pool: None,
-            nv12: false,
+            nv12: a.nv12,
         };
         decode_range(&req, &mut |f| {
             n += 1;
@@ -630,13 +636,15 @@ pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
         let (k, frames) = d?;
         n += k;
         if kept.is_empty() {
-            kept = frames;
+            // The encoder takes RGB: NV12 frames converted after the decode was timed.
+            kept = frames.iter().map(Frame::to_rgb).collect();
         }
     }
     println!(
-        "bench-media: decode {w}x{h}, {n} frames, {} stream(s): {:.1} frames/s (GStreamer decode to RGB, whole clip)",
+        "bench-media: decode {w}x{h}, {n} frames, {} stream(s): {:.1} frames/s (GStreamer decode to {}, whole clip)",
         a.streams,
-        n as f64 / secs
+        n as f64 / secs,
+        if a.nv12 { "NV12" } else { "RGB" },
     );
     if kept.is_empty() {
         bail!("{}: no frames decoded", a.input.display());
