@@ -144,8 +144,8 @@ pub fn run_segment(
     let batch = model.max_batch();
     // Frames go as NV12 to a model that converts them on its GPU (pixels_op.rs): NVDEC's own
     // frames, or the CPU decoder's at the cost of a cheap I420 → NV12 repacking instead of
-    // GStreamer's conversion to RGB (2 CPU ms per 720p frame here); both decoders then give the
-    // same pictures.
+    // GStreamer's conversion to RGB (2 CPU ms per 720p frame here); both decoders then hand
+    // the model the same pixels.
     let nv12 = model.takes_nv12(infer_size.0, infer_size.1);
     // Frame buffers go round: decoded into, given back after inference, stylized into, and
     // back from the encoder once x264 is done with them.
