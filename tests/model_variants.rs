@@ -151,6 +151,43 @@ fn a_batch_gives_the_same_frames_as_one_at_a_time() {
     assert_eq!(original.stylize_batch(&frames, &w).unwrap().len(), 3);
 }
 
+/// The fused uint8 rewrite (the base the variants build on).
+fn fused_u8() -> framewise_worker::optimize::Rewrites {
+    framewise_worker::optimize::Rewrites {
+        fuse_instance_norm: true,
+        uint8_io: true,
+        ..Default::default()
+    }
+}
+
+/// The real model with rewrites `r`, written to `dir/name` and loaded on the CPU; its report.
+fn load_rewritten(
+    dir: &std::path::Path,
+    name: &str,
+    r: framewise_worker::optimize::Rewrites,
+) -> (Stylizer, framewise_worker::optimize::Report) {
+    use framewise_worker::optimize::{optimize, ImageIo};
+    let bytes = std::fs::read(&cfg().path).unwrap();
+    let io = ImageIo {
+        input: "image".into(),
+        output: "stylized".into(),
+        value_range: [0.0, 1.0],
+    };
+    let (b, report) = optimize(&bytes, &io, r).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, b).unwrap();
+    let s = Stylizer::load_on(
+        runtime(&lib()).unwrap(),
+        &cfg(),
+        1,
+        Device::Cpu,
+        &p,
+        CudaOptions::default(),
+    )
+    .unwrap();
+    (s, report)
+}
+
 /// The fused uint8 rewrite against the same plus `more`, both run on the CPU on a frame of a
 /// real clip (odd size `w`x`h`) and a gradient, with the style weights `style`: the PSNR of each
 /// pair of pictures, and the second rewrite's report.
@@ -159,36 +196,11 @@ fn rewrite_pair(
     (w, h): (u32, u32),
     style: &[f32],
 ) -> (Vec<f64>, framewise_worker::optimize::Report) {
-    use framewise_worker::optimize::{optimize, ImageIo, Rewrites};
     let dir = tempfile::tempdir().unwrap();
-    let bytes = std::fs::read(&cfg().path).unwrap();
-    let io = ImageIo {
-        input: "image".into(),
-        output: "stylized".into(),
-        value_range: [0.0, 1.0],
-    };
-    let mut r = Rewrites {
-        fuse_instance_norm: true,
-        uint8_io: true,
-        ..Default::default()
-    };
-    let (plain, _) = optimize(&bytes, &io, r).unwrap();
+    let mut r = fused_u8();
+    let (mut a, _) = load_rewritten(dir.path(), "plain.onnx", r);
     more(&mut r);
-    let (changed, report) = optimize(&bytes, &io, r).unwrap();
-    let load = |name: &str, b: &[u8]| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, b).unwrap();
-        Stylizer::load_on(
-            runtime(&lib()).unwrap(),
-            &cfg(),
-            1,
-            Device::Cpu,
-            &p,
-            CudaOptions::default(),
-        )
-        .unwrap()
-    };
-    let (mut a, mut b) = (load("plain.onnx", &plain), load("changed.onnx", &changed));
+    let (mut b, report) = load_rewritten(dir.path(), "changed.onnx", r);
     let clip = dir.path().join("clip.mp4");
     common::make_clip(&clip, w, h, 2, false);
     let mut db = Vec::new();
@@ -331,41 +343,16 @@ fn nv12_input_takes_rgb_and_nv12_alike() {
     // RGB frames give the pictures of the model without it, and an NV12 frame gives the pictures
     // of the same frame converted to RGB first — a real frame and a gradient, at sizes the
     // model takes without padding (multiples of 4: NV12 goes to the model as it is).
-    use framewise_worker::optimize::{optimize, ImageIo, Rewrites};
+    use framewise_worker::optimize::Rewrites;
     use framewise_worker::pixels_op::{rgb_to_nv12, Yuv, YuvMatrix};
     let dir = tempfile::tempdir().unwrap();
-    let bytes = std::fs::read(&cfg().path).unwrap();
-    let io = ImageIo {
-        input: "image".into(),
-        output: "stylized".into(),
-        value_range: [0.0, 1.0],
-    };
-    let r = Rewrites {
-        fuse_instance_norm: true,
-        uint8_io: true,
-        ..Default::default()
-    };
-    let load = |name: &str, r: Rewrites| {
-        let (b, report) = optimize(&bytes, &io, r).unwrap();
-        let p = dir.path().join(name);
-        std::fs::write(&p, b).unwrap();
-        let s = Stylizer::load_on(
-            runtime(&lib()).unwrap(),
-            &cfg(),
-            1,
-            Device::Cpu,
-            &p,
-            CudaOptions::default(),
-        )
-        .unwrap();
-        (s, report)
-    };
-    let (mut plain, _) = load("plain.onnx", r);
-    let (mut nv12, report) = load(
+    let (mut plain, _) = load_rewritten(dir.path(), "plain.onnx", fused_u8());
+    let (mut nv12, report) = load_rewritten(
+        dir.path(),
         "nv12.onnx",
         Rewrites {
             nv12_input: true,
-            ..r
+            ..fused_u8()
         },
     );
     assert!(report.nv12_input && nv12.takes_nv12(128, 72) && !plain.takes_nv12(128, 72));
@@ -409,22 +396,11 @@ fn a_segment_goes_through_the_nv12_input() {
     // conversion is GStreamer's (49.5 dB apart on this clip; a misread chroma plane, tried by
     // hand, gave 21.1 dB).
     use framewise_worker::media::encode::EncoderSettings;
-    use framewise_worker::optimize::{optimize, ImageIo, Rewrites};
+    use framewise_worker::optimize::Rewrites;
     use framewise_worker::segment::{run_segment, ChunkDone, SegmentControl, SegmentSpec};
     use std::sync::atomic::{AtomicBool, AtomicU64};
     use std::sync::Mutex;
     let dir = tempfile::tempdir().unwrap();
-    let bytes = std::fs::read(&cfg().path).unwrap();
-    let io = ImageIo {
-        input: "image".into(),
-        output: "stylized".into(),
-        value_range: [0.0, 1.0],
-    };
-    let r = Rewrites {
-        fuse_instance_norm: true,
-        uint8_io: true,
-        ..Default::default()
-    };
     let clip = dir.path().join("clip.mp4");
     common::make_clip(&clip, 128, 72, 12, false);
     let p = common::probe_ok(&clip);
@@ -435,26 +411,14 @@ fn a_segment_goes_through_the_nv12_input() {
     };
     let mut outputs = Vec::new();
     for (name, nv12) in [("rgb", false), ("nv12", true)] {
-        let (b, _) = optimize(
-            &bytes,
-            &io,
+        let (mut model, _) = load_rewritten(
+            dir.path(),
+            &format!("{name}.onnx"),
             Rewrites {
                 nv12_input: nv12,
-                ..r
+                ..fused_u8()
             },
-        )
-        .unwrap();
-        let path = dir.path().join(format!("{name}.onnx"));
-        std::fs::write(&path, b).unwrap();
-        let mut model = Stylizer::load_on(
-            runtime(&lib()).unwrap(),
-            &cfg(),
-            1,
-            Device::Cpu,
-            &path,
-            CudaOptions::default(),
-        )
-        .unwrap();
+        );
         assert_eq!(model.takes_nv12(128, 72), nv12);
         let out = dir.path().join(name);
         let spec = SegmentSpec {

@@ -723,12 +723,7 @@ mod tests {
         assert_eq!((p.planes, p.splits, p.apply_splits), (32, 113, 113));
         assert_eq!(p.scratch_floats(), 32 * (2 * 113 + 1));
         // Padded by 4 (a 9x9 convolution next): rows of 1,288, 6 per block, 728 rows.
-        let pads = Pads {
-            top: 4,
-            left: 4,
-            bottom: 4,
-            right: 4,
-        };
+        let pads = Pads::uniform(4);
         let l = layout(&x, &[32], &[32], &per, &per, None, pads, false).unwrap();
         let p = NormPlan::new(&l).unwrap();
         assert_eq!(
@@ -737,12 +732,7 @@ mod tests {
         );
         // Rows wider than a chunk: one row per block.
         let wide = [1i64, 2, 3, 10_000];
-        let one = Pads {
-            top: 1,
-            left: 1,
-            bottom: 1,
-            right: 1,
-        };
+        let one = Pads::uniform(1);
         let l = layout(
             &wide,
             &[2],
@@ -766,12 +756,7 @@ mod tests {
     fn channels_last_geometry_and_pad_units() {
         // [1, 720, 1280, 32] padded by 4: 512 pixels per statistics block, one block per
         // output row, the coefficients after the partial sums; at most 256 channels.
-        let four = Pads {
-            top: 4,
-            left: 4,
-            bottom: 4,
-            right: 4,
-        };
+        let four = Pads::uniform(4);
         let per = [1i64, 32, 1, 1];
         let x = [1i64, 720, 1280, 32];
         let l = layout(&x, &[32], &[32], &per, &per, None, four, true).unwrap();
@@ -807,12 +792,7 @@ mod tests {
         // blocks of 4 pixels (more than the image's), the statistics kernel covers them all
         // and skips what lies past the odd sides; at 1280x720 nothing is skipped.
         let per = [1i64, 32, 1, 1];
-        let one = Pads {
-            top: 1,
-            left: 1,
-            bottom: 1,
-            right: 1,
-        };
+        let one = Pads::uniform(1);
         let plan = |h: i64, w: i64, pads: Pads, out_s2d: bool| {
             let l = layout(&[1, h, w, 32], &[32], &[32], &per, &per, None, pads, true)
                 .and_then(|l| l.with_space_to_depth(!out_s2d, out_s2d))
@@ -828,12 +808,7 @@ mod tests {
         let p = plan(720, 1280, one, false);
         assert_eq!((p.stored, p.mask_h, p.mask_w), (720 * 1280, 0, 0));
         // Writing blocks: an even number of output rows (an odd image's last one zeros).
-        let four = Pads {
-            top: 4,
-            left: 4,
-            bottom: 4,
-            right: 4,
-        };
+        let four = Pads::uniform(4);
         let p = plan(721, 1281, four, true);
         assert_eq!((p.in_s2d, p.out_s2d, p.apply_splits), (0, 1, 730));
         assert_eq!(plan(720, 1280, four, true).apply_splits, 728);

@@ -219,6 +219,17 @@ pub struct Pads {
 }
 
 impl Pads {
+    /// The same padding on every side (tests).
+    #[cfg(test)]
+    pub(crate) fn uniform(n: usize) -> Self {
+        Self {
+            top: n,
+            left: n,
+            bottom: n,
+            right: n,
+        }
+    }
+
     /// From ONNX Pad's `pads` of a 4-d tensor ([n, c, h, w] begins, then ends): only H and W
     /// may be padded, by zero or more.
     pub fn from_onnx(p: &[i64]) -> Result<Self, String> {
@@ -1195,12 +1206,7 @@ mod tests {
                 mix: None,
                 residual: None,
             };
-            let pads = Pads {
-                top: 4,
-                left: 4,
-                bottom: 4,
-                right: 4,
-            };
+            let pads = Pads::uniform(4);
             let shape = [1i64, h as i64, w as i64, 3];
             let l = layout(&shape, &[3], &[3], &per, &per, None, pads, true).unwrap();
             let (oh, ow) = l.out_hw();

@@ -1091,7 +1091,7 @@ fn is_transpose(n: &NodeProto, perm: &[i64]) -> bool {
 /// Node `ci` if it is a convolution `space_to_depth` takes, with its writer and reader.
 fn space_to_depth_site(g: &GraphProto, ix: &Index, ci: usize) -> Option<SpaceToDepthSite> {
     let c = &g.node[ci];
-    let k = wide_narrow_conv(g, c)?;
+    let k = wide_narrow_conv(ix, c)?;
     // Writer -> Transpose to NCHW -> the convolution.
     let &t1 = ix.producer.get(c.input[0].as_str())?;
     let t1n = &g.node[t1];
@@ -1114,7 +1114,10 @@ fn space_to_depth_site(g: &GraphProto, ix: &Index, ci: usize) -> Option<SpaceToD
     let pads = wn.input.get(pads_at).filter(|p| !p.is_empty())?;
     // Pads the graph computes (the style model's) are checked by the ops when the session is
     // made (`norm_op::space_to_depth_out`).
-    let same = tensor_i64_of(ix, pads)
+    let same = ix
+        .constants
+        .get(pads.as_str())
+        .and_then(|t| tensor_i64(t))
         .and_then(|v| norm_op::Pads::from_onnx(&v).ok())
         .is_none_or(|p| p.top + p.bottom == k - 1 && p.left + p.right == k - 1);
     if !same
@@ -1134,8 +1137,9 @@ fn space_to_depth_site(g: &GraphProto, ix: &Index, ci: usize) -> Option<SpaceToD
 
 /// The kernel size of a convolution `space_to_depth` can run in blocks: square, odd, at least
 /// 5, stride and dilation 1, one group, no padding of its own, at most
-/// SPACE_TO_DEPTH_MAX_CHANNELS input channels, weights (and any bias) as initializers.
-fn wide_narrow_conv(g: &GraphProto, c: &NodeProto) -> Option<usize> {
+/// SPACE_TO_DEPTH_MAX_CHANNELS input channels, constant weights (`space_to_depth_tensors`
+/// then skips those not stored as initializers).
+fn wide_narrow_conv(ix: &Index, c: &NodeProto) -> Option<usize> {
     if c.op_type() != "Conv" || !c.domain().is_empty() || c.input.len() < 2 {
         return None;
     }
@@ -1148,7 +1152,7 @@ fn wide_narrow_conv(g: &GraphProto, c: &NodeProto) -> Option<usize> {
         && attr(c, "auto_pad")
             .and_then(|a| a.s.as_deref())
             .is_none_or(|s| s == b"NOTSET");
-    let initializer = |name: &str| g.initializer.iter().find(|t| t.name() == name);
+    let initializer = |name: &str| ix.constants.get(name);
     let narrow = initializer(&c.input[1]).is_some_and(|w| {
         matches!(w.dims.as_slice(), &[_, i, a, b]
             if i as usize <= SPACE_TO_DEPTH_MAX_CHANNELS && a as usize == k && b as usize == k)
@@ -1202,11 +1206,6 @@ fn space_to_depth_reader(g: &GraphProto, ix: &Index, c: &NodeProto) -> Option<us
             && rn.input.get(7).is_none_or(|s| s.is_empty());
         return reads.then_some(r);
     }
-}
-
-/// The integer values of constant `name`.
-fn tensor_i64_of(ix: &Index, name: &str) -> Option<Vec<i64>> {
-    tensor_i64(ix.constants.get(name)?)
 }
 
 /// A convolution's weights [Co, Ci, K, K] (K odd) as those of its space-to-depth form

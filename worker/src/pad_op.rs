@@ -280,12 +280,7 @@ mod tests {
     fn pads_rows_and_edges_by_reflection() {
         // [1, 2, 3, 2]: two rows of three two-channel pixels, padded 1 on every side.
         let x: Vec<u16> = (0..12).collect();
-        let p = Pads {
-            top: 1,
-            left: 1,
-            bottom: 1,
-            right: 1,
-        };
+        let p = Pads::uniform(1);
         let d = dims(&[1, 2, 3, 2], p).unwrap();
         assert_eq!(out_shape(d, p, false), [1, 4, 5, 2]);
         let mut y = vec![0u16; 40];
