@@ -314,9 +314,12 @@ impl Stylizer {
         if !self.takes_nv12(w, h) {
             return self.stylize(&gradient(w, h), &style).map(|_| ());
         }
-        // The model's NV12 input is checked here, on the device, against the same frame
-        // converted on the CPU (its test runs the CPU kernel only): a mismatch turns it off
-        // (NV12 frames are then converted on the CPU) instead of stylizing wrong colours.
+        // The warm-up frame goes in as NV12, as the job's will. The model's NV12 input is
+        // checked once per process, device and model file against the same frame converted on
+        // the CPU (its test runs the CPU kernel only): a mismatch turns it off (NV12 frames
+        // are then converted on the CPU) instead of stylizing wrong colours.
+        static CHECKED: Mutex<Vec<(Device, PathBuf)>> = Mutex::new(Vec::new());
+        let key = (self.device, self.path.clone());
         let (yuv, rgb) = (crate::pixels_op::Yuv::default(), gradient(w, h));
         let nv12 = Frame {
             data: crate::pixels_op::rgb_to_nv12(&rgb.data, w as usize, h as usize, &yuv),
@@ -324,6 +327,15 @@ impl Stylizer {
             ..rgb
         };
         let direct = self.stylize(&nv12, &style)?;
+        let checked = |k: &(Device, PathBuf)| {
+            CHECKED
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(k)
+        };
+        if checked(&key) {
+            return Ok(());
+        }
         let converted = self.stylize(&nv12.to_rgb(), &style)?;
         let db = crate::variant::psnr(&direct.data, &converted.data);
         if db < 50.0 {
@@ -333,6 +345,8 @@ impl Stylizer {
                 "the model's NV12 input disagrees with the CPU's conversion on this device: NV12 frames are converted on the CPU"
             );
             self.yuv_input = None;
+        } else if !checked(&key) {
+            CHECKED.lock().unwrap_or_else(|p| p.into_inner()).push(key);
         }
         Ok(())
     }
@@ -430,7 +444,7 @@ impl Stylizer {
                     .map_err(|e| run_err(&e))?
                     .into()
             }
-            // NV12 as it came from NVDEC (nv12_as_rgb let it through: no padding).
+            // NV12 as the decoder made it (nv12_as_rgb let it through: no padding).
             ImageLayout::U8Nhwc if first.yuv.is_some() => {
                 let one = w * h * 3 / 2;
                 let data: &[u8] = if n == 1 {
