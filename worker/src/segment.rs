@@ -1,6 +1,7 @@
 //! One Segment task: decode → stylize → encode, as three stages joined by
 //! bounded channels, so decoding and encoding overlap with inference and
-//! memory stays bounded whatever the segment's length.
+//! memory stays bounded whatever the segment's length; a fourth thread finishes
+//! each chunk file while the next chunk's frames are encoded.
 
 use crate::error::{MediaError, ModelError};
 use crate::inference::Stylizer;
@@ -179,11 +180,29 @@ pub fn run_segment(
                 })
             })
             .map_err(spawn_err)?;
-        let enc = named("fw-encode").spawn_scoped(s, move || -> Result<(u64, Duration), MediaError> {
+        // Finishing a chunk (x264's last frames, the MP4 index) runs here, off the encode
+        // thread, so the next chunk's frames go to its encoder meanwhile instead of the whole
+        // pipeline waiting on the flush every chunk (in order: chunks are committed in order).
+        let (fin_tx, fin_rx) = sync_channel::<(u64, u64, PathBuf, SegmentEncoder)>(1);
+        let finisher = named("fw-finish")
+            .spawn_scoped(s, move || -> Result<u64, MediaError> {
+                let mut committed = 0u64;
+                for (first, end, path, encoder) in fin_rx {
+                    encoder.finish(STALL)?;
+                    committed += end - first;
+                    (ctl.on_chunk)(ChunkDone {
+                        start: first,
+                        end,
+                        path,
+                    });
+                }
+                Ok(committed)
+            })
+            .map_err(spawn_err)?;
+        let enc = named("fw-encode").spawn_scoped(s, move || -> Result<Duration, MediaError> {
             let mut busy = Duration::ZERO;
             let mut current: Option<(u64, u64, PathBuf, SegmentEncoder)> = None; // first, end, path, encoder
             let mut _chunk_span = tracing::Span::none(); // open while its chunk is encoded
-            let mut committed = 0u64;
             for (i, f) in enc_rx {
                 // A steal may end the range anywhere, inside a chunk too (at a keyframe): that
                 // chunk then ends at the new end, and frames past it are not this range's.
@@ -214,16 +233,12 @@ pub fn run_segment(
                 encoder.push(f, pts(i) - pts(*first), duration(i))?;
                 busy += t.elapsed();
                 if i + 1 == *end {
-                    if let Some((first, end, path, encoder)) = current.take() {
+                    if let Some(chunk) = current.take() {
                         let t = Instant::now();
-                        encoder.finish(STALL)?;
+                        if fin_tx.send(chunk).is_err() {
+                            break; // finishing failed; its error is reported below
+                        }
                         busy += t.elapsed();
-                        committed += end - first;
-                        (ctl.on_chunk)(ChunkDone {
-                            start: first,
-                            end,
-                            path,
-                        });
                         _chunk_span = tracing::Span::none();
                     }
                 }
@@ -233,7 +248,7 @@ pub fn run_segment(
                 drop(encoder);
                 let _ = std::fs::remove_file(path);
             }
-            Ok((committed, busy))
+            Ok(busy)
         }).map_err(spawn_err)?;
 
         // While the decoder starts: the session's first run at this size, if it has not had one.
@@ -305,11 +320,16 @@ pub fn run_segment(
         let encoded = enc
             .join()
             .map_err(|_| SegmentError::Internal("encoder thread panicked".into()))?;
+        let finished = finisher
+            .join()
+            .map_err(|_| SegmentError::Internal("chunk finishing thread panicked".into()))?;
         if let Some(f) = failure {
             return Err(f);
         }
         decoded?;
-        let (committed, encoding) = encoded?;
+        // Finishing's error first: the encode thread only saw its channel close.
+        let committed = finished?;
+        let encoding = encoded?;
         // Where the time went: the slowest stage is the one the others wait for.
         let ms = |d: Duration| d.as_millis() as u64;
         seg_span.record("decode_wait_ms", ms(waited));

@@ -101,6 +101,9 @@ fn decode_once(
     }
     let pipeline = gst::Pipeline::new();
     let _stop = Stopper(pipeline.clone());
+    if let Some(gpu) = req.nvdec {
+        super::cuda_context::share(&pipeline, gpu);
+    }
     let err = |e: &dyn std::fmt::Display| MediaError::Pipeline {
         path: path.into(),
         what: "building the decode pipeline",

@@ -3,6 +3,7 @@
 //! the source's audio copied unchanged.
 
 pub mod assemble;
+mod cuda_context;
 pub mod decode;
 pub mod encode;
 pub mod pool;
