@@ -73,20 +73,13 @@ fn nvdec(cfg: &WorkerConfig, device: Device) -> Option<u32> {
 
 /// Pays the media start-up (media/warmup.rs) once per process and decoder before the first
 /// lease; the pipelines of a multi-GPU worker start together and wait for the first one.
-fn warm_up_media_once(id: &str, device: Device, nvdec: Option<u32>, blocking_sync: bool) {
+fn warm_up_media_once(id: &str, device: Device, nvdec: Option<u32>) {
     static DONE: Mutex<Vec<Option<u32>>> = Mutex::new(Vec::new());
     let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
     if done.contains(&nvdec) {
         return;
     }
     done.push(nvdec);
-    // The NVDEC decoders share the GPU's primary context (media/cuda_context.rs), which their
-    // warm-up starts: its scheduling is set first, as for the sessions (inference.rs).
-    if let (Some(gpu), true) = (nvdec, blocking_sync) {
-        if let Err(e) = crate::cuda::blocking_sync(gpu) {
-            warn!(gpu, error = %e, "threads waiting for the GPU will spin");
-        }
-    }
     match crate::media::warmup::warm_up(&std::env::temp_dir(), nvdec) {
         Ok(took) => {
             info!(worker_id = %id, %device, ms = took.as_millis() as u64, "media pipelines warmed up")
@@ -107,7 +100,7 @@ impl Worker {
         device: Device,
     ) -> Result<Self, AgentError> {
         crate::media::init()?;
-        warm_up_media_once(&id, device, nvdec(&cfg, device), cfg.cuda_blocking_sync);
+        warm_up_media_once(&id, device, nvdec(&cfg, device));
         let mut model = if cfg.synthetic_model_ms_per_frame > 0 {
             warn!(
                 ms = cfg.synthetic_model_ms_per_frame,

@@ -39,25 +39,6 @@ pub fn blocking_sync(device: u32) -> Result<(), String> {
     .map_err(|e| format!("GPU {device}: {e}"))
 }
 
-/// GPU `device`'s primary CUDA context (the one ONNX Runtime's sessions use), retained for the
-/// life of the process, and its CUdevice: for GStreamer's NVDEC decoders to share
-/// (media/cuda_context.rs) with the same scheduling (blocking sync) instead of a context each.
-pub fn primary_context(device: u32) -> Result<(*mut c_void, i32), String> {
-    let d = driver()?;
-    let (mut dev, mut ctx) = (0i32, std::ptr::null_mut());
-    // SAFETY: driver calls with the signatures cuda.h declares and out-pointers to locals; the
-    // retained context is never released.
-    unsafe {
-        check(d, (d.device_get)(&mut dev, device as i32), "cuDeviceGet")?;
-        check(
-            d,
-            (d.primary_ctx_retain)(&mut ctx, dev),
-            "cuDevicePrimaryCtxRetain",
-        )?;
-    }
-    Ok((ctx, dev))
-}
-
 // ---------------------------------------------------------------------------------------------
 // The fused normalisation's kernels (worker/cuda/instance_norm.cu, norm_op.rs), launched through
 // the driver API on ONNX Runtime's stream: the PTX is embedded and compiled by the driver for

@@ -2,20 +2,19 @@
 //! nvcodec otherwise creates a new CUDA context for each decoder it starts, under one
 //! process-wide lock: measured on an H100 with 8 pipelines starting their ranges at once, the
 //! first frames came 0.33, 0.49, 0.73 … 2.35 s after the start (about 0.3 s per context, one
-//! after the other), 10–15 % of every pipeline's time on a 6-minute job. The context given to
-//! the decoders wraps the GPU's primary context, the one ONNX Runtime uses, so they wait for the
-//! GPU the way the sessions do (blocking sync, cuda.rs: GStreamer's own contexts spin); where
-//! that cannot be made, the first decoder's own context (its `have-context` message) is kept.
-//! Either is handed to every later pipeline on that GPU, through the pipeline (GstBin passes its
-//! contexts on to the elements added to it) and through `need-context` (GStreamer's way for an
-//! element to ask the application).
+//! after the other), 10–15 % of every pipeline's time on a 6-minute job. The first decoder's
+//! context (its `have-context` message) is kept and handed to every later pipeline on that
+//! GPU, through the pipeline (GstBin passes its contexts on to the elements added to it) and
+//! through `need-context` (GStreamer's way for an element to ask the application).
+//!
+//! Measured and not kept (BENCHMARKS.md, session 14): giving the decoders the sessions' primary
+//! context made decoders wait up to 4.8 s to start behind the sessions' work, and a context of
+//! framewise's own with blocking sync (GStreamer's own contexts spin while they wait) ran level
+//! with this one.
 
 use gstreamer as gst;
-use gstreamer::glib::translate::from_glib_full;
 use gstreamer::prelude::*;
-use libloading::Library;
-use std::ffi::c_void;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 /// GStreamer's name for a context holding a `GstCudaContext` (GST_CUDA_CONTEXT_TYPE).
 pub(crate) const CUDA_CONTEXT_TYPE: &str = "gst.cuda.context";
@@ -47,18 +46,6 @@ pub(crate) fn keep(gpu: u32, ctx: &gst::Context) -> bool {
 /// Makes `pipeline`'s NVDEC decoder (on `gpu`) use the process's CUDA context for that GPU, or
 /// keep the one it creates for the pipelines after it. Call before adding elements.
 pub(crate) fn share(pipeline: &gst::Pipeline, gpu: u32) {
-    if kept(gpu).is_none() {
-        match wrap_primary(gpu) {
-            Ok(ctx) => {
-                keep(gpu, &ctx);
-            }
-            Err(e) => tracing::warn!(
-                gpu,
-                error = %e,
-                "NVDEC decoders get a CUDA context of GStreamer's own (they spin while they wait)"
-            ),
-        }
-    }
     if let Some(ctx) = kept(gpu) {
         pipeline.set_context(&ctx);
     }
@@ -78,63 +65,6 @@ pub(crate) fn share(pipeline: &gst::Pipeline, gpu: u32) {
         }
         gst::BusSyncReply::Pass
     });
-}
-
-/// libgstcuda's calls that make a GStreamer CUDA context from an existing CUDA context.
-struct GstCuda {
-    load_library: unsafe extern "C" fn() -> i32,
-    new_wrapped: unsafe extern "C" fn(*mut c_void, i32) -> *mut gst::ffi::GstObject,
-    new_context: unsafe extern "C" fn(*mut gst::ffi::GstObject) -> *mut gst::ffi::GstContext,
-}
-
-static GST_CUDA: OnceLock<Result<GstCuda, String>> = OnceLock::new();
-
-fn gst_cuda() -> Result<&'static GstCuda, String> {
-    GST_CUDA
-        .get_or_init(|| {
-            let name = "libgstcuda-1.0.so.0";
-            // SAFETY: the symbols are looked up with the signatures gst/cuda declares (1.22);
-            // the library (nvcodec's own, already loaded) is leaked so they stay valid.
-            unsafe {
-                let lib = Library::new(name).map_err(|e| format!("{name}: {e}"))?;
-                let lib = Box::leak(Box::new(lib));
-                macro_rules! sym {
-                    ($n:literal) => {
-                        *lib.get($n).map_err(|e| format!("{name}: {e}"))?
-                    };
-                }
-                Ok(GstCuda {
-                    load_library: sym!(b"gst_cuda_load_library\0"),
-                    new_wrapped: sym!(b"gst_cuda_context_new_wrapped\0"),
-                    new_context: sym!(b"gst_context_new_cuda_context\0"),
-                })
-            }
-        })
-        .as_ref()
-        .map_err(|e| e.clone())
-}
-
-/// A `gst.cuda.context` wrapping `gpu`'s primary CUDA context.
-fn wrap_primary(gpu: u32) -> Result<gst::Context, String> {
-    let g = gst_cuda()?;
-    let (ctx, dev) = crate::cuda::primary_context(gpu)?;
-    // SAFETY: libgstcuda's calls as declared; the wrapped CUDA context outlives it (retained
-    // for the process); the GstContext holds its own reference to the GstCudaContext.
-    unsafe {
-        if (g.load_library)() == 0 {
-            return Err("GStreamer could not load the CUDA library".into());
-        }
-        let cuda = (g.new_wrapped)(ctx, dev);
-        if cuda.is_null() {
-            return Err(format!("gst_cuda_context_new_wrapped failed for GPU {gpu}"));
-        }
-        let context = (g.new_context)(cuda);
-        gst::ffi::gst_object_unref(cuda.cast());
-        if context.is_null() {
-            return Err(format!("gst_context_new_cuda_context failed for GPU {gpu}"));
-        }
-        Ok(from_glib_full(context))
-    }
 }
 
 #[cfg(test)]
