@@ -71,6 +71,21 @@ for step in "${steps[@]}"; do case $step in
     FRAMEWISE_LOG=info $fw bench-model --device cpu --optimize auto --frames 4 --size 1280x720 2>&1 \
       | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'bench-model|passes|chosen|rejected|not faster' | sed 's/^.*variant: //'
     ;;
+  infer-cpu)
+    # Inference alone with the worker's variant and 8 sessions, and the CPU it takes per frame
+    # (ONNX Runtime launching the kernels, copies): the process's CPU seconds (getrusage) for
+    # FW_FRAMES and for 100 frames per session, the difference per extra frame, so model load,
+    # gate and cuDNN's search cancel out.
+    cpu() {  # frames -> prints the bench line, then "CPU <seconds>"
+      CUDA_VISIBLE_DEVICES=0 python3 -c 'import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print("CPU %.2f" % (r.ru_utime + r.ru_stime))' $fw bench-model --device cuda --optimize ${FW_OPT:-auto} --sessions 8 --frames $1 --size 1280x720 | grep -E "bench-model|CPU"
+    }
+    n=${FW_FRAMES:-500}
+    a=$(cpu 100); b=$(cpu "$n"); echo "$a"; echo "$b"
+    echo "$a $b" | grep -o 'CPU [0-9.]*' | awk -v n=$n '{c[NR] = $2} END {printf "   inference CPU: %.2f ms per frame (8 sessions, %d extra frames each)\n", (c[2] - c[1]) * 1000 / ((n - 100) * 8), n - 100}'
+    ;;
   variants)
     # The model variants side by side on one GPU: the quality gate's verdict per sample frame
     # (against the original in full fp32), then frames/s with 1, 4 and 8 sessions, with NHWC

@@ -187,6 +187,11 @@ pub struct BenchMediaArgs {
     /// Decode to NV12 instead of RGB, as an NVDEC worker does for a model that takes NV12 (sides must be even).
     #[arg(long)]
     pub nv12: bool,
+    /// Encode in chunk files of this many frames, each opening with a keyframe and finished
+    /// while the next is encoded, as a worker's pipeline writes its checkpoints
+    /// (coordinator.chunk_seconds x fps); 0 = one file per stream.
+    #[arg(long, default_value_t = 0)]
+    pub chunk_frames: usize,
     #[arg(short, long)]
     pub config: Option<PathBuf>,
 }

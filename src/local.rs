@@ -662,19 +662,39 @@ pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
         threads: shared_threads(cfg.worker.encoder.threads, a.streams),
     };
     let frame_ns = 1_000_000_000u64 * p.fps_den.max(1) as u64 / p.fps_num.max(1) as u64;
+    let chunk = if a.chunk_frames == 0 {
+        a.frames.max(1)
+    } else {
+        a.chunk_frames
+    };
+    let join_finish = |h: std::thread::ScopedJoinHandle<Result<()>>| {
+        h.join()
+            .unwrap_or_else(|_| Err(anyhow!("chunk finishing thread panicked")))
+    };
     let t = Instant::now();
     let encoded: Vec<Result<()>> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..a.streams)
             .map(|i| {
                 let (kept, settings, dir) = (&kept, &settings, dir.path());
                 s.spawn(move || -> Result<()> {
-                    let enc =
-                        SegmentEncoder::create(&dir.join(format!("enc{i}.mp4")), geo, settings)?;
-                    for f in 0..a.frames {
-                        enc.push(kept[f % kept.len()].clone(), f as u64 * frame_ns, frame_ns)?;
-                    }
-                    enc.finish(Duration::from_secs(120))?;
-                    Ok(())
+                    // One chunk's file is finished while the next is encoded (segment.rs).
+                    std::thread::scope(|fin| -> Result<()> {
+                        let mut finishing: Option<std::thread::ScopedJoinHandle<Result<()>>> = None;
+                        for (c, first) in (0..a.frames).step_by(chunk).enumerate() {
+                            let path = dir.join(format!("enc{i}-{c}.mp4"));
+                            let enc = SegmentEncoder::create(&path, geo, settings)?;
+                            for f in first..(first + chunk).min(a.frames) {
+                                let pts = (f - first) as u64 * frame_ns;
+                                enc.push(kept[f % kept.len()].clone(), pts, frame_ns)?;
+                            }
+                            if let Some(h) = finishing.take() {
+                                join_finish(h)?;
+                            }
+                            finishing =
+                                Some(fin.spawn(move || Ok(enc.finish(Duration::from_secs(120))?)));
+                        }
+                        finishing.map_or(Ok(()), join_finish)
+                    })
                 })
             })
             .collect();
@@ -689,8 +709,13 @@ pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
     for e in encoded {
         e?;
     }
+    let files = if a.chunk_frames == 0 {
+        "one file per stream".to_string()
+    } else {
+        format!("chunks of {} frames", a.chunk_frames)
+    };
     println!(
-        "bench-media: encode {w}x{h}, {} frames, {} stream(s): {:.1} frames/s (x264 {} crf {}, from RGB in memory)",
+        "bench-media: encode {w}x{h}, {} frames, {} stream(s): {:.1} frames/s (x264 {} crf {}, from RGB in memory, {files})",
         a.frames * a.streams,
         a.streams,
         (a.frames * a.streams) as f64 / secs,
