@@ -175,11 +175,14 @@ PY
         for _ in $(seq 600); do grep -q "job accepted" "$OUT/run-g$g-p$p-b$b.log" 2>/dev/null && break; sleep 0.2; done
         sleep 3
         # The run and its worker processes (a child per GPU).
-        snap() { for t in $(for q in $rpid $(pgrep -P $rpid); do echo /proc/$q/task/*; done); do echo "$(tr -d '0-9' < $t/comm | tr ' ' _) $(awk '{print $14+$15}' $t/stat)"; done 2>/dev/null \
+        # "(process)" is the processes' own total, threads that have exited (x264's, a chunk's
+        # pipeline's) included; the named kinds are the threads alive at both samples.
+        snap() { { for q in $rpid $(pgrep -P $rpid); do echo "(process) $(awk '{print $14+$15}' /proc/$q/stat)"; done
+            for t in $(for q in $rpid $(pgrep -P $rpid); do echo /proc/$q/task/*; done); do echo "$(tr -d '0-9' < $t/comm | tr ' ' _) $(awk '{print $14+$15}' $t/stat)"; done; } 2>/dev/null \
           | awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort; }
         snap > "$OUT/t1"; sleep 4; snap > "$OUT/t2"
-        echo "   CPU cores busy by thread kind (over 4 s; $(nproc) cores):"
-        join "$OUT/t1" "$OUT/t2" | awk '{d = ($3 - $2) / 400; t += d; if (d > 0.05) printf "     %-18s %.2f\n", $1, d} END {printf "     %-18s %.2f\n", "(all)", t}' | sort -k2 -rn | head -14
+        echo "   CPU cores busy by thread kind (over 4 s; $(nproc) cores; (process) = all threads):"
+        join "$OUT/t1" "$OUT/t2" | awk '{d = ($3 - $2) / 400; if (d > 0.05) printf "     %-18s %.2f\n", $1, d}' | sort -k2 -rn | head -14
         wait $rpid
         grep -h "wrote\|error" "$OUT/run-g$g-p$p-b$b.log" | tail -2
         stages "$OUT/run-g$g-p$p-b$b.log"
