@@ -327,13 +327,8 @@ impl Stylizer {
             ..rgb
         };
         let direct = self.stylize(&nv12, &style)?;
-        let checked = |k: &(Device, PathBuf)| {
-            CHECKED
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(k)
-        };
-        if checked(&key) {
+        let checked = || CHECKED.lock().unwrap_or_else(|p| p.into_inner());
+        if checked().contains(&key) {
             return Ok(());
         }
         let converted = self.stylize(&nv12.to_rgb(), &style)?;
@@ -345,8 +340,12 @@ impl Stylizer {
                 "the model's NV12 input disagrees with the CPU's conversion on this device: NV12 frames are converted on the CPU"
             );
             self.yuv_input = None;
-        } else if !checked(&key) {
-            CHECKED.lock().unwrap_or_else(|p| p.into_inner()).push(key);
+        } else {
+            // Another session may have passed meanwhile: the key goes in once.
+            let mut done = checked();
+            if !done.contains(&key) {
+                done.push(key);
+            }
         }
         Ok(())
     }

@@ -17,20 +17,20 @@ use gstreamer::prelude::*;
 use std::sync::Mutex;
 
 /// GStreamer's name for a context holding a `GstCudaContext` (GST_CUDA_CONTEXT_TYPE).
-pub(crate) const CUDA_CONTEXT_TYPE: &str = "gst.cuda.context";
+const CUDA_CONTEXT_TYPE: &str = "gst.cuda.context";
 
 /// The kept contexts, by GPU index (a handful at most).
 static CONTEXTS: Mutex<Vec<(u32, gst::Context)>> = Mutex::new(Vec::new());
 
 /// The kept CUDA context of `gpu`, if a decoder there has made one.
-pub(crate) fn kept(gpu: u32) -> Option<gst::Context> {
+fn kept(gpu: u32) -> Option<gst::Context> {
     let list = CONTEXTS.lock().unwrap_or_else(|p| p.into_inner());
     list.iter().find(|(g, _)| *g == gpu).map(|(_, c)| c.clone())
 }
 
 /// Keeps `ctx` as `gpu`'s context unless one is kept already (the first one stays: every
 /// pipeline then shares it). Returns whether it was kept.
-pub(crate) fn keep(gpu: u32, ctx: &gst::Context) -> bool {
+fn keep(gpu: u32, ctx: &gst::Context) -> bool {
     if !ctx.has_context_type(CUDA_CONTEXT_TYPE) {
         return false;
     }
