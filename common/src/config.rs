@@ -396,6 +396,10 @@ pub struct WorkerConfig {
     /// CUDA: how cuDNN picks convolution algorithms on a session's first run at a frame size:
     /// "exhaustive" (times them all: slow first run, fastest after), "heuristic" or "default".
     pub cuda_conv_search: String,
+    /// CUDA: byte-image runs replay a CUDA graph captured per frame size (one launch per
+    /// frame instead of one per kernel: less CPU per frame for x264); off for a model that
+    /// ONNX Runtime cannot capture (it then runs without, with a warning).
+    pub cuda_graph: bool,
     /// CUDA: frame sizes ("WxH") each session runs once before the worker registers, so the
     /// convolutions' set-up for them is not paid by a job; a session keeps only the last
     /// size ready (a run at another size is slow again), so the last is the common one.
@@ -455,6 +459,7 @@ impl Default for WorkerConfig {
             cuda_prefer_nhwc: false,
             cuda_blocking_sync: true,
             cuda_conv_search: "exhaustive".into(),
+            cuda_graph: true,
             cuda_warm_up_sizes: vec!["1280x720".into()],
             token: String::new(),
             token_file: PathBuf::new(),

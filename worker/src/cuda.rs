@@ -82,6 +82,11 @@ struct Driver {
         *mut *mut c_void,
     ) -> CuResult,
     error_name: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
+    mem_host_alloc: unsafe extern "C" fn(*mut *mut c_void, usize, u32) -> CuResult,
+    mem_free_host: unsafe extern "C" fn(*mut c_void) -> CuResult,
+    memcpy_htod: unsafe extern "C" fn(u64, *const c_void, usize) -> CuResult,
+    memcpy_dtoh: unsafe extern "C" fn(*mut c_void, u64, usize) -> CuResult,
+    exchange_capture_mode: unsafe extern "C" fn(*mut u32) -> CuResult,
 }
 
 // SAFETY: plain function pointers into libcuda, which is thread-safe.
@@ -119,6 +124,13 @@ fn driver() -> Result<&'static Driver, String> {
                     module_get_function: sym!(b"cuModuleGetFunction\0"),
                     launch_kernel: sym!(b"cuLaunchKernel\0"),
                     error_name: sym!(b"cuGetErrorName\0"),
+                    mem_host_alloc: sym!(b"cuMemHostAlloc\0"),
+                    mem_free_host: sym!(b"cuMemFreeHost\0"),
+                    // The per-thread default stream's copies: no implicit wait for other
+                    // streams (the legacy stream's would wait for every session's work).
+                    memcpy_htod: sym!(b"cuMemcpyHtoD_v2_ptds\0"),
+                    memcpy_dtoh: sym!(b"cuMemcpyDtoH_v2_ptds\0"),
+                    exchange_capture_mode: sym!(b"cuThreadExchangeStreamCaptureMode\0"),
                 };
                 check(&d, (d.init)(0), "cuInit")?;
                 Ok(d)
@@ -245,6 +257,154 @@ fn load_kernels(d: &Driver, device: i32) -> Result<NormKernels, String> {
             }
         };
         Ok(k)
+    }
+}
+
+/// CU_STREAM_CAPTURE_MODE_THREAD_LOCAL in cuda.h.
+const CAPTURE_MODE_THREAD_LOCAL: u32 = 1;
+
+/// Lets this thread's CUDA calls go on while another thread captures a CUDA graph. ONNX Runtime
+/// captures in global mode, where a synchronising call from any other thread in that mode fails
+/// ("operation not permitted when stream is capturing") and spoils the capture; measured with
+/// 2 and 8 sessions of one process. Every thread that calls CUDA while graphs may be captured
+/// (inference, NVDEC decoding) calls this first; once per thread, later calls cost nothing.
+pub fn ignore_other_captures() {
+    thread_local!(static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    if DONE.get() {
+        return;
+    }
+    DONE.set(true);
+    // No driver, no GPU: nothing can capture either.
+    let Ok(d) = driver() else { return };
+    let mut mode = CAPTURE_MODE_THREAD_LOCAL;
+    // SAFETY: an in-out pointer to a local, as cuda.h declares.
+    let rc = unsafe { (d.exchange_capture_mode)(&mut mode) };
+    if let Err(e) = check(d, rc, "cuThreadExchangeStreamCaptureMode") {
+        tracing::warn!(error = %e, "CUDA capture mode not set");
+    }
+}
+
+/// GPU `device`'s primary context (the one ONNX Runtime uses), made current on this thread.
+fn primary_current(d: &Driver, device: i32) -> Result<*mut c_void, String> {
+    let mut dev = 0i32;
+    let mut ctx = std::ptr::null_mut();
+    // SAFETY: driver calls with out-pointers to locals. Retained once per pinned buffer and
+    // not released: the primary context lives as long as the process anyway.
+    unsafe {
+        check(d, (d.device_get)(&mut dev, device), "cuDeviceGet")?;
+        check(
+            d,
+            (d.primary_ctx_retain)(&mut ctx, dev),
+            "cuDevicePrimaryCtxRetain",
+        )?;
+        make_current(d, ctx)?;
+    }
+    Ok(ctx)
+}
+
+/// Page-locked host memory: copies between it and the GPU are DMA without a staging copy, and
+/// a copy from it to the GPU has finished when the call returns (CUDA graph runs rely on that).
+pub struct Pinned {
+    ptr: *mut u8,
+    len: usize,
+    /// The primary context of the buffer's GPU, current for its copies.
+    ctx: usize,
+}
+
+// SAFETY: the buffer is plain host memory owned by this value.
+unsafe impl Send for Pinned {}
+
+impl Pinned {
+    /// `len` bytes on GPU `device`'s primary context, usable from any context (PORTABLE).
+    pub fn new(device: i32, len: usize) -> Result<Self, String> {
+        let d = driver()?;
+        let ctx = primary_current(d, device)? as usize;
+        let mut p = std::ptr::null_mut();
+        // SAFETY: out-pointer to a local; CU_MEMHOSTALLOC_PORTABLE = 1.
+        unsafe {
+            check(
+                d,
+                (d.mem_host_alloc)(&mut p, len.max(1), 1),
+                "cuMemHostAlloc",
+            )?
+        };
+        Ok(Self {
+            ptr: p.cast(),
+            len,
+            ctx,
+        })
+    }
+
+    /// The buffer's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` bytes allocated in `new`, alive while self is.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// The buffer's bytes, to fill.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, and &mut self makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    /// Copies the first `len` bytes to device address `dst` on the buffer's GPU; they are
+    /// there when this returns (a copy from pinned memory is synchronous with the host).
+    ///
+    /// # Safety
+    /// `dst` is live device memory of at least `len` bytes that no queued work still reads.
+    pub unsafe fn to_device(&self, dst: u64, len: usize) -> Result<(), String> {
+        if len > self.len {
+            return Err(format!(
+                "copy of {len} bytes from a {}-byte buffer",
+                self.len
+            ));
+        }
+        let d = driver()?;
+        // SAFETY: the caller vouches for dst; the source holds len bytes.
+        unsafe {
+            make_current(d, self.ctx as *mut c_void)?;
+            check(
+                d,
+                (d.memcpy_htod)(dst, self.ptr.cast(), len),
+                "cuMemcpyHtoD",
+            )
+        }
+    }
+
+    /// Copies `len` bytes from device address `src` on the buffer's GPU into the buffer's
+    /// start; the copy has finished when this returns.
+    ///
+    /// # Safety
+    /// `src` is live device memory of at least `len` bytes whose writers have finished.
+    pub unsafe fn from_device(&mut self, src: u64, len: usize) -> Result<(), String> {
+        if len > self.len {
+            return Err(format!(
+                "copy of {len} bytes into a {}-byte buffer",
+                self.len
+            ));
+        }
+        let d = driver()?;
+        // SAFETY: the caller vouches for src; the destination holds len bytes.
+        unsafe {
+            make_current(d, self.ctx as *mut c_void)?;
+            check(
+                d,
+                (d.memcpy_dtoh)(self.ptr.cast(), src, len),
+                "cuMemcpyDtoH",
+            )
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if let Ok(d) = driver() {
+            // SAFETY: allocated by cuMemHostAlloc in `new`, freed once.
+            let rc = unsafe { (d.mem_free_host)(self.ptr.cast()) };
+            if let Err(e) = check(d, rc, "cuMemFreeHost") {
+                tracing::warn!(error = %e, "pinned buffer not freed");
+            }
+        }
     }
 }
 

@@ -3,11 +3,12 @@
 //! RGB frame of the original size.
 
 use crate::error::ModelError;
+use crate::graph_run::{GraphInputs, GraphRuns};
 use crate::media::pool::FramePool;
 use crate::media::Frame;
 use framewise_common::config::ModelConfig;
 use framewise_common::device::Device;
-use ort::session::{Session, SessionInputValue};
+use ort::session::{NoSelectedOutputs, RunOptions, Session, SessionInputValue};
 use ort::value::TensorRef;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,8 @@ pub struct CudaOptions {
     pub blocking_sync: bool,
     /// How cuDNN picks convolution algorithms (`worker.cuda_conv_search`).
     pub conv_search: ConvSearch,
+    /// Byte-image runs replay a captured CUDA graph (`worker.cuda_graph`, graph_run.rs).
+    pub graph: bool,
 }
 
 /// `worker.cuda_conv_search`.
@@ -82,6 +85,7 @@ impl From<&framewise_common::config::WorkerConfig> for CudaOptions {
                 "default" => ConvSearch::Default,
                 _ => ConvSearch::Exhaustive,
             },
+            graph: c.cuda_graph,
         }
     }
 }
@@ -119,6 +123,10 @@ pub struct Stylizer {
     /// The model's image input takes NV12 too (optimize::pixels_in): the name of its input
     /// for the conversion.
     yuv_input: Option<String>,
+    /// CUDA graphs for byte-image runs (`CudaOptions::graph`).
+    graphs: Option<GraphRuns>,
+    /// Runs outside a graph on a session made with graphs (see graph_run::plain_options).
+    plain_options: Option<RunOptions<NoSelectedOutputs>>,
 }
 
 impl Stylizer {
@@ -155,7 +163,7 @@ impl Stylizer {
             path: path.to_path_buf(),
             detail: e.to_string(),
         };
-        let mut builder = Session::builder(env)
+        let builder = Session::builder(env)
             .map_err(|e| load(&e))?
             .with_intra_threads(threads.max(1))
             .map_err(|e| load(&e))?
@@ -164,7 +172,68 @@ impl Stylizer {
             // Rewritten models may hold framewise's fused normalisation (norm_op.rs).
             .with_operators(crate::norm_op::domain().map_err(|e| load(&e))?)
             .map_err(|e| load(&e))?;
+        let mut graph = matches!(device, Device::Cuda(_)) && cuda.graph;
+        let session = match Self::commit(builder.clone(), device, cuda, graph, path) {
+            Err(e) if graph => {
+                // ONNX Runtime refuses graphs for a model with nodes off the GPU: run it without.
+                tracing::warn!(model = %path.display(), %device, error = %e, "no CUDA graphs for this model");
+                graph = false;
+                Self::commit(builder, device, cuda, false, path)
+            }
+            r => r,
+        }?;
+        let (layout, batchable) = check_shapes(&session, cfg, path)?;
+        // optimize::pixels_in leaves the uint8 input's channels open (3: RGB, 1: NV12); its
+        // conversion input is an overridable initializer, which ONNX Runtime does not list.
+        let open_channels = session
+            .inputs()
+            .iter()
+            .find(|o| o.name() == cfg.input)
+            .and_then(|o| o.dtype().tensor_shape().map(|s| s.to_vec()))
+            .is_some_and(|s| s.len() == 4 && s[3] < 0);
+        let yuv_input = (layout == ImageLayout::U8Nhwc && open_channels)
+            .then(|| format!("{}__fw_yuv", cfg.input));
+        let plain_options = graph
+            .then(crate::graph_run::plain_options)
+            .transpose()
+            .map_err(|e| load(&e))?;
+        let graphs = match device {
+            Device::Cuda(n) if graph && layout == ImageLayout::U8Nhwc => Some(GraphRuns::new(n)),
+            _ => None,
+        };
+        Ok(Self {
+            session: Some(session),
+            cfg: cfg.clone(),
+            path: path.to_path_buf(),
+            layout,
+            device,
+            input_buf: Vec::new(),
+            input_u8: Vec::new(),
+            synthetic: std::time::Duration::ZERO,
+            batchable,
+            max_batch: 1,
+            last_size: None,
+            pool: FramePool::default(),
+            yuv_input,
+            graphs,
+            plain_options,
+        })
+    }
+
+    /// The session for `path` on `device`, its CUDA provider set from `cuda` and `graph`.
+    fn commit(
+        mut builder: ort::session::builder::SessionBuilder,
+        device: Device,
+        cuda: CudaOptions,
+        graph: bool,
+        path: &Path,
+    ) -> Result<Session, ModelError> {
+        let load = |e: &dyn std::fmt::Display| ModelError::Load {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        };
         if let Device::Cuda(n) = device {
+            crate::cuda::ignore_other_captures();
             let o = cuda;
             if o.blocking_sync {
                 if let Err(e) = crate::cuda::blocking_sync(n) {
@@ -180,6 +249,7 @@ impl Stylizer {
                     ConvSearch::Heuristic => ort::ep::cuda::ConvAlgorithmSearch::Heuristic,
                     ConvSearch::Default => ort::ep::cuda::ConvAlgorithmSearch::Default,
                 })
+                .with_cuda_graph(graph)
                 .build()
                 .error_on_failure();
             builder = builder
@@ -189,7 +259,7 @@ impl Stylizer {
                     detail: e.to_string(),
                 })?;
         }
-        let session = {
+        {
             // ONNX Runtime adds a custom op domain to its process-wide schema table with a
             // check-then-add that two sessions created at once can both pass ("the domain is
             // already exist", seen in the tests): the first creation runs alone.
@@ -204,33 +274,7 @@ impl Stylizer {
                 s
             }
         }
-        .map_err(|e| load(&e))?;
-        let (layout, batchable) = check_shapes(&session, cfg, path)?;
-        // optimize::pixels_in leaves the uint8 input's channels open (3: RGB, 1: NV12); its
-        // conversion input is an overridable initializer, which ONNX Runtime does not list.
-        let open_channels = session
-            .inputs()
-            .iter()
-            .find(|o| o.name() == cfg.input)
-            .and_then(|o| o.dtype().tensor_shape().map(|s| s.to_vec()))
-            .is_some_and(|s| s.len() == 4 && s[3] < 0);
-        let yuv_input = (layout == ImageLayout::U8Nhwc && open_channels)
-            .then(|| format!("{}__fw_yuv", cfg.input));
-        Ok(Self {
-            session: Some(session),
-            cfg: cfg.clone(),
-            path: path.to_path_buf(),
-            layout,
-            device,
-            input_buf: Vec::new(),
-            input_u8: Vec::new(),
-            synthetic: std::time::Duration::ZERO,
-            batchable,
-            max_batch: 1,
-            last_size: None,
-            pool: FramePool::default(),
-            yuv_input,
-        })
+        .map_err(|e| load(&e))
     }
 
     /// The device this model runs on.
@@ -297,6 +341,8 @@ impl Stylizer {
             last_size: None,
             pool: FramePool::default(),
             yuv_input: None,
+            graphs: None,
+            plain_options: None,
         }
     }
 
@@ -415,6 +461,9 @@ impl Stylizer {
             std::thread::sleep(self.synthetic * frames.len() as u32);
             return Ok(frames.iter().map(Frame::to_rgb).collect());
         };
+        if matches!(self.device, Device::Cuda(_)) {
+            crate::cuda::ignore_other_captures();
+        }
         let path = &self.path;
         let pool = &self.pool;
         let run_err = |e: &dyn std::fmt::Display| ModelError::Run {
@@ -434,16 +483,13 @@ impl Stylizer {
         let (pw, ph) = (w.div_ceil(m) * m, h.div_ceil(m) * m);
         let [lo, hi] = self.cfg.value_range;
 
-        let mut inputs: Vec<(Cow<str>, SessionInputValue)> =
-            Vec::with_capacity(2 + self.cfg.extra_inputs.len());
-        let image: SessionInputValue = match self.layout {
+        // The image as the session takes it: planar floats, or bytes (NV12 as the decoder
+        // made it, which nv12_as_rgb let through unpadded, or RGB padded to the model's multiple).
+        let image: Image = match self.layout {
             ImageLayout::F32Nchw => {
                 to_nchw_padded(&first.data, w, h, pw, ph, lo, hi, &mut self.input_buf);
-                TensorRef::from_array_view(([1usize, 3, ph, pw], self.input_buf.as_slice()))
-                    .map_err(|e| run_err(&e))?
-                    .into()
+                Image::F32(&self.input_buf, [1, 3, ph, pw])
             }
-            // NV12 as the decoder made it (nv12_as_rgb let it through: no padding).
             ImageLayout::U8Nhwc if first.yuv.is_some() => {
                 let one = w * h * 3 / 2;
                 let data: &[u8] = if n == 1 {
@@ -455,9 +501,7 @@ impl Stylizer {
                     }
                     &self.input_u8
                 };
-                TensorRef::from_array_view(([n, h * 3 / 2, w, 1], data))
-                    .map_err(|e| run_err(&e))?
-                    .into()
+                Image::U8(data, [n, h * 3 / 2, w, 1])
             }
             ImageLayout::U8Nhwc => {
                 let data: &[u8] = if n == 1 && (pw, ph) == (w, h) {
@@ -477,17 +521,13 @@ impl Stylizer {
                     }
                     &self.input_u8
                 };
-                TensorRef::from_array_view(([n, ph, pw, 3], data))
-                    .map_err(|e| run_err(&e))?
-                    .into()
+                Image::U8(data, [n, ph, pw, 3])
             }
         };
-        inputs.push((Cow::Borrowed(self.cfg.input.as_str()), image));
-        let yuv_values = first.yuv.map(|y| y.values());
-        if let (Some(name), Some(v)) = (self.yuv_input.as_deref(), yuv_values.as_ref()) {
-            let t = TensorRef::from_array_view(([12usize], &v[..])).map_err(|e| run_err(&e))?;
-            inputs.push((Cow::Borrowed(name), t.into()));
-        }
+        let yuv = match (self.yuv_input.as_deref(), first.yuv) {
+            (Some(name), Some(y)) => Some((name, y.values())),
+            _ => None,
+        };
         // No weights given (e.g. a job from the blob trigger): the model's first style.
         let first_style: Vec<f32>;
         let style = if style.is_empty() && self.cfg.style_count > 0 {
@@ -498,6 +538,7 @@ impl Stylizer {
         } else {
             style
         };
+        let mut floats: Vec<(&str, &[f32])> = Vec::with_capacity(1 + self.cfg.extra_inputs.len());
         if !self.cfg.style_input.is_empty() {
             if style.len() != self.cfg.style_count {
                 return Err(run_err(&format!(
@@ -506,18 +547,11 @@ impl Stylizer {
                     self.cfg.style_count
                 )));
             }
-            let s = TensorRef::from_array_view(([style.len()], style)).map_err(|e| run_err(&e))?;
-            inputs.push((Cow::Borrowed(self.cfg.style_input.as_str()), s.into()));
+            floats.push((&self.cfg.style_input, style));
         }
         for (name, values) in &self.cfg.extra_inputs {
-            let v = TensorRef::from_array_view(([values.len()], values.as_slice()))
-                .map_err(|e| run_err(&e))?;
-            inputs.push((Cow::Borrowed(name.as_str()), v.into()));
+            floats.push((name, values));
         }
-        let outputs = session.run(inputs).map_err(|e| run_err(&e))?;
-        let out = outputs
-            .get(&self.cfg.output)
-            .ok_or_else(|| run_err(&format!("no output named {:?}", self.cfg.output)))?;
         let frame_of = |k: usize, data: Vec<u8>| Frame {
             pts: frames[k].pts,
             width: frames[k].width,
@@ -525,6 +559,55 @@ impl Stylizer {
             data,
             yuv: None,
         };
+        // Bytes in and out through a CUDA graph where the session has them (graph_run.rs).
+        let mut graph_failed = None;
+        if let (Some(graphs), Image::U8(data, shape)) = (self.graphs.as_mut(), &image) {
+            let gi = GraphInputs {
+                image: (&self.cfg.input, *shape, data),
+                yuv,
+                floats: floats.clone(),
+                output: (&self.cfg.output, [n, ph, pw, 3]),
+            };
+            if graphs.takes(&gi) {
+                match graphs.run(session, &gi) {
+                    Ok(out) => return Ok(crop_nhwc(out, n, (w, h), (pw, ph), pool, frame_of)),
+                    // This frame and the session's later ones run without graphs instead.
+                    Err(e) => graph_failed = Some(e),
+                }
+            }
+        }
+        if let Some(e) = graph_failed {
+            tracing::warn!(model = %path.display(), device = %self.device, error = %e, "CUDA graph run failed; this session runs without graphs from now on");
+            self.graphs = None;
+        }
+
+        let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(2 + floats.len());
+        let image_value: SessionInputValue = match image {
+            Image::F32(data, shape) => TensorRef::from_array_view((shape, data))
+                .map_err(|e| run_err(&e))?
+                .into(),
+            Image::U8(data, shape) => TensorRef::from_array_view((shape, data))
+                .map_err(|e| run_err(&e))?
+                .into(),
+        };
+        inputs.push((Cow::Borrowed(self.cfg.input.as_str()), image_value));
+        if let Some((name, v)) = yuv.as_ref() {
+            let t = TensorRef::from_array_view(([12usize], &v[..])).map_err(|e| run_err(&e))?;
+            inputs.push((Cow::Borrowed(*name), t.into()));
+        }
+        for (name, values) in &floats {
+            let v =
+                TensorRef::from_array_view(([values.len()], *values)).map_err(|e| run_err(&e))?;
+            inputs.push((Cow::Borrowed(*name), v.into()));
+        }
+        let outputs = match &self.plain_options {
+            Some(o) => session.run_with_options(inputs, o),
+            None => session.run(inputs),
+        }
+        .map_err(|e| run_err(&e))?;
+        let out = outputs
+            .get(&self.cfg.output)
+            .ok_or_else(|| run_err(&format!("no output named {:?}", self.cfg.output)))?;
         match self.layout {
             ImageLayout::F32Nchw => {
                 let (shape, data) = out.try_extract_tensor::<f32>().map_err(|e| run_err(&e))?;
@@ -556,20 +639,38 @@ impl Stylizer {
                         &shape[..]
                     )));
                 }
-                let one = pw * ph * 3;
-                Ok((0..n)
-                    .map(|k| {
-                        let src = &data[k * one..(k + 1) * one];
-                        let mut rgb = pool.take(w * h * 3);
-                        for y in 0..h {
-                            rgb.extend_from_slice(&src[y * pw * 3..y * pw * 3 + w * 3]);
-                        }
-                        frame_of(k, rgb)
-                    })
-                    .collect())
+                Ok(crop_nhwc(data, n, (w, h), (pw, ph), pool, frame_of))
             }
         }
     }
+}
+
+/// The image input of one run, as the session takes it.
+enum Image<'a> {
+    F32(&'a [f32], [usize; 4]),
+    U8(&'a [u8], [usize; 4]),
+}
+
+/// `n` RGB frames of `w`x`h` cut from packed `[n, ph, pw, 3]` model output, in pool buffers.
+fn crop_nhwc(
+    data: &[u8],
+    n: usize,
+    (w, h): (usize, usize),
+    (pw, ph): (usize, usize),
+    pool: &FramePool,
+    frame_of: impl Fn(usize, Vec<u8>) -> Frame,
+) -> Vec<Frame> {
+    let one = pw * ph * 3;
+    (0..n)
+        .map(|k| {
+            let src = &data[k * one..(k + 1) * one];
+            let mut rgb = pool.take(w * h * 3);
+            for y in 0..h {
+                rgb.extend_from_slice(&src[y * pw * 3..y * pw * 3 + w * 3]);
+            }
+            frame_of(k, rgb)
+        })
+        .collect()
 }
 
 /// A smooth test image with colour in both directions (start-up throughput, quality gates).

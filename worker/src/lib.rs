@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cuda;
 pub mod error;
+pub mod graph_run;
 pub mod inference;
 pub mod media;
 pub mod norm_op;

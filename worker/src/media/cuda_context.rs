@@ -46,6 +46,8 @@ fn keep(gpu: u32, ctx: &gst::Context) -> bool {
 /// Makes `pipeline`'s NVDEC decoder (on `gpu`) use the process's CUDA context for that GPU, or
 /// keep the one it creates for the pipelines after it. Call before adding elements.
 pub(crate) fn share(pipeline: &gst::Pipeline, gpu: u32) {
+    // This thread starts the decoder (and with it CUDA calls) through the state changes.
+    crate::cuda::ignore_other_captures();
     if let Some(ctx) = kept(gpu) {
         pipeline.set_context(&ctx);
     }
@@ -60,6 +62,11 @@ pub(crate) fn share(pipeline: &gst::Pipeline, gpu: u32) {
             }
             gst::MessageView::HaveContext(m) => {
                 keep(gpu, &m.context());
+            }
+            // Posted by a streaming thread as it starts (the decoder's included): its CUDA
+            // calls must not fail while a session captures a CUDA graph.
+            gst::MessageView::StreamStatus(m) if m.get().0 == gst::StreamStatusType::Enter => {
+                crate::cuda::ignore_other_captures();
             }
             _ => {}
         }
