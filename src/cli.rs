@@ -192,6 +192,10 @@ pub struct BenchMediaArgs {
     /// (coordinator.chunk_seconds x fps); 0 = one file per stream.
     #[arg(long, default_value_t = 0)]
     pub chunk_frames: usize,
+    /// Then stitch every encoded file (all streams' chunks, one after another) with the input's
+    /// audio into one MP4, as a job's assembly does, and time it.
+    #[arg(long)]
+    pub stitch: bool,
     #[arg(short, long)]
     pub config: Option<PathBuf>,
 }

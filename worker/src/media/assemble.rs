@@ -220,8 +220,10 @@ pub fn assemble(
 
     let mut caps_set: Option<gst::Caps> = None;
     let mut written = 0u64;
-    for seg in segments {
-        let n = read_segment(seg, deadline, &mut |sample_caps, mut buf| {
+    read_ahead(segments, deadline, &mut |seg, samples| {
+        let n = samples.len() as u64;
+        for (sample_caps, mut buf) in samples {
+            let sample_caps = &sample_caps;
             match &caps_set {
                 None => {
                     vsrc.set_caps(Some(sample_caps));
@@ -253,8 +255,7 @@ pub fn assemble(
                     detail: e.to_string(),
                 })
             })?;
-            Ok(())
-        })?;
+        }
         if n != seg.frames {
             return Err(MediaError::Corrupt {
                 path: seg.path.clone(),
@@ -262,7 +263,8 @@ pub fn assemble(
             });
         }
         written += n;
-    }
+        Ok(())
+    })?;
     vsrc.end_of_stream().map_err(|e| MediaError::Write {
         path: out.into(),
         detail: e.to_string(),
@@ -270,6 +272,80 @@ pub fn assemble(
     super::wait_eos(&pipeline, out, "writing the output", deadline)
         .map_err(|e| super::with_secs(e, timeout.as_secs()))?;
     Ok(written)
+}
+
+/// Threads reading segment files ahead of the muxer. A job's output is made of hundreds of
+/// chunk files and each file's pipeline takes milliseconds to start, so reading them one after
+/// another left the muxer waiting most of the time.
+const READERS: usize = 4;
+/// Files read but not yet muxed, at most (bounds the memory: a chunk's access units each).
+const LOOKAHEAD: usize = 8;
+
+/// One segment file's access units with their caps.
+type Samples = Vec<(gst::Caps, gst::Buffer)>;
+/// Where a reader hands over one file's access units (or why it could not read them).
+type Slot = mpsc::SyncSender<Result<Samples, MediaError>>;
+
+/// Hands each segment's access units to `f` in order, the files read by READERS threads at most
+/// LOOKAHEAD files ahead of `f`.
+fn read_ahead(
+    segments: &[SegmentFile],
+    deadline: std::time::Instant,
+    f: &mut dyn FnMut(&SegmentFile, Samples) -> Result<(), MediaError>,
+) -> Result<(), MediaError> {
+    use std::sync::{Condvar, Mutex};
+    // (files handed to f, stop): a reader takes file j once j < handed + LOOKAHEAD.
+    let gate = (Mutex::new((0usize, false)), Condvar::new());
+    let (txs, rxs): (Vec<_>, Vec<_>) = segments.iter().map(|_| mpsc::sync_channel(1)).unzip();
+    let mut mine: Vec<Vec<(usize, Slot)>> = (0..READERS).map(|_| Vec::new()).collect();
+    for (j, tx) in txs.into_iter().enumerate() {
+        mine[j % READERS].push((j, tx));
+    }
+    let set = |g: &dyn Fn(&mut (usize, bool))| {
+        let mut v = gate.0.lock().unwrap_or_else(|p| p.into_inner());
+        g(&mut v);
+        gate.1.notify_all();
+    };
+    std::thread::scope(|s| {
+        for files in mine.into_iter().filter(|m| !m.is_empty()) {
+            let gate = &gate;
+            s.spawn(move || {
+                for (j, tx) in files {
+                    let mut v = gate.0.lock().unwrap_or_else(|p| p.into_inner());
+                    while !v.1 && j >= v.0 + LOOKAHEAD {
+                        v = gate.1.wait(v).unwrap_or_else(|p| p.into_inner());
+                    }
+                    if v.1 {
+                        return;
+                    }
+                    drop(v);
+                    let mut samples = Samples::new();
+                    let r = read_segment(&segments[j], deadline, &mut |c, b| {
+                        samples.push((c.clone(), b));
+                        Ok(())
+                    });
+                    // The receiver is gone only when f stopped early: nothing left to do.
+                    if tx.send(r.map(|_| samples)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        let result = (|| {
+            for (i, (seg, rx)) in segments.iter().zip(rxs).enumerate() {
+                let samples = rx.recv().map_err(|_| MediaError::Pipeline {
+                    path: seg.path.clone(),
+                    what: "reading a segment",
+                    detail: "the reading thread stopped".into(),
+                })??;
+                f(seg, samples)?;
+                set(&|v| v.0 = i + 1);
+            }
+            Ok(())
+        })();
+        set(&|v| v.1 = true);
+        result
+    })
 }
 
 /// Hands every H.264 access unit of a segment file to `f`, returning the count.
@@ -397,6 +473,87 @@ fn same_encoding(a: &gst::Caps, b: &gst::Caps) -> bool {
 mod tests {
     use super::*;
     use std::str::FromStr;
+
+    /// `counts.len()` tiny H.264 chunk files in `dir`, file k holding counts[k] frames.
+    fn chunk_files(dir: &Path, counts: &[u64]) -> Vec<SegmentFile> {
+        use crate::media::encode::{EncoderSettings, Geometry, SegmentEncoder};
+        let geo = Geometry {
+            in_size: (64, 48),
+            out_size: (64, 48),
+            fps: (25, 1),
+        };
+        let settings = EncoderSettings {
+            crf: 30,
+            preset: "ultrafast".into(),
+            threads: 1,
+        };
+        let ns = 40_000_000u64;
+        let mut offset = 0;
+        counts
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| {
+                let path = dir.join(format!("chunk-{k}.mp4"));
+                let enc = SegmentEncoder::create(&path, geo, &settings).unwrap();
+                for i in 0..n {
+                    let frame = crate::media::Frame {
+                        pts: i * ns,
+                        width: 64,
+                        height: 48,
+                        data: vec![(k * 20 + i as usize) as u8; 64 * 48 * 3],
+                        yuv: None,
+                    };
+                    enc.push(frame, i * ns, ns).unwrap();
+                }
+                enc.finish(Duration::from_secs(30)).unwrap();
+                let seg = SegmentFile {
+                    path,
+                    offset_ns: offset * ns,
+                    frames: n,
+                };
+                offset += n;
+                seg
+            })
+            .collect()
+    }
+
+    #[test]
+    fn files_read_ahead_arrive_in_order_and_a_bad_one_stops_the_rest() {
+        crate::media::init().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // More files than readers and lookahead, of different lengths.
+        let counts: Vec<u64> = (1..=13).collect();
+        let segs = chunk_files(dir.path(), &counts);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
+        read_ahead(&segs, deadline, &mut |seg, samples| {
+            seen.push((seg.path.clone(), samples.len() as u64));
+            Ok(())
+        })
+        .unwrap();
+        let want: Vec<_> = segs.iter().map(|s| (s.path.clone(), s.frames)).collect();
+        assert_eq!(seen, want);
+
+        // A file that cannot be read: the error names it, and nothing after it is handed on.
+        std::fs::write(&segs[5].path, b"not an mp4").unwrap();
+        let mut handed = 0;
+        let e = read_ahead(&segs, deadline, &mut |_, _| {
+            handed += 1;
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(handed, 5);
+        assert!(e.to_string().contains("chunk-5.mp4"), "{e}");
+        // The consumer's own error stops the readers too.
+        let e = read_ahead(&segs, deadline, &mut |seg, _| {
+            Err(MediaError::Corrupt {
+                path: seg.path.clone(),
+                detail: "stop".into(),
+            })
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("chunk-0.mp4"), "{e}");
+    }
 
     #[test]
     fn chunks_differing_only_in_derived_frame_rate_concatenate() {
