@@ -748,12 +748,18 @@ pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
             Duration::from_secs(600),
         )?;
         let secs = t.elapsed().as_secs_f64();
+        // The assembly task then reads the output back before publishing it (agent.rs).
+        let t = Instant::now();
+        let check = probe(&out, Duration::from_secs(300))?;
+        let verify = t.elapsed().as_secs_f64();
         println!(
-            "bench-media: stitch {n} frames from {} files with {} audio stream(s): {:.3} s, {:.1} frames/s",
+            "bench-media: stitch {n} frames from {} files with {} audio stream(s): {:.3} s, {:.1} frames/s; the output's check (probe, {} frames) {:.3} s",
             segments.len(),
             p.audio_streams,
             secs,
-            n as f64 / secs
+            n as f64 / secs,
+            check.frame_pts.len(),
+            verify
         );
     }
     Ok(ExitCode::SUCCESS)
