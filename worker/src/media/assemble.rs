@@ -364,8 +364,9 @@ fn read_segment(
     let pipeline = gst::Pipeline::new();
     let _stop = Stopper(pipeline.clone());
     let src = super::source_element(path)?;
+    // The demuxer's access units as they are (the chunks are framewise's own avc MP4s; the
+    // assembly's h264parse parses them once, so a parser per file would only add work).
     let demux = make("qtdemux")?;
-    let parse = make("h264parse")?;
     let caps = gst::Caps::builder("video/x-h264")
         .field("stream-format", "avc")
         .field("alignment", "au")
@@ -376,11 +377,10 @@ fn read_segment(
         .max_buffers(16)
         .build();
     pipeline
-        .add_many([&src, &demux, &parse, sink.upcast_ref()])
+        .add_many([&src, &demux, sink.upcast_ref()])
         .map_err(|e| err(&e))?;
     src.link(&demux).map_err(|e| err(&e))?;
-    parse.link(&sink).map_err(|e| err(&e))?;
-    let psink = parse.static_pad("sink");
+    let psink = sink.static_pad("sink");
     demux.connect_pad_added(move |_, pad| {
         if let Some(ps) = psink.as_ref() {
             if !ps.is_linked() {
