@@ -448,6 +448,7 @@ fn a_segment_goes_through_the_nv12_input() {
             cancel: &cancel,
             limit: &limit,
             on_chunk: &record,
+            decoder: None,
         };
         assert_eq!(run_segment(&spec, &mut model, &ctl).unwrap(), 12);
         let chunks = chunks.into_inner().unwrap();

@@ -4,6 +4,7 @@
 use crate::error::{MediaError, ModelError};
 use crate::inference::{runtime, Stylizer};
 use crate::media::assemble::{assemble, SegmentFile};
+use crate::media::decode::OpenDecoder;
 use crate::media::encode::EncoderSettings;
 use crate::media::probe::{frame_duration_ns, probe, Probe};
 use crate::preemption::watch_notices;
@@ -44,6 +45,8 @@ pub struct Worker {
     id: String,
     threads: usize,
     model: Arc<Mutex<Stylizer>>,
+    /// This pipeline's decoder, left open from one range to the next of the same input.
+    decoder: Arc<Mutex<Option<OpenDecoder>>>,
     /// Model frames/s at `MEASURE_SIZE`, measured at start-up.
     model_fps: f64,
     device: Device,
@@ -144,6 +147,7 @@ impl Worker {
             id,
             threads,
             model: Arc::new(Mutex::new(model)),
+            decoder: Arc::new(Mutex::new(None)),
             model_fps,
             device,
         })
@@ -332,6 +336,7 @@ impl Worker {
         });
         let task_ctl = ctl.clone();
         let model = self.model.clone();
+        let decoder = self.decoder.clone();
         let settings = EncoderSettings {
             crf: self.cfg.encoder.crf,
             preset: self.cfg.encoder.preset.clone(),
@@ -345,7 +350,9 @@ impl Worker {
         let span = tracing::Span::current();
         let work = tokio::task::spawn_blocking(move || {
             span.in_scope(|| {
-                let out = run_task(task, &model, &settings, &lease_id, &task_ctl, &opts, nvdec);
+                let out = run_task(
+                    task, &model, &decoder, &settings, &lease_id, &task_ctl, &opts, nvdec,
+                );
                 // Chunks and outputs bound for blob storage were staged here.
                 let _ = std::fs::remove_dir_all(scratch_dir(&lease_id));
                 out
@@ -578,9 +585,11 @@ fn upload_chunks(
     error
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_task(
     task: Task,
     model: &Mutex<Stylizer>,
+    decoder: &Mutex<Option<OpenDecoder>>,
     settings: &EncoderSettings,
     lease_id: &str,
     ctl: &TaskCtl,
@@ -671,6 +680,7 @@ fn run_task(
                         cancel,
                         limit: &ctl.limit,
                         on_chunk: &on_chunk,
+                        decoder: Some(decoder),
                     };
                     let mut m = model.lock().unwrap_or_else(|p| p.into_inner());
                     run_segment(&spec, &mut m, &seg_ctl)

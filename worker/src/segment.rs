@@ -5,12 +5,13 @@
 
 use crate::error::{MediaError, ModelError};
 use crate::inference::Stylizer;
-use crate::media::decode::{decode_range, DecodeRequest};
+use crate::media::decode::{decode_range_reusing, DecodeRequest, OpenDecoder};
 use crate::media::encode::{EncoderSettings, Geometry, SegmentEncoder};
 use crate::media::Frame;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tracing::info;
@@ -71,6 +72,9 @@ pub struct SegmentControl<'a> {
     pub limit: &'a AtomicU64,
     /// Called with each finished chunk, in order, to commit it.
     pub on_chunk: &'a (dyn Fn(ChunkDone) + Sync),
+    /// The pipeline's decoder left open by its last range, reused when this range reads the
+    /// same input (media/decode.rs); None: a new decoder for every range.
+    pub decoder: Option<&'a Mutex<Option<OpenDecoder>>>,
 }
 
 /// The size frames are stylized at: the source size, or scaled so the longer side fits `max_size`.
@@ -173,11 +177,18 @@ pub fn run_segment(
                     nv12,
                 };
                 let mut i = start;
-                decode_range(&req, &mut |f| {
+                let slot = ctl.decoder;
+                let mut kept =
+                    slot.and_then(|m| m.lock().unwrap_or_else(|p| p.into_inner()).take());
+                let r = decode_range_reusing(&req, &mut kept, &mut |f| {
                     let go = within(i) && dec_tx.send(f).is_ok();
                     i += 1;
                     go
-                })
+                });
+                if let Some(m) = slot {
+                    *m.lock().unwrap_or_else(|p| p.into_inner()) = kept;
+                }
+                r
             })
             .map_err(spawn_err)?;
         // Finishing a chunk (x264's last frames, the MP4 index) runs here, off the encode
@@ -430,6 +441,7 @@ mod tests {
             cancel: &cancel,
             limit: &limit,
             on_chunk: &record,
+            decoder: None,
         };
         let n = run_segment(&spec, &mut model, &ctl).unwrap();
         (n, chunks.into_inner().unwrap(), model, dir, out)

@@ -63,23 +63,108 @@ pub(crate) fn decode_range_counted(
     req: &DecodeRequest,
     on_frame: &mut dyn FnMut(Frame) -> bool,
 ) -> Result<Counts, MediaError> {
-    match decode_once(req, req.seek_ns, on_frame)? {
-        Outcome::Done(c) => Ok(c),
+    decode_range_kept(req, &mut None, on_frame)
+}
+
+/// A decode pipeline left open after its range, so the next range of the same input (a
+/// pipeline's next lease, usually) starts with a flushing seek instead of a new pipeline: no
+/// new demuxer reading the file's index, no new decoder (NVDEC's takes 0.15–0.2 s to open), no
+/// preroll from the file's start before the seek.
+pub struct OpenDecoder {
+    key: DecoderKey,
+    pipeline: gst::Pipeline,
+    sink: gst_app::AppSink,
+    /// The range's first wanted timestamp: frames before it are dropped as they leave the
+    /// decoder (0 = keep all, as during a new pipeline's preroll).
+    first: Arc<AtomicU64>,
+    lead_in: Arc<AtomicU64>,
+    _stop: Stopper,
+}
+
+/// What must match for a range to reuse an open decoder: the same file (not only the same
+/// name: a file replaced at that path is another input) read the same way.
+#[derive(Debug, Clone, PartialEq)]
+struct DecoderKey {
+    path: std::path::PathBuf,
+    /// Device, inode, length and modification time; None for a URL (signed per lease, so a
+    /// decoder reading one is never kept).
+    file: Option<(u64, u64, u64, std::time::SystemTime)>,
+    size: Option<(u32, u32)>,
+    threads: u32,
+    nvdec: Option<u32>,
+    nv12: bool,
+}
+
+impl DecoderKey {
+    fn of(req: &DecodeRequest) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let file = (!super::is_remote(req.path))
+            .then(|| std::fs::metadata(req.path).ok())
+            .flatten()
+            .and_then(|m| Some((m.dev(), m.ino(), m.len(), m.modified().ok()?)));
+        Self {
+            path: req.path.to_path_buf(),
+            file,
+            size: req.size,
+            threads: req.threads,
+            nvdec: req.nvdec,
+            nv12: req.nv12,
+        }
+    }
+
+    fn reusable(&self) -> bool {
+        self.file.is_some()
+    }
+}
+
+/// As `decode_range`, through `kept`: a decoder left open by an earlier range of the same input
+/// is reused (any other is closed), and this range's decoder is left there afterwards unless it
+/// failed.
+pub fn decode_range_reusing(
+    req: &DecodeRequest,
+    kept: &mut Option<OpenDecoder>,
+    on_frame: &mut dyn FnMut(Frame) -> bool,
+) -> Result<u64, MediaError> {
+    decode_range_kept(req, kept, on_frame).map(|c| c.delivered)
+}
+
+pub(crate) fn decode_range_kept(
+    req: &DecodeRequest,
+    kept: &mut Option<OpenDecoder>,
+    on_frame: &mut dyn FnMut(Frame) -> bool,
+) -> Result<Counts, MediaError> {
+    check_input(req.path)?;
+    super::init()?;
+    if req.frame_pts.is_empty() {
+        return Ok(Counts::default());
+    }
+    let key = DecoderKey::of(req);
+    // Taken out: on an error it is dropped (closed) rather than put back.
+    let mut dec = match kept.take() {
+        Some(d) if d.key == key && key.reusable() => Some(d),
+        _ => None,
+    };
+    let counts = match decode_once(req, &mut dec, req.seek_ns, on_frame)? {
+        Outcome::Done(c) => c,
         // The seek landed after the first wanted frame (timestamps vs stream time): decode from the start.
-        Outcome::Overshot => match decode_once(req, 0, on_frame)? {
-            Outcome::Done(c) => Ok(Counts {
+        Outcome::Overshot => match decode_once(req, &mut dec, 0, on_frame)? {
+            Outcome::Done(c) => Counts {
                 restarted: true,
                 ..c
-            }),
-            Outcome::Overshot => Err(MediaError::Corrupt {
-                path: req.path.into(),
-                detail: format!(
-                    "frame at {} ns never decoded",
-                    req.frame_pts.first().copied().unwrap_or(0)
-                ),
-            }),
+            },
+            Outcome::Overshot => {
+                return Err(MediaError::Corrupt {
+                    path: req.path.into(),
+                    detail: format!(
+                        "frame at {} ns never decoded",
+                        req.frame_pts.first().copied().unwrap_or(0)
+                    ),
+                })
+            }
         },
-    }
+    };
+    *kept = dec.filter(|d| d.key.reusable());
+    Ok(counts)
 }
 
 enum Outcome {
@@ -87,20 +172,12 @@ enum Outcome {
     Overshot,
 }
 
-fn decode_once(
-    req: &DecodeRequest,
-    seek_ns: u64,
-    on_frame: &mut dyn FnMut(Frame) -> bool,
-) -> Result<Outcome, MediaError> {
+/// A new decode pipeline for `req`, built but not started; its lead-in probe keeps every frame
+/// until `first` is set.
+fn build(req: &DecodeRequest) -> Result<OpenDecoder, MediaError> {
     let path = req.path;
-    let began = Instant::now();
-    check_input(path)?;
-    super::init()?;
-    if req.frame_pts.is_empty() {
-        return Ok(Outcome::Done(Counts::default()));
-    }
     let pipeline = gst::Pipeline::new();
-    let _stop = Stopper(pipeline.clone());
+    let stop = Stopper(pipeline.clone());
     if let Some(gpu) = req.nvdec {
         super::cuda_context::share(&pipeline, gpu);
     }
@@ -179,33 +256,82 @@ fn decode_once(
     // converted up to 250 frames only to drop them. (An accurate seek would have the decoder
     // drop them, but B-frame streams start their timestamps after zero and the demuxer's seek
     // position is not a timestamp, so it cut wanted frames; these timestamps are the probe's.)
-    // Installed after the pause before a seek: that pause waits for a first frame, which
-    // dropping would turn into decoding from the start of the file up to the range.
+    // Off (first = 0) during a new pipeline's pause before a seek: that pause waits for a first
+    // frame, which dropping would turn into decoding from the start of the file up to the range.
     let lead_in = Arc::new(AtomicU64::new(0));
-    let drop_lead_in = || {
-        if let (Some(pad), Some(&first)) = (convert.static_pad("sink"), req.frame_pts.first()) {
-            let lead_in = lead_in.clone();
-            pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-                match info.buffer().and_then(|b| b.pts()) {
-                    Some(pts) if pts.nseconds() < first => {
-                        lead_in.fetch_add(1, Ordering::Relaxed);
-                        // Handled, not Drop: the binding has already taken the buffer (and
-                        // frees it), and GStreamer 1.22 would unref it again on Drop.
-                        gst::PadProbeReturn::Handled
-                    }
-                    _ => gst::PadProbeReturn::Ok,
+    let first = Arc::new(AtomicU64::new(0));
+    if let Some(pad) = convert.static_pad("sink") {
+        let (lead_in, first) = (lead_in.clone(), first.clone());
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            match info.buffer().and_then(|b| b.pts()) {
+                Some(pts) if pts.nseconds() < first.load(Ordering::Relaxed) => {
+                    lead_in.fetch_add(1, Ordering::Relaxed);
+                    // Handled, not Drop: the binding has already taken the buffer (and
+                    // frees it), and GStreamer 1.22 would unref it again on Drop.
+                    gst::PadProbeReturn::Handled
                 }
-            });
-        }
+                _ => gst::PadProbeReturn::Ok,
+            }
+        });
+    }
+    Ok(OpenDecoder {
+        key: DecoderKey::of(req),
+        pipeline,
+        sink,
+        first,
+        lead_in,
+        _stop: stop,
+    })
+}
+
+/// Decodes `req`'s range with `dec` (built now when None; a kept one seeks), from `seek_ns`.
+fn decode_once(
+    req: &DecodeRequest,
+    dec: &mut Option<OpenDecoder>,
+    seek_ns: u64,
+    on_frame: &mut dyn FnMut(Frame) -> bool,
+) -> Result<Outcome, MediaError> {
+    let path = req.path;
+    let began = Instant::now();
+    let reused = dec.is_some();
+    let d = match dec {
+        Some(d) => d,
+        None => dec.insert(build(req)?),
     };
-    if seek_ns > 0 {
-        set_state(&pipeline, path, gst::State::Paused, "opening the input")?;
+    let (pipeline, sink) = (&d.pipeline, &d.sink);
+    let err = |e: &dyn std::fmt::Display| MediaError::Pipeline {
+        path: path.into(),
+        what: "decoding",
+        detail: e.to_string(),
+    };
+    let lead_in = d.lead_in.clone();
+    lead_in.store(0, Ordering::Relaxed);
+    let first = req.frame_pts.first().copied().unwrap_or(0);
+    let drop_lead_in = || d.first.store(first, Ordering::Relaxed);
+    let seek = |pos: u64| {
+        pipeline
+            .seek_simple(
+                gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT | gst::SeekFlags::SNAP_BEFORE,
+                gst::ClockTime::from_nseconds(pos),
+            )
+            .map_err(|e| MediaError::Pipeline {
+                path: path.into(),
+                what: "seeking",
+                detail: e.to_string(),
+            })
+    };
+    if reused {
+        // Still playing from the last range: a flushing seek drops what it had decoded ahead.
+        drop_lead_in();
+        seek(seek_ns)?;
+    } else if seek_ns > 0 {
+        set_state(pipeline, path, gst::State::Paused, "opening the input")?;
         let (res, _, _) = pipeline.state(gst::ClockTime::from_seconds(
             req.stall_timeout.as_secs().max(1),
         ));
         if res.is_err() {
             return Err(
-                super::bus_error(&pipeline, path, "opening the input").unwrap_or(
+                super::bus_error(pipeline, path, "opening the input").unwrap_or(
                     MediaError::Timeout {
                         path: path.into(),
                         secs: req.stall_timeout.as_secs(),
@@ -215,20 +341,13 @@ fn decode_once(
             );
         }
         drop_lead_in();
-        pipeline
-            .seek_simple(
-                gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT | gst::SeekFlags::SNAP_BEFORE,
-                gst::ClockTime::from_nseconds(seek_ns),
-            )
-            .map_err(|e| MediaError::Pipeline {
-                path: path.into(),
-                what: "seeking",
-                detail: e.to_string(),
-            })?;
+        seek(seek_ns)?;
     } else {
         drop_lead_in();
     }
-    set_state(&pipeline, path, gst::State::Playing, "decoding")?;
+    if !reused {
+        set_state(pipeline, path, gst::State::Playing, "decoding")?;
+    }
     let playing_ms = began.elapsed().as_millis() as u64;
     let mut first_sample_ms = None;
     let mut dropped = 0u64;
@@ -238,7 +357,7 @@ fn decode_once(
     let mut last_progress = Instant::now();
     let mut info: Option<gst_video::VideoInfo> = None;
     while next < wanted.len() {
-        if let Some(e) = super::bus_error(&pipeline, path, "decoding") {
+        if let Some(e) = super::bus_error(pipeline, path, "decoding") {
             return Err(e);
         }
         let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) else {
@@ -471,7 +590,7 @@ fn pack_nv12(
 
 #[cfg(test)]
 mod tests {
-    use super::{decode_range_counted, nvidia_decoder_gpu, DecodeRequest};
+    use super::{decode_range_counted, decode_range_kept, nvidia_decoder_gpu, DecodeRequest};
     use std::time::Duration;
 
     fn request<'a>(path: &'a std::path::Path, pts: &'a [u64], seek_ns: u64) -> DecodeRequest<'a> {
@@ -583,6 +702,97 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// One decoder kept open across ranges (forward, backward, from the start, the last frames,
+    /// one stopped early) delivers exactly what a new decoder per range does, and is left open
+    /// after each; another file at the same path, or another frame size, gets a new one.
+    #[test]
+    fn a_kept_decoder_seeks_to_each_next_range_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gop.mp4");
+        let p = crate::media::test_clip(&path, 40);
+        let mut all = Vec::new();
+        decode_range_counted(&request(&path, &p.frame_pts, 0), &mut |f| {
+            all.push(f);
+            true
+        })
+        .unwrap();
+        let key_before = |start: usize| {
+            *p.keyframes
+                .iter()
+                .filter(|&&k| k as usize <= start)
+                .max()
+                .unwrap() as usize
+        };
+        let mut kept = None;
+        let mut pipeline = None;
+        for (start, end, stop_after) in [
+            (13usize, 20usize, None),
+            (30, 40, None),
+            (5, 12, None),
+            (0, 8, Some(3usize)),
+            (23, 29, None),
+            (34, 40, None),
+        ] {
+            let seek = if start == 0 {
+                0
+            } else {
+                p.frame_pts[key_before(start)]
+            };
+            let mut got = Vec::new();
+            let counts = decode_range_kept(
+                &request(&path, &p.frame_pts[start..end], seek),
+                &mut kept,
+                &mut |f| {
+                    got.push(f);
+                    stop_after.is_none_or(|n| got.len() < n)
+                },
+            )
+            .unwrap();
+            let want = stop_after.map_or(end - start, |n| n);
+            assert_eq!(got.len(), want, "range {start}..{end}");
+            assert_eq!(counts.delivered as usize, want);
+            assert!(!counts.restarted, "range {start}..{end}: the seek overshot");
+            for (i, f) in got.iter().enumerate() {
+                assert_eq!(f.pts, all[start + i].pts, "range {start}..{end}, frame {i}");
+                assert!(
+                    f.data == all[start + i].data,
+                    "range {start}..{end}, frame {i}"
+                );
+            }
+            // The same pipeline every time.
+            let now = kept.as_ref().map(|d| d.pipeline.clone()).unwrap();
+            assert!(pipeline
+                .as_ref()
+                .is_none_or(|p: &gstreamer::Pipeline| *p == now));
+            pipeline = Some(now);
+        }
+        // Another frame size: a new decoder.
+        let small = DecodeRequest {
+            size: Some((48, 32)),
+            ..request(&path, &p.frame_pts[0..4], 0)
+        };
+        let mut widths = Vec::new();
+        decode_range_kept(&small, &mut kept, &mut |f| {
+            widths.push(f.width);
+            true
+        })
+        .unwrap();
+        assert_eq!(widths, [48; 4]);
+        let resized = kept.as_ref().map(|d| d.pipeline.clone()).unwrap();
+        assert!(pipeline.as_ref().is_some_and(|p| *p != resized));
+        // A new file at the same path is another input: a new decoder reads it.
+        std::fs::remove_file(&path).unwrap();
+        let q = crate::media::test_clip(&path, 12);
+        let mut n = 0;
+        decode_range_kept(&request(&path, &q.frame_pts, 0), &mut kept, &mut |_| {
+            n += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(n, 12);
+        assert!(kept.as_ref().is_some_and(|d| d.pipeline != resized));
     }
 
     #[test]
