@@ -773,10 +773,20 @@ fn run_assemble(
         }
     }
     let tmp = partial_path(&output, lease_id);
+    let began = std::time::Instant::now();
     let result =
         assemble(&input, &segs, media.audio_streams, &tmp, ASSEMBLE_TIMEOUT).and_then(|frames| {
+            let stitched = began.elapsed();
             // Verify before the output becomes visible: every frame and every audio stream is there.
             let check = probe(&tmp, PROBE_TIMEOUT)?;
+            // Where an assembly's time goes (the job waits for all of it).
+            info!(
+                frames,
+                files = segs.len(),
+                stitch_ms = stitched.as_millis() as u64,
+                check_ms = (began.elapsed() - stitched).as_millis() as u64,
+                "output assembled"
+            );
             if check.frame_pts.len() as u64 != media.frame_count || frames != media.frame_count {
                 return Err(MediaError::Corrupt {
                     path: tmp.clone(),
