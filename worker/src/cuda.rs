@@ -353,22 +353,11 @@ impl Pinned {
     /// # Safety
     /// `dst` is live device memory of at least `len` bytes that no queued work still reads.
     pub unsafe fn to_device(&self, dst: u64, len: usize) -> Result<(), String> {
-        if len > self.len {
-            return Err(format!(
-                "copy of {len} bytes from a {}-byte buffer",
-                self.len
-            ));
-        }
-        let d = driver()?;
-        // SAFETY: the caller vouches for dst; the source holds len bytes.
-        unsafe {
-            make_current(d, self.ctx as *mut c_void)?;
-            check(
-                d,
-                (d.memcpy_htod)(dst, self.ptr.cast(), len),
-                "cuMemcpyHtoD",
-            )
-        }
+        let src = self.ptr.cast();
+        // SAFETY: the caller vouches for dst; `copy` checks the source holds len bytes.
+        self.copy(len, "cuMemcpyHtoD", |d| unsafe {
+            (d.memcpy_htod)(dst, src, len)
+        })
     }
 
     /// Copies `len` bytes from device address `src` on the buffer's GPU into the buffer's
@@ -377,22 +366,30 @@ impl Pinned {
     /// # Safety
     /// `src` is live device memory of at least `len` bytes whose writers have finished.
     pub unsafe fn from_device(&mut self, src: u64, len: usize) -> Result<(), String> {
+        let dst = self.ptr.cast();
+        // SAFETY: the caller vouches for src; `copy` checks the destination holds len bytes.
+        self.copy(len, "cuMemcpyDtoH", |d| unsafe {
+            (d.memcpy_dtoh)(dst, src, len)
+        })
+    }
+
+    /// Runs one copy of `len` bytes of this buffer with its GPU's context current.
+    fn copy(
+        &self,
+        len: usize,
+        call: &str,
+        f: impl FnOnce(&Driver) -> CuResult,
+    ) -> Result<(), String> {
         if len > self.len {
             return Err(format!(
-                "copy of {len} bytes into a {}-byte buffer",
+                "{call} of {len} bytes with a {}-byte buffer",
                 self.len
             ));
         }
         let d = driver()?;
-        // SAFETY: the caller vouches for src; the destination holds len bytes.
-        unsafe {
-            make_current(d, self.ctx as *mut c_void)?;
-            check(
-                d,
-                (d.memcpy_dtoh)(self.ptr.cast(), src, len),
-                "cuMemcpyDtoH",
-            )
-        }
+        // SAFETY: the context was retained for this buffer in `new` and is never destroyed.
+        unsafe { make_current(d, self.ctx as *mut c_void)? };
+        check(d, f(d), call)
     }
 }
 

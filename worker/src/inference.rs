@@ -100,6 +100,9 @@ pub enum ImageLayout {
 
 /// One loaded model, ready to stylize frames of any size.
 pub struct Stylizer {
+    /// CUDA graphs for byte-image runs (`CudaOptions::graph`). Declared before the session so
+    /// that their buffers go back to its allocator before it is dropped.
+    graphs: Option<GraphRuns>,
     /// None in the synthetic mode used by scheduler benchmarks.
     session: Option<Session>,
     cfg: ModelConfig,
@@ -123,8 +126,6 @@ pub struct Stylizer {
     /// The model's image input takes NV12 too (optimize::pixels_in): the name of its input
     /// for the conversion.
     yuv_input: Option<String>,
-    /// CUDA graphs for byte-image runs (`CudaOptions::graph`).
-    graphs: Option<GraphRuns>,
     /// Runs outside a graph on a session made with graphs (see graph_run::plain_options).
     plain_options: Option<RunOptions<NoSelectedOutputs>>,
 }

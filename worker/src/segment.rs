@@ -194,11 +194,14 @@ pub fn run_segment(
         // Finishing a chunk (x264's last frames, the MP4 index) runs here, off the encode
         // thread, so the next chunk's frames go to its encoder meanwhile instead of the whole
         // pipeline waiting on the flush every chunk (in order: chunks are committed in order).
-        let (fin_tx, fin_rx) = sync_channel::<(u64, u64, PathBuf, SegmentEncoder)>(1);
+        // Each chunk goes with its span, so finishing (and its errors) is logged inside it.
+        type Finish = ((u64, u64, PathBuf, SegmentEncoder), tracing::Span);
+        let (fin_tx, fin_rx) = sync_channel::<Finish>(1);
         let finisher = named("fw-finish")
             .spawn_scoped(s, move || -> Result<u64, MediaError> {
                 let mut committed = 0u64;
-                for (first, end, path, encoder) in fin_rx {
+                for ((first, end, path, encoder), span) in fin_rx {
+                    let _in_chunk = span.enter();
                     encoder.finish(STALL)?;
                     committed += end - first;
                     (ctl.on_chunk)(ChunkDone {
@@ -213,7 +216,8 @@ pub fn run_segment(
         let enc = named("fw-encode").spawn_scoped(s, move || -> Result<Duration, MediaError> {
             let mut busy = Duration::ZERO;
             let mut current: Option<(u64, u64, PathBuf, SegmentEncoder)> = None; // first, end, path, encoder
-            let mut _chunk_span = tracing::Span::none(); // open while its chunk is encoded
+            // Open while its chunk is encoded, then handed to the finishing thread with it.
+            let mut _chunk_span = tracing::Span::none();
             for (i, f) in enc_rx {
                 // A steal may end the range anywhere, inside a chunk too (at a keyframe): that
                 // chunk then ends at the new end, and frames past it are not this range's.
@@ -246,11 +250,11 @@ pub fn run_segment(
                 if i + 1 == *end {
                     if let Some(chunk) = current.take() {
                         let t = Instant::now();
-                        if fin_tx.send(chunk).is_err() {
+                        let span = std::mem::replace(&mut _chunk_span, tracing::Span::none());
+                        if fin_tx.send((chunk, span)).is_err() {
                             break; // finishing failed; its error is reported below
                         }
                         busy += t.elapsed();
-                        _chunk_span = tracing::Span::none();
                     }
                 }
             }
