@@ -180,9 +180,11 @@ PY
         snap() { { for q in $rpid $(pgrep -P $rpid); do echo "(process) $(awk '{print $14+$15}' /proc/$q/stat)"; done
             for t in $(for q in $rpid $(pgrep -P $rpid); do echo /proc/$q/task/*; done); do echo "$(tr -d '0-9' < $t/comm | tr ' ' _) $(awk '{print $14+$15}' $t/stat)"; done; } 2>/dev/null \
           | awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort; }
-        snap > "$OUT/t1"; sleep 4; snap > "$OUT/t2"
-        echo "   CPU cores busy by thread kind (over 4 s; $(nproc) cores; (process) = all threads):"
-        join "$OUT/t1" "$OUT/t2" | awk '{d = ($3 - $2) / 400; if (d > 0.05) printf "     %-18s %.2f\n", $1, d}' | sort -k2 -rn | head -14
+        # The window is timed: reading hundreds of threads' stats takes a while itself.
+        a=$(date +%s.%N); snap > "$OUT/t1"; sleep 4; b=$(date +%s.%N); snap > "$OUT/t2"
+        echo "   CPU cores busy by thread kind (over $(awk -v a=$a -v b=$b 'BEGIN {printf "%.1f", b - a}') s; $(nproc) cores; (process) = all threads):"
+        join "$OUT/t1" "$OUT/t2" | awk -v w="$(awk -v a=$a -v b=$b 'BEGIN {print (b - a) * 100}')" \
+          '{d = ($3 - $2) / w; if (d > 0.05) printf "     %-18s %.2f\n", $1, d}' | sort -k2 -rn | head -14
         wait $rpid
         grep -h "wrote\|error" "$OUT/run-g$g-p$p-b$b.log" | tail -2
         stages "$OUT/run-g$g-p$p-b$b.log"

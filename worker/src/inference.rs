@@ -566,15 +566,14 @@ impl Stylizer {
             let gi = GraphInputs {
                 image: (&self.cfg.input, *shape, data),
                 yuv,
-                floats: floats.clone(),
+                floats: &floats,
                 output: (&self.cfg.output, [n, ph, pw, 3]),
             };
-            if graphs.takes(&gi) {
-                match graphs.run(session, &gi) {
-                    Ok(out) => return Ok(crop_nhwc(out, n, (w, h), (pw, ph), pool, frame_of)),
-                    // This frame and the session's later ones run without graphs instead.
-                    Err(e) => graph_failed = Some(e),
-                }
+            match graphs.run(session, &gi) {
+                Ok(Some(out)) => return Ok(crop_nhwc(out, n, (w, h), (pw, ph), pool, frame_of)),
+                Ok(None) => {} // no room for another graph: this shape runs without
+                // This frame and the session's later ones run without graphs instead.
+                Err(e) => graph_failed = Some(e),
             }
         }
         if let Some(e) = graph_failed {

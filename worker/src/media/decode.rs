@@ -139,15 +139,13 @@ pub(crate) fn decode_range_kept(
         return Ok(Counts::default());
     }
     let key = DecoderKey::of(req);
-    // Taken out: on an error it is dropped (closed) rather than put back.
-    let mut dec = match kept.take() {
-        Some(d) if d.key == key && key.reusable() => Some(d),
-        _ => None,
-    };
-    let counts = match decode_once(req, &mut dec, req.seek_ns, on_frame)? {
+    // Taken out: on an error it is dropped (closed) rather than put back. Only a reusable one
+    // is ever kept, so an equal key is reusable too.
+    let mut dec = kept.take().filter(|d| d.key == key);
+    let counts = match decode_once(req, &key, &mut dec, req.seek_ns, on_frame)? {
         Outcome::Done(c) => c,
         // The seek landed after the first wanted frame (timestamps vs stream time): decode from the start.
-        Outcome::Overshot => match decode_once(req, &mut dec, 0, on_frame)? {
+        Outcome::Overshot => match decode_once(req, &key, &mut dec, 0, on_frame)? {
             Outcome::Done(c) => Counts {
                 restarted: true,
                 ..c
@@ -174,7 +172,7 @@ enum Outcome {
 
 /// A new decode pipeline for `req`, built but not started; its lead-in probe keeps every frame
 /// until `first` is set.
-fn build(req: &DecodeRequest) -> Result<OpenDecoder, MediaError> {
+fn build(req: &DecodeRequest, key: DecoderKey) -> Result<OpenDecoder, MediaError> {
     let path = req.path;
     let pipeline = gst::Pipeline::new();
     let stop = Stopper(pipeline.clone());
@@ -275,7 +273,7 @@ fn build(req: &DecodeRequest) -> Result<OpenDecoder, MediaError> {
         });
     }
     Ok(OpenDecoder {
-        key: DecoderKey::of(req),
+        key,
         pipeline,
         sink,
         first,
@@ -284,9 +282,11 @@ fn build(req: &DecodeRequest) -> Result<OpenDecoder, MediaError> {
     })
 }
 
-/// Decodes `req`'s range with `dec` (built now when None; a kept one seeks), from `seek_ns`.
+/// Decodes `req`'s range with `dec` (built for `key` when None; a kept one seeks), from
+/// `seek_ns`.
 fn decode_once(
     req: &DecodeRequest,
+    key: &DecoderKey,
     dec: &mut Option<OpenDecoder>,
     seek_ns: u64,
     on_frame: &mut dyn FnMut(Frame) -> bool,
@@ -296,7 +296,7 @@ fn decode_once(
     let reused = dec.is_some();
     let d = match dec {
         Some(d) => d,
-        None => dec.insert(build(req)?),
+        None => dec.insert(build(req, key.clone())?),
     };
     let (pipeline, sink) = (&d.pipeline, &d.sink);
     let err = |e: &dyn std::fmt::Display| MediaError::Pipeline {
