@@ -139,6 +139,14 @@ fn start_workers(
         }
         i += 1;
     }
+    // The media lane probes and assembles beside the pipelines (numbered after them, so the
+    // autoscaler counts it as this worker's).
+    if cfg.media_lane {
+        if let Some(first) = ws.first() {
+            let lane = first.media_lane(id(ws.len()));
+            ws.push(lane);
+        }
+    }
     Ok(ws)
 }
 
@@ -276,7 +284,9 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     // job is submitted once every pipeline has registered, so GPUs that cannot run fail the
     // command before any job exists.
     if let (Some(f), Some(gpus)) = (fleet.as_mut(), &split) {
-        let want: usize = gpus.iter().map(|(_, n)| n).sum();
+        // Every pipeline, and each process's media lane.
+        let lanes = if cfg.worker.media_lane { gpus.len() } else { 0 };
+        let want: usize = gpus.iter().map(|(_, n)| n).sum::<usize>() + lanes;
         let ready = rt.block_on(async {
             while coord.workers_seen_since(since_ms).await < want {
                 tokio::select! {

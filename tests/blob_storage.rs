@@ -317,6 +317,7 @@ fn worker_urls_reach_one_blob_each_and_nothing_else() {
         let lease = w
             .lease_task(pb::LeaseTaskRequest {
                 worker_id: "probe-w".into(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -392,6 +393,7 @@ fn worker_urls_reach_one_blob_each_and_nothing_else() {
             let r = w
                 .lease_task(pb::LeaseTaskRequest {
                     worker_id: "probe-w".into(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap()

@@ -798,6 +798,7 @@ fn coordinator_scale_benchmark() {
                     let r = c
                         .lease_task(LeaseTaskRequest {
                             worker_id: id.clone(),
+                            ..Default::default()
                         })
                         .await
                         .unwrap()
@@ -1204,6 +1205,7 @@ fn a_million_frame_video_fits_the_messages_and_oversized_requests_are_refused() 
         let media = sim_media(frames, 100, 250);
         let lease = || LeaseTaskRequest {
             worker_id: "w".into(),
+            ..Default::default()
         };
         let mut assembled = false;
         for _ in 0..100 {

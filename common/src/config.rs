@@ -373,6 +373,10 @@ pub struct WorkerConfig {
     /// Inference pipelines per GPU (each its own session, decoder, encoder and lease), so the
     /// GPU always has frames in flight and x264 gets every core.
     pub pipelines_per_gpu: usize,
+    /// A media lane beside the pipelines (its own lease): it probes and assembles, an assembly
+    /// stitching chunks while they are committed, so the output is nearly done when the last
+    /// segment ends and no model pipeline waits on the muxer.
+    pub media_lane: bool,
     /// With several GPUs, each GPU's pipelines run in a child process of their own: in one
     /// process the GPUs' pipelines slowed each other's inference (BENCHMARKS.md, issue 10).
     pub process_per_gpu: bool,
@@ -450,6 +454,7 @@ impl Default for WorkerConfig {
             device: "auto".into(),
             gpus: "all".into(),
             pipelines_per_gpu: 8,
+            media_lane: true,
             process_per_gpu: true,
             decoder: "cpu".into(),
             optimize: "auto".into(),

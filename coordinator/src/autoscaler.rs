@@ -972,6 +972,7 @@ mod tests {
             m.send(manager::tests::register("auto-1")).await.unwrap();
             let lease = manager::LeaseTask {
                 worker_id: "auto-1".into(),
+                media_only: false,
                 queued: std::time::Instant::now(),
             };
             assert!(manager::tests::ask(&m, lease).await.is_some());

@@ -162,6 +162,23 @@ impl Signer<'_> {
     }
 }
 
+/// Committed chunks (url, start, end) as an assembly reads them: each URL signed for reading.
+pub fn segment_outputs(
+    chunks: Vec<(String, u64, u64)>,
+    sign: &Signer,
+) -> Result<Vec<pb::SegmentOutput>, StorageError> {
+    chunks
+        .into_iter()
+        .map(|(url, start_frame, end_frame)| {
+            Ok(pb::SegmentOutput {
+                url: sign.read(&url)?,
+                start_frame,
+                end_frame,
+            })
+        })
+        .collect()
+}
+
 pub fn grant_to(
     g: Grant,
     ttl_ms: u64,
@@ -217,21 +234,14 @@ pub fn grant_to(
             segments,
             output_url,
             media,
+            streamed,
         } => Task::Assemble(pb::AssembleTask {
             input_url: sign.read(&input_url)?,
-            segments: segments
-                .into_iter()
-                .map(|(url, start_frame, end_frame)| {
-                    Ok(pb::SegmentOutput {
-                        url: sign.read(&url)?,
-                        start_frame,
-                        end_frame,
-                    })
-                })
-                .collect::<Result<_, StorageError>>()?,
+            segments: segment_outputs(segments, sign)?,
             output_write_url: sign.write(&output_url)?.unwrap_or_default(),
             output_url,
             media: Some(media_to(&media, true)),
+            streamed,
         }),
     };
     let log_write_url = if g.log_url.is_empty() {

@@ -2,7 +2,7 @@
 //! JobManager actor, convert the reply.
 
 use crate::auth::{require, Identity, Role, Tokens};
-use crate::convert::{completion_from, grant_to, job_to, params_from, Signer};
+use crate::convert::{completion_from, grant_to, job_to, params_from, segment_outputs, Signer};
 use crate::manager::{self, CoordError, JobManager, WorkerInfo};
 use actix::{Addr, MailboxError};
 use framewise_common::proto as pb;
@@ -373,6 +373,7 @@ impl pb::worker_service_server::WorkerService for Services {
             &self.manager,
             manager::LeaseTask {
                 worker_id: r.worker_id,
+                media_only: r.media_only,
                 queued: std::time::Instant::now(),
             },
         )
@@ -403,19 +404,36 @@ impl pb::worker_service_server::WorkerService for Services {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = req.into_inner();
-        let (keep_going, end_frame) = self
+        let reply = self
             .manager
             .send(manager::Heartbeat {
                 worker_id: r.worker_id,
                 lease_id: r.lease_id,
                 epoch: r.epoch,
                 frames_done: r.frames_done,
+                chunks_from: r.chunks_from,
             })
             .await
             .map_err(mailbox)?;
+        let (chunks, chunks_complete) = match reply.chunks {
+            Some(news) => {
+                let signer = Signer {
+                    blobs: &self.blobs,
+                    valid_for: self.sas_valid,
+                };
+                let chunks = segment_outputs(news.chunks, &signer).map_err(|e| {
+                    tracing::error!(error = %e, "cannot sign an assembly's chunk URLs");
+                    Status::internal(format!("signing the assembly's chunk URLs: {e}"))
+                })?;
+                (chunks, news.complete)
+            }
+            None => (Vec::new(), false),
+        };
         Ok(Response::new(pb::HeartbeatResponse {
-            keep_going,
-            end_frame,
+            keep_going: reply.keep_going,
+            end_frame: reply.end_frame,
+            chunks,
+            chunks_complete,
         }))
     }
 

@@ -499,6 +499,8 @@ impl Handler<Register> for JobManager {
 #[rtype(result = "Result<Durable<Option<Grant>>, CoordError>")]
 pub struct LeaseTask {
     pub worker_id: String,
+    /// A worker's media lane (Probe and Assemble tasks only).
+    pub media_only: bool,
     /// When the request was put in the mailbox (the wait there is a metric).
     pub queued: std::time::Instant,
 }
@@ -518,7 +520,10 @@ impl Handler<LeaseTask> for JobManager {
                 return Ok(None);
             }
             let lease_id = format!("lease-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-            match self.state.lease(&m.worker_id, lease_id, now, &self.rules) {
+            match self
+                .state
+                .lease_for(&m.worker_id, lease_id, now, &self.rules, m.media_only)
+            {
                 Some((grant, ch)) => {
                     self.commit(&ch)?;
                     self.metrics.leases_granted.inc();
@@ -538,12 +543,22 @@ impl Handler<LeaseTask> for JobManager {
 
 /// A worker renews its lease.
 #[derive(Message)]
-#[rtype(result = "(bool, u64)")]
+#[rtype(result = "HeartbeatReply")]
 pub struct Heartbeat {
     pub worker_id: String,
     pub lease_id: String,
     pub epoch: u64,
     pub frames_done: u64,
+    /// A streamed assembly asks for the committed chunks from this frame on.
+    pub chunks_from: Option<u64>,
+}
+
+/// Whether to keep going, where a Segment range now ends, and a streamed assembly's chunks.
+#[derive(Debug)]
+pub struct HeartbeatReply {
+    pub keep_going: bool,
+    pub end_frame: u64,
+    pub chunks: Option<crate::scheduler::ChunkNews>,
 }
 
 impl Handler<Heartbeat> for JobManager {
@@ -554,10 +569,18 @@ impl Handler<Heartbeat> for JobManager {
         self.touch(&m.worker_id, now);
         self.workers
             .heartbeat(&m.worker_id, &m.lease_id, m.frames_done, now);
-        MessageResult(
+        let (keep_going, end_frame) =
             self.state
-                .heartbeat(&m.lease_id, m.epoch, m.frames_done, now, &self.rules),
-        )
+                .heartbeat(&m.lease_id, m.epoch, m.frames_done, now, &self.rules);
+        let chunks = m
+            .chunks_from
+            .filter(|_| keep_going)
+            .and_then(|from| self.state.assembly_chunks(&m.lease_id, m.epoch, from));
+        MessageResult(HeartbeatReply {
+            keep_going,
+            end_frame,
+            chunks,
+        })
     }
 }
 
@@ -893,6 +916,7 @@ pub(crate) mod tests {
             ask(&m, submit("b")).await;
             let lease = |w: &str| LeaseTask {
                 worker_id: w.into(),
+                media_only: false,
                 queued: std::time::Instant::now(),
             };
             assert!(ask(&m, lease("auto-1")).await.is_some());

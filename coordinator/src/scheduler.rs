@@ -164,7 +164,17 @@ pub enum Work {
         segments: Vec<(String, u64, u64)>,
         output_url: String,
         media: Media,
+        /// Leased before every segment was committed: `segments` is the committed prefix, the
+        /// rest comes through [`State::assembly_chunks`].
+        streamed: bool,
     },
+}
+
+/// The chunks a streamed assembly asked for, and whether they reach the video's end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkNews {
+    pub chunks: Vec<(String, u64, u64)>,
+    pub complete: bool,
 }
 
 /// A worker's result for its lease.
@@ -199,6 +209,9 @@ pub struct State {
     /// Tasks that may be pending, in lease order (job created, job id, task index). A hint kept
     /// cheaply: an entry whose task is no longer pending, or whose job ended, is dropped when met.
     pending: BTreeSet<(u64, String, u32)>,
+    /// The Probe and Assemble tasks among `pending`: what a media lane may take, found without
+    /// walking a long queue of segments.
+    pending_media: BTreeSet<(u64, String, u32)>,
 }
 
 /// Which of a task's two possible leases a call is about.
@@ -333,6 +346,20 @@ impl State {
             {
                 errs.push(format!("pending task {}/{} not indexed", t.job_id, t.index));
             }
+            if t.state == TaskState::Pending
+                && !j.state.is_terminal()
+                && !matches!(t.kind, TaskKind::Segment { .. })
+                && !self
+                    .pending_media
+                    .contains(&(j.created_ms, t.job_id.clone(), t.index))
+            {
+                errs.push(format!(
+                    "pending {} task {}/{} not in the media lanes' index",
+                    t.kind_name(),
+                    t.job_id,
+                    t.index
+                ));
+            }
         }
         let urls: HashSet<String> = self
             .tasks
@@ -347,16 +374,25 @@ impl State {
 
     /// Adds a task (new tasks are pending) and indexes it.
     fn add_task(&mut self, t: Task) {
-        if t.state == TaskState::Pending {
-            self.mark_pending(&t.job_id, t.index);
+        let (key, pending) = ((t.job_id.clone(), t.index), t.state == TaskState::Pending);
+        self.tasks.insert(key.clone(), t);
+        if pending {
+            self.mark_pending(&key.0, key.1);
         }
-        self.tasks.insert((t.job_id.clone(), t.index), t);
     }
 
     /// Puts a task (already set pending) in the lease order.
     fn mark_pending(&mut self, job_id: &str, index: u32) {
         let created = self.jobs.get(job_id).map_or(0, |j| j.created_ms);
-        self.pending.insert((created, job_id.to_string(), index));
+        let entry = (created, job_id.to_string(), index);
+        let media = self
+            .tasks
+            .get(&(job_id.to_string(), index))
+            .is_some_and(|t| !matches!(t.kind, TaskKind::Segment { .. }));
+        if media {
+            self.pending_media.insert(entry.clone());
+        }
+        self.pending.insert(entry);
     }
 
     /// Takes a job out of the queue order once it ends.
@@ -366,21 +402,38 @@ impl State {
         }
     }
 
-    /// The oldest active job's first pending task, dropping stale hints on the way.
-    fn next_pending(&mut self) -> Option<(String, u32)> {
-        while let Some((_, job, index)) = self.pending.first() {
-            let key = (job.clone(), *index);
-            let live = self.jobs.get(job).is_some_and(|j| !j.state.is_terminal());
-            let pending = self
+    /// The oldest active job's first pending task a worker may take, dropping stale hints on the
+    /// way. A media lane takes only Probe and Assemble tasks; a model pipeline takes an Assemble
+    /// task only once every segment is committed (it would hold the pipeline idle while waiting).
+    fn next_pending(&mut self, media_only: bool) -> Option<(String, u32)> {
+        let index = if media_only {
+            &self.pending_media
+        } else {
+            &self.pending
+        };
+        let mut stale = Vec::new();
+        let mut found = None;
+        for entry in index {
+            let key = (entry.1.clone(), entry.2);
+            let job = self.jobs.get(&entry.1).filter(|j| !j.state.is_terminal());
+            let task = self
                 .tasks
                 .get(&key)
-                .is_some_and(|t| t.state == TaskState::Pending);
-            self.pending.pop_first();
-            if live && pending {
-                return Some(key);
+                .filter(|t| t.state == TaskState::Pending);
+            let (Some(job), Some(task)) = (job, task) else {
+                stale.push(entry.clone());
+                continue;
+            };
+            if media_only || task.kind != TaskKind::Assemble || job.state == JobState::Assembling {
+                found = Some(entry.clone());
+                break;
             }
         }
-        None
+        for e in stale.iter().chain(found.iter()) {
+            self.pending.remove(e);
+            self.pending_media.remove(e);
+        }
+        found.map(|(_, job, index)| (job, index))
     }
 
     /// Hands the oldest pending task of the oldest active job to `worker`; with none pending,
@@ -392,9 +445,23 @@ impl State {
         now: u64,
         rules: &Rules,
     ) -> Option<(Grant, Changes)> {
+        self.lease_for(worker, lease_id, now, rules, false)
+    }
+
+    /// [`State::lease`] for a model pipeline (`media_only` false) or a worker's media lane, which
+    /// takes only Probe and Assemble tasks and never steals or speculates.
+    pub fn lease_for(
+        &mut self,
+        worker: &str,
+        lease_id: String,
+        now: u64,
+        rules: &Rules,
+        media_only: bool,
+    ) -> Option<(Grant, Changes)> {
         let mut ch = Changes::default();
-        let key = match self.next_pending() {
+        let key = match self.next_pending(media_only) {
             Some(k) => k,
+            None if media_only => return None,
             None => match self.steal(&mut ch) {
                 Some(k) => k,
                 None => return self.speculate(worker, lease_id, now, rules),
@@ -475,12 +542,16 @@ impl State {
                     media: media.summary(),
                 }
             }
-            TaskKind::Assemble => Work::Assemble {
-                input_url: job.input_url.clone(),
-                segments: self.chunks_in_order(&job.id),
-                output_url: job.output_url.clone(),
-                media: media.clone(),
-            },
+            TaskKind::Assemble => {
+                let news = self.chunk_news(&job.id, 0);
+                Work::Assemble {
+                    input_url: job.input_url.clone(),
+                    segments: news.chunks,
+                    output_url: job.output_url.clone(),
+                    media: media.clone(),
+                    streamed: !news.complete,
+                }
+            }
         };
         let log = task_log_url(&rules.logs_url, &key.0, index, epoch);
         Some(Grant {
@@ -610,6 +681,38 @@ impl State {
             }
             None => 0,
         }
+    }
+
+    /// A job's committed chunks from frame `from` on, as far as they run without a gap, and
+    /// whether that is every chunk of a job whose segments are all committed.
+    fn chunk_news(&self, job_id: &str, from: u64) -> ChunkNews {
+        let mut chunks = Vec::new();
+        let mut next = from;
+        for c in self.chunks_in_order(job_id) {
+            if c.1 < next {
+                continue;
+            }
+            if c.1 > next {
+                break;
+            }
+            next = c.2;
+            chunks.push(c);
+        }
+        let complete = self
+            .jobs
+            .get(job_id)
+            .is_some_and(|j| j.state == JobState::Assembling);
+        ChunkNews { chunks, complete }
+    }
+
+    /// For a streamed assembly's heartbeat: the committed chunks from `from` on (see
+    /// [`State::chunk_news`]); `None` when the lease is not a current Assemble lease.
+    pub fn assembly_chunks(&self, lease_id: &str, epoch: u64, from: u64) -> Option<ChunkNews> {
+        let key = self.current(lease_id, epoch)?;
+        if self.tasks.get(&key)?.kind != TaskKind::Assemble {
+            return None;
+        }
+        Some(self.chunk_news(&key.0, from))
     }
 
     /// Every committed chunk of a job, in frame order.
@@ -823,7 +926,9 @@ impl State {
         (true, range_end, ch)
     }
 
-    /// Once every segment is committed, queues the Assemble task.
+    /// Once every segment is committed, the job is assembling: its Assemble task (queued with
+    /// the segments, see [`State::add_assembly`]) may go to any worker, and a streamed assembly
+    /// hears that its chunks are complete.
     fn maybe_assemble(&mut self, job_id: &str, ch: &mut Changes) {
         let all_done = self
             .tasks
@@ -836,9 +941,26 @@ impl State {
         if !all_done || job.state != JobState::Running {
             return;
         }
+        job.state = JobState::Assembling;
+        ch.job(job_id);
+        // Jobs planned before assemblies were queued with their segments have none yet.
+        let has = self
+            .tasks
+            .range(job_range(job_id))
+            .any(|(_, t)| t.kind == TaskKind::Assemble);
+        if !has {
+            self.add_assembly(job_id, ch);
+        }
+    }
+
+    /// Queues a job's Assemble task. A media lane may take it at once and stitch the chunks as
+    /// they are committed, so the output is nearly done when the last segment ends.
+    fn add_assembly(&mut self, job_id: &str, ch: &mut Changes) {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
         let idx = job.next_task;
         job.next_task += 1;
-        job.state = JobState::Assembling;
         ch.job(job_id);
         self.add_task(Task::new(job_id, idx, TaskKind::Assemble));
         ch.task(job_id, idx);
@@ -919,6 +1041,17 @@ impl State {
                     ch.task(&id, idx);
                 }
                 ch.job(&id);
+                self.add_assembly(&id, &mut ch);
+            }
+            (TaskKind::Assemble, Completion::Assemble { .. })
+                if self
+                    .jobs
+                    .get(&key.0)
+                    .is_some_and(|j| j.state != JobState::Assembling) =>
+            {
+                let err = "worker sent an assembly result before every segment was committed";
+                let (_, c) = self.fail(lease_id, epoch, err, false, now, rules);
+                return (false, merge(ch, c));
             }
             (TaskKind::Assemble, Completion::Assemble { .. }) => {
                 self.finish_task(&key, &worker, &mut ch);
@@ -1359,6 +1492,131 @@ pub(crate) mod tests {
             a = b;
         }
         out
+    }
+
+    #[test]
+    fn a_media_lane_assembles_while_segments_commit_and_pipelines_never_wait_on_it() {
+        let (mut s, r) = (State::default(), rules());
+        let id = submit(&mut s);
+        assert!(
+            s.lease_for("m", "none".into(), 0, &r, true).is_some(),
+            "a media lane takes a probe"
+        );
+        let (mut s, r) = (State::default(), rules());
+        s.submit(new_job("j1", "k"), 0, &r);
+        let (g, _) = s.lease("w0", "probe".into(), 0, &r).unwrap();
+        assert!(
+            s.complete("probe", g.epoch, Completion::Probe(media(25)), 1, &r)
+                .0
+        );
+        // Three segments are queued with the assembly; pipelines take only the segments.
+        let grants: Vec<Grant> = (0..3)
+            .map(|i| s.lease("w1", format!("s{i}"), 2, &r).unwrap().0)
+            .collect();
+        assert!(grants
+            .iter()
+            .all(|g| matches!(g.work, Work::Segment { .. })));
+        assert!(
+            s.lease("w2", "x".into(), 2, &r)
+                .is_none_or(|(g, _)| !matches!(g.work, Work::Assemble { .. })),
+            "a model pipeline never waits on an assembly"
+        );
+        let (a, _) = s.lease_for("m", "asm".into(), 2, &r, true).unwrap();
+        let Work::Assemble {
+            ref segments,
+            streamed,
+            ..
+        } = a.work
+        else {
+            panic!("the lane gets the assembly: {a:?}")
+        };
+        assert!(streamed && segments.is_empty());
+        assert!(
+            s.lease_for("m2", "y".into(), 2, &r, true).is_none(),
+            "a lane never takes a segment"
+        );
+        let news = |s: &State, from| s.assembly_chunks("asm", a.epoch, from).unwrap();
+        // The second segment's chunks are committed first: nothing contiguous from frame 0.
+        assert!(run_chunks(&mut s, &grants[1], 5).iter().all(|ok| *ok));
+        assert_eq!(news(&s, 0).chunks, vec![]);
+        let (ok, _, _) = s.commit_chunk("s0", grants[0].epoch, (0, 5), "file:///w/0.mp4".into(), 3);
+        assert!(ok);
+        let n = news(&s, 0);
+        assert_eq!(n.chunks, vec![("file:///w/0.mp4".to_string(), 0, 5)]);
+        assert!(!n.complete);
+        let (ok, _, _) =
+            s.commit_chunk("s0", grants[0].epoch, (5, 10), "file:///w/5.mp4".into(), 3);
+        assert!(ok);
+        let starts: Vec<u64> = news(&s, 5).chunks.iter().map(|c| c.1).collect();
+        assert_eq!(
+            starts,
+            vec![5, 10, 15],
+            "the first segment's end joins the second's"
+        );
+        // Finishing early is refused; the lease is requeued.
+        assert!(
+            !s.complete(
+                "asm",
+                a.epoch,
+                Completion::Assemble {
+                    output_url: "file:///out.mp4".into(),
+                    frames: 25
+                },
+                4,
+                &r
+            )
+            .0
+        );
+        assert!(
+            s.assembly_chunks("asm", a.epoch, 0).is_none(),
+            "that lease is gone"
+        );
+        let (a, _) = s.lease_for("m", "asm2".into(), 5, &r, true).unwrap();
+        assert!(run_chunks(&mut s, &grants[2], 5).iter().all(|ok| *ok));
+        let n = s.assembly_chunks("asm2", a.epoch, 20).unwrap();
+        assert!(n.complete, "every segment is committed");
+        assert_eq!(n.chunks, vec![("file:///w/20.mp4".to_string(), 20, 25)]);
+        assert_eq!(s.jobs[&id].state, JobState::Assembling);
+        assert!(
+            s.complete(
+                "asm2",
+                a.epoch,
+                Completion::Assemble {
+                    output_url: "file:///out.mp4".into(),
+                    frames: 25
+                },
+                6,
+                &r
+            )
+            .0
+        );
+        assert_eq!(s.jobs[&id].state, JobState::Succeeded);
+        assert!(s.index_errors().is_empty(), "{:?}", s.index_errors());
+    }
+
+    #[test]
+    fn an_assembly_waits_for_a_pipeline_until_every_segment_is_committed() {
+        let (mut s, r) = (State::default(), rules());
+        s.submit(new_job("j1", "k"), 0, &r);
+        let (g, _) = s.lease("w0", "probe".into(), 0, &r).unwrap();
+        assert!(
+            s.complete("probe", g.epoch, Completion::Probe(media(10)), 1, &r)
+                .0
+        );
+        let (g, _) = s.lease("w1", "s".into(), 2, &r).unwrap();
+        assert!(run_chunks(&mut s, &g, 5).iter().all(|ok| *ok));
+        // No lane in this pool: a pipeline takes the assembly, whole.
+        let (a, _) = s.lease("w1", "a".into(), 3, &r).unwrap();
+        let Work::Assemble {
+            ref segments,
+            streamed,
+            ..
+        } = a.work
+        else {
+            panic!("{a:?}")
+        };
+        assert!(!streamed);
+        assert_eq!(segments.len(), 2);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use crate::error::{MediaError, ModelError};
 use crate::inference::{runtime, Stylizer};
-use crate::media::assemble::{assemble, SegmentFile};
+use crate::media::assemble::{assemble_fed, SegmentFeed, SegmentFile};
 use crate::media::decode::OpenDecoder;
 use crate::media::encode::EncoderSettings;
 use crate::media::probe::{frame_duration_ns, probe, Probe};
@@ -27,6 +27,9 @@ use tracing::{info, warn};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(300);
 const ASSEMBLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How often a streamed assembly asks for newly committed chunks: the last segment's end waits
+/// at most this long before the assembly hears of it.
+const ASSEMBLY_POLL: Duration = Duration::from_millis(25);
 
 /// A worker that cannot start (its model or runtime is unusable).
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,8 @@ pub struct Worker {
     /// Model frames/s at `MEASURE_SIZE`, measured at start-up.
     model_fps: f64,
     device: Device,
+    /// A media lane: takes only Probe and Assemble tasks (see [`Worker::media_lane`]).
+    media_only: bool,
 }
 
 /// The frame size start-up throughput is measured at (and reported at, to compare workers).
@@ -150,7 +155,25 @@ impl Worker {
             decoder: Arc::new(Mutex::new(None)),
             model_fps,
             device,
+            media_only: false,
         })
+    }
+
+    /// This worker's media lane, registered as `id`: it probes and assembles (an assembly from
+    /// the moment the job's segments are planned, stitching chunks as they are committed), so
+    /// neither waits for nor holds a model pipeline. It shares the pipeline's loaded model,
+    /// which it never runs.
+    pub fn media_lane(&self, id: String) -> Worker {
+        Worker {
+            cfg: self.cfg.clone(),
+            id,
+            threads: 1,
+            model: self.model.clone(),
+            decoder: Arc::new(Mutex::new(None)),
+            model_fps: 0.0,
+            device: self.device,
+            media_only: true,
+        }
     }
 
     /// Points the worker at a coordinator (the embedded one's port is known only after it starts).
@@ -230,6 +253,7 @@ impl Worker {
             let resp = match client
                 .lease_task(proto::LeaseTaskRequest {
                     worker_id: self.id.clone(),
+                    media_only: self.media_only,
                 })
                 .await
             {
@@ -328,11 +352,18 @@ impl Worker {
             Task::Segment(s) => s.end_frame,
             _ => u64::MAX,
         };
+        // A streamed assembly asks for the chunks after those its lease listed.
+        let mut chunks_from = match &task {
+            Task::Assemble(a) if a.streamed => Some(a.segments.last().map_or(0, |c| c.end_frame)),
+            _ => None,
+        };
+        let (news_tx, news_rx) = std::sync::mpsc::channel();
         let ctl = Arc::new(TaskCtl {
             progress: AtomicU64::new(0),
             cancel: AtomicBool::new(false),
             limit: AtomicU64::new(limit),
             chunks: chunk_tx,
+            news: Mutex::new(Some(news_rx)),
         });
         let task_ctl = ctl.clone();
         let model = self.model.clone();
@@ -361,6 +392,8 @@ impl Worker {
         tokio::pin!(work);
         let mut tick = tokio::time::interval(hb_every);
         tick.tick().await;
+        let mut poll = tokio::time::interval(ASSEMBLY_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut released = false;
         loop {
             tokio::select! {
@@ -395,12 +428,44 @@ impl Worker {
                         Err(e) => warn!(worker_id = %self.id, job_id, error = %e.message(), "release failed; the lease will expire"),
                     }
                 }
+                _ = poll.tick(), if chunks_from.is_some() && !released => {
+                    let hb = proto::HeartbeatRequest {
+                        worker_id: self.id.clone(),
+                        lease_id: lease.lease_id.clone(),
+                        epoch: lease.epoch,
+                        frames_done: ctl.progress.load(Ordering::Relaxed),
+                        chunks_from,
+                    };
+                    match client.heartbeat(hb).await {
+                        Ok(r) if !r.get_ref().keep_going => {
+                            warn!(worker_id = %self.id, job_id, task_index, "lease lost; stopping the assembly");
+                            ctl.cancel.store(true, Ordering::Relaxed);
+                            chunks_from = None;
+                        }
+                        Ok(r) => {
+                            let r = r.into_inner();
+                            if let Some(last) = r.chunks.last() {
+                                chunks_from = Some(last.end_frame);
+                            }
+                            if r.chunks_complete {
+                                chunks_from = None;
+                            }
+                            if !r.chunks.is_empty() || r.chunks_complete {
+                                // Gone only when the assembly ended (it reports why).
+                                let _ = news_tx.send((r.chunks, r.chunks_complete));
+                            }
+                        }
+                        // The regular heartbeat warns; this one retries at the next poll.
+                        Err(e) => tracing::debug!(worker_id = %self.id, job_id, error = %e.message(), "asking for chunks failed"),
+                    }
+                }
                 _ = tick.tick() => {
                     let hb = proto::HeartbeatRequest {
                         worker_id: self.id.clone(),
                         lease_id: lease.lease_id.clone(),
                         epoch: lease.epoch,
                         frames_done: ctl.progress.load(Ordering::Relaxed),
+                        chunks_from: None,
                     };
                     match client.heartbeat(hb).await {
                         Ok(r) if !r.get_ref().keep_going => {
@@ -523,7 +588,13 @@ struct TaskCtl {
     /// Where a Segment lease's range now ends (heartbeat and chunk replies lower it).
     limit: AtomicU64,
     chunks: tokio::sync::mpsc::UnboundedSender<ReadyChunk>,
+    /// A streamed assembly's newly committed chunks, and whether they are the last (taken by
+    /// the assembly).
+    news: Mutex<Option<std::sync::mpsc::Receiver<ChunkNews>>>,
 }
+
+/// Chunks committed since the last news, and whether every chunk is now known.
+type ChunkNews = (Vec<proto::SegmentOutput>, bool);
 
 /// A chunk stored where the coordinator can find it, ready to commit.
 struct ReadyChunk {
@@ -710,7 +781,10 @@ fn run_task(
                 }
             }
         }
-        Task::Assemble(a) => run_assemble(a, lease_id, cancel, opts),
+        Task::Assemble(a) => {
+            let news = ctl.news.lock().unwrap_or_else(|p| p.into_inner()).take();
+            run_assemble(a, lease_id, cancel, news, opts)
+        }
     }
 }
 
@@ -718,10 +792,11 @@ fn run_assemble(
     a: proto::AssembleTask,
     lease_id: &str,
     cancel: &AtomicBool,
+    news: Option<std::sync::mpsc::Receiver<ChunkNews>>,
     opts: &TransferOptions,
 ) -> Outcome {
     use proto::complete_task_request::Result as R;
-    let media = a.media.unwrap_or_default();
+    let media = a.media.clone().unwrap_or_default();
     // With blob storage the output is assembled and verified here, then uploaded in one step.
     let remote_out = !a.output_write_url.is_empty();
     let output = if remote_out {
@@ -739,31 +814,16 @@ fn run_assemble(
             }
         }
     };
-    let mut segs = Vec::with_capacity(a.segments.len());
-    for s in &a.segments {
-        let path = match input_path(&s.url) {
-            Ok(p) => p,
-            Err(e) => {
-                return Outcome::Failed {
-                    error: e.to_string(),
-                    permanent: true,
-                }
-            }
-        };
-        let Some(offset) = media.frame_pts.get(s.start_frame as usize) else {
-            return Outcome::Failed {
-                error: format!("segment start {} outside the video", s.start_frame),
-                permanent: true,
-            };
-        };
-        // Frames go onto the source's playback timeline, where its audio also sits.
-        let offset_ns = (*offset as i64 + media.running_offset_ns).max(0) as u64;
-        segs.push(SegmentFile {
-            path,
-            offset_ns,
-            frames: s.end_frame - s.start_frame,
-        });
-    }
+    let mut feed = ChunkFeed {
+        first: Some(a.segments.clone()),
+        news: news.filter(|_| a.streamed),
+        media: &media,
+        cancel,
+        output: &output,
+        given: Vec::new(),
+        complete: !a.streamed,
+        last_news: None,
+    };
     if remote_out {
         if let Err(e) = std::fs::create_dir_all(scratch_dir(lease_id)) {
             return Outcome::Failed {
@@ -774,63 +834,73 @@ fn run_assemble(
     }
     let tmp = partial_path(&output, lease_id);
     let began = std::time::Instant::now();
-    let result =
-        assemble(&input, &segs, media.audio_streams, &tmp, ASSEMBLE_TIMEOUT).and_then(|frames| {
-            let stitched = began.elapsed();
-            // Verify before the output becomes visible: every frame and every audio stream is there.
-            let check = probe(&tmp, PROBE_TIMEOUT)?;
-            // Where an assembly's time goes (the job waits for all of it).
-            info!(
-                frames,
-                files = segs.len(),
-                stitch_ms = stitched.as_millis() as u64,
-                check_ms = (began.elapsed() - stitched).as_millis() as u64,
-                "output assembled"
-            );
-            if check.frame_pts.len() as u64 != media.frame_count || frames != media.frame_count {
-                return Err(MediaError::Corrupt {
-                    path: tmp.clone(),
-                    detail: format!(
-                        "assembled {} frames, the source has {}",
-                        check.frame_pts.len(),
-                        media.frame_count
-                    ),
-                });
-            }
-            if check.audio_streams != media.audio_streams {
-                return Err(MediaError::Corrupt {
-                    path: tmp.clone(),
-                    detail: format!(
-                        "assembled {} audio streams, the source has {}",
-                        check.audio_streams, media.audio_streams
-                    ),
-                });
-            }
-            if cancel.load(Ordering::Relaxed) {
-                return Err(MediaError::Write {
-                    path: output.clone(),
-                    detail: "cancelled before the output was published".into(),
-                });
-            }
-            if remote_out {
-                // Blocks, then one block list: the blob appears whole or not at all.
-                let bytes = sas::upload_file(&a.output_write_url, &tmp, opts).map_err(|e| {
-                    MediaError::Upload {
-                        url: a.output_url.clone(),
-                        detail: e.to_string(),
-                        refused: e.is_refusal(),
-                    }
-                })?;
-                info!(output = %a.output_url, bytes, "output uploaded");
-                let _ = std::fs::remove_file(&tmp);
-                return Ok(check);
-            }
-            std::fs::rename(&tmp, &output).map_err(|e| MediaError::Write {
+    let assembled = assemble_fed(
+        &input,
+        &mut feed,
+        media.audio_streams,
+        &tmp,
+        ASSEMBLE_TIMEOUT,
+    );
+    let segs = feed.given;
+    // A streamed assembly waited for the segments; the job waits for what follows the last one.
+    let ended = feed.last_news.unwrap_or(began);
+    let result = assembled.and_then(|frames| {
+        let stitched = ended.elapsed();
+        // Verify before the output becomes visible: every frame and every audio stream is there.
+        let check = probe(&tmp, PROBE_TIMEOUT)?;
+        // Where an assembly's time goes (the job waits for all of it).
+        info!(
+            frames,
+            files = segs.len(),
+            streamed = a.streamed,
+            stitch_ms = stitched.as_millis() as u64,
+            check_ms = (ended.elapsed() - stitched).as_millis() as u64,
+            "output assembled"
+        );
+        if check.frame_pts.len() as u64 != media.frame_count || frames != media.frame_count {
+            return Err(MediaError::Corrupt {
+                path: tmp.clone(),
+                detail: format!(
+                    "assembled {} frames, the source has {}",
+                    check.frame_pts.len(),
+                    media.frame_count
+                ),
+            });
+        }
+        if check.audio_streams != media.audio_streams {
+            return Err(MediaError::Corrupt {
+                path: tmp.clone(),
+                detail: format!(
+                    "assembled {} audio streams, the source has {}",
+                    check.audio_streams, media.audio_streams
+                ),
+            });
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Err(MediaError::Write {
                 path: output.clone(),
-                detail: e.to_string(),
+                detail: "cancelled before the output was published".into(),
+            });
+        }
+        if remote_out {
+            // Blocks, then one block list: the blob appears whole or not at all.
+            let bytes = sas::upload_file(&a.output_write_url, &tmp, opts).map_err(|e| {
+                MediaError::Upload {
+                    url: a.output_url.clone(),
+                    detail: e.to_string(),
+                    refused: e.is_refusal(),
+                }
             })?;
-            Ok(check)
-        });
+            info!(output = %a.output_url, bytes, "output uploaded");
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(check);
+        }
+        std::fs::rename(&tmp, &output).map_err(|e| MediaError::Write {
+            path: output.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(check)
+    });
     match result {
         Ok(check) => Outcome::Done(R::Assemble(proto::AssembleResult {
             output_url: a.output_url,
@@ -845,6 +915,109 @@ fn run_assemble(
             Outcome::Failed {
                 error: e.to_string(),
                 permanent,
+            }
+        }
+    }
+}
+
+/// The committed chunks an assembly stitches: those its lease listed, then (streamed) those the
+/// lease loop hears of while the job's other segments are still being stylized.
+struct ChunkFeed<'a> {
+    first: Option<Vec<proto::SegmentOutput>>,
+    news: Option<std::sync::mpsc::Receiver<ChunkNews>>,
+    media: &'a proto::MediaInfo,
+    cancel: &'a AtomicBool,
+    output: &'a Path,
+    /// Every file given so far (a failure naming one of them is the chunk's, not the input's).
+    given: Vec<SegmentFile>,
+    /// Every chunk is known.
+    complete: bool,
+    /// When the news that every chunk is known arrived.
+    last_news: Option<Instant>,
+}
+
+impl ChunkFeed<'_> {
+    /// Where chunk `s` is read and where its frames sit on the source's playback timeline.
+    fn file(&self, s: &proto::SegmentOutput) -> Result<SegmentFile, MediaError> {
+        let bad = |detail: String| MediaError::Corrupt {
+            path: self.output.into(),
+            detail,
+        };
+        let path = input_path(&s.url).map_err(|e| bad(e.to_string()))?;
+        let offset = self
+            .media
+            .frame_pts
+            .get(s.start_frame as usize)
+            .ok_or_else(|| bad(format!("segment start {} outside the video", s.start_frame)))?;
+        // Frames go onto the source's playback timeline, where its audio also sits.
+        let offset_ns = (*offset as i64 + self.media.running_offset_ns).max(0) as u64;
+        Ok(SegmentFile {
+            path,
+            offset_ns,
+            frames: s.end_frame.saturating_sub(s.start_frame),
+        })
+    }
+
+    fn files(&mut self, chunks: &[proto::SegmentOutput]) -> Result<Vec<SegmentFile>, MediaError> {
+        let files = chunks
+            .iter()
+            .map(|c| self.file(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.given.extend(files.iter().cloned());
+        Ok(files)
+    }
+}
+
+impl SegmentFeed for ChunkFeed<'_> {
+    fn next_files(&mut self, wait: bool) -> Result<Option<Vec<SegmentFile>>, MediaError> {
+        if let Some(first) = self.first.take() {
+            return self.files(&first).map(Some);
+        }
+        loop {
+            if self.complete {
+                return Ok(None);
+            }
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(MediaError::Pipeline {
+                    path: self.output.into(),
+                    what: "waiting for committed chunks",
+                    detail: "the lease ended (cancelled, lost or released)".into(),
+                });
+            }
+            let Some(rx) = self.news.as_ref() else {
+                return Ok(None);
+            };
+            let got = if wait {
+                rx.recv_timeout(Duration::from_millis(100))
+            } else {
+                rx.try_recv().map_err(|e| match e {
+                    std::sync::mpsc::TryRecvError::Empty => {
+                        std::sync::mpsc::RecvTimeoutError::Timeout
+                    }
+                    std::sync::mpsc::TryRecvError::Disconnected => {
+                        std::sync::mpsc::RecvTimeoutError::Disconnected
+                    }
+                })
+            };
+            match got {
+                Ok((chunks, complete)) => {
+                    if complete {
+                        self.complete = true;
+                        self.last_news = Some(Instant::now());
+                    }
+                    return self.files(&chunks).map(Some);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !wait => {
+                    return Ok(Some(vec![]))
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(MediaError::Pipeline {
+                        path: self.output.into(),
+                        what: "waiting for committed chunks",
+                        detail: "the lease loop stopped".into(),
+                    })
+                }
             }
         }
     }

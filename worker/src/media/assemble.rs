@@ -21,6 +21,30 @@ pub struct SegmentFile {
     pub frames: u64,
 }
 
+/// Where an assembly's segment files come from: all known at the start, or announced while the
+/// job's other segments are still being stylized (a streamed assembly stitches what is committed
+/// and waits for the rest, so little is left to do when the last segment ends).
+pub trait SegmentFeed {
+    /// Files after those already given, in frame order (possibly none yet); `None` once every
+    /// file has been given. With `wait`, blocks until there are some.
+    fn next_files(&mut self, wait: bool) -> Result<Option<Vec<SegmentFile>>, MediaError>;
+}
+
+/// A feed of files all known at the start.
+pub struct Listed(Option<Vec<SegmentFile>>);
+
+impl Listed {
+    pub fn new(files: &[SegmentFile]) -> Self {
+        Listed(Some(files.to_vec()))
+    }
+}
+
+impl SegmentFeed for Listed {
+    fn next_files(&mut self, _wait: bool) -> Result<Option<Vec<SegmentFile>>, MediaError> {
+        Ok(self.0.take())
+    }
+}
+
 /// decodebin → audioconvert → audioresample → avenc_aac → aacparse, added to the running
 /// pipeline; returns its sink pad and its src pad.
 fn reencode_to_aac(pipeline: &gst::Pipeline) -> Result<(gst::Pad, gst::Pad), String> {
@@ -64,6 +88,24 @@ const UNSUPPORTED_AUDIO: &str = "unsupported audio: ";
 pub fn assemble(
     source: &Path,
     segments: &[SegmentFile],
+    audio_streams: u32,
+    out: &Path,
+    timeout: Duration,
+) -> Result<u64, MediaError> {
+    assemble_fed(
+        source,
+        &mut Listed::new(segments),
+        audio_streams,
+        out,
+        timeout,
+    )
+}
+
+/// [`assemble`] with the segment files taken from `feed` as they become known. `timeout` bounds
+/// each step (opening the source, reading a file, finishing the output), not the wait for files.
+pub fn assemble_fed(
+    source: &Path,
+    feed: &mut dyn SegmentFeed,
     audio_streams: u32,
     out: &Path,
     timeout: Duration,
@@ -220,7 +262,7 @@ pub fn assemble(
 
     let mut caps_set: Option<gst::Caps> = None;
     let mut written = 0u64;
-    read_ahead(segments, deadline, &mut |seg, samples| {
+    read_ahead(feed, timeout, &mut |seg, samples| {
         let n = samples.len() as u64;
         for (sample_caps, mut buf) in samples {
             let sample_caps = &sample_caps;
@@ -269,6 +311,7 @@ pub fn assemble(
         path: out.into(),
         detail: e.to_string(),
     })?;
+    let deadline = super::deadline(timeout.as_secs());
     super::wait_eos(&pipeline, out, "writing the output", deadline)
         .map_err(|e| super::with_secs(e, timeout.as_secs()))?;
     Ok(written)
@@ -286,64 +329,122 @@ type Samples = Vec<(gst::Caps, gst::Buffer)>;
 /// Where a reader hands over one file's access units (or why it could not read them).
 type Slot = mpsc::SyncSender<Result<Samples, MediaError>>;
 
+/// What the readers and the muxer share: the files known so far and how far each side is.
+struct Queue {
+    files: Vec<SegmentFile>,
+    /// Where the reader of file j hands it over (taken by that reader).
+    slots: Vec<Option<Slot>>,
+    /// The next file a reader takes.
+    next_read: usize,
+    /// Files handed to the muxer so far.
+    handed: usize,
+    /// The feed has given every file.
+    all_known: bool,
+    /// The muxer stopped (done or failed): readers leave.
+    stop: bool,
+}
+
 /// Hands each segment's access units to `f` in order, the files read by READERS threads at most
-/// LOOKAHEAD files ahead of `f`.
+/// LOOKAHEAD files ahead of `f`, as `feed` makes them known. Each file must be read within
+/// `timeout`.
 fn read_ahead(
-    segments: &[SegmentFile],
-    deadline: std::time::Instant,
+    feed: &mut dyn SegmentFeed,
+    timeout: Duration,
     f: &mut dyn FnMut(&SegmentFile, Samples) -> Result<(), MediaError>,
 ) -> Result<(), MediaError> {
     use std::sync::{Condvar, Mutex};
-    // (files handed to f, stop): a reader takes file j once j < handed + LOOKAHEAD.
-    let gate = (Mutex::new((0usize, false)), Condvar::new());
-    let (txs, rxs): (Vec<_>, Vec<_>) = segments.iter().map(|_| mpsc::sync_channel(1)).unzip();
-    let mut mine: Vec<Vec<(usize, Slot)>> = (0..READERS).map(|_| Vec::new()).collect();
-    for (j, tx) in txs.into_iter().enumerate() {
-        mine[j % READERS].push((j, tx));
-    }
-    let set = |g: &dyn Fn(&mut (usize, bool))| {
-        let mut v = gate.0.lock().unwrap_or_else(|p| p.into_inner());
-        g(&mut v);
-        gate.1.notify_all();
+    let shared = (
+        Mutex::new(Queue {
+            files: Vec::new(),
+            slots: Vec::new(),
+            next_read: 0,
+            handed: 0,
+            all_known: false,
+            stop: false,
+        }),
+        Condvar::new(),
+    );
+    let lock = || shared.0.lock().unwrap_or_else(|p| p.into_inner());
+    let update = |g: &mut dyn FnMut(&mut Queue)| {
+        g(&mut lock());
+        shared.1.notify_all();
     };
     std::thread::scope(|s| {
-        for files in mine.into_iter().filter(|m| !m.is_empty()) {
-            let gate = &gate;
-            s.spawn(move || {
-                for (j, tx) in files {
-                    let mut v = gate.0.lock().unwrap_or_else(|p| p.into_inner());
-                    while !v.1 && j >= v.0 + LOOKAHEAD {
-                        v = gate.1.wait(v).unwrap_or_else(|p| p.into_inner());
-                    }
-                    if v.1 {
+        for _ in 0..READERS {
+            let shared = &shared;
+            s.spawn(move || loop {
+                let mut q = shared.0.lock().unwrap_or_else(|p| p.into_inner());
+                let (seg, tx) = loop {
+                    let j = q.next_read;
+                    if q.stop || (q.all_known && j >= q.files.len()) {
                         return;
                     }
-                    drop(v);
-                    let mut samples = Samples::new();
-                    let r = read_segment(&segments[j], deadline, &mut |c, b| {
-                        samples.push((c.clone(), b));
-                        Ok(())
-                    });
-                    // The receiver is gone only when f stopped early: nothing left to do.
-                    if tx.send(r.map(|_| samples)).is_err() {
-                        return;
+                    if j < q.files.len() && j < q.handed + LOOKAHEAD {
+                        q.next_read += 1;
+                        break (q.files[j].clone(), q.slots[j].take());
                     }
+                    q = shared.1.wait(q).unwrap_or_else(|p| p.into_inner());
+                };
+                drop(q);
+                let Some(tx) = tx else { return };
+                let mut samples = Samples::new();
+                let deadline = std::time::Instant::now() + timeout;
+                let r = read_segment(&seg, deadline, &mut |c, b| {
+                    samples.push((c.clone(), b));
+                    Ok(())
+                });
+                // The receiver is gone only when f stopped early: nothing left to do.
+                if tx.send(r.map(|_| samples)).is_err() {
+                    return;
                 }
             });
         }
+        let mut rxs = Vec::new();
         let result = (|| {
-            for (i, (seg, rx)) in segments.iter().zip(rxs).enumerate() {
+            let mut all_known = false;
+            let mut i = 0;
+            loop {
+                // Take what the feed has (waiting only when the muxer has nothing else to do).
+                if !all_known {
+                    match feed.next_files(i >= rxs.len())? {
+                        Some(files) if !files.is_empty() => update(&mut |q| {
+                            for file in &files {
+                                let (tx, rx) = mpsc::sync_channel(1);
+                                q.files.push(file.clone());
+                                q.slots.push(Some(tx));
+                                rxs.push(Some(rx));
+                            }
+                        }),
+                        Some(_) => {}
+                        None => {
+                            all_known = true;
+                            update(&mut |q| q.all_known = true);
+                        }
+                    }
+                }
+                if i >= rxs.len() {
+                    if all_known {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                let seg = lock().files[i].clone();
+                let rx = rxs[i].take().ok_or_else(|| MediaError::Pipeline {
+                    path: seg.path.clone(),
+                    what: "reading a segment",
+                    detail: "handed twice".into(),
+                })?;
                 let samples = rx.recv().map_err(|_| MediaError::Pipeline {
                     path: seg.path.clone(),
                     what: "reading a segment",
                     detail: "the reading thread stopped".into(),
                 })??;
-                f(seg, samples)?;
-                set(&|v| v.0 = i + 1);
+                f(&seg, samples)?;
+                i += 1;
+                update(&mut |q| q.handed = i);
             }
-            Ok(())
         })();
-        set(&|v| v.1 = true);
+        update(&mut |q| q.stop = true);
         result
     })
 }
@@ -524,9 +625,9 @@ mod tests {
         // More files than readers and lookahead, of different lengths.
         let counts: Vec<u64> = (1..=13).collect();
         let segs = chunk_files(dir.path(), &counts);
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let timeout = Duration::from_secs(60);
         let mut seen = Vec::new();
-        read_ahead(&segs, deadline, &mut |seg, samples| {
+        read_ahead(&mut Listed::new(&segs), timeout, &mut |seg, samples| {
             seen.push((seg.path.clone(), samples.len() as u64));
             Ok(())
         })
@@ -537,7 +638,7 @@ mod tests {
         // A file that cannot be read: the error names it, and nothing after it is handed on.
         std::fs::write(&segs[5].path, b"not an mp4").unwrap();
         let mut handed = 0;
-        let e = read_ahead(&segs, deadline, &mut |_, _| {
+        let e = read_ahead(&mut Listed::new(&segs), timeout, &mut |_, _| {
             handed += 1;
             Ok(())
         })
@@ -545,7 +646,7 @@ mod tests {
         assert_eq!(handed, 5);
         assert!(e.to_string().contains("chunk-5.mp4"), "{e}");
         // The consumer's own error stops the readers too.
-        let e = read_ahead(&segs, deadline, &mut |seg, _| {
+        let e = read_ahead(&mut Listed::new(&segs), timeout, &mut |seg, _| {
             Err(MediaError::Corrupt {
                 path: seg.path.clone(),
                 detail: "stop".into(),
@@ -553,6 +654,67 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("chunk-0.mp4"), "{e}");
+    }
+
+    /// Files announced in batches by another thread, as a streamed assembly hears of them.
+    struct Dribble(mpsc::Receiver<Option<Vec<SegmentFile>>>, Vec<bool>);
+
+    impl SegmentFeed for Dribble {
+        fn next_files(&mut self, wait: bool) -> Result<Option<Vec<SegmentFile>>, MediaError> {
+            self.1.push(wait);
+            if wait {
+                Ok(self.0.recv().unwrap_or(None))
+            } else {
+                Ok(match self.0.try_recv() {
+                    Ok(v) => v,
+                    Err(_) => Some(vec![]),
+                })
+            }
+        }
+    }
+
+    #[test]
+    fn a_streamed_feed_is_muxed_while_later_files_are_still_to_come() {
+        crate::media::init().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let counts: Vec<u64> = (1..=10).collect();
+        let segs = chunk_files(dir.path(), &counts);
+        let (tx, rx) = mpsc::channel();
+        let batches: Vec<Vec<SegmentFile>> = vec![
+            segs[..1].to_vec(),
+            segs[1..4].to_vec(),
+            vec![],
+            segs[4..10].to_vec(),
+        ];
+        // Each batch is sent only once the muxer has taken everything before it.
+        let (took_tx, took_rx) = mpsc::channel::<usize>();
+        let sender = std::thread::spawn(move || {
+            let (mut given, mut took) = (0, 0);
+            for b in batches {
+                given += b.len();
+                tx.send(Some(b)).unwrap();
+                while took < given {
+                    took = took_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+                }
+            }
+            tx.send(None).unwrap();
+        });
+        let mut feed = Dribble(rx, Vec::new());
+        let mut seen = Vec::new();
+        read_ahead(&mut feed, Duration::from_secs(60), &mut |seg, samples| {
+            seen.push((seg.path.clone(), samples.len() as u64));
+            let _ = took_tx.send(seen.len());
+            Ok(())
+        })
+        .unwrap();
+        sender.join().unwrap();
+        let want: Vec<_> = segs.iter().map(|s| (s.path.clone(), s.frames)).collect();
+        assert_eq!(seen, want, "every file, in order, each whole");
+        assert!(
+            feed.1.iter().filter(|w| **w).count() >= 4,
+            "the muxer waited for each batch: {:?}",
+            feed.1
+        );
     }
 
     #[test]
