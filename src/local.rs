@@ -758,18 +758,24 @@ pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
             Duration::from_secs(600),
         )?;
         let secs = t.elapsed().as_secs_f64();
-        // The assembly task then reads the output back before publishing it (agent.rs).
+        // The assembly task then checks the output's index before publishing it (agent.rs);
+        // a full probe, which it used before, is timed beside it.
+        let t = Instant::now();
+        let index = framewise_worker::media::mp4_index::read_index(&out)?;
+        let verify = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let check = probe(&out, Duration::from_secs(300))?;
-        let verify = t.elapsed().as_secs_f64();
+        let probed = t.elapsed().as_secs_f64();
         println!(
-            "bench-media: stitch {n} frames from {} files with {} audio stream(s): {:.3} s, {:.1} frames/s; the output's check (probe, {} frames) {:.3} s",
+            "bench-media: stitch {n} frames from {} files with {} audio stream(s): {:.3} s, {:.1} frames/s; the output's check (index, {} frames) {:.4} s, a full probe ({} frames) {:.3} s",
             segments.len(),
             p.audio_streams,
             secs,
             n as f64 / secs,
+            index.video_samples,
+            verify,
             check.frame_pts.len(),
-            verify
+            probed
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -228,7 +228,8 @@ fn dashboard_api_and_metrics_during_a_job() {
     assert_eq!(metric(&text, "framewise_jobs{state=\"running\"}"), 1.0);
     assert!(metric(&text, "framewise_lease_latency_seconds_count") >= 2.0);
     assert!(metric(&text, "framewise_queue_frames") > 0.0);
-    assert_eq!(metric(&text, "framewise_workers{state=\"busy\"}"), 1.0);
+    // The pipeline with a segment, and its media lane (`w1-1`) with the streamed assembly.
+    assert_eq!(metric(&text, "framewise_workers{state=\"busy\"}"), 2.0);
 
     let status = wait_exit(&mut procs.0[2], 180);
     assert!(status.success(), "submit --wait failed");

@@ -6,6 +6,7 @@ use crate::inference::{runtime, Stylizer};
 use crate::media::assemble::{assemble_fed, SegmentFeed, SegmentFile};
 use crate::media::decode::OpenDecoder;
 use crate::media::encode::EncoderSettings;
+use crate::media::mp4_index::read_index;
 use crate::media::probe::{frame_duration_ns, probe, Probe};
 use crate::preemption::watch_notices;
 use crate::segment::{run_segment, ChunkDone, SegmentControl, SegmentError, SegmentSpec};
@@ -846,8 +847,9 @@ fn run_assemble(
     let ended = feed.last_news.unwrap_or(began);
     let result = assembled.and_then(|frames| {
         let stitched = ended.elapsed();
-        // Verify before the output becomes visible: every frame and every audio stream is there.
-        let check = probe(&tmp, PROBE_TIMEOUT)?;
+        // Verify before the output becomes visible: every frame and every audio stream is there
+        // (the index of the file just written, whose boxes must tile it exactly to its end).
+        let check = read_index(&tmp)?;
         // Where an assembly's time goes (the job waits for all of it).
         info!(
             frames,
@@ -857,22 +859,24 @@ fn run_assemble(
             check_ms = (ended.elapsed() - stitched).as_millis() as u64,
             "output assembled"
         );
-        if check.frame_pts.len() as u64 != media.frame_count || frames != media.frame_count {
+        if check.video_tracks != 1
+            || check.video_samples != media.frame_count
+            || frames != media.frame_count
+        {
             return Err(MediaError::Corrupt {
                 path: tmp.clone(),
                 detail: format!(
-                    "assembled {} frames, the source has {}",
-                    check.frame_pts.len(),
-                    media.frame_count
+                    "assembled {} frames in {} video tracks, the source has {} in one",
+                    check.video_samples, check.video_tracks, media.frame_count
                 ),
             });
         }
-        if check.audio_streams != media.audio_streams {
+        if check.audio_tracks != media.audio_streams {
             return Err(MediaError::Corrupt {
                 path: tmp.clone(),
                 detail: format!(
                     "assembled {} audio streams, the source has {}",
-                    check.audio_streams, media.audio_streams
+                    check.audio_tracks, media.audio_streams
                 ),
             });
         }
@@ -904,8 +908,8 @@ fn run_assemble(
     match result {
         Ok(check) => Outcome::Done(R::Assemble(proto::AssembleResult {
             output_url: a.output_url,
-            frames: check.frame_pts.len() as u64,
-            duration_ns: check.duration_ns,
+            frames: check.video_samples,
+            duration_ns: check.video_duration_ns,
         })),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);

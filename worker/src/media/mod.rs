@@ -6,6 +6,7 @@ pub mod assemble;
 mod cuda_context;
 pub mod decode;
 pub mod encode;
+pub mod mp4_index;
 pub mod pool;
 pub mod probe;
 pub mod warmup;
