@@ -82,8 +82,11 @@ pub fn read_index(path: &Path) -> Result<Mp4Index, MediaError> {
     tracks(&moov).map_err(corrupt)
 }
 
-/// The boxes in `buf`, each as (type, body).
-fn children(buf: &[u8]) -> Result<Vec<([u8; 4], &[u8])>, String> {
+/// A box: its four-character type and its body.
+type MpBox<'a> = ([u8; 4], &'a [u8]);
+
+/// The boxes in `buf`, in order.
+fn children(buf: &[u8]) -> Result<Vec<MpBox<'_>>, String> {
     let mut out = Vec::new();
     let mut pos = 0usize;
     while pos < buf.len() {
