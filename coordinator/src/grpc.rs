@@ -393,7 +393,11 @@ impl pb::worker_service_server::WorkerService for Services {
                 })?
             }
             None => pb::LeaseTaskResponse {
-                retry_after_ms: 250,
+                retry_after_ms: self
+                    .manager
+                    .send(manager::IdleRetry)
+                    .await
+                    .unwrap_or(manager::IDLE_RETRY_MS),
                 ..Default::default()
             },
         }))

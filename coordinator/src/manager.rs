@@ -541,6 +541,29 @@ impl Handler<LeaseTask> for JobManager {
     }
 }
 
+/// How long a worker that got no task waits before asking again: briefly while a probe runs
+/// (its job's segments are about to be queued, and every idle pipeline should start on them at
+/// once), else the usual pace.
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub struct IdleRetry;
+
+/// The usual wait before an idle worker asks again (ms).
+pub const IDLE_RETRY_MS: u64 = 250;
+/// The wait while a job is being probed (ms).
+pub const IMMINENT_RETRY_MS: u64 = 20;
+
+impl Handler<IdleRetry> for JobManager {
+    type Result = u64;
+    fn handle(&mut self, _: IdleRetry, _: &mut Context<Self>) -> u64 {
+        if self.state.work_imminent() {
+            IMMINENT_RETRY_MS
+        } else {
+            IDLE_RETRY_MS
+        }
+    }
+}
+
 /// A worker renews its lease.
 #[derive(Message)]
 #[rtype(result = "HeartbeatReply")]

@@ -715,6 +715,16 @@ impl State {
         Some(self.chunk_news(&key.0, from))
     }
 
+    /// Whether a job is being probed: its segments are about to be queued, so idle workers
+    /// should ask again soon rather than at the usual pace.
+    pub fn work_imminent(&self) -> bool {
+        self.active.iter().any(|(_, id)| {
+            self.jobs
+                .get(id)
+                .is_some_and(|j| j.state == JobState::Probing)
+        })
+    }
+
     /// Every committed chunk of a job, in frame order.
     fn chunks_in_order(&self, job_id: &str) -> Vec<(String, u64, u64)> {
         let mut all: Vec<(String, u64, u64)> = self
@@ -1629,10 +1639,12 @@ pub(crate) mod tests {
             s.lease("w2", "l2".into(), 0, &r).is_none(),
             "nothing else before the probe is done"
         );
+        assert!(s.work_imminent(), "idle workers ask again soon");
         assert!(
             s.complete("l1", g.epoch, Completion::Probe(media(25)), 1, &r)
                 .0
         );
+        assert!(!s.work_imminent());
         assert_eq!(
             s.jobs[&id].segments, 3,
             "25 frames at 10 fps in 1 s segments: 10, 10, 5"

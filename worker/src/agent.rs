@@ -377,7 +377,9 @@ impl Worker {
         let lease_id = lease.lease_id.clone();
         let opts = TransferOptions::from(&self.cfg);
         let nvdec = nvdec(&self.cfg, self.device);
-        info!(worker_id = %self.id, job_id, task_index, lease_id = %lease_id, kind = kind(&task), "task leased");
+        let task_kind = kind(&task);
+        let leased_at = Instant::now();
+        info!(worker_id = %self.id, job_id, task_index, lease_id = %lease_id, kind = task_kind, "task leased");
         // The blocking work logs under the lease's span too (it is not inherited across threads).
         let span = tracing::Span::current();
         let work = tokio::task::spawn_blocking(move || {
@@ -399,6 +401,7 @@ impl Worker {
         loop {
             tokio::select! {
                 r = &mut work => {
+                    info!(worker_id = %self.id, job_id, task_index, kind = task_kind, ms = leased_at.elapsed().as_millis() as u64, "task ended");
                     // Chunks finished just before the task ended are still to commit.
                     while let Ok(c) = chunk_rx.try_recv() {
                         if !released {
@@ -531,6 +534,7 @@ impl Worker {
         lease: &proto::Lease,
         outcome: Outcome,
     ) {
+        let began = Instant::now();
         for attempt in 0..5u32 {
             let r = match &outcome {
                 Outcome::Released | Outcome::Committed => return,
@@ -564,7 +568,10 @@ impl Worker {
                 }
             };
             match r {
-                Ok(()) => return,
+                Ok(()) => {
+                    tracing::debug!(worker_id = %self.id, lease_id = %lease.lease_id, ms = began.elapsed().as_millis() as u64, "result reported");
+                    return;
+                }
                 Err(e) => {
                     warn!(worker_id = %self.id, error = %e.message(), attempt, "reporting failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
