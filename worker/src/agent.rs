@@ -906,10 +906,19 @@ fn run_assemble(
             let _ = std::fs::remove_file(&tmp);
             return Ok(check);
         }
+        let began = Instant::now();
+        // An output replaced at its name is freed when its last handle closes: held open here
+        // and closed on another thread, freeing a large file's blocks (tens of ms) does not
+        // delay the job's end.
+        let replaced = std::fs::File::open(&output).ok();
         std::fs::rename(&tmp, &output).map_err(|e| MediaError::Write {
             path: output.clone(),
             detail: e.to_string(),
         })?;
+        if let Some(f) = replaced {
+            std::thread::spawn(move || drop(f));
+        }
+        info!(output = %output.display(), publish_ms = began.elapsed().as_millis() as u64, "output published");
         Ok(check)
     });
     match result {
