@@ -1082,6 +1082,50 @@ fn cancel_stops_the_job_and_writes_no_output() {
 }
 
 #[test]
+fn a_stalled_media_lane_hands_its_assembly_over_long_before_its_lease_expires() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in.mp4");
+    let out = d.path().join("out.mp4");
+    make_clip(&input, 96, 64, 300, true);
+    let cl = Cluster::new(d.path());
+    // A lease TTL far beyond the test: the assembly must move after three silent heartbeats.
+    let cfg = std::fs::read_to_string(&cl.config)
+        .unwrap()
+        .replace("lease_ttl_ms = 3000", "lease_ttl_ms = 120000");
+    std::fs::write(&cl.config, cfg).unwrap();
+    // w1 alone at first, so its media lane (w1-1) takes the assembly when the probe is done.
+    let mut procs = Procs(vec![cl.coordinator(0), cl.worker("w1")]);
+    let (submitter, id) = submit(&cl, &input, &out);
+    procs.0.push(submitter);
+    let assembly = |j: &Job| {
+        j.tasks
+            .iter()
+            .find(|t| t.kind == "assemble")
+            .map(|t| (t.state.clone(), t.worker_id.clone(), t.attempts))
+    };
+    wait_for(&cl.url(), &id, 120, "w1's lane to hold the assembly", |j| {
+        assembly(j).is_some_and(|(state, _, _)| state == "leased")
+    });
+    // The whole process stops: its pipeline's segment and its lane's assembly stall.
+    signal(&procs.0[1], "-STOP");
+    let t0 = Instant::now();
+    procs.0.push(cl.worker("w2"));
+    let status = wait_exit(&mut procs.0[2], 100);
+    signal(&procs.0[1], "-CONT");
+    assert!(status.success(), "the job did not finish");
+    assert!(
+        t0.elapsed() < Duration::from_secs(100),
+        "finished only after the lease TTL"
+    );
+    check_output(&input, &out);
+    let job = get_job(&cl.url(), &id).unwrap();
+    let (state, worker, attempts) = assembly(&job).unwrap();
+    assert_eq!(state, "done");
+    assert_eq!(worker, "w2-1", "w2's lane assembled it");
+    assert!(attempts >= 2, "w1's lane had it first: {attempts} attempts");
+}
+
+#[test]
 fn a_stalled_worker_is_raced_by_an_idle_one_long_before_its_lease_expires() {
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in.mp4");

@@ -17,6 +17,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 #[derive(Debug, Clone)]
 pub struct Rules {
     pub lease_ttl_ms: u64,
+    /// How often workers heartbeat. An Assemble lease silent for three of these expires
+    /// early (0 = only at the TTL): a media lane holds its job's assembly from the start, and a
+    /// stalled one must not keep a finished job waiting for the whole TTL.
+    pub heartbeat_interval_ms: u64,
     pub max_attempts: u32,
     pub segment_seconds: f64,
     /// Length of a chunk checkpoint in seconds of video.
@@ -1205,28 +1209,38 @@ impl State {
     pub fn expire(&mut self, now: u64, rules: &Rules) -> Changes {
         // Walks the lease index, not every task ever run.
         let leased: BTreeSet<&(String, u32)> = self.leases.values().collect();
-        let expired: Vec<(String, u64)> = leased
+        let silence = match rules.heartbeat_interval_ms {
+            0 => rules.lease_ttl_ms,
+            hb => (3 * hb).min(rules.lease_ttl_ms),
+        };
+        let expired: Vec<(String, u64, bool)> = leased
             .into_iter()
             .filter_map(|k| self.tasks.get(k))
             .filter(|t| t.state == TaskState::Leased)
             .flat_map(|t| {
+                let assembly = t.kind == TaskKind::Assemble;
                 [t.lease.as_ref(), t.spec.as_ref()]
                     .into_iter()
                     .flatten()
-                    .filter(|l| l.deadline_ms <= now)
-                    .map(|l| (l.id.clone(), if l.epoch == 0 { t.epoch } else { l.epoch }))
+                    .filter(move |l| {
+                        // The deadline is the last renewal plus the TTL.
+                        let renewed = l.deadline_ms.saturating_sub(rules.lease_ttl_ms);
+                        l.deadline_ms <= now || (assembly && renewed + silence <= now)
+                    })
+                    .map(move |l| {
+                        let epoch = if l.epoch == 0 { t.epoch } else { l.epoch };
+                        (l.id.clone(), epoch, assembly)
+                    })
             })
             .collect();
         let mut ch = Changes::default();
-        for (lease_id, epoch) in expired {
-            let (_, c) = self.fail(
-                &lease_id,
-                epoch,
-                "lease expired (worker lost or stalled)",
-                false,
-                now,
-                rules,
-            );
+        for (lease_id, epoch, assembly) in expired {
+            let why = if assembly {
+                format!("assembly lease silent for {silence} ms (worker lost or stalled)")
+            } else {
+                "lease expired (worker lost or stalled)".to_string()
+            };
+            let (_, c) = self.fail(&lease_id, epoch, &why, false, now, rules);
             ch = merge(ch, c);
         }
         ch
@@ -1404,6 +1418,7 @@ pub(crate) mod tests {
     pub(crate) fn rules() -> Rules {
         Rules {
             lease_ttl_ms: 1000,
+            heartbeat_interval_ms: 0,
             max_attempts: 2,
             segment_seconds: 1.0,
             chunk_seconds: 0.5,
@@ -1602,6 +1617,43 @@ pub(crate) mod tests {
         );
         assert_eq!(s.jobs[&id].state, JobState::Succeeded);
         assert!(s.index_errors().is_empty(), "{:?}", s.index_errors());
+    }
+
+    #[test]
+    fn a_silent_assembly_lease_expires_after_three_heartbeats_not_the_ttl() {
+        let r = Rules {
+            lease_ttl_ms: 120_000,
+            heartbeat_interval_ms: 500,
+            ..rules()
+        };
+        let mut s = State::default();
+        s.submit(new_job("j1", "k"), 0, &r);
+        let (g, _) = s.lease("w0", "probe".into(), 0, &r).unwrap();
+        assert!(
+            s.complete("probe", g.epoch, Completion::Probe(media(10)), 1, &r)
+                .0
+        );
+        let (seg, _) = s.lease("w1", "s".into(), 0, &r).unwrap();
+        let (a, _) = s.lease_for("m", "asm".into(), 0, &r, true).unwrap();
+        assert_eq!(s.heartbeat("asm", a.epoch, 0, 1000, &r), (true, 0));
+        assert_eq!(s.heartbeat("s", seg.epoch, 3, 1000, &r).0, true);
+        assert!(s.expire(2400, &r).tasks.is_empty(), "heard from 1.4 s ago");
+        let ch = s.expire(2600, &r);
+        assert_eq!(ch.tasks.len(), 1, "only the assembly: {ch:?}");
+        let t = &s.tasks[&(a.job_id.clone(), a.index)];
+        assert_eq!(t.state, TaskState::Pending);
+        assert!(
+            t.errors[0].contains("assembly lease silent for 1500 ms"),
+            "{:?}",
+            t.errors
+        );
+        assert!(
+            s.current("s", seg.epoch).is_some(),
+            "the segment keeps its TTL"
+        );
+        // Another lane takes the assembly over.
+        let (b, _) = s.lease_for("m2", "asm2".into(), 2700, &r, true).unwrap();
+        assert!(matches!(b.work, Work::Assemble { streamed: true, .. }));
     }
 
     #[test]

@@ -106,6 +106,7 @@ pub fn start(cfg: &CoordinatorConfig, storage: &StorageConfig) -> Result<Coordin
     let store = Store::open(&cfg.data_dir)?;
     let rules = Rules {
         lease_ttl_ms: cfg.lease_ttl_ms,
+        heartbeat_interval_ms: cfg.heartbeat_interval_ms,
         max_attempts: cfg.max_attempts,
         segment_seconds: cfg.segment_seconds,
         chunk_seconds: cfg.chunk_seconds,
