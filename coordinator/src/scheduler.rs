@@ -1636,7 +1636,7 @@ pub(crate) mod tests {
         let (seg, _) = s.lease("w1", "s".into(), 0, &r).unwrap();
         let (a, _) = s.lease_for("m", "asm".into(), 0, &r, true).unwrap();
         assert_eq!(s.heartbeat("asm", a.epoch, 0, 1000, &r), (true, 0));
-        assert_eq!(s.heartbeat("s", seg.epoch, 3, 1000, &r).0, true);
+        assert!(s.heartbeat("s", seg.epoch, 3, 1000, &r).0);
         assert!(s.expire(2400, &r).tasks.is_empty(), "heard from 1.4 s ago");
         let ch = s.expire(2600, &r);
         assert_eq!(ch.tasks.len(), 1, "only the assembly: {ch:?}");
