@@ -181,9 +181,10 @@ PY
             for t in $(for q in $rpid $(pgrep -P $rpid); do echo /proc/$q/task/*; done); do echo "$(tr -d '0-9' < $t/comm | tr ' ' _) $(awk '{print $14+$15}' $t/stat)"; done; } 2>/dev/null \
           | awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort; }
         # The window is timed: reading hundreds of threads' stats takes a while itself.
-        a=$(date +%s.%N); snap > "$OUT/t1"; sleep 4; b=$(date +%s.%N); snap > "$OUT/t2"
-        echo "   CPU cores busy by thread kind (over $(awk -v a=$a -v b=$b 'BEGIN {printf "%.1f", b - a}') s; $(nproc) cores; (process) = all threads):"
-        join "$OUT/t1" "$OUT/t2" | awk -v w="$(awk -v a=$a -v b=$b 'BEGIN {print (b - a) * 100}')" \
+        # (t_a, t_b: `b` is the batch loop's variable, used for the file names below.)
+        t_a=$(date +%s.%N); snap > "$OUT/t1"; sleep 4; t_b=$(date +%s.%N); snap > "$OUT/t2"
+        echo "   CPU cores busy by thread kind (over $(awk -v a=$t_a -v b=$t_b 'BEGIN {printf "%.1f", b - a}') s; $(nproc) cores; (process) = all threads):"
+        join "$OUT/t1" "$OUT/t2" | awk -v w="$(awk -v a=$t_a -v b=$t_b 'BEGIN {print (b - a) * 100}')" \
           '{d = ($3 - $2) / w; if (d > 0.05) printf "     %-18s %.2f\n", $1, d}' | sort -k2 -rn | head -14
         wait $rpid
         grep -h "wrote\|error" "$OUT/run-g$g-p$p-b$b.log" | tail -2

@@ -541,26 +541,27 @@ impl Handler<LeaseTask> for JobManager {
     }
 }
 
-/// How long a worker that got no task waits before asking again: briefly while a probe runs
-/// (its job's segments are about to be queued, and every idle pipeline should start on them at
-/// once), else the usual pace.
+/// How long a worker that got no task waits before asking again: briefly while a probe has
+/// just started (its job's segments are about to be queued, and every idle pipeline should
+/// start on them at once), else the usual pace.
 #[derive(Message)]
 #[rtype(result = "u64")]
 pub struct IdleRetry;
 
 /// The usual wait before an idle worker asks again (ms).
 pub const IDLE_RETRY_MS: u64 = 250;
-/// The wait while a job is being probed (ms).
-pub const IMMINENT_RETRY_MS: u64 = 20;
+
+/// The wait for an idle worker: an eighth of the time the latest probe has run, from 20 ms up
+/// to the usual 250 (a long video's probe takes seconds; a whole pool asking every 20 ms for
+/// that long would be load for nothing).
+pub fn idle_retry_ms(probing_since: Option<u64>) -> u64 {
+    probing_since.map_or(IDLE_RETRY_MS, |ms| (ms / 8).clamp(20, IDLE_RETRY_MS))
+}
 
 impl Handler<IdleRetry> for JobManager {
     type Result = u64;
     fn handle(&mut self, _: IdleRetry, _: &mut Context<Self>) -> u64 {
-        if self.state.work_imminent() {
-            IMMINENT_RETRY_MS
-        } else {
-            IDLE_RETRY_MS
-        }
+        idle_retry_ms(self.state.probing_since(now_ms()))
     }
 }
 
@@ -877,6 +878,14 @@ impl Handler<DrainWorkers> for JobManager {
 pub(crate) mod tests {
     use super::*;
     use crate::scheduler::tests::rules;
+
+    #[test]
+    fn idle_workers_ask_again_soon_only_while_a_probe_has_just_started() {
+        assert_eq!(idle_retry_ms(None), IDLE_RETRY_MS);
+        assert_eq!(idle_retry_ms(Some(0)), 20);
+        assert_eq!(idle_retry_ms(Some(800)), 100);
+        assert_eq!(idle_retry_ms(Some(60_000)), IDLE_RETRY_MS);
+    }
 
     /// `ask` in test code: any error panics.
     pub(crate) async fn ask<M, T>(m: &Addr<JobManager>, msg: M) -> T

@@ -719,14 +719,24 @@ impl State {
         Some(self.chunk_news(&key.0, from))
     }
 
-    /// Whether a job is being probed: its segments are about to be queued, so idle workers
-    /// should ask again soon rather than at the usual pace.
-    pub fn work_imminent(&self) -> bool {
-        self.active.iter().any(|(_, id)| {
-            self.jobs
-                .get(id)
-                .is_some_and(|j| j.state == JobState::Probing)
-        })
+    /// How long ago (ms) the most recent running probe started, if a job is being probed: its
+    /// segments are about to be queued, so idle workers should ask again soon.
+    pub fn probing_since(&self, now: u64) -> Option<u64> {
+        self.active
+            .iter()
+            .filter(|(_, id)| {
+                self.jobs
+                    .get(id)
+                    .is_some_and(|j| j.state == JobState::Probing)
+            })
+            .filter_map(|(_, id)| {
+                self.tasks
+                    .range(job_range(id))
+                    .find(|(_, t)| t.kind == TaskKind::Probe)
+                    .and_then(|(_, t)| t.lease.as_ref())
+                    .map(|l| now.saturating_sub(l.started_ms))
+            })
+            .min()
     }
 
     /// Every committed chunk of a job, in frame order.
@@ -1691,12 +1701,12 @@ pub(crate) mod tests {
             s.lease("w2", "l2".into(), 0, &r).is_none(),
             "nothing else before the probe is done"
         );
-        assert!(s.work_imminent(), "idle workers ask again soon");
+        assert_eq!(s.probing_since(0), Some(0), "idle workers ask again soon");
         assert!(
             s.complete("l1", g.epoch, Completion::Probe(media(25)), 1, &r)
                 .0
         );
-        assert!(!s.work_imminent());
+        assert_eq!(s.probing_since(1), None);
         assert_eq!(
             s.jobs[&id].segments, 3,
             "25 frames at 10 fps in 1 s segments: 10, 10, 5"
