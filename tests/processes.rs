@@ -1081,18 +1081,25 @@ fn cancel_stops_the_job_and_writes_no_output() {
     );
 }
 
-#[test]
-fn a_stalled_media_lane_hands_its_assembly_over_long_before_its_lease_expires() {
+/// A 300-frame clip and a cluster whose lease TTL (120 s) lies far beyond a test's wait, so a
+/// stalled worker's work can move on only through what the test is about.
+fn long_ttl_cluster() -> (tempfile::TempDir, PathBuf, PathBuf, Cluster) {
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in.mp4");
     let out = d.path().join("out.mp4");
     make_clip(&input, 96, 64, 300, true);
     let cl = Cluster::new(d.path());
-    // A lease TTL far beyond the test: the assembly must move after three silent heartbeats.
     let cfg = std::fs::read_to_string(&cl.config)
         .unwrap()
         .replace("lease_ttl_ms = 3000", "lease_ttl_ms = 120000");
     std::fs::write(&cl.config, cfg).unwrap();
+    (d, input, out, cl)
+}
+
+#[test]
+fn a_stalled_media_lane_hands_its_assembly_over_long_before_its_lease_expires() {
+    // The assembly must move after three silent heartbeats, not at the TTL.
+    let (_d, input, out, cl) = long_ttl_cluster();
     // w1 alone at first, so its media lane (w1-1) takes the assembly when the probe is done.
     let mut procs = Procs(vec![cl.coordinator(0), cl.worker("w1")]);
     let (submitter, id) = submit(&cl, &input, &out);
@@ -1127,16 +1134,8 @@ fn a_stalled_media_lane_hands_its_assembly_over_long_before_its_lease_expires() 
 
 #[test]
 fn a_stalled_worker_is_raced_by_an_idle_one_long_before_its_lease_expires() {
-    let d = tempfile::tempdir().unwrap();
-    let input = d.path().join("in.mp4");
-    let out = d.path().join("out.mp4");
-    make_clip(&input, 96, 64, 300, true);
-    let cl = Cluster::new(d.path());
-    // A lease TTL far beyond the test: only speculation can rescue the stalled segment.
-    let cfg = std::fs::read_to_string(&cl.config)
-        .unwrap()
-        .replace("lease_ttl_ms = 3000", "lease_ttl_ms = 120000");
-    std::fs::write(&cl.config, cfg).unwrap();
+    // Only speculation can rescue the stalled segment before the TTL.
+    let (d, input, out, cl) = long_ttl_cluster();
     let procs = Procs(vec![cl.coordinator(0), cl.worker("w1"), cl.worker("w2")]);
     let (submitter, id) = submit(&cl, &input, &out);
     let mut sc = Scenario {
