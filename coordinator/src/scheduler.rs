@@ -242,6 +242,17 @@ fn lease_in(t: &Task, slot: Slot) -> Option<&Lease> {
     }
 }
 
+/// Whether a job's assembly may be leased before its segments are all committed (streamed):
+/// only when its input and output are files. A blob's URLs are signed for a limited time
+/// (`storage.sas_valid_s`), and a streamed assembly reads the input's audio and holds the
+/// output's write URL for as long as the segments run, so on blob storage it starts once they
+/// are all committed.
+fn streams_assembly(job: &Job) -> bool {
+    [&job.input_url, &job.output_url]
+        .iter()
+        .all(|u| framewise_common::storage::parse(u).is_ok_and(|l| !l.is_remote()))
+}
+
 fn job_range(id: &str) -> std::ops::RangeInclusive<(String, u32)> {
     (id.to_string(), 0)..=(id.to_string(), u32::MAX)
 }
@@ -428,7 +439,10 @@ impl State {
                 stale.push(entry.clone());
                 continue;
             };
-            if media_only || task.kind != TaskKind::Assemble || job.state == JobState::Assembling {
+            if task.kind != TaskKind::Assemble
+                || job.state == JobState::Assembling
+                || (media_only && streams_assembly(job))
+            {
                 found = Some(entry.clone());
                 break;
             }
@@ -1664,6 +1678,35 @@ pub(crate) mod tests {
         // Another lane takes the assembly over.
         let (b, _) = s.lease_for("m2", "asm2".into(), 2700, &r, true).unwrap();
         assert!(matches!(b.work, Work::Assemble { streamed: true, .. }));
+    }
+
+    #[test]
+    fn an_assembly_on_blob_storage_waits_for_every_segment_even_on_a_lane() {
+        let r = rules();
+        let mut s = State::default();
+        let mut nj = new_job("j1", "k");
+        nj.output_url = "az://acct/out/o.mp4".into();
+        s.submit(nj, 0, &r);
+        let (g, _) = s.lease("w0", "probe".into(), 0, &r).unwrap();
+        assert!(
+            s.complete("probe", g.epoch, Completion::Probe(media(10)), 1, &r)
+                .0
+        );
+        let (g, _) = s.lease("w1", "s".into(), 2, &r).unwrap();
+        assert!(
+            s.lease_for("m", "a".into(), 2, &r, true).is_none(),
+            "its signed URLs would expire while the segments run"
+        );
+        assert!(run_chunks(&mut s, &g, 5).iter().all(|ok| *ok));
+        let (a, _) = s.lease_for("m", "a".into(), 3, &r, true).unwrap();
+        assert!(matches!(
+            a.work,
+            Work::Assemble {
+                streamed: false,
+                ..
+            }
+        ));
+        assert!(s.index_errors().is_empty(), "{:?}", s.index_errors());
     }
 
     #[test]
