@@ -704,17 +704,22 @@ impl State {
     /// A job's committed chunks from frame `from` on, as far as they run without a gap, and
     /// whether that is every chunk of a job whose segments are all committed.
     fn chunk_news(&self, job_id: &str, from: u64) -> ChunkNews {
+        // Asked every 25 ms while a job runs: only the chunks from `from` on are sorted and
+        // their URLs copied, not the whole job's.
+        let mut later: Vec<&crate::model::Chunk> = self
+            .tasks
+            .range(job_range(job_id))
+            .flat_map(|(_, t)| t.chunks.iter().filter(|c| c.start >= from))
+            .collect();
+        later.sort_by_key(|c| c.start);
         let mut chunks = Vec::new();
         let mut next = from;
-        for c in self.chunks_in_order(job_id) {
-            if c.1 < next {
-                continue;
-            }
-            if c.1 > next {
+        for c in later {
+            if c.start != next {
                 break;
             }
-            next = c.2;
-            chunks.push(c);
+            next = c.end;
+            chunks.push((c.url.clone(), c.start, c.end));
         }
         let complete = self
             .jobs
