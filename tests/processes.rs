@@ -1081,6 +1081,46 @@ fn cancel_stops_the_job_and_writes_no_output() {
     );
 }
 
+#[test]
+fn an_idle_worker_closes_its_kept_decoder_and_lets_the_input_go() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in.mp4");
+    let out = d.path().join("out.mp4");
+    make_clip(&input, 96, 64, 75, true);
+    let input = input.canonicalize().unwrap();
+    let cl = Cluster::new(d.path());
+    let mut procs = Procs(vec![cl.coordinator(0), cl.worker("w1")]);
+    let (submitter, _) = submit(&cl, &input, &out);
+    procs.0.push(submitter);
+    assert!(wait_exit(&mut procs.0[2], 120).success(), "the job failed");
+    check_output(&input, &out);
+    // The pipeline kept its decoder (and the input file) open for another range; idle for a
+    // while, it closes them, so a deleted input's space is freed and NVDEC's surfaces too.
+    let pid = procs.0[1].id();
+    let holds_input = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .any(|p| p == input)
+            })
+            .unwrap_or(false)
+    };
+    let log = cl.dir.join("w1.log");
+    let t = Instant::now();
+    while holds_input()
+        || !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("idle: kept decoder closed")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "the idle worker still holds {} open",
+            input.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A 300-frame clip and a cluster whose lease TTL (120 s) lies far beyond a test's wait, so a
 /// stalled worker's work can move on only through what the test is about.
 fn long_ttl_cluster() -> (tempfile::TempDir, PathBuf, PathBuf, Cluster) {

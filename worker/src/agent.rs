@@ -31,6 +31,8 @@ const ASSEMBLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How often a streamed assembly asks for newly committed chunks: the last segment's end waits
 /// at most this long before the assembly hears of it.
 const ASSEMBLY_POLL: Duration = Duration::from_millis(25);
+/// How long a pipeline with no task keeps its decoder open for another range of the same input.
+const KEEP_DECODER_IDLE: Duration = Duration::from_secs(10);
 
 /// A worker that cannot start (its model or runtime is unusable).
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +244,8 @@ impl Worker {
         let hb_every = Duration::from_millis(reg.heartbeat_interval_ms.max(100));
         info!(worker_id = %self.id, threads = self.threads, "worker registered");
         backoff = Duration::from_millis(100);
+        // Since when this pipeline has been given no task.
+        let mut idle_since: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -270,12 +274,29 @@ impl Worker {
             };
             backoff = Duration::from_millis(100);
             let (Some(task), Some(lease)) = (resp.task.clone(), resp.lease.clone()) else {
+                // An idle pipeline lets its kept decoder go (its input file, which may have been
+                // deleted since, and its NVDEC surfaces), but not at a job's tail, where a steal
+                // may still come for the same input.
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= KEEP_DECODER_IDLE {
+                    let kept = self
+                        .decoder
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take();
+                    if let Some(d) = kept {
+                        // Stopping a pipeline blocks (NVDEC's teardown included).
+                        let _ = tokio::task::spawn_blocking(move || drop(d)).await;
+                        info!(worker_id = %self.id, "idle: kept decoder closed");
+                    }
+                }
                 let wait = Duration::from_millis(resp.retry_after_ms.clamp(20, 2000));
                 if wait_or_shutdown(&mut shutdown, wait).await {
                     return Ok(());
                 }
                 continue;
             };
+            idle_since = None;
             // Everything logged for this attempt (stage timings, commits, failures) also goes to
             // its task log, which the dashboard links.
             // A log bound for blob storage is written locally and uploaded when the task ends.
