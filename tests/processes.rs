@@ -293,15 +293,7 @@ fn eviction_notice_drains_in_under_five_seconds() {
     check_output(&input, &out);
     // The segment w1 gave back: the one it held when the notice came (it may have finished the
     // one seen above in the instant before, and gone on to another), finished by w2.
-    let detail: serde_json::Value = serde_json::from_str(
-        &ureq::get(&format!("{}/api/v1/jobs/{}", cl.http_url(), id))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap(),
-    )
-    .unwrap();
+    let detail = cl.job_detail(&id);
     let released: Vec<&serde_json::Value> = detail["tasks"]
         .as_array()
         .unwrap()
@@ -1244,15 +1236,7 @@ fn a_stalled_worker_is_raced_by_an_idle_one_long_before_its_lease_expires() {
     let t = job.tasks.iter().find(|t| t.index == victim).unwrap();
     assert_eq!(t.worker_id, "w2", "the speculative attempt committed it");
     // The dashboard's API shows the race.
-    let detail: serde_json::Value = serde_json::from_str(
-        &ureq::get(&format!("{}/api/v1/jobs/{}", sc.cl.http_url(), sc.id))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap(),
-    )
-    .unwrap();
+    let detail = sc.cl.job_detail(&sc.id);
     let task = detail["tasks"]
         .as_array()
         .unwrap()

@@ -975,7 +975,7 @@ mod tests {
                 media_only: false,
                 queued: std::time::Instant::now(),
             };
-            assert!(manager::tests::ask(&m, lease).await.is_some());
+            assert!(manager::tests::ask(&m, lease).await.grant.is_some());
             // The job is cancelled: the lease is dead (the worker learns it at its next
             // heartbeat), so the worker is stopped after the cooldown.
             manager::tests::ask(&m, manager::Cancel(job)).await;

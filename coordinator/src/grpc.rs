@@ -381,7 +381,7 @@ impl pb::worker_service_server::WorkerService for Services {
         .map_err(mailbox)?
         .map_err(status)?;
         timer.observe_duration();
-        Ok(Response::new(match grant {
+        Ok(Response::new(match grant.grant {
             Some(g) => {
                 let signer = Signer {
                     blobs: &self.blobs,
@@ -393,11 +393,7 @@ impl pb::worker_service_server::WorkerService for Services {
                 })?
             }
             None => pb::LeaseTaskResponse {
-                retry_after_ms: self
-                    .manager
-                    .send(manager::IdleRetry)
-                    .await
-                    .unwrap_or(manager::IDLE_RETRY_MS),
+                retry_after_ms: grant.retry_after_ms,
                 ..Default::default()
             },
         }))

@@ -496,7 +496,7 @@ impl Handler<Register> for JobManager {
 
 /// A worker asks for work.
 #[derive(Message)]
-#[rtype(result = "Result<Durable<Option<Grant>>, CoordError>")]
+#[rtype(result = "Result<Durable<Leased>, CoordError>")]
 pub struct LeaseTask {
     pub worker_id: String,
     /// A worker's media lane (Probe and Assemble tasks only).
@@ -505,19 +505,30 @@ pub struct LeaseTask {
     pub queued: std::time::Instant,
 }
 
+/// A lease request's answer: a grant, or how long to wait before asking again.
+#[derive(Debug)]
+pub struct Leased {
+    pub grant: Option<Grant>,
+    pub retry_after_ms: u64,
+}
+
 impl Handler<LeaseTask> for JobManager {
-    type Result = Result<Durable<Option<Grant>>, CoordError>;
+    type Result = Result<Durable<Leased>, CoordError>;
     fn handle(&mut self, m: LeaseTask, _: &mut Context<Self>) -> Self::Result {
         let _timer = self.timed("lease");
         self.metrics
             .lease_queue
             .observe(m.queued.elapsed().as_secs_f64());
-        let r = (|| -> Result<Option<Grant>, CoordError> {
+        let r = (|| -> Result<Leased, CoordError> {
             let now = now_ms();
             self.touch(&m.worker_id, now);
+            let wait = |ms| Leased {
+                grant: None,
+                retry_after_ms: ms,
+            };
             if self.drained.contains(&m.worker_id) {
                 // Being stopped by the autoscaler: it must not take work it would then abandon.
-                return Ok(None);
+                return Ok(wait(IDLE_RETRY_MS));
             }
             let lease_id = format!("lease-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
             match self
@@ -529,11 +540,14 @@ impl Handler<LeaseTask> for JobManager {
                     self.metrics.leases_granted.inc();
                     self.workers.leased(&m.worker_id);
                     info!(job_id = %grant.job_id, task = grant.index, worker_id = %m.worker_id, lease_id = %grant.lease_id, epoch = grant.epoch, "lease granted");
-                    Ok(Some(grant))
+                    Ok(Leased {
+                        grant: Some(grant),
+                        retry_after_ms: 0,
+                    })
                 }
                 None => {
                     self.workers.idle(&m.worker_id);
-                    Ok(None)
+                    Ok(wait(idle_retry_ms(self.state.probing_since(now))))
                 }
             }
         })();
@@ -541,28 +555,15 @@ impl Handler<LeaseTask> for JobManager {
     }
 }
 
-/// How long a worker that got no task waits before asking again: briefly while a probe has
-/// just started (its job's segments are about to be queued, and every idle pipeline should
-/// start on them at once), else the usual pace.
-#[derive(Message)]
-#[rtype(result = "u64")]
-pub struct IdleRetry;
-
 /// The usual wait before an idle worker asks again (ms).
 pub const IDLE_RETRY_MS: u64 = 250;
 
-/// The wait for an idle worker: an eighth of the time the latest probe has run, from 20 ms up
-/// to the usual 250 (a long video's probe takes seconds; a whole pool asking every 20 ms for
-/// that long would be load for nothing).
+/// How long a worker that got no task waits before asking again: briefly while a probe has
+/// just started (its segments are about to be queued, and every idle pipeline should start on
+/// them at once): an eighth of the time it has run, from 20 ms up to the usual 250 (a long
+/// video's probe takes seconds; a pool asking every 20 ms that long would be load for nothing).
 pub fn idle_retry_ms(probing_since: Option<u64>) -> u64 {
     probing_since.map_or(IDLE_RETRY_MS, |ms| (ms / 8).clamp(20, IDLE_RETRY_MS))
-}
-
-impl Handler<IdleRetry> for JobManager {
-    type Result = u64;
-    fn handle(&mut self, _: IdleRetry, _: &mut Context<Self>) -> u64 {
-        idle_retry_ms(self.state.probing_since(now_ms()))
-    }
 }
 
 /// A worker renews its lease.
@@ -951,7 +952,7 @@ pub(crate) mod tests {
                 media_only: false,
                 queued: std::time::Instant::now(),
             };
-            assert!(ask(&m, lease("auto-1")).await.is_some());
+            assert!(ask(&m, lease("auto-1")).await.grant.is_some());
             let f = m.send(GetScaleFacts).await.unwrap();
             assert_eq!((f.active_jobs, f.frames_left), (2, 0));
             assert_eq!(f.lease_holders.keys().collect::<Vec<_>>(), ["auto-1"]);
@@ -961,11 +962,11 @@ pub(crate) mod tests {
                 .await
                 .unwrap();
             assert_eq!(drained, ["auto-2"]);
-            assert!(ask(&m, lease("auto-2")).await.is_none());
-            assert!(ask(&m, lease("auto-2-1")).await.is_none());
+            assert!(ask(&m, lease("auto-2")).await.grant.is_none());
+            assert!(ask(&m, lease("auto-2-1")).await.grant.is_none());
             // A new process registering under the id may work again.
             m.send(register("auto-2")).await.unwrap();
-            assert!(ask(&m, lease("auto-2")).await.is_some());
+            assert!(ask(&m, lease("auto-2")).await.grant.is_some());
             actix::System::current().stop();
         });
     }

@@ -82,6 +82,16 @@ impl Cluster {
     pub fn http_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
     }
+    /// A job as the dashboard's REST API shows it (tasks with their releases, speculations).
+    pub fn job_detail(&self, id: &str) -> serde_json::Value {
+        let body = ureq::get(&format!("{}/api/v1/jobs/{id}", self.http_url()))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        serde_json::from_str(&body).unwrap()
+    }
     /// Starts a coordinator and waits until it accepts connections.
     pub fn coordinator(&self, n: u32) -> Child {
         let log = self.dir.join(format!("coordinator-{n}.log"));

@@ -419,6 +419,13 @@ impl Worker {
         let mut poll = tokio::time::interval(ASSEMBLY_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut released = false;
+        let heartbeat = |chunks_from| proto::HeartbeatRequest {
+            worker_id: self.id.clone(),
+            lease_id: lease.lease_id.clone(),
+            epoch: lease.epoch,
+            frames_done: ctl.progress.load(Ordering::Relaxed),
+            chunks_from,
+        };
         loop {
             tokio::select! {
                 r = &mut work => {
@@ -454,14 +461,7 @@ impl Worker {
                     }
                 }
                 _ = poll.tick(), if chunks_from.is_some() && !released => {
-                    let hb = proto::HeartbeatRequest {
-                        worker_id: self.id.clone(),
-                        lease_id: lease.lease_id.clone(),
-                        epoch: lease.epoch,
-                        frames_done: ctl.progress.load(Ordering::Relaxed),
-                        chunks_from,
-                    };
-                    match client.heartbeat(hb).await {
+                    match client.heartbeat(heartbeat(chunks_from)).await {
                         Ok(r) if !r.get_ref().keep_going => {
                             warn!(worker_id = %self.id, job_id, task_index, "lease lost; stopping the assembly");
                             ctl.cancel.store(true, Ordering::Relaxed);
@@ -485,14 +485,7 @@ impl Worker {
                     }
                 }
                 _ = tick.tick() => {
-                    let hb = proto::HeartbeatRequest {
-                        worker_id: self.id.clone(),
-                        lease_id: lease.lease_id.clone(),
-                        epoch: lease.epoch,
-                        frames_done: ctl.progress.load(Ordering::Relaxed),
-                        chunks_from: None,
-                    };
-                    match client.heartbeat(hb).await {
+                    match client.heartbeat(heartbeat(None)).await {
                         Ok(r) if !r.get_ref().keep_going => {
                             warn!(worker_id = %self.id, job_id, task_index, "lease lost; stopping the task");
                             ctl.cancel.store(true, Ordering::Relaxed);
@@ -818,14 +811,14 @@ fn run_task(
 }
 
 fn run_assemble(
-    a: proto::AssembleTask,
+    mut a: proto::AssembleTask,
     lease_id: &str,
     cancel: &AtomicBool,
     news: Option<std::sync::mpsc::Receiver<ChunkNews>>,
     opts: &TransferOptions,
 ) -> Outcome {
     use proto::complete_task_request::Result as R;
-    let media = a.media.clone().unwrap_or_default();
+    let media = a.media.take().unwrap_or_default();
     // With blob storage the output is assembled and verified here, then uploaded in one step.
     let remote_out = !a.output_write_url.is_empty();
     let output = if remote_out {
@@ -844,7 +837,7 @@ fn run_assemble(
         }
     };
     let mut feed = ChunkFeed {
-        first: Some(a.segments.clone()),
+        first: Some(std::mem::take(&mut a.segments)),
         news: news.filter(|_| a.streamed),
         media: &media,
         cancel,
