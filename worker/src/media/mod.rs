@@ -277,10 +277,23 @@ pub(crate) fn with_secs(e: MediaError, secs: u64) -> MediaError {
 /// keyframe every 12 frames; returns its probe.
 #[cfg(test)]
 pub(crate) fn test_clip(path: &Path, frames: u32) -> probe::Probe {
+    test_clip_av(path, frames, false)
+}
+
+/// As `test_clip`, with an AAC track as long as the video where `audio` says.
+#[cfg(test)]
+pub(crate) fn test_clip_av(path: &Path, frames: u32, audio: bool) -> probe::Probe {
     init().unwrap();
+    let audio = if audio {
+        // audiotestsrc's buffers are 1,024 samples at 44.1 kHz.
+        let buffers = frames as u64 * 44_100 / 25 / 1024 + 1;
+        format!(" audiotestsrc num-buffers={buffers} ! audioconvert ! avenc_aac ! aacparse ! m.")
+    } else {
+        String::new()
+    };
     let launch = format!(
         "videotestsrc pattern=ball num-buffers={frames} ! video/x-raw,format=I420,width=96,height=64,framerate=25/1 \
-         ! x264enc speed-preset=ultrafast bframes=2 key-int-max=12 ! h264parse ! mp4mux ! filesink location=\"{}\"",
+         ! x264enc speed-preset=ultrafast bframes=2 key-int-max=12 ! h264parse ! mp4mux name=m ! filesink location=\"{}\"{audio}",
         path.display()
     );
     let pipeline = gst::parse::launch(&launch).unwrap();

@@ -198,27 +198,7 @@ mod tests {
     use super::*;
 
     fn clip(path: &Path, frames: u32, audio: bool) {
-        crate::media::init().unwrap();
-        let audio = if audio {
-            " audiotestsrc num-buffers=40 ! audioconvert ! avenc_aac ! aacparse ! m."
-        } else {
-            ""
-        };
-        let desc = format!(
-            "videotestsrc num-buffers={frames} ! video/x-raw,width=64,height=48,framerate=25/1 \
-             ! x264enc ! h264parse ! mp4mux name=m ! filesink location={}{audio}",
-            path.display()
-        );
-        let p = gstreamer::parse::launch(&desc).unwrap();
-        use gstreamer::prelude::*;
-        p.set_state(gstreamer::State::Playing).unwrap();
-        let bus = p.bus().unwrap();
-        bus.timed_pop_filtered(
-            gstreamer::ClockTime::from_seconds(30),
-            &[gstreamer::MessageType::Eos, gstreamer::MessageType::Error],
-        )
-        .unwrap();
-        p.set_state(gstreamer::State::Null).unwrap();
+        crate::media::test_clip_av(path, frames, audio);
     }
 
     #[test]
