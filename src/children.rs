@@ -35,9 +35,9 @@ pub fn split_by_gpu(devices: &[Device], process_per_gpu: bool) -> Option<Vec<(u3
 
 /// The config a child for `gpu` runs with: this process's, pinned to that GPU and its
 /// pipeline count, its worker id (when one is configured) suffixed with the GPU, and unless
-/// configured, its encoder and conversion threads a share of the node's `cores` between all
-/// `node_pipelines` (each child sees only its own pipelines: with 4 GPUs each would take a
-/// quarter of the cores per pipeline, 4x the cores in all).
+/// configured, its encoder and conversion threads from the node's `cores` and all
+/// `node_pipelines` (each child sees only its own pipelines: with 4 GPUs each would take 4x
+/// the threads per pipeline it should).
 pub fn child_config(
     cfg: &Config,
     gpu: u32,
@@ -48,7 +48,7 @@ pub fn child_config(
     let mut c = cfg.clone();
     let w = &mut c.worker;
     if w.encoder.threads == 0 {
-        w.encoder.threads = core_share(cores, node_pipelines);
+        w.encoder.threads = encoder_threads(cores, node_pipelines);
     }
     if w.device != "auto" {
         w.device = "cuda".into();
@@ -62,9 +62,12 @@ pub fn child_config(
 }
 
 /// Encoder and conversion threads per pipeline when `pipelines` share `cores` (the
-/// `encoder.threads = 0` rule, in one process or across a node's children).
-pub fn core_share(cores: usize, pipelines: usize) -> u32 {
-    cores.div_ceil(pipelines.max(1)).max(1) as u32
+/// `encoder.threads = 0` rule, in one process or across a node's children): twice the even
+/// share, at most `cores`. x264's frame threads wait on each other, so with an even share a
+/// job left 1–2 of 16 cores idle; with 8 pipelines on 16 cores, 4 threads each ran jobs
+/// 1.05–1.11x faster than 2, and 6 or 8 no faster than 4 (BENCHMARKS.md, session 17).
+pub fn encoder_threads(cores: usize, pipelines: usize) -> u32 {
+    (2 * cores.div_ceil(pipelines.max(1))).clamp(1, cores.max(1)) as u32
 }
 
 /// How a child that ends with a failure is restarted: after `first_delay`, doubling up to
@@ -383,6 +386,17 @@ mod tests {
     }
 
     #[test]
+    fn encoders_get_twice_their_share_of_the_cores_at_most_all() {
+        assert_eq!(encoder_threads(16, 8), 4, "a GPU node's 8 pipelines");
+        assert_eq!(encoder_threads(2, 2), 2, "this CPU machine's two workers");
+        assert_eq!(encoder_threads(16, 3), 12);
+        assert_eq!(encoder_threads(16, 1), 16, "never more than the cores");
+        assert_eq!(encoder_threads(4, 16), 2, "more pipelines than cores");
+        assert_eq!(encoder_threads(1, 4), 1);
+        assert_eq!(encoder_threads(0, 0), 1);
+    }
+
+    #[test]
     fn a_child_reads_back_the_parents_config_pinned_to_its_gpu() {
         let mut cfg = Config::default();
         cfg.worker.device = "cuda".into();
@@ -392,7 +406,7 @@ mod tests {
         cfg.worker.cuda_warm_up_sizes = vec!["640x360".into()];
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("w.toml");
-        // 64 cores, 16 pipelines on the node: 4 threads each, not 64 / 3.
+        // 64 cores, 16 pipelines on the node: 8 threads each (twice 64 / 16), not 2 x 64 / 3.
         let text = toml::to_string(&child_config(&cfg, 1, 3, 16, 64)).expect("serialises");
         std::fs::write(&path, text).expect("written");
         let back = load(&path);
@@ -401,7 +415,7 @@ mod tests {
         assert_eq!(back.worker.worker_id, "node-7-gpu1");
         assert_eq!(back.worker.device, "cuda");
         assert_eq!(back.worker.encoder.crf, 31);
-        assert_eq!(back.worker.encoder.threads, 4);
+        assert_eq!(back.worker.encoder.threads, 8);
         let mut set = cfg.clone();
         set.worker.encoder.threads = 6;
         assert_eq!(

@@ -1,7 +1,7 @@
 //! Commands that run worker code in this process: the embedded `run`, a
 //! standalone `worker`, `bench-model` and `styles`.
 
-use crate::children::{core_share, split_by_gpu, Fleet};
+use crate::children::{encoder_threads, split_by_gpu, Fleet};
 use crate::cli::{BenchArgs, BenchMediaArgs, OptimizeArgs, RunArgs};
 use crate::client::{follow, report, style_weights};
 use crate::load_config;
@@ -89,12 +89,12 @@ fn plan_pipelines_on(
 }
 
 /// Encoder and conversion threads of one of `pipelines` running at once: as configured, else
-/// the cores shared between them (one pipeline: 0, GStreamer's own choice).
+/// `encoder_threads`' rule (one pipeline: 0, GStreamer's own choice).
 fn shared_threads(configured: u32, pipelines: usize) -> u32 {
     match (configured, pipelines) {
         (t, _) if t > 0 => t,
         (_, 0 | 1) => 0,
-        (_, n) => core_share(cores(), n),
+        (_, n) => encoder_threads(cores(), n),
     }
 }
 

@@ -525,7 +525,8 @@ pub struct EncoderConfig {
     pub crf: u32,
     /// x264 speed preset: ultrafast, superfast, veryfast, faster, fast, medium, ...
     pub preset: String,
-    /// x264 threads per pipeline; 0 = the cores shared evenly between this process's pipelines.
+    /// x264 threads per pipeline; 0 = twice the cores' even share between this process's
+    /// pipelines (x264's frame threads wait on each other; an even share left cores idle).
     pub threads: u32,
 }
 
