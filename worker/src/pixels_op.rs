@@ -80,6 +80,11 @@ impl Yuv {
         v
     }
 
+    /// The conversion the other way, R'G'B' → Y'CbCr (before the offsets): yuv = f · rgb + off.
+    pub fn forward(&self) -> [f32; 9] {
+        invert(&self.m)
+    }
+
     fn from_values(v: &[f32]) -> Option<Self> {
         let v: &[f32; 12] = v.try_into().ok()?;
         let mut m = [0.0; 9];
@@ -129,7 +134,7 @@ pub fn nv12_to_rgb(nv12: &[u8], w: usize, h: usize, yuv: &Yuv, out: &mut [u8]) {
 /// Packed RGB to NV12 with `yuv`'s inverse, each 2x2 block's chroma averaged (test frames, and
 /// the samples a worker checks the NV12 path with).
 pub fn rgb_to_nv12(rgb: &[u8], w: usize, h: usize, yuv: &Yuv) -> Vec<u8> {
-    let inv = invert(&yuv.m);
+    let inv = yuv.forward();
     let to_yuv = |p: &[u8]| -> [f32; 3] {
         let (r, g, b) = (f32::from(p[0]), f32::from(p[1]), f32::from(p[2]));
         [0, 1, 2].map(|k| inv[3 * k] * r + inv[3 * k + 1] * g + inv[3 * k + 2] * b + yuv.off[k])

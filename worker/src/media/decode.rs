@@ -566,7 +566,6 @@ fn pack_nv12(
     pts: u64,
     pool: Option<&FramePool>,
 ) -> Result<Frame, String> {
-    use crate::pixels_op::{Yuv, YuvMatrix};
     let (w, h) = (vi.width() as usize, vi.height() as usize);
     if w % 2 == 1 || h % 2 == 1 {
         return Err(format!("NV12 frames of {w}x{h}: both sides must be even"));
@@ -589,23 +588,12 @@ fn pack_nv12(
             data.extend_from_slice(&src[offset + r * stride..][..w]);
         }
     }
-    let c = vi.colorimetry();
-    let matrix = match c.matrix() {
-        gst_video::VideoColorMatrix::Bt601 | gst_video::VideoColorMatrix::Smpte240m => {
-            YuvMatrix::Bt601
-        }
-        gst_video::VideoColorMatrix::Bt2020 => YuvMatrix::Bt2020,
-        gst_video::VideoColorMatrix::Bt709 => YuvMatrix::Bt709,
-        _ if h >= 720 => YuvMatrix::Bt709,
-        _ => YuvMatrix::Bt601,
-    };
-    let full = c.range() == gst_video::VideoColorRange::Range0_255;
     Ok(Frame {
         pts,
         width: w as u32,
         height: h as u32,
         data,
-        yuv: Some(Yuv::new(matrix, full)),
+        yuv: Some(super::yuv_of(&vi.colorimetry(), h as u32)),
     })
 }
 

@@ -3,11 +3,13 @@
 //! concatenate them without re-encoding.
 
 use super::pool::{FramePool, Lent};
+use super::to_i420::ToI420;
 use super::{make, set_state, Frame, Stopper};
 use crate::error::MediaError;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,6 +39,9 @@ pub struct SegmentEncoder {
     path: PathBuf,
     /// Where pushed frames' buffers go once x264 has encoded them.
     pool: FramePool,
+    /// Frames converted to I420 here rather than by `videoconvert` (to_i420.rs), where the
+    /// encoder takes I420 at the frames' own size.
+    to_i420: Option<ToI420>,
     _stop: Stopper,
 }
 
@@ -57,16 +62,20 @@ impl SegmentEncoder {
         let stop = Stopper(pipeline.clone());
         let (iw, ih) = geo.in_size;
         let (ow, oh) = geo.out_size;
-        let caps = gst::Caps::builder("video/x-raw")
-            .field("format", "RGB")
-            .field("width", iw as i32)
-            .field("height", ih as i32)
-            .field(
-                "framerate",
-                gst::Fraction::new(geo.fps.0.max(0), geo.fps.1.max(1)),
-            )
-            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-            .build();
+        let fps = gst::Fraction::new(geo.fps.0.max(0), geo.fps.1.max(1));
+        let direct = (geo.in_size == geo.out_size)
+            .then(|| direct_i420(iw, ih, fps))
+            .flatten();
+        let caps = match &direct {
+            Some((caps, _)) => caps.clone(),
+            None => gst::Caps::builder("video/x-raw")
+                .field("format", "RGB")
+                .field("width", iw as i32)
+                .field("height", ih as i32)
+                .field("framerate", fps)
+                .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+                .build(),
+        };
         let src = gst_app::AppSrc::builder()
             .caps(&caps)
             .format(gst::Format::Time)
@@ -122,6 +131,7 @@ impl SegmentEncoder {
             src,
             path: path.into(),
             pool: FramePool::default(),
+            to_i420: direct.map(|(_, c)| c),
             _stop: stop,
         })
     }
@@ -135,10 +145,23 @@ impl SegmentEncoder {
     /// Queues one frame, taking its pixels over (no copy where rows need no padding); blocks
     /// while the encoder is busy (bounded memory).
     pub fn push(&self, frame: Frame, pts_ns: u64, duration_ns: u64) -> Result<(), MediaError> {
+        let (w, h) = (frame.width as usize, frame.height as usize);
         // GStreamer's RGB rows are padded to 4 bytes; frames are tightly packed.
-        let row = frame.width as usize * 3;
+        let row = w * 3;
         let stride = (row + 3) & !3;
-        let data = if stride == row {
+        let data = if let Some(conv) = &self.to_i420 {
+            if frame.data.len() != w * h * 3 || frame.yuv.is_some() {
+                return Err(self.fail(&format!(
+                    "a {w}x{h} frame of {} bytes is not RGB of that size",
+                    frame.data.len()
+                )));
+            }
+            let mut d = self.pool.take(w * h * 3 / 2);
+            d.resize(w * h * 3 / 2, 0);
+            conv.convert(&frame.data, w, h, &mut d);
+            self.pool.give(frame.data);
+            d
+        } else if stride == row {
             frame.data
         } else {
             let mut d = self.pool.take(stride * frame.height as usize);
@@ -182,6 +205,137 @@ impl SegmentEncoder {
         MediaError::Write {
             path: self.path.clone(),
             detail: detail.to_string(),
+        }
+    }
+}
+
+/// The caps and conversion for pushing I420 converted here, where GStreamer's default I420
+/// layout at this size is tight (the planes back to back, rows unpadded: both sides even and
+/// the width a multiple of 8, as 640x360, 1280x720, 1920x1080); None otherwise (RGB is pushed
+/// and `videoconvert` converts it). The colorimetry is I420's default at this size, the one
+/// `videoconvert` would have chosen.
+fn direct_i420(w: u32, h: u32, fps: gst::Fraction) -> Option<(gst::Caps, ToI420)> {
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, w, h)
+        .fps(fps)
+        .par(gst::Fraction::new(1, 1))
+        .build()
+        .ok()?;
+    let (wu, hu) = (w as usize, h as usize);
+    let tight = info.stride() == [w as i32, w as i32 / 2, w as i32 / 2]
+        && info.offset() == [0, wu * hu, wu * hu + wu * hu / 4]
+        && info.size() == wu * hu * 3 / 2;
+    if !tight || w % 2 == 1 || h % 2 == 1 {
+        return None;
+    }
+    let yuv = super::yuv_of(&info.colorimetry(), h);
+    Some((info.to_caps().ok()?, ToI420::new(&yuv)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::decode::{decode_range, DecodeRequest};
+    use crate::media::probe::probe;
+
+    #[test]
+    fn frames_are_converted_here_where_the_i420_layout_is_tight() {
+        crate::media::init().unwrap();
+        let fps = gst::Fraction::new(25, 1);
+        for (w, h) in [(1280, 720), (640, 360), (1920, 1080), (64, 48)] {
+            assert!(direct_i420(w, h, fps).is_some(), "{w}x{h}");
+        }
+        // Chroma rows padded to 4 bytes (1278 / 2 = 639, 100 / 2 = 50), or odd sides: RGB.
+        for (w, h) in [(1278, 720), (100, 50), (63, 48), (64, 47)] {
+            assert!(direct_i420(w, h, fps).is_none(), "{w}x{h}");
+        }
+        let matrix = |w, h| {
+            let (caps, _) = direct_i420(w, h, fps).unwrap();
+            let s = caps.structure(0).unwrap();
+            s.get::<String>("colorimetry").unwrap()
+        };
+        assert_eq!(matrix(1280, 720), "bt709");
+        assert_eq!(matrix(640, 360), "bt601");
+    }
+
+    /// Frames converted here come back from the file as the colours pushed: the conversion's
+    /// matrix is the one the caps name (saturated colours tell bt601 from bt709 by ~20 levels).
+    #[test]
+    fn an_encoded_segment_decodes_to_the_frames_pushed() {
+        crate::media::init().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for (w, h) in [(64u32, 48u32), (64, 720)] {
+            let path = dir.path().join(format!("seg{h}.mp4"));
+            let geo = Geometry {
+                in_size: (w, h),
+                out_size: (w, h),
+                fps: (25, 1),
+            };
+            let settings = EncoderSettings {
+                crf: 10,
+                preset: "ultrafast".into(),
+                threads: 1,
+            };
+            let enc = SegmentEncoder::create(&path, geo, &settings).unwrap();
+            assert!(enc.to_i420.is_some());
+            // Flat blocks of saturated colours (little for x264 to lose).
+            let colours = [
+                [255u8, 0, 0],
+                [0, 255, 0],
+                [0, 0, 255],
+                [255, 255, 0],
+                [40, 40, 40],
+            ];
+            let mut rgb = Vec::with_capacity((w * h * 3) as usize);
+            for _ in 0..h {
+                for x in 0..w {
+                    rgb.extend_from_slice(&colours[(x / 16) as usize % colours.len()]);
+                }
+            }
+            let frame_ns = 40_000_000;
+            for i in 0..5u64 {
+                let f = Frame {
+                    pts: i * frame_ns,
+                    width: w,
+                    height: h,
+                    data: rgb.clone(),
+                    yuv: None,
+                };
+                enc.push(f, i * frame_ns, frame_ns).unwrap();
+            }
+            enc.finish(Duration::from_secs(20)).unwrap();
+            let p = probe(&path, Duration::from_secs(20)).unwrap();
+            assert_eq!(p.frame_pts.len(), 5);
+            let mut back = Vec::new();
+            let req = DecodeRequest {
+                path: &path,
+                frame_pts: &p.frame_pts,
+                seek_ns: 0,
+                size: None,
+                stall_timeout: Duration::from_secs(20),
+                threads: 1,
+                nvdec: None,
+                pool: None,
+                nv12: false,
+            };
+            decode_range(&req, &mut |f| {
+                back.push(f);
+                true
+            })
+            .unwrap();
+            assert_eq!(back.len(), 5);
+            // Away from the blocks' edges (chroma is shared by 2x2 pixels).
+            for y in (4..h - 4).step_by(7) {
+                for x in (0..w).filter(|x| (3..13).contains(&(x % 16))) {
+                    let at = ((y * w + x) * 3) as usize;
+                    for c in 0..3 {
+                        let (a, b) = (back[2].data[at + c], rgb[at + c]);
+                        assert!(
+                            a.abs_diff(b) <= 6,
+                            "{w}x{h} ({x}, {y}) channel {c}: {a} against {b}"
+                        );
+                    }
+                }
+            }
         }
     }
 }

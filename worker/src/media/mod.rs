@@ -9,6 +9,7 @@ pub mod encode;
 pub mod mp4_index;
 pub mod pool;
 pub mod probe;
+pub mod to_i420;
 pub mod warmup;
 
 use crate::error::MediaError;
@@ -29,6 +30,21 @@ pub struct Frame {
     /// None: `data` is RGB. Some: it is NV12 (width x height luma, then interleaved U and V at
     /// half size; both sides even), to be converted with this (pixels_op.rs).
     pub yuv: Option<crate::pixels_op::Yuv>,
+}
+
+/// The Y'CbCr conversion a stream's colorimetry names (bt709 for HD and bt601 below where it
+/// names none, as GStreamer assumes).
+pub(crate) fn yuv_of(c: &gstreamer_video::VideoColorimetry, height: u32) -> crate::pixels_op::Yuv {
+    use crate::pixels_op::{Yuv, YuvMatrix};
+    use gstreamer_video::{VideoColorMatrix, VideoColorRange};
+    let matrix = match c.matrix() {
+        VideoColorMatrix::Bt601 | VideoColorMatrix::Smpte240m => YuvMatrix::Bt601,
+        VideoColorMatrix::Bt2020 => YuvMatrix::Bt2020,
+        VideoColorMatrix::Bt709 => YuvMatrix::Bt709,
+        _ if height >= 720 => YuvMatrix::Bt709,
+        _ => YuvMatrix::Bt601,
+    };
+    Yuv::new(matrix, c.range() == VideoColorRange::Range0_255)
 }
 
 impl Frame {
