@@ -9,6 +9,7 @@
 #                      plugins framewise uses and the shared libraries they need (this Debian 12
 #                      machine's, glibc excluded: they run on the target's newer glibc), zstd
 #   .gpu/zstd          this machine's zstd, to unpack there
+#   .gpu/perf.tar.zst  perf and its libraries (bench/gpu-ab.sh FW_PERF=1)
 #   .gpu/clip720.mp4   the benchmark clip: 120 s of the demo clip looped, 1280x720, AAC audio
 # The target unpacks them with bench/gpu.sh --unpack (see BENCHMARKS.md for the exact calls).
 set -euo pipefail
@@ -53,6 +54,15 @@ fi
 echo "$CARGO_TARGET_DIR/release/framewise" > "$b/bin-path"
 tar cf - -C "$work" fw | zstd -T0 -19 -q -f -o .gpu/fw.tar.zst
 cp "$(command -v zstd)" .gpu/zstd
+# perf with the libraries it needs (glibc's excepted), for bench/gpu-ab.sh's FW_PERF=1 profile:
+# Debian's linux-perf, a benchmark-only tool installed here, not by the product's bootstrap.
+if [ ! -f .gpu/perf.tar.zst ]; then
+  command -v perf >/dev/null || apt-get install -y -q linux-perf >/dev/null
+  p="$work/perf"; mkdir -p "$p/lib"; cp "$(command -v perf)" "$p/"
+  ldd "$(command -v perf)" | awk '/=> \// {print $3}' | grep -v -E '/(libc|libm|libpthread|libdl|librt)\.so' \
+    | xargs -I{} cp -L {} "$p/lib/"
+  tar cf - -C "$work" perf | zstd -19 -q -f -o .gpu/perf.tar.zst
+fi
 [ -f .gpu/clip720.mp4 ] || ffmpeg -v error -y -stream_loop 25 -i media/bigbuckbunny.mp4 -t 120 \
   -vf scale=1280:720 -c:v libx264 -preset veryfast -crf 27 -c:a aac -b:a 96k .gpu/clip720.mp4
 ls -la .gpu
