@@ -13,10 +13,7 @@
 #              thread kind and library ($OUT/profile.txt)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bench/gpu.sh --stash >/dev/null && bench/gpu.sh --unpack >/dev/null
-cp .gpu/styl-short.mp4 /root/fw/
-R=/root/fw; source <(sed -n '/^R=/,/^fw=/p' bench/gpu.sh)
-nvidia-smi -L | tee "$OUT/gpu.txt"
+source bench/gpu-setup.sh
 bin() { [ "$1" = old ] && echo "$R/framewise-old" || echo "$R/framewise"; }
 x264() {  # x264 BUILD
   echo "== x264 alone ($1)"

@@ -6,10 +6,7 @@
 # .gpu/styl-short.mp4. FW_ROUNDS pairs (default 3); each job's log is left in $OUT.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bench/gpu.sh --stash >/dev/null && bench/gpu.sh --unpack >/dev/null
-cp .gpu/styl-short.mp4 /root/fw/
-R=/root/fw; source <(sed -n '/^R=/,/^fw=/p' bench/gpu.sh)
-nvidia-smi -L | tee "$OUT/gpu.txt"
+source bench/gpu-setup.sh
 x264() {
   echo "== x264 alone ($1)"
   $fw bench-media --input $R/styl-short.mp4 --frames 1125 --streams 8 --chunk-frames 50 --stitch 2>&1 | grep bench-media

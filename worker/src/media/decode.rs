@@ -597,24 +597,30 @@ fn pack_nv12(
     })
 }
 
+/// A test's request: RGB on the CPU, one thread, from `seek_ns`.
+#[cfg(test)]
+pub(crate) fn test_request<'a>(
+    path: &'a std::path::Path,
+    pts: &'a [u64],
+    seek_ns: u64,
+) -> DecodeRequest<'a> {
+    DecodeRequest {
+        path,
+        frame_pts: pts,
+        seek_ns,
+        size: None,
+        stall_timeout: Duration::from_secs(20),
+        threads: 1,
+        nvdec: None,
+        pool: None,
+        nv12: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_request as request;
     use super::{decode_range_counted, decode_range_kept, nvidia_decoder_gpu, DecodeRequest};
-    use std::time::Duration;
-
-    fn request<'a>(path: &'a std::path::Path, pts: &'a [u64], seek_ns: u64) -> DecodeRequest<'a> {
-        DecodeRequest {
-            path,
-            frame_pts: pts,
-            seek_ns,
-            size: None,
-            stall_timeout: Duration::from_secs(20),
-            threads: 1,
-            nvdec: None,
-            pool: None,
-            nv12: false,
-        }
-    }
 
     /// NV12 frames (for a model that converts them itself) are the same pictures as the RGB
     /// ones: same count and timestamps, tight planes, and framewise's conversion within a few

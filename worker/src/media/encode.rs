@@ -234,7 +234,7 @@ fn direct_i420(w: u32, h: u32, fps: gst::Fraction) -> Option<(gst::Caps, ToI420)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::decode::{decode_range, DecodeRequest};
+    use crate::media::decode::{decode_range, test_request};
     use crate::media::probe::probe;
 
     #[test]
@@ -306,18 +306,7 @@ mod tests {
             let p = probe(&path, Duration::from_secs(20)).unwrap();
             assert_eq!(p.frame_pts.len(), 5);
             let mut back = Vec::new();
-            let req = DecodeRequest {
-                path: &path,
-                frame_pts: &p.frame_pts,
-                seek_ns: 0,
-                size: None,
-                stall_timeout: Duration::from_secs(20),
-                threads: 1,
-                nvdec: None,
-                pool: None,
-                nv12: false,
-            };
-            decode_range(&req, &mut |f| {
+            decode_range(&test_request(&path, &p.frame_pts, 0), &mut |f| {
                 back.push(f);
                 true
             })
