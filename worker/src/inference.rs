@@ -175,7 +175,7 @@ impl Stylizer {
             .map_err(|e| load(&e))?;
         let mut graph = matches!(device, Device::Cuda(_)) && cuda.graph;
         let session = match Self::commit(builder.clone(), device, cuda, graph, path) {
-            Err(e) if graph => {
+            Err(e) if graph && graphs_refused(&e.to_string()) => {
                 // ONNX Runtime refuses graphs for a model with nodes off the GPU: run it without.
                 tracing::warn!(model = %path.display(), %device, error = %e, "no CUDA graphs for this model");
                 graph = false;
@@ -854,9 +854,30 @@ pub fn from_nchw_cropped(
     }
 }
 
+/// Whether a session failed only because ONNX Runtime will not capture CUDA graphs for it
+/// (nodes off the GPU, control flow: every such refusal says "cannot use the CUDA Graph
+/// feature"); then it is loaded again without graphs. Any other failure (no memory, a bad
+/// model, a provider that does not start) is the error it is, not retried.
+fn graphs_refused(error: &str) -> bool {
+    error.contains("cannot use the CUDA Graph feature")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_refusal_of_cuda_graphs_loads_the_model_again_without() {
+        // ONNX Runtime's refusals (inference_session.cc), as ModelError::Load shows them.
+        assert!(graphs_refused("model.onnx: could not load: This session cannot use the CUDA Graph feature as requested by the user  as all compute graph nodes have not been partitioned to the CUDA EP."));
+        assert!(graphs_refused("This session cannot use the CUDA Graph feature as requested by the user as the model has control flow nodes which can't be supported by CUDA Graphs."));
+        assert!(!graphs_refused(
+            "model.onnx: could not load: CUDA failure 2: out of memory"
+        ));
+        assert!(!graphs_refused(
+            "model.onnx: could not load: Protobuf parsing failed."
+        ));
+    }
 
     #[test]
     fn pad_and_crop_round_trip() {
