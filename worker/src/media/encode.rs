@@ -228,7 +228,10 @@ fn direct_i420(w: u32, h: u32, fps: gst::Fraction) -> Option<(gst::Caps, ToI420)
         return None;
     }
     let yuv = super::yuv_of(&info.colorimetry(), h);
-    Some((info.to_caps().ok()?, ToI420::new(&yuv)))
+    let cosited = info
+        .chroma_site()
+        .contains(gst_video::VideoChromaSite::H_COSITED);
+    Some((info.to_caps().ok()?, ToI420::new(&yuv, cosited)))
 }
 
 #[cfg(test)]
@@ -325,6 +328,90 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod against_videoconvert {
+    use super::*;
+
+    /// The I420 `videoconvert` makes of `rgb` with the caps `direct_i420` gives (a test's
+    /// reference: the conversion framewise's replaced).
+    fn videoconvert_i420(rgb: &[u8], w: u32, h: u32) -> Vec<u8> {
+        crate::media::init().unwrap();
+        let fps = gst::Fraction::new(25, 1);
+        let (caps, _) = direct_i420(w, h, fps).unwrap();
+        let p = gst::Pipeline::new();
+        let src = gst_app::AppSrc::builder()
+            .caps(
+                &gst::Caps::builder("video/x-raw")
+                    .field("format", "RGB")
+                    .field("width", w as i32)
+                    .field("height", h as i32)
+                    .field("framerate", fps)
+                    .build(),
+            )
+            .format(gst::Format::Time)
+            .build();
+        let convert = make("videoconvert").unwrap();
+        let sink = gstreamer_app::AppSink::builder().caps(&caps).build();
+        p.add_many([src.upcast_ref(), &convert, sink.upcast_ref()])
+            .unwrap();
+        gst::Element::link_many([src.upcast_ref(), &convert, sink.upcast_ref()]).unwrap();
+        p.set_state(gst::State::Playing).unwrap();
+        let mut b = gst::Buffer::from_slice(rgb.to_vec());
+        b.get_mut().unwrap().set_pts(gst::ClockTime::ZERO);
+        src.push_buffer(b).unwrap();
+        let s = sink.pull_sample().unwrap();
+        let out = s.buffer().unwrap().map_readable().unwrap().to_vec();
+        p.set_state(gst::State::Null).unwrap();
+        out
+    }
+
+    #[test]
+    fn framewise_conversion_is_videoconverts_within_rounding() {
+        for (w, h) in [(64u32, 48u32), (64, 720)] {
+            let (wu, hu) = (w as usize, h as usize);
+            // Smooth gradients with a texture, as stylized frames have.
+            let mut rgb = Vec::with_capacity(wu * hu * 3);
+            for y in 0..hu {
+                for x in 0..wu {
+                    let t = ((x * 37 + y * 11) % 23) as u8;
+                    rgb.extend_from_slice(&[(x * 4) as u8 ^ t, (y % 256) as u8, 200 - t * 3]);
+                }
+            }
+            let theirs = videoconvert_i420(&rgb, w, h);
+            let (_, conv) = direct_i420(w, h, gst::Fraction::new(25, 1)).unwrap();
+            let mut ours = vec![0u8; wu * hu * 3 / 2];
+            conv.convert(&rgb, wu, hu, &mut ours);
+            assert_eq!(theirs.len(), ours.len());
+            let diff = |a: &[u8], b: &[u8]| {
+                let max = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+                let mean = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| f64::from(x.abs_diff(*y)))
+                    .sum::<f64>()
+                    / a.len() as f64;
+                (max, mean)
+            };
+            let (ly, lc) = (wu * hu, wu * hu / 2);
+            let y = diff(&ours[..ly], &theirs[..ly]);
+            let c = diff(&ours[ly..ly + lc], &theirs[ly..ly + lc]);
+            // Rounding apart; the chroma's last columns differ most (GStreamer's filter edge).
+            assert!(
+                y.0 <= 1 && y.1 < 0.5,
+                "{w}x{h} luma: max {} mean {}",
+                y.0,
+                y.1
+            );
+            assert!(
+                c.0 <= 4 && c.1 < 0.5,
+                "{w}x{h} chroma: max {} mean {}",
+                c.0,
+                c.1
+            );
         }
     }
 }

@@ -18,22 +18,32 @@ pub struct ToI420 {
     /// Rows Y, Cb, Cr of the forward matrix, scaled by 2^BITS.
     k: [[i32; 3]; 3],
     /// The offsets (16, 128, 128 in limited range), scaled by 2^BITS, with half a unit for
-    /// rounding: for luma at BITS, for chroma at BITS + 2 (a sum of four pixels).
+    /// rounding: for luma at BITS, for chroma at BITS + `sum_bits` (a weighted sum of pixels).
     off_y: i32,
     off_c: [i32; 2],
+    /// Chroma sited with the left pixel of each pair (MPEG-2's siting, I420's default for HD:
+    /// caps `chroma-site=mpeg2`): weights 1, 2, 1 across the pair and its left neighbour, as
+    /// `videoconvert` filters. Otherwise centred in the 2x2 block (`jpeg`): its mean.
+    cosited: bool,
+    /// log2 of the chroma weights' sum: 2 (four pixels) or 3 (1 + 2 + 1, two rows).
+    sum_bits: u32,
 }
 
 impl ToI420 {
-    /// The conversion that `yuv` undoes.
-    pub fn new(yuv: &Yuv) -> Self {
+    /// The conversion that `yuv` undoes, with the chroma sited as `cosited` says.
+    pub fn new(yuv: &Yuv, cosited: bool) -> Self {
         let f = yuv.forward();
         let s = f64::from(1u32 << BITS);
         let k = [0, 1, 2].map(|r| [0, 1, 2].map(|c| (f64::from(f[3 * r + c]) * s).round() as i32));
         let half = 1i32 << (BITS - 1);
+        let sum_bits = if cosited { 3 } else { 2 };
         Self {
             k,
             off_y: (yuv.off[0] as i32 * (1 << BITS)) + half,
-            off_c: [1, 2].map(|i| (yuv.off[i] as i32 * (1 << (BITS + 2))) + (half << 2)),
+            off_c: [1, 2]
+                .map(|i| (yuv.off[i] as i32 * (1 << (BITS + sum_bits))) + (half << sum_bits)),
+            cosited,
+            sum_bits,
         }
     }
 
@@ -73,10 +83,12 @@ impl ToI420 {
             ((v + self.off_y) >> BITS).clamp(0, 255) as u8
         };
         let cw = w / 2;
-        for r in 0..h / 2 {
-            let top = &rgb[2 * r * w * 3..][..w * 3];
-            let bottom = &rgb[(2 * r + 1) * w * 3..][..w * 3];
-            let (ly, rest) = luma[2 * r * w..].split_at_mut(w);
+        // A row pair's chroma sums, one per sample, red, green and blue apart.
+        let (mut sr, mut sg, mut sb) = (vec![0i32; cw], vec![0i32; cw], vec![0i32; cw]);
+        for pair in 0..h / 2 {
+            let top = &rgb[2 * pair * w * 3..][..w * 3];
+            let bottom = &rgb[(2 * pair + 1) * w * 3..][..w * 3];
+            let (ly, rest) = luma[2 * pair * w..].split_at_mut(w);
             let ly2 = &mut rest[..w];
             for (y, p) in ly.iter_mut().zip(top.chunks_exact(3)) {
                 *y = y_of(p);
@@ -84,22 +96,42 @@ impl ToI420 {
             for (y, p) in ly2.iter_mut().zip(bottom.chunks_exact(3)) {
                 *y = y_of(p);
             }
-            let (ur, vr) = (&mut us[r * cw..][..cw], &mut vs[r * cw..][..cw]);
-            for (((u, v), t), b) in ur
-                .iter_mut()
-                .zip(vr.iter_mut())
-                .zip(top.chunks_exact(6))
+            let (ur, vr) = (&mut us[pair * cw..][..cw], &mut vs[pair * cw..][..cw]);
+            // Chroma sums per sample, red, green and blue apart, in plain passes (so they
+            // vectorise): the 2x2 block's four pixels; cosited, also the pixel before the pair
+            // and the pair's left one again (weights 1, 2, 1 across; the first column stands in
+            // for the one left of the picture).
+            for (((t, b), (r, g)), bl) in top
+                .chunks_exact(6)
                 .zip(bottom.chunks_exact(6))
+                .zip(sr.iter_mut().zip(sg.iter_mut()))
+                .zip(sb.iter_mut())
             {
-                let sum = |c: usize| {
-                    i32::from(t[c]) + i32::from(t[c + 3]) + i32::from(b[c]) + i32::from(b[c + 3])
-                };
-                let (sr, sg, sb) = (sum(0), sum(1), sum(2));
-                let c = |k: [i32; 3], off: i32| {
-                    ((k[0] * sr + k[1] * sg + k[2] * sb + off) >> (BITS + 2)).clamp(0, 255) as u8
-                };
-                *u = c(ku, self.off_c[0]);
-                *v = c(kv, self.off_c[1]);
+                *r = i32::from(t[0]) + i32::from(t[3]) + i32::from(b[0]) + i32::from(b[3]);
+                *g = i32::from(t[1]) + i32::from(t[4]) + i32::from(b[1]) + i32::from(b[4]);
+                *bl = i32::from(t[2]) + i32::from(t[5]) + i32::from(b[2]) + i32::from(b[5]);
+            }
+            if self.cosited {
+                sr[0] += 2 * (i32::from(top[0]) + i32::from(bottom[0]));
+                sg[0] += 2 * (i32::from(top[1]) + i32::from(bottom[1]));
+                sb[0] += 2 * (i32::from(top[2]) + i32::from(bottom[2]));
+                for (((t, b), (r, g)), bl) in top[3..]
+                    .chunks_exact(6)
+                    .zip(bottom[3..].chunks_exact(6))
+                    .zip(sr[1..].iter_mut().zip(sg[1..].iter_mut()))
+                    .zip(sb[1..].iter_mut())
+                {
+                    *r += i32::from(t[0]) + i32::from(t[3]) + i32::from(b[0]) + i32::from(b[3]);
+                    *g += i32::from(t[1]) + i32::from(t[4]) + i32::from(b[1]) + i32::from(b[4]);
+                    *bl += i32::from(t[2]) + i32::from(t[5]) + i32::from(b[2]) + i32::from(b[5]);
+                }
+            }
+            let shift = BITS + self.sum_bits;
+            let [ou, ov] = self.off_c;
+            for ((((u, v), r), g), b) in ur.iter_mut().zip(vr.iter_mut()).zip(&sr).zip(&sg).zip(&sb)
+            {
+                *u = ((ku[0] * r + ku[1] * g + ku[2] * b + ou) >> shift).clamp(0, 255) as u8;
+                *v = ((kv[0] * r + kv[1] * g + kv[2] * b + ov) >> shift).clamp(0, 255) as u8;
             }
         }
     }
@@ -134,7 +166,7 @@ mod tests {
         ] {
             let nv12 = rgb_to_nv12(&rgb, w, h, &yuv);
             let mut i420 = vec![0u8; w * h * 3 / 2];
-            ToI420::new(&yuv).convert(&rgb, w, h, &mut i420);
+            ToI420::new(&yuv, false).convert(&rgb, w, h, &mut i420);
             let (luma, chroma) = i420.split_at(w * h);
             for (a, b) in luma.iter().zip(&nv12[..w * h]) {
                 assert!(a.abs_diff(*b) <= 1, "luma {a} against {b}");
@@ -152,8 +184,13 @@ mod tests {
     fn greys_are_exact() {
         let yuv = Yuv::new(YuvMatrix::Bt709, false);
         let mut out = [0u8; 6];
-        for (level, y) in [(0u8, 16u8), (255, 235), (128, 126)] {
-            ToI420::new(&yuv).convert(&[level; 12], 2, 2, &mut out);
+        for (level, y, cosited) in [
+            (0u8, 16u8, false),
+            (255, 235, true),
+            (128, 126, false),
+            (128, 126, true),
+        ] {
+            ToI420::new(&yuv, cosited).convert(&[level; 12], 2, 2, &mut out);
             assert_eq!(out, [y, y, y, y, 128, 128], "grey {level}");
         }
     }
