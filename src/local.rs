@@ -588,7 +588,9 @@ pub fn bench_model(a: BenchArgs) -> Result<ExitCode> {
 
 /// `framewise bench-media`: the decode-only and encode-only ceilings on one clip.
 pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
-    use framewise_worker::media::encode::{EncoderSettings, Geometry, SegmentEncoder};
+    use framewise_worker::media::encode::{
+        converts_to_i420_itself, EncoderSettings, Geometry, SegmentEncoder,
+    };
     let cfg = load_config(a.config.as_deref(), "config/embedded.toml")?;
     if a.streams == 0 || a.streams > 64 {
         bail!("--streams: must be 1 to 64, got {}", a.streams);
@@ -726,12 +728,17 @@ pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
         format!("chunks of {} frames", a.chunk_frames)
     };
     println!(
-        "bench-media: encode {w}x{h}, {} frames, {} stream(s): {:.1} frames/s (x264 {} crf {}, from RGB in memory, {files})",
+        "bench-media: encode {w}x{h}, {} frames, {} stream(s): {:.1} frames/s (x264 {} crf {}, from RGB in memory converted by {}, {files})",
         a.frames * a.streams,
         a.streams,
         (a.frames * a.streams) as f64 / secs,
         settings.preset,
-        settings.crf
+        settings.crf,
+        if converts_to_i420_itself(geo) {
+            "framewise"
+        } else {
+            "videoconvert"
+        },
     );
     if a.stitch {
         use framewise_worker::media::assemble::{assemble, SegmentFile};

@@ -209,6 +209,13 @@ impl SegmentEncoder {
     }
 }
 
+/// Whether frames of `geo` are converted to I420 by framewise (to_i420.rs) rather than by
+/// `videoconvert`: benchmarks say which conversion their encode ceiling includes.
+pub fn converts_to_i420_itself(geo: Geometry) -> bool {
+    geo.in_size == geo.out_size
+        && direct_i420(geo.in_size.0, geo.in_size.1, gst::Fraction::new(25, 1)).is_some()
+}
+
 /// The caps and conversion for pushing I420 converted here, where GStreamer's default I420
 /// layout at this size is tight (the planes back to back, rows unpadded: both sides even and
 /// the width a multiple of 8, as 640x360, 1280x720, 1920x1080); None otherwise (RGB is pushed
@@ -251,6 +258,17 @@ mod tests {
         for (w, h) in [(1278, 720), (100, 50), (63, 48), (64, 47)] {
             assert!(direct_i420(w, h, fps).is_none(), "{w}x{h}");
         }
+        let geo = |in_size, out_size| Geometry {
+            in_size,
+            out_size,
+            fps: (25, 1),
+        };
+        assert!(converts_to_i420_itself(geo((1280, 720), (1280, 720))));
+        assert!(
+            !converts_to_i420_itself(geo((640, 360), (1280, 720))),
+            "scaled"
+        );
+        assert!(!converts_to_i420_itself(geo((1278, 720), (1278, 720))));
         let matrix = |w, h| {
             let (caps, _) = direct_i420(w, h, fps).unwrap();
             let s = caps.structure(0).unwrap();
