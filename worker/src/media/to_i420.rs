@@ -113,7 +113,7 @@ impl ToI420 {
                 *g = i32::from(t[1]) + i32::from(t[4]) + i32::from(b[1]) + i32::from(b[4]);
                 *bl = i32::from(t[2]) + i32::from(t[5]) + i32::from(b[2]) + i32::from(b[5]);
             }
-            if self.cosited {
+            if self.cosited && cw > 0 {
                 sr[0] += 2 * (i32::from(top[0]) + i32::from(bottom[0]));
                 sg[0] += 2 * (i32::from(top[1]) + i32::from(bottom[1]));
                 sb[0] += 2 * (i32::from(top[2]) + i32::from(bottom[2]));
@@ -178,6 +178,16 @@ mod tests {
                 assert!(u[k].abs_diff(uv[0]) <= 1, "U {} against {}", u[k], uv[0]);
                 assert!(v[k].abs_diff(uv[1]) <= 1, "V {} against {}", v[k], uv[1]);
             }
+        }
+    }
+
+    /// Nothing to convert is no fault (an empty picture, at either siting).
+    #[test]
+    fn an_empty_picture_converts_to_nothing() {
+        let yuv = Yuv::new(YuvMatrix::Bt709, false);
+        for cosited in [false, true] {
+            ToI420::new(&yuv, cosited).convert(&[], 0, 2, &mut []);
+            ToI420::new(&yuv, cosited).convert(&[], 2, 0, &mut []);
         }
     }
 
