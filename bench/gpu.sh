@@ -176,16 +176,19 @@ PY
         sleep 3
         # The run and its worker processes (a child per GPU).
         # "(process)" is the processes' own total, threads that have exited (x264's, a chunk's
-        # pipeline's) included; the named kinds are the threads alive at both samples.
-        snap() { { for q in $rpid $(pgrep -P $rpid); do echo "(process) $(awk '{print $14+$15}' /proc/$q/stat)"; done
-            for t in $(for q in $rpid $(pgrep -P $rpid); do echo /proc/$q/task/*; done); do echo "$(tr -d '0-9' < $t/comm | tr ' ' _) $(awk '{print $14+$15}' $t/stat)"; done; } 2>/dev/null \
-          | awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort; }
+        # pipeline's) included; the named kinds are the threads alive at both samples, each
+        # thread compared with itself (kind|tid: a chunk's threads come and go under the same
+        # names, so sums by name taken at two moments compared different threads).
+        snap() { { for q in $rpid $(pgrep -P $rpid); do echo "(process)|$q $(awk '{print $14+$15}' /proc/$q/stat)"; done
+            for t in $(for q in $rpid $(pgrep -P $rpid); do echo /proc/$q/task/*; done); do echo "$(tr -d '0-9' < $t/comm | tr ' ' _)|${t##*/} $(awk '{print $14+$15}' $t/stat)"; done; } 2>/dev/null \
+          | sort; }
         # The window is timed: reading hundreds of threads' stats takes a while itself.
         # (t_a, t_b: `b` is the batch loop's variable, used for the file names below.)
         t_a=$(date +%s.%N); snap > "$OUT/t1"; sleep 4; t_b=$(date +%s.%N); snap > "$OUT/t2"
         echo "   CPU cores busy by thread kind (over $(awk -v a=$t_a -v b=$t_b 'BEGIN {printf "%.1f", b - a}') s; $(nproc) cores; (process) = all threads):"
         join "$OUT/t1" "$OUT/t2" | awk -v w="$(awk -v a=$t_a -v b=$t_b 'BEGIN {print (b - a) * 100}')" \
-          '{d = ($3 - $2) / w; if (d > 0.05) printf "     %-18s %.2f\n", $1, d}' | sort -k2 -rn | head -14
+          '{split($1, k, "|"); d[k[1]] += ($3 - $2) / w} END {for (n in d) if (d[n] > 0.05) printf "     %-18s %.2f\n", n, d[n]}' \
+          | sort -k2 -rn | head -14
         wait $rpid
         grep -h "wrote\|error" "$OUT/run-g$g-p$p-b$b.log" | tail -2
         stages "$OUT/run-g$g-p$p-b$b.log"

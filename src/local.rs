@@ -670,7 +670,7 @@ pub fn bench_media(a: BenchMediaArgs) -> Result<ExitCode> {
     let settings = EncoderSettings {
         crf: cfg.worker.encoder.crf,
         preset: cfg.worker.encoder.preset.clone(),
-        // As the pipelines of a worker do: the cores shared between the streams.
+        // As the pipelines of a worker do: `encoder_threads`' rule for this many streams.
         threads: shared_threads(cfg.worker.encoder.threads, a.streams),
     };
     let frame_ns = 1_000_000_000u64 * p.fps_den.max(1) as u64 / p.fps_num.max(1) as u64;
