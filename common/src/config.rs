@@ -438,6 +438,7 @@ pub const OPTIMIZE_MODES: &[&str] = &[
     "fused-u8-tf32-norm",
     "fused-u8-fp16-norm-nhwc",
     "fused-u8-fp16-norm-nhwc-s2d",
+    "fused-u8-i16conv",
 ];
 
 impl Default for WorkerConfig {

@@ -164,7 +164,7 @@ impl Stylizer {
             path: path.to_path_buf(),
             detail: e.to_string(),
         };
-        let builder = Session::builder(env)
+        let mut builder = Session::builder(env)
             .map_err(|e| load(&e))?
             .with_intra_threads(threads.max(1))
             .map_err(|e| load(&e))?
@@ -173,6 +173,11 @@ impl Stylizer {
             // Rewritten models may hold framewise's fused normalisation (norm_op.rs).
             .with_operators(crate::norm_op::domain().map_err(|e| load(&e))?)
             .map_err(|e| load(&e))?;
+        // For benchmarks: ONNX Runtime's per-node timings, written as PREFIX_<date>.json when
+        // the session ends (BENCHMARKS.md reads them by op).
+        if let Some(prefix) = std::env::var_os("FW_ORT_PROFILE") {
+            builder = builder.with_profiling(prefix).map_err(|e| load(&e))?;
+        }
         let mut graph = matches!(device, Device::Cuda(_)) && cuda.graph;
         let session = match Self::commit(builder.clone(), device, cuda, graph, path) {
             Err(e) if graph && graphs_refused(&e.to_string()) => {

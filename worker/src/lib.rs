@@ -2,11 +2,13 @@
 //! pipeline and the lease loop that talks to the coordinator.
 
 pub mod agent;
+pub mod conv_op;
 pub mod cuda;
 pub mod error;
 pub mod graph_run;
 pub mod inference;
 pub mod media;
+pub mod narrow_conv_op;
 pub mod norm_op;
 pub mod optimize;
 pub mod pad_op;

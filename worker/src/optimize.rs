@@ -65,6 +65,13 @@ pub struct Rewrites {
     /// With `uint8_io`: the image input takes NV12 as well as RGB, converted on the model's
     /// device by framewise's `PixelsIn` (`pixels_in`).
     pub nv12_input: bool,
+    /// With `uint8_io`, on a CPU: the first convolution (and the reflect Pad before it) reads
+    /// the uint8 frame itself with 16-bit integer weights, as framewise's `PixelConvI16`
+    /// (`pixels_int_conv`, conv_op.rs).
+    pub int_first_conv: bool,
+    /// On a CPU: convolutions into few channels (the model's last two) as framewise's
+    /// `NarrowConv`, their Pad and upsampling folded in (`narrow_convs`, narrow_conv_op.rs).
+    pub narrow_convs: bool,
 }
 
 /// What the model's image input and output are called and which value range they use.
@@ -106,6 +113,10 @@ pub struct Report {
     pub space_to_depth_convs: usize,
     /// The image input takes NV12 too.
     pub nv12_input: bool,
+    /// The first convolution became framewise's integer `PixelConvI16`.
+    pub int_first_conv: bool,
+    /// Convolutions that became framewise's `NarrowConv`.
+    pub narrow_convs: usize,
     pub nodes_before: usize,
     pub nodes_after: usize,
 }
@@ -142,6 +153,11 @@ pub fn optimize_model(
             "nv12_input without uint8_io (the input it widens is the uint8 one)",
         ));
     }
+    if r.int_first_conv && (!r.uint8_io || r.fp16) {
+        return Err(OptimizeError::Combination(
+            "int_first_conv without uint8_io or with fp16 (it reads the uint8 frame, on a CPU)",
+        ));
+    }
     if r.space_to_depth && !r.channels_last {
         return Err(OptimizeError::Combination(
             "space_to_depth without channels_last (framewise's channels-last ops write and read it)",
@@ -176,6 +192,22 @@ pub fn optimize_model(
         fold_uint8_io(g, io)?;
         report.uint8_io = true;
     }
+    if r.int_first_conv {
+        report.int_first_conv = pixels_int_conv(g, io);
+        // Its normalisation as framewise's op too, which writes the next convolution's
+        // padded input in one pass: ONNX Runtime's ops after the first convolution (five
+        // passes over its 32 full-size channels) were a sixth of the model's CPU time.
+        if report.int_first_conv && !r.norm_op {
+            let head = fuse_norm_affine_where(g, |op| op == crate::conv_op::OP);
+            report.norm_ops.fused += head.fused;
+            report.norm_ops.with_relu += head.with_relu;
+            report.norm_ops.with_style_mix += head.with_style_mix;
+            report.norm_ops.with_pad += head.with_pad;
+        }
+    }
+    if r.narrow_convs {
+        report.narrow_convs = narrow_convs(g);
+    }
     let exact = r.uint8_io && r.pixels_into_first_conv && scale_after_first_conv(g, io);
     report.pixels_into_first_conv = exact;
     if r.norm_op {
@@ -206,7 +238,10 @@ pub fn optimize_model(
     // Shapes and types of intermediate values are re-inferred by the runtime.
     g.value_info.clear();
     report.nodes_after = g.node.len();
-    if (report.norm_ops.fused > 0 || report.nv12_input)
+    if (report.norm_ops.fused > 0
+        || report.nv12_input
+        || report.int_first_conv
+        || report.narrow_convs > 0)
         && !model
             .opset_import
             .iter()
@@ -650,6 +685,12 @@ fn style_mix(ix: &Index, g: &GraphProto, name: &str) -> Option<(String, String)>
 /// style weights and both matrices instead. The fused node takes the place of the last node it
 /// replaces, where every input is ready.
 pub fn fuse_norm_affine(g: &mut GraphProto) -> NormOps {
+    fuse_norm_affine_where(g, |_| true)
+}
+
+/// `fuse_norm_affine` for the normalisations whose input `keep` accepts (by its producer's op
+/// type; "" for a graph input or constant).
+fn fuse_norm_affine_where(g: &mut GraphProto, keep: impl Fn(&str) -> bool) -> NormOps {
     struct Found {
         node: NodeProto,
         remove: Vec<usize>,
@@ -662,6 +703,10 @@ pub fn fuse_norm_affine(g: &mut GraphProto) -> NormOps {
         let ix = Index::new(g);
         for (i, n) in g.node.iter().enumerate() {
             if n.op_type() != "InstanceNormalization" || n.domain() != "" || n.input.len() != 3 {
+                continue;
+            }
+            let from = ix.producer.get(n.input[0].as_str());
+            if !keep(from.map_or("", |&p| g.node[p].op_type())) {
                 continue;
             }
             let Some(f) = (|| -> Option<Found> {
@@ -763,18 +808,7 @@ pub fn fold_residual_and_upsample(g: &mut GraphProto) -> (usize, usize, usize) {
     {
         let ix = Index::new(g);
         let reflect_pad = |k: usize| is_reflect_pad(&g.node[k]);
-        let nearest_2x = |k: usize| {
-            let rs = &g.node[k];
-            let is =
-                |name: &str, want: &[u8]| attr(rs, name).and_then(|a| a.s.as_deref()) == Some(want);
-            let scales = rs.input.get(2).and_then(|s| ix.constants.get(s.as_str()));
-            is("mode", b"nearest")
-                && is("coordinate_transformation_mode", b"asymmetric")
-                && is("nearest_mode", b"floor")
-                && rs.input.get(1).is_none_or(|r| r.is_empty())
-                && rs.input.get(3).is_none_or(|r| r.is_empty())
-                && scales.and_then(|t| tensor_f32(t)) == Some(vec![1.0, 1.0, 2.0, 2.0])
-        };
+        let nearest_2x = |k: usize| is_nearest_2x(&ix, &g.node[k]);
         for (i, n) in g.node.iter().enumerate() {
             if n.domain() != norm_op::DOMAIN
                 || n.op_type() != norm_op::OP
@@ -1586,6 +1620,179 @@ fn pixel_conv_plan(g: &GraphProto, name: &str) -> Option<(Option<usize>, usize, 
     Some((pad, conv, k, shift))
 }
 
+/// A Resize that upsamples H and W twice, nearest, as the style model's decoder does (and as
+/// framewise's ops fold it in: asymmetric coordinates, floor).
+fn is_nearest_2x(ix: &Index, rs: &NodeProto) -> bool {
+    let is = |name: &str, want: &[u8]| attr(rs, name).and_then(|a| a.s.as_deref()) == Some(want);
+    let scales = rs.input.get(2).and_then(|s| ix.constants.get(s.as_str()));
+    rs.op_type() == "Resize"
+        && is("mode", b"nearest")
+        && is("coordinate_transformation_mode", b"asymmetric")
+        && is("nearest_mode", b"floor")
+        && rs.input.get(1).is_none_or(|r| r.is_empty())
+        && rs.input.get(3).is_none_or(|r| r.is_empty())
+        && scales.and_then(|t| tensor_f32(t)) == Some(vec![1.0, 1.0, 2.0, 2.0])
+}
+
+/// Replaces each plain convolution into at most `narrow_conv_op::MAX_PASS` channels (with the
+/// reflect Pad before it, and a nearest 2x Resize before that, if only it reads them) with
+/// framewise's `NarrowConv` (narrow_conv_op.rs), for the CPU. Returns how many.
+pub fn narrow_convs(g: &mut GraphProto) -> usize {
+    let mut found = Vec::new(); // (conv, pad, resize, new node)
+    {
+        let ix = Index::new(g);
+        for (ci, c) in g.node.iter().enumerate() {
+            let Some(f) = (|| {
+                if c.op_type() != "Conv" || !c.domain().is_empty() || c.input.len() < 2 {
+                    return None;
+                }
+                let ones = |a: &str| attr_ints(c, a).is_none_or(|v| v.iter().all(|&x| x == 1));
+                let zero_pads = attr_ints(c, "pads").is_none_or(|p| p.iter().all(|&v| v == 0));
+                let auto = attr(c, "auto_pad")
+                    .and_then(|a| a.s.as_deref())
+                    .is_some_and(|m| m != b"NOTSET" && m != b"VALID");
+                let plain = ones("strides")
+                    && ones("dilations")
+                    && attr_int(c, "group").unwrap_or(1) == 1
+                    && zero_pads
+                    && !auto;
+                let w = ix.constants.get(c.input[1].as_str())?;
+                let narrow = matches!(w.dims[..], [m, _, kh, kw]
+                    if (1..=crate::narrow_conv_op::MAX_PASS as i64).contains(&m) && kh == kw && kh > 1);
+                let bias_ok = c
+                    .input
+                    .get(2)
+                    .is_none_or(|b| b.is_empty() || ix.constants.contains_key(b.as_str()));
+                if !plain || !narrow || !bias_ok || tensor_f32(w).is_none() {
+                    return None;
+                }
+                let pad = ix
+                    .producer
+                    .get(c.input[0].as_str())
+                    .copied()
+                    .filter(|&p| is_reflect_pad(&g.node[p]))
+                    .filter(|_| ix.only_consumer(g, &c.input[0], "Conv") == Some(ci))?;
+                let pn = &g.node[pad];
+                let resize = ix
+                    .producer
+                    .get(pn.input[0].as_str())
+                    .copied()
+                    .filter(|&r| is_nearest_2x(&ix, &g.node[r]))
+                    .filter(|_| ix.only_consumer(g, &pn.input[0], "Pad") == Some(pad));
+                let x = match resize {
+                    Some(r) => g.node[r].input[0].clone(),
+                    None => pn.input[0].clone(),
+                };
+                let m = w.dims[0];
+                let y = c.output.first()?.clone();
+                let bias = c
+                    .input
+                    .get(2)
+                    .filter(|b| !b.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| format!("{y}__fw_narrow_bias"));
+                let mut op = node(
+                    crate::narrow_conv_op::OP,
+                    &format!("{y}__fw_narrow"),
+                    &[&x, &c.input[1], &bias, &pn.input[1]],
+                    &[&y],
+                    vec![int_attr("upsample", if resize.is_some() { 2 } else { 1 })],
+                );
+                op.domain = Some(norm_op::DOMAIN.into());
+                let zeros = (c.input.get(2).is_none_or(|b| b.is_empty()))
+                    .then(|| f32_tensor(&bias, &[m], &vec![0.0; m as usize]));
+                Some((ci, pad, resize, op, zeros))
+            })() else {
+                continue;
+            };
+            found.push(f);
+        }
+    }
+    let count = found.len();
+    let mut dead: HashSet<usize> = HashSet::new();
+    let mut insert: HashMap<usize, NodeProto> = HashMap::new();
+    for (ci, pad, resize, op, zeros) in found {
+        dead.insert(ci);
+        dead.insert(pad);
+        dead.extend(resize);
+        insert.insert(ci, op);
+        g.initializer.extend(zeros);
+    }
+    splice(g, &dead, insert);
+    count
+}
+
+/// Replaces the reflect Pad and first convolution that the uint8 frame feeds (through the
+/// NHWC-to-NCHW Transpose, Cast and scaling of `fold_uint8_io`) with framewise's
+/// `PixelConvI16` on the frame itself: weights rounded to 16 bits per output channel, the pixel
+/// scaling and the model's shift folded into its scale and shift (`pixel_conv_plan`), so the
+/// sums are exact integers (conv_op.rs). Only a plain convolution: stride and dilation 1, one
+/// group, a square kernel. Returns whether it applied.
+pub fn pixels_int_conv(g: &mut GraphProto, io: &ImageIo) -> bool {
+    let name = io.input.as_str();
+    let Some((pad, conv, k, shift)) = pixel_conv_plan(g, name) else {
+        return false;
+    };
+    let ix = Index::new(g);
+    let nchw = format!("{name}__fw_nchw_u8");
+    let from_nhwc = ix
+        .produced_by(g, &nchw, "Transpose")
+        .is_some_and(|t| is_transpose(&g.node[t], &[0, 3, 1, 2]) && g.node[t].input[0] == name);
+    let c = &g.node[conv];
+    let ones = |a: &str| attr_ints(c, a).is_none_or(|v| v.iter().all(|&x| x == 1));
+    let plain = ones("strides") && ones("dilations") && attr_int(c, "group").unwrap_or(1) == 1;
+    let Some(w) = ix.constants.get(c.input[1].as_str()) else {
+        return false;
+    };
+    let dims = w.dims.clone();
+    let square = matches!(dims[..], [m, _, kh, kw] if m as usize == shift.len() && kh == kw);
+    let Some(wv) = tensor_f32(w) else {
+        return false;
+    };
+    if !from_nhwc || !plain || !square {
+        return false;
+    }
+    let pads_in = pad.and_then(|p| g.node[p].input.get(1).cloned());
+    drop(ix);
+    let y = g.node[conv].output.first().cloned().unwrap_or_default();
+    let (wq, steps) = crate::conv_op::quantize_weights(&wv, shift.len());
+    let scale: Vec<f32> = steps.iter().map(|s| s * k).collect();
+    let m = shift.len() as i64;
+    let names = ["w", "scale", "shift", "pads"].map(|s| format!("{y}__fw_int_{s}"));
+    g.initializer.push(TensorProto {
+        name: Some(names[0].clone()),
+        dims,
+        data_type: Some(DataType::Int16 as i32),
+        raw_data: Some(wq.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    });
+    g.initializer.push(f32_tensor(&names[1], &[m], &scale));
+    g.initializer.push(f32_tensor(&names[2], &[m], &shift));
+    let pads = pads_in.unwrap_or_else(|| {
+        g.initializer.push(TensorProto {
+            name: Some(names[3].clone()),
+            dims: vec![8],
+            data_type: Some(DataType::Int64 as i32),
+            int64_data: vec![0; 8],
+            ..Default::default()
+        });
+        names[3].clone()
+    });
+    let mut op = node(
+        crate::conv_op::OP,
+        &format!("{y}__fw_int_conv"),
+        &[name, &names[0], &names[1], &names[2], &pads],
+        &[&y],
+        vec![],
+    );
+    op.domain = Some(norm_op::DOMAIN.into());
+    g.node[conv] = op;
+    if let Some(p) = pad {
+        g.node.remove(p);
+    }
+    true
+}
+
 /// The nodes from the image input through its first convolution (by index) and that
 /// convolution's output: the head that stays fp32 in an fp16 graph. This style model amplifies
 /// input rounding: fp32 inputs perturbed by 2.4e-4 (fp16's step near 1) move a smooth
@@ -2202,6 +2409,8 @@ mod tests {
             channels_last: false,
             space_to_depth: false,
             nv12_input: false,
+            int_first_conv: false,
+            narrow_convs: false,
         });
         assert!(r.fp16_tensors > 50, "{r:?}");
         let g = m.graph.as_ref().unwrap();
@@ -2270,6 +2479,8 @@ mod tests {
             channels_last: false,
             space_to_depth: false,
             nv12_input: false,
+            int_first_conv: false,
+            narrow_convs: false,
         });
         assert!(r.pixels_into_first_conv, "{r:?}");
         let g = m.graph.as_ref().unwrap();

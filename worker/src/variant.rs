@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 /// Bumped whenever a rewrite or the way variants are timed changes, so stale cached files
 /// and decisions are not reused.
-const OPTIMIZER_VERSION: u32 = 11;
+const OPTIMIZER_VERSION: u32 = 12;
 
 /// One rewritten model to try, and the quality it must keep.
 #[derive(Clone, Copy, Debug)]
@@ -31,9 +31,10 @@ pub struct Candidate {
 }
 
 /// The candidates for a device, best first. fp16 only on a GPU (on a CPU it is emulated and
-/// slow); int8 is not offered: static and dynamic quantisation both measured 1.2–1.7x slower
-/// than fp32 on an AVX2 CPU for this model, and the one running int8 kernels failed the 30 dB
-/// gate (`bench/quantize.sh`, BENCHMARKS.md).
+/// slow); ONNX Runtime's int8 is not offered: static and dynamic quantisation both measured
+/// 1.2–1.9x slower than fp32 on AVX2 and AVX-512 CPUs for this model, and the one running
+/// int8 kernels failed the 30 dB gate (`bench/quantize.sh`, BENCHMARKS.md). On a CPU,
+/// framewise's own ops take the model's ends instead (conv_op.rs, narrow_conv_op.rs).
 pub fn candidates(device: Device) -> Vec<Candidate> {
     let fused = Rewrites {
         fuse_instance_norm: true,
@@ -45,6 +46,8 @@ pub fn candidates(device: Device) -> Vec<Candidate> {
         channels_last: false,
         space_to_depth: false,
         nv12_input: false,
+        int_first_conv: false,
+        narrow_convs: false,
     };
     let exact = Candidate {
         name: "fused-u8",
@@ -68,10 +71,24 @@ pub fn candidates(device: Device) -> Vec<Candidate> {
         ..norm(r)
     };
     match device {
-        // The fused normalisation's CPU kernel runs one thread: no faster than ONNX Runtime's
-        // ops with one thread, slower with two (640x360 here: 139.7–164.7 against 184.2–217.4
-        // ms per frame); it stays for tests and for nodes a GPU session leaves to the CPU.
-        Device::Cpu => vec![exact],
+        // The fused normalisation everywhere was slower on a CPU (ONNX Runtime reorders its
+        // blocked layout around every op it does not know: 164–168 against 138–145 ms per
+        // 640x360 frame without it); the integer first convolution takes only its own along.
+        Device::Cpu => vec![
+            // The first convolution in integers from the uint8 frame (16-bit weights: 64 dB
+            // against the original) and the last two as NarrowConv: 1.2–1.5x fused-u8 alone.
+            Candidate {
+                name: "fused-u8-i16conv",
+                rewrites: Rewrites {
+                    int_first_conv: true,
+                    narrow_convs: true,
+                    ..fused
+                },
+                min_psnr_db: 40.0,
+                tf32: false,
+            },
+            exact,
+        ],
         Device::Cuda(_) => vec![
             // The same with the two 9x9 convolutions on 3 and 4 channels run space to depth
             // (5x5 on 12 and 16 channels, which tensor cores take; optimize::space_to_depth),
@@ -535,9 +552,17 @@ mod tests {
         let (exact, rest) = gpu.split_last().unwrap();
         assert!(rest.iter().all(|c| c.rewrites.pixels_into_first_conv));
         assert!(!exact.tf32 && !exact.rewrites.pixels_into_first_conv);
-        assert!(candidates(Device::Cpu)
+        let cpu = candidates(Device::Cpu);
+        assert!(cpu
             .iter()
             .all(|c| !c.rewrites.fp16 && !c.tf32 && !c.rewrites.norm_op));
+        // The CPU's own ops first (integer first convolution, narrow ones), then plain fp32.
+        assert_eq!(
+            cpu.iter().map(|c| c.name).collect::<Vec<_>>(),
+            ["fused-u8-i16conv", "fused-u8"]
+        );
+        assert!(cpu[0].rewrites.int_first_conv && cpu[0].rewrites.narrow_convs);
+        assert!(!cpu[1].rewrites.int_first_conv && !cpu[1].rewrites.narrow_convs);
         let o = CudaOptions::default();
         let tf32 = cuda_for(o, Device::Cuda(0), "fused-u8-tf32");
         assert!(tf32.tf32 && !tf32.prefer_nhwc);
