@@ -68,11 +68,29 @@ fn nearest_keyframe(sorted: &[u64], lo: u64, hi: u64, target: u64) -> Option<u64
 }
 
 /// What a frame decoded from the keyframe before a stolen range, only to be dropped, costs the
-/// thief, in stylized frames (numerator / denominator): on the GPU node about 7 ms against about
-/// 15 ms per stylized frame and pipeline (1280x720, 16 pipelines; BENCHMARKS.md, session 9).
-/// On a CPU worker a decoded frame costs far less than a stylized one, so there this errs
-/// toward splitting on keyframes.
-const LEAD_IN_COST: (u64, u64) = (1, 2);
+/// thief, in stylized frames (numerator / denominator), before a job has timed any range: on
+/// the GPU node about 7 ms against about 15 ms per stylized frame and pipeline (1280x720, 16
+/// pipelines; BENCHMARKS.md, session 9).
+pub const LEAD_IN_COST: (u64, u64) = (1, 2);
+
+/// A dropped frame's decode, in microseconds, against which `lead_in_cost` weighs a job's
+/// measured time per stylized frame (the GPU node's 7 ms, so the ratio there stays ~1/2).
+const DECODE_US: u64 = 7_000;
+
+/// `LEAD_IN_COST` from a job's measured time per stylized frame (ms; None before any range has
+/// finished): a decoded frame against a stylized one, from 1/64 up to 1. On a 2-core CPU a
+/// stylized 640x360 frame takes ~130 ms per worker, and the fixed 1/2 made a decoded frame cost
+/// 65 ms: an idle worker found no split of a 100-frame range 150 frames past a keyframe worth
+/// it and waited 11.5 s for the last range (BENCHMARKS.md, session 18).
+pub fn lead_in_cost(ms_per_frame: Option<f64>) -> (u64, u64) {
+    match ms_per_frame {
+        Some(ms) if ms.is_finite() && ms > 0.0 => {
+            let us = (ms * 1000.0).round() as u64;
+            (DECODE_US, us.clamp(DECODE_US, 64 * DECODE_US))
+        }
+        _ => LEAD_IN_COST,
+    }
+}
 
 /// A thief's start (decoder, seek to a keyframe, first encoder), in stylized frames: about
 /// 0.1 s at about 15 ms per frame on the GPU node.
@@ -91,13 +109,22 @@ const START_COST: u64 = 6;
 /// boundaries and keyframes are candidates, never before the end of the owner's next chunk (it
 /// must hear of the split before it gets there), never leaving the thief less than a chunk.
 pub fn steal_split(from: u64, done: u64, end: u64, k: u64, keyframes: &[u64]) -> Option<u64> {
-    steal_split_sorted(from, done, end, k, &in_order(keyframes))
+    steal_split_sorted(from, done, end, k, &in_order(keyframes), LEAD_IN_COST)
 }
 
 /// `steal_split` with the keyframes already in order (`in_order`), so a scan over a job's
-/// leased ranges does not check their order once per range.
-pub fn steal_split_sorted(from: u64, done: u64, end: u64, k: u64, kf: &[u64]) -> Option<u64> {
+/// leased ranges does not check their order once per range, and a dropped frame's cost
+/// `lead_in` (numerator, denominator in stylized frames: `lead_in_cost`).
+pub fn steal_split_sorted(
+    from: u64,
+    done: u64,
+    end: u64,
+    k: u64,
+    kf: &[u64],
+    lead_in: (u64, u64),
+) -> Option<u64> {
     debug_assert!(kf.is_sorted(), "keyframes out of order");
+    let (num, den) = (lead_in.0, lead_in.1.max(1));
     let k = k.max(1);
     let done = done.clamp(from, end);
     let lo = from.saturating_add(((done - from) / k + 2).saturating_mul(k));
@@ -108,7 +135,7 @@ pub fn steal_split_sorted(from: u64, done: u64, end: u64, k: u64, kf: &[u64]) ->
     let owner = |s: u64| s - done;
     let thief = |s: u64| {
         let lead_in = s - at_or_before(kf, s).min(s);
-        (end - s) + lead_in * LEAD_IN_COST.0 / LEAD_IN_COST.1 + START_COST
+        (end - s) + lead_in * num / den + START_COST
     };
     // The owner's part grows with the split and the thief's never does (its lead-in restarts
     // at each keyframe), so the best candidates sit either side of where they cross.
@@ -269,6 +296,28 @@ mod tests {
         assert_eq!(steal_split(0, 120, 600, 50, &[430, 0]), Some(430));
         assert_eq!(steal_split(0, 0, 100, 0, &[]), Some(71));
         assert_eq!(steal_split(0, 900, 600, 50, &[]), None);
+    }
+
+    #[test]
+    fn a_cpu_jobs_timing_makes_a_long_lead_in_cheap() {
+        // Session 18's idle wait: the last range 400..500 (chunks of 25) just started, the last
+        // keyframe at 250. With a decoded frame at half a stylized one no split pays; at 7 ms
+        // against a measured 133 ms per stylized frame, 450 does (owner 50, thief 50 + 10 + 6).
+        let kf = in_order(&[0, 250]);
+        assert_eq!(
+            steal_split_sorted(400, 400, 500, 25, &kf, LEAD_IN_COST),
+            None
+        );
+        let cpu = lead_in_cost(Some(133.0));
+        assert_eq!(cpu, (7_000, 133_000));
+        assert_eq!(steal_split_sorted(400, 400, 500, 25, &kf, cpu), Some(450));
+        // The GPU node's own timing keeps about the fixed half; no timing, the fixed half.
+        assert_eq!(lead_in_cost(Some(15.0)), (7_000, 15_000));
+        assert_eq!(lead_in_cost(None), LEAD_IN_COST);
+        assert_eq!(lead_in_cost(Some(f64::NAN)), LEAD_IN_COST);
+        // Bounded: never dearer than a stylized frame, never cheaper than 1/64 of one.
+        assert_eq!(lead_in_cost(Some(1.0)), (7_000, 7_000));
+        assert_eq!(lead_in_cost(Some(1e9)), (7_000, 448_000));
     }
 
     #[test]

@@ -10,7 +10,9 @@
 use crate::model::{
     Chunk, Job, JobState, Lease, Media, Origin, Params, Task, TaskKind, TaskState, SCHEMA_VERSION,
 };
-use framewise_common::plan::{in_order, keyframe_at_or_before, plan_segments, steal_split_sorted};
+use framewise_common::plan::{
+    in_order, keyframe_at_or_before, lead_in_cost, plan_segments, steal_split_sorted,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Lease and retry rules, from the coordinator config.
@@ -777,6 +779,8 @@ impl State {
             let job = self.jobs.get(&id)?;
             let k = job.chunk_frames.max(1);
             let keyframes = in_order(job.media.as_ref().map_or(&[][..], |m| &m.keyframes[..]));
+            // A dropped frame against a stylized one, from this job's own timing once it has one.
+            let lead_in = lead_in_cost(self.ms_per_frame.get(&id).and_then(|v| median(v)));
             for (key, t) in self.tasks.range(job_range(&id)) {
                 let (TaskKind::Segment { end, .. }, TaskState::Leased, Some(l), None) =
                     (&t.kind, t.state, &t.lease, &t.spec)
@@ -785,7 +789,8 @@ impl State {
                 };
                 // Never split inside what is already committed, whatever the last heartbeat said.
                 let done = (l.from + t.frames_done).max(t.committed_until());
-                let Some(split) = steal_split_sorted(l.from, done, *end, k, &keyframes) else {
+                let Some(split) = steal_split_sorted(l.from, done, *end, k, &keyframes, lead_in)
+                else {
                     continue; // less than one whole chunk would be left to steal
                 };
                 let tail = end - split;
