@@ -134,7 +134,7 @@ fn start_workers(
             let rest: Vec<_> = std::thread::scope(|s| {
                 let make = &make;
                 let started: Vec<_> = (1..n)
-                    .map(|j| id(j))
+                    .map(&id)
                     .map(|name| s.spawn(move || make(Device::Cpu, name, n)))
                     .collect();
                 started.into_iter().map(|h| h.join()).collect()
