@@ -78,7 +78,8 @@ pub const LEAD_IN_COST: (u64, u64) = (1, 2);
 const DECODE_US: u64 = 7_000;
 
 /// `LEAD_IN_COST` from a job's measured time per stylized frame (ms; None before any range has
-/// finished): a decoded frame against a stylized one, from 1/64 up to 1. On a 2-core CPU a
+/// finished): a decoded frame against a stylized one, from 1/64 up to the fixed 1/2 (so the GPU
+/// node, where the half was measured, splits as before however fast it runs). On a 2-core CPU a
 /// stylized 640x360 frame takes ~130 ms per worker, and the fixed 1/2 made a decoded frame cost
 /// 65 ms: an idle worker found no split of a 100-frame range 150 frames past a keyframe worth
 /// it and waited 11.5 s for the last range (BENCHMARKS.md, session 18).
@@ -86,7 +87,7 @@ pub fn lead_in_cost(ms_per_frame: Option<f64>) -> (u64, u64) {
     match ms_per_frame {
         Some(ms) if ms.is_finite() && ms > 0.0 => {
             let us = (ms * 1000.0).round() as u64;
-            (DECODE_US, us.clamp(DECODE_US, 64 * DECODE_US))
+            (DECODE_US, us.clamp(2 * DECODE_US, 64 * DECODE_US))
         }
         _ => LEAD_IN_COST,
     }
@@ -315,8 +316,9 @@ mod tests {
         assert_eq!(lead_in_cost(Some(15.0)), (7_000, 15_000));
         assert_eq!(lead_in_cost(None), LEAD_IN_COST);
         assert_eq!(lead_in_cost(Some(f64::NAN)), LEAD_IN_COST);
-        // Bounded: never dearer than a stylized frame, never cheaper than 1/64 of one.
-        assert_eq!(lead_in_cost(Some(1.0)), (7_000, 7_000));
+        // Bounded: never dearer than the fixed half (a GPU node faster than 14 ms per frame and
+        // pipeline splits as before), never cheaper than 1/64 of a stylized frame.
+        assert_eq!(lead_in_cost(Some(10.0)), (7_000, 14_000));
         assert_eq!(lead_in_cost(Some(1e9)), (7_000, 448_000));
     }
 

@@ -15,11 +15,13 @@
 //! Y[n, m, y, x] = scale[m] * sum(W[m, c, i, j] * Xpad[n, y + i, x + j, c]) + shift[m].
 
 use crate::norm_op::{host_values, host_values_mut, read_pads, reflect, Pads};
+use crate::op_threads::Out;
 use ort::operator::{
     BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput,
     OperatorOutput,
 };
 use ort::value::{DynTensorValueType, TensorElementType};
+use std::ops::Range;
 use std::sync::Mutex;
 
 /// The op's name.
@@ -171,30 +173,26 @@ impl PixelConv {
             .take(n)
         {
             pad_planes(xi, [h, w, c], p, planes, rw);
-            if vector {
-                // SAFETY: the CPU has the features (checked above); the planes are c x ph
-                // rows of rw bytes and yi is [M, oh, ow], as the kernel reads and writes.
-                unsafe { self.rows_vnni(planes, ph, rw, yi, oh, ow) };
-            } else {
-                self.rows_portable(planes, ph, rw, yi, oh, ow);
-            }
+            let (g, out, planes) = (Geo { ph, rw, oh, ow }, Out::new(yi), &planes[..]);
+            // Bands of output rows on the session's threads, each writing only its own rows.
+            crate::op_threads::bands(oh, |band| {
+                if vector {
+                    // SAFETY: the CPU has the features (checked above); the planes are c x ph
+                    // rows of rw values and yi is [M, oh, ow], as the kernel reads and writes.
+                    unsafe { self.rows_vnni(planes, g, out, band) };
+                } else {
+                    self.rows_portable(planes, g, out, band);
+                }
+            });
         }
     }
 
     /// The sums with plain integer arithmetic (CPUs without AVX-512 VNNI, and the reference).
-    fn rows_portable(
-        &self,
-        planes: &[i16],
-        ph: usize,
-        rw: usize,
-        y: &mut [f32],
-        oh: usize,
-        ow: usize,
-    ) {
-        let k = self.k;
+    fn rows_portable(&self, planes: &[i16], g: Geo, y: Out, band: Range<usize>) {
+        let (k, Geo { ph, rw, oh, ow }) = (self.k, g);
         let mut acc = vec![0i32; ow];
         for o in 0..self.m {
-            for r in 0..oh {
+            for r in band.clone() {
                 acc.fill(0);
                 for ci in 0..self.c {
                     for dy in 0..k {
@@ -209,7 +207,9 @@ impl PixelConv {
                     }
                 }
                 let (s, b) = (self.scale[o], self.shift[o]);
-                for (out, &a) in y[(o * oh + r) * ow..][..ow].iter_mut().zip(&acc) {
+                // SAFETY: row r of channel o belongs to this band alone.
+                let row = unsafe { y.row((o * oh + r) * ow, ow) };
+                for (out, &a) in row.iter_mut().zip(&acc) {
                     *out = (a as f32).mul_add(s, b);
                 }
             }
@@ -220,16 +220,9 @@ impl PixelConv {
     /// row is one 32-value load arranged by `vpermw` into 16 overlapping 2-pixel windows, then
     /// one `vpdpwssd` per output channel with that channel's 2 weights broadcast.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn rows_vnni(
-        &self,
-        planes: &[i16],
-        ph: usize,
-        rw: usize,
-        y: &mut [f32],
-        oh: usize,
-        ow: usize,
-    ) {
+    unsafe fn rows_vnni(&self, planes: &[i16], g: Geo, y: Out, band: Range<usize>) {
         use std::arch::x86_64::*;
+        let Geo { ph, rw, oh, ow } = g;
         let (k, groups) = (self.k, self.k.div_ceil(2));
         let mp = self.m.next_multiple_of(LANES);
         // Lane j, value t takes the row's value j + t: the window of 2 pixels from pixel j.
@@ -245,7 +238,7 @@ impl PixelConv {
         assert!(planes.len() >= self.c * ph * rw && y.len() >= self.m * oh * ow);
         assert!(self.packed.len() >= rows.len() * groups * mp);
         let (pp, wp0) = (planes.as_ptr(), self.packed.as_ptr());
-        for r in 0..oh {
+        for r in band {
             for x0 in (0..ow).step_by(LANES) {
                 let mask: __mmask16 = if ow - x0 >= LANES {
                     0xffff
@@ -291,12 +284,22 @@ impl PixelConv {
                             _mm512_set1_ps(self.scale[o]),
                             _mm512_set1_ps(self.shift[o]),
                         );
-                        _mm512_mask_storeu_ps(y.as_mut_ptr().add((o * oh + r) * ow + x0), mask, f);
+                        // Row r of channel o: this band's alone.
+                        _mm512_mask_storeu_ps(y.ptr().add((o * oh + r) * ow + x0), mask, f);
                     }
                 }
             }
         }
     }
+}
+
+/// Sizes of one run: padded planes' rows and row length, output rows and columns.
+#[derive(Clone, Copy)]
+struct Geo {
+    ph: usize,
+    rw: usize,
+    oh: usize,
+    ow: usize,
 }
 
 /// Whether this CPU runs the vector path.
@@ -517,13 +520,20 @@ mod tests {
             let mut y = vec![f32::NAN; want.len()];
             conv.run(&x, [n, h, w, c], &mut y, &mut planes);
             assert_eq!(y, want, "{n}x{h}x{w}x{c} into {m}, {k}x{k}");
+            // Bands of rows on three threads: the same sums.
+            crate::op_threads::set(3);
+            let mut y3 = vec![f32::NAN; want.len()];
+            conv.run(&x, [n, h, w, c], &mut y3, &mut planes);
+            crate::op_threads::set(1);
+            assert_eq!(y3, want, "three threads");
             if vnni_available() {
                 let ph = h + 2 * pad;
                 let rw = w + 2 * pad + ROW_SLACK;
                 let (oh, ow) = (shape[2], shape[3]);
                 let mut yp = vec![f32::NAN; m * oh * ow];
                 pad_planes(&x[..h * w * c], [h, w, c], p, &mut planes, rw);
-                conv.rows_portable(&planes, ph, rw, &mut yp, oh, ow);
+                let g = Geo { ph, rw, oh, ow };
+                conv.rows_portable(&planes, g, Out::new(&mut yp), 0..oh);
                 assert_eq!(yp, want[..m * oh * ow], "portable loop");
             }
         }

@@ -160,6 +160,10 @@ impl Stylizer {
         if !path.is_file() {
             return Err(ModelError::NotFound(path.to_path_buf()));
         }
+        if device == Device::Cpu {
+            // framewise's CPU ops split their runs over as many threads as the session has.
+            crate::op_threads::set(threads);
+        }
         let load = |e: &dyn std::fmt::Display| ModelError::Load {
             path: path.to_path_buf(),
             detail: e.to_string(),
@@ -173,6 +177,13 @@ impl Stylizer {
             // Rewritten models may hold framewise's fused normalisation (norm_op.rs).
             .with_operators(crate::norm_op::domain().map_err(|e| load(&e))?)
             .map_err(|e| load(&e))?;
+        if device == Device::Cpu && threads > 1 {
+            // framewise's CPU ops run their own threads beside the session's pool, whose idle
+            // threads would otherwise spin on the cores those need.
+            builder = builder
+                .with_intra_op_spinning(false)
+                .map_err(|e| load(&e))?;
+        }
         // For benchmarks: ONNX Runtime's per-node timings, written as PREFIX_<date>.json when
         // the session ends (BENCHMARKS.md reads them by op).
         if let Some(prefix) = std::env::var_os("FW_ORT_PROFILE") {

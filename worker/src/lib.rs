@@ -10,6 +10,7 @@ pub mod inference;
 pub mod media;
 pub mod narrow_conv_op;
 pub mod norm_op;
+pub mod op_threads;
 pub mod optimize;
 pub mod pad_op;
 pub mod pixels_op;

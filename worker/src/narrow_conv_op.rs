@@ -12,11 +12,13 @@
 //! Output: Y f32 [N, M, H·u + top + bottom - K + 1, W·u + left + right - K + 1].
 
 use crate::norm_op::{host_values, host_values_mut, read_pads, reflect, Pads};
+use crate::op_threads::Out;
 use ort::operator::{
     BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput,
     OperatorOutput,
 };
 use ort::value::{DynTensorValueType, TensorElementType};
+use std::ops::Range;
 use std::sync::Mutex;
 
 /// The op's name.
@@ -156,27 +158,35 @@ impl NarrowConv {
                     }
                 }
             }
-            for o0 in (0..self.m).step_by(MAX_PASS) {
-                let geo = Geometry { ph, rw, oh, ow, o0 };
-                match (vector, self.m - o0) {
-                    // SAFETY: the CPU has AVX-512F (checked); planes are c x ph rows of rw
-                    // values (LANES past the last padded pixel) and yi is [M, oh, ow].
-                    (true, 1) => unsafe { self.pass_avx512::<1>(planes, yi, geo) },
-                    (true, 2) => unsafe { self.pass_avx512::<2>(planes, yi, geo) },
-                    (true, 3) => unsafe { self.pass_avx512::<3>(planes, yi, geo) },
-                    (true, _) => unsafe { self.pass_avx512::<MAX_PASS>(planes, yi, geo) },
-                    (false, left) => self.pass_portable(planes, yi, geo, left.min(MAX_PASS)),
+            let (out, planes) = (Out::new(yi), &planes[..]);
+            // Bands of output rows on the session's threads, each writing only its own rows.
+            crate::op_threads::bands(oh, |band| {
+                for o0 in (0..self.m).step_by(MAX_PASS) {
+                    let geo = Geometry { ph, rw, oh, ow, o0 };
+                    let b = band.clone();
+                    match (vector, self.m - o0) {
+                        // SAFETY: the CPU has AVX-512F (checked); planes are c x ph rows of rw
+                        // values (LANES past the last padded pixel) and yi is [M, oh, ow].
+                        (true, 1) => unsafe { self.pass_avx512::<1>(planes, out, geo, b) },
+                        (true, 2) => unsafe { self.pass_avx512::<2>(planes, out, geo, b) },
+                        (true, 3) => unsafe { self.pass_avx512::<3>(planes, out, geo, b) },
+                        (true, _) => unsafe { self.pass_avx512::<MAX_PASS>(planes, out, geo, b) },
+                        (false, left) => {
+                            self.pass_portable(planes, out, geo, left.min(MAX_PASS), b)
+                        }
+                    }
                 }
-            }
+            });
         }
     }
 
     /// Output channels o0.. (at most `count`) with plain arithmetic, in the vector path's order.
-    fn pass_portable(&self, planes: &[f32], y: &mut [f32], g: Geometry, count: usize) {
+    fn pass_portable(&self, planes: &[f32], y: Out, g: Geometry, count: usize, band: Range<usize>) {
         let (k, c) = (self.k, self.c);
         for o in g.o0..g.o0 + count {
-            for r in 0..g.oh {
-                let out = &mut y[(o * g.oh + r) * g.ow..][..g.ow];
+            for r in band.clone() {
+                // SAFETY: row r of channel o belongs to this band alone.
+                let out = unsafe { y.row((o * g.oh + r) * g.ow, g.ow) };
                 out.fill(0.0);
                 for ci in 0..c {
                     for dy in 0..k {
@@ -199,7 +209,13 @@ impl NarrowConv {
     /// Output channels o0..o0 + P, 16 pixels at a time: one unaligned load per tap, then one
     /// fused multiply-add per output channel with its weight broadcast.
     #[target_feature(enable = "avx512f")]
-    unsafe fn pass_avx512<const P: usize>(&self, planes: &[f32], y: &mut [f32], g: Geometry) {
+    unsafe fn pass_avx512<const P: usize>(
+        &self,
+        planes: &[f32],
+        y: Out,
+        g: Geometry,
+        band: Range<usize>,
+    ) {
         use std::arch::x86_64::*;
         let (k, c) = (self.k, self.c);
         assert!(planes.len() >= c * g.ph * g.rw && y.len() >= (g.o0 + P) * g.oh * g.ow);
@@ -212,8 +228,8 @@ impl NarrowConv {
             }
         }
         let (pp, tp) = (planes.as_ptr(), taps.as_ptr());
-        let yp = y.as_mut_ptr();
-        for r in 0..g.oh {
+        let yp = y.ptr();
+        for r in band {
             for x0 in (0..g.ow).step_by(LANES) {
                 let mask: __mmask16 = if g.ow - x0 >= LANES {
                     0xffff
@@ -402,6 +418,12 @@ mod tests {
             assert_eq!(shape.iter().product::<usize>(), want.len());
             let mut y = vec![f32::NAN; want.len()];
             cv.run(&x, [n, c, h, w], &mut y, &mut Vec::new());
+            // Bands of rows on three threads: the same values.
+            crate::op_threads::set(3);
+            let mut y3 = vec![f32::NAN; want.len()];
+            cv.run(&x, [n, c, h, w], &mut y3, &mut Vec::new());
+            crate::op_threads::set(1);
+            assert_eq!(y3, y, "three threads");
             let worst = y
                 .iter()
                 .zip(&want)
