@@ -14,15 +14,14 @@
 //! Output: Y f32 [N, M, H', W'], H' = H + top + bottom - K + 1 (W' alike), NCHW:
 //! Y[n, m, y, x] = scale[m] * sum(W[m, c, i, j] * Xpad[n, y + i, x + j, c]) + shift[m].
 
-use crate::norm_op::{host_values, host_values_mut, read_pads, reflect, Pads};
+use crate::cpu_op::{constant, kernel};
+use crate::norm_op::{read_pads, reflect, Pads};
 use crate::op_threads::Out;
 use ort::operator::{
-    BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput,
-    OperatorOutput,
+    BoxedKernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
 };
-use ort::value::{DynTensorValueType, TensorElementType};
+use ort::value::TensorElementType;
 use std::ops::Range;
-use std::sync::Mutex;
 
 /// The op's name.
 pub const OP: &str = "PixelConvI16";
@@ -388,15 +387,11 @@ impl Operator for OnCpu {
 
     fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
         let pads = read_pads(k, 4, OP)?;
-        let constant = |i: usize, what: &str| {
-            k.constant_input::<DynTensorValueType>(i)
-                .map_err(|e| err(format!("{what} (input {i}) must be a constant: {e}")))
-        };
-        let w = constant(1, "weights W")?;
+        let w = constant(k, OP, 1, "weights W")?;
         let (dims, wv) = w.try_extract_tensor::<i16>()?;
         let dims: Vec<i64> = dims.iter().copied().collect();
-        let scale = constant(2, "scale")?;
-        let shift = constant(3, "shift")?;
+        let scale = constant(k, OP, 2, "scale")?;
+        let shift = constant(k, OP, 3, "shift")?;
         let conv = PixelConv::new(
             wv,
             &dims,
@@ -405,32 +400,12 @@ impl Operator for OnCpu {
             pads,
         )
         .map_err(err)?;
-        let planes = Mutex::new(Vec::new());
-        Ok(Box::new(move |ctx: &ComputeContext| {
-            let x = ctx
-                .input(0)?
-                .ok_or_else(|| err("no input X"))?
-                .downcast::<DynTensorValueType>()?;
-            let shape = conv.out_shape(x.shape()).map_err(err)?;
-            let x_dims = x.shape().iter().map(|&d| d as usize).collect::<Vec<_>>();
-            let x_dims = [x_dims[0], x_dims[1], x_dims[2], x_dims[3]];
-            let y = ctx
-                .output(0, shape.iter().map(|&d| d as i64).collect::<Vec<_>>())?
-                .ok_or_else(|| err("no output"))?
-                .downcast::<DynTensorValueType>()?;
-            let mut planes = planes.lock().map_err(|_| err("scratch lock poisoned"))?;
-            // SAFETY: X is a CPU uint8 tensor and Y the CPU f32 tensor ONNX Runtime has just
-            // allocated, of the shapes checked above.
-            unsafe {
-                conv.run(
-                    host_values::<u8>(&x),
-                    x_dims,
-                    host_values_mut::<f32>(&y),
-                    &mut planes,
-                );
-            }
-            Ok(())
-        }))
+        let at = conv.clone();
+        Ok(kernel::<u8, i16>(
+            OP,
+            move |x| at.out_shape(x),
+            move |x, d, y, planes| conv.run(x, d, y, planes),
+        ))
     }
 }
 

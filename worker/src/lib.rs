@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod conv_op;
+pub mod cpu_op;
 pub mod cuda;
 pub mod error;
 pub mod graph_run;

@@ -11,15 +11,14 @@
 //! upsampled that many times (nearest, ONNX Resize's asymmetric floor), then padded.
 //! Output: Y f32 [N, M, H·u + top + bottom - K + 1, W·u + left + right - K + 1].
 
-use crate::norm_op::{host_values, host_values_mut, read_pads, reflect, Pads};
+use crate::cpu_op::{constant, kernel};
+use crate::norm_op::{read_pads, reflect, Pads};
 use crate::op_threads::Out;
 use ort::operator::{
-    BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput,
-    OperatorOutput,
+    BoxedKernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
 };
-use ort::value::{DynTensorValueType, TensorElementType};
+use ort::value::TensorElementType;
 use std::ops::Range;
-use std::sync::Mutex;
 
 /// The op's name.
 pub const OP: &str = "NarrowConv";
@@ -313,40 +312,18 @@ impl Operator for OnCpu {
     fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
         let pads = read_pads(k, 3, OP)?;
         let upsample = k.get::<i64>("upsample").unwrap_or(1).max(0) as usize;
-        let constant = |i: usize, what: &str| {
-            k.constant_input::<DynTensorValueType>(i)
-                .map_err(|e| err(format!("{what} (input {i}) must be a constant: {e}")))
-        };
-        let w = constant(1, "weights W")?;
+        let w = constant(k, OP, 1, "weights W")?;
         let (dims, wv) = w.try_extract_tensor::<f32>()?;
         let dims: Vec<i64> = dims.iter().copied().collect();
-        let b = constant(2, "bias B")?;
+        let b = constant(k, OP, 2, "bias B")?;
         let conv = NarrowConv::new(wv, &dims, b.try_extract_tensor::<f32>()?.1, pads, upsample)
             .map_err(err)?;
-        let planes = Mutex::new(Vec::new());
-        Ok(Box::new(move |ctx: &ComputeContext| {
-            let x = ctx
-                .input(0)?
-                .ok_or_else(|| err("no input X"))?
-                .downcast::<DynTensorValueType>()?;
-            let shape = conv.out_shape(x.shape()).map_err(err)?;
-            let d: Vec<usize> = x.shape().iter().map(|&v| v as usize).collect();
-            let y = ctx
-                .output(0, shape.iter().map(|&v| v as i64).collect::<Vec<_>>())?
-                .ok_or_else(|| err("no output"))?
-                .downcast::<DynTensorValueType>()?;
-            let mut planes = planes.lock().map_err(|_| err("scratch lock poisoned"))?;
-            // SAFETY: X and Y are CPU f32 tensors (Y just allocated) of the shapes checked.
-            unsafe {
-                conv.run(
-                    host_values::<f32>(&x),
-                    [d[0], d[1], d[2], d[3]],
-                    host_values_mut::<f32>(&y),
-                    &mut planes,
-                );
-            }
-            Ok(())
-        }))
+        let at = conv.clone();
+        Ok(kernel::<f32, f32>(
+            OP,
+            move |x| at.out_shape(x),
+            move |x, d, y, planes| conv.run(x, d, y, planes),
+        ))
     }
 }
 
