@@ -22,6 +22,7 @@
 //! (`optimize::space_to_depth`). X's own H and W then come from a ninth input whose shape is
 //! [N, H, W, ...] (its values are not read): an odd side cannot be told from X's.
 
+use crate::op_threads::Out;
 use crate::optimize::{f16_to_f32, f32_to_f16};
 use ort::memory::MemoryType;
 use ort::operator::{
@@ -29,6 +30,7 @@ use ort::operator::{
     OperatorOutput,
 };
 use ort::value::{DynTensor, DynTensorValueType, TensorElementType, ValueRef};
+use std::ops::Range;
 
 /// The custom domain the rewritten model's fused nodes live in.
 pub const DOMAIN: &str = "ai.framewise";
@@ -398,36 +400,77 @@ fn gamma_beta(l: &Layout, ch: usize, p: &Params) -> (f64, f64) {
 }
 
 /// The CPU kernel: the same maths as the CUDA one (sums shifted by each plane's first value,
-/// added in f64), one plane at a time. Compiled for AVX2 and FMA too, taken where the CPU has
-/// them: built for baseline x86-64, each `mul_add` was a call into libm's software fmaf, which
-/// made the op five times slower than ONNX Runtime's normalisation (perf, BENCHMARKS.md).
+/// added in f64), one plane at a time, the planes in bands over the session's threads
+/// (op_threads.rs; channels last: one thread). Compiled for AVX2 and FMA too, taken where the
+/// CPU has them: built for baseline x86-64, each `mul_add` was a call into libm's software
+/// fmaf, which made the op five times slower than ONNX Runtime's normalisation (perf,
+/// BENCHMARKS.md).
 pub fn normalize(x: &[f32], y: &mut [f32], l: &Layout, p: &Params, eps: f32, relu: bool) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the copy is compiled for (checked just above).
-        return unsafe { normalize_fma(x, y, l, p, eps, relu) };
-    }
-    normalize_any(x, y, l, p, eps, relu)
-}
-
-/// `normalize_any` with AVX2 and FMA instructions.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn normalize_fma(x: &[f32], y: &mut [f32], l: &Layout, p: &Params, eps: f32, relu: bool) {
-    normalize_any(x, y, l, p, eps, relu)
-}
-
-#[inline(always)]
-fn normalize_any(x: &[f32], y: &mut [f32], l: &Layout, p: &Params, eps: f32, relu: bool) {
+    let fma =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let fma = false;
     if l.channels_last {
+        #[cfg(target_arch = "x86_64")]
+        if fma {
+            // SAFETY: the CPU has the features the copy is compiled for (checked above).
+            return unsafe { channels_last_fma(x, y, l, p, eps, relu) };
+        }
         return normalize_channels_last(x, y, l, p, eps, relu);
     }
     let (out_h, out_w) = l.out_hw();
-    for (ch, (xc, yc)) in x
-        .chunks_exact(l.plane)
-        .zip(y.chunks_exact_mut(out_h * out_w))
-        .enumerate()
-    {
+    let planes = (x.len() / l.plane.max(1)).min(y.len() / (out_h * out_w).max(1));
+    let out = Out::new(y);
+    crate::op_threads::bands(planes, |band| {
+        #[cfg(target_arch = "x86_64")]
+        if fma {
+            // SAFETY: as above; each band writes only its own planes of y.
+            return unsafe { planes_fma(x, out, band, l, p, eps, relu) };
+        }
+        planes_any(x, out, band, l, p, eps, relu)
+    });
+}
+
+/// `normalize_channels_last` with AVX2 and FMA instructions.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn channels_last_fma(
+    x: &[f32],
+    y: &mut [f32],
+    l: &Layout,
+    p: &Params,
+    eps: f32,
+    relu: bool,
+) {
+    normalize_channels_last(x, y, l, p, eps, relu)
+}
+
+/// `planes_any` with AVX2 and FMA instructions.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn planes_fma(
+    x: &[f32],
+    y: Out,
+    band: Range<usize>,
+    l: &Layout,
+    p: &Params,
+    eps: f32,
+    relu: bool,
+) {
+    planes_any(x, y, band, l, p, eps, relu)
+}
+
+/// Planes `band` of x [N, C, ...] normalised into y (each plane's output rows padded).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn planes_any(x: &[f32], y: Out, band: Range<usize>, l: &Layout, p: &Params, eps: f32, relu: bool) {
+    let (out_h, out_w) = l.out_hw();
+    for ch in band {
+        let xc = &x[ch * l.plane..][..l.plane];
+        // SAFETY: plane ch of y is this band's alone (op_threads::bands).
+        let yc = unsafe { y.row(ch * out_h * out_w, out_h * out_w) };
         let k = xc[0];
         let (mut s1, mut s2) = (0.0f64, 0.0f64);
         // Eight f32 lanes (vectorised) over blocks of 256 values, each block's lanes added in
@@ -1115,6 +1158,12 @@ mod tests {
             if relu {
                 assert!(y.iter().all(|&v| v >= 0.0));
             }
+            // The planes in bands over three threads: the same values.
+            crate::op_threads::set(3);
+            let mut y3 = vec![0.0; count(&out)];
+            normalize(&x, &mut y3, &l, &p, 1e-5, relu);
+            crate::op_threads::set(1);
+            assert_eq!(y3, y, "{shape:?} on three threads");
             // Channels last: the formula's result, transposed.
             let nhwc = |v: &[i64]| [v[0], v[2], v[3], v[1]];
             let xl = to_channels_last(&x, shape);
