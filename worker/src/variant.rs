@@ -74,9 +74,11 @@ pub fn candidates(device: Device) -> Vec<Candidate> {
         // The fused normalisation everywhere was slower on a CPU (ONNX Runtime reorders its
         // blocked layout around every op it does not know: 164–168 against 138–145 ms per
         // 640x360 frame without it); the integer first convolution takes only its own along.
-        Device::Cpu => vec![
-            // The first convolution in integers from the uint8 frame (16-bit weights: 64 dB
-            // against the original) and the last two as NarrowConv: 1.2–1.5x fused-u8 alone.
+        // The first convolution in integers from the uint8 frame (16-bit weights: 64 dB against
+        // the original) and the last two as NarrowConv: 1.25–1.5x fused-u8 alone. Offered where
+        // the ops' vector paths run (AVX-512 with VNNI); elsewhere their portable loops would
+        // only lose the speed check.
+        Device::Cpu if crate::conv_op::vnni_available() => vec![
             Candidate {
                 name: "fused-u8-i16conv",
                 rewrites: Rewrites {
@@ -89,6 +91,7 @@ pub fn candidates(device: Device) -> Vec<Candidate> {
             },
             exact,
         ],
+        Device::Cpu => vec![exact],
         Device::Cuda(_) => vec![
             // The same with the two 9x9 convolutions on 3 and 4 channels run space to depth
             // (5x5 on 12 and 16 channels, which tensor cores take; optimize::space_to_depth),
@@ -556,13 +559,17 @@ mod tests {
         assert!(cpu
             .iter()
             .all(|c| !c.rewrites.fp16 && !c.tf32 && !c.rewrites.norm_op));
-        // The CPU's own ops first (integer first convolution, narrow ones), then plain fp32.
-        assert_eq!(
-            cpu.iter().map(|c| c.name).collect::<Vec<_>>(),
-            ["fused-u8-i16conv", "fused-u8"]
-        );
-        assert!(cpu[0].rewrites.int_first_conv && cpu[0].rewrites.narrow_convs);
-        assert!(!cpu[1].rewrites.int_first_conv && !cpu[1].rewrites.narrow_convs);
+        // The CPU's own ops first (integer first convolution, narrow ones) where their vector
+        // paths run, then plain fp32.
+        let names: Vec<_> = cpu.iter().map(|c| c.name).collect();
+        if crate::conv_op::vnni_available() {
+            assert_eq!(names, ["fused-u8-i16conv", "fused-u8"]);
+            assert!(cpu[0].rewrites.int_first_conv && cpu[0].rewrites.narrow_convs);
+        } else {
+            assert_eq!(names, ["fused-u8"]);
+        }
+        let last = cpu.last().unwrap();
+        assert!(!last.rewrites.int_first_conv && !last.rewrites.narrow_convs);
         let o = CudaOptions::default();
         let tf32 = cuda_for(o, Device::Cuda(0), "fused-u8-tf32");
         assert!(tf32.tf32 && !tf32.prefer_nhwc);
