@@ -177,9 +177,9 @@ impl Stylizer {
             // Rewritten models may hold framewise's fused normalisation (norm_op.rs).
             .with_operators(crate::norm_op::domain().map_err(|e| load(&e))?)
             .map_err(|e| load(&e))?;
-        if device == Device::Cpu && threads > 1 {
+        if device == Device::Cpu && threads > 1 && uses_own_cpu_ops(path) {
             // framewise's CPU ops run their own threads beside the session's pool, whose idle
-            // threads would otherwise spin on the cores those need.
+            // threads would otherwise spin on the cores those need (other models keep spinning).
             builder = builder
                 .with_intra_op_spinning(false)
                 .map_err(|e| load(&e))?;
@@ -874,6 +874,17 @@ pub fn from_nchw_cropped(
 /// (nodes off the GPU, control flow: every such refusal says "cannot use the CUDA Graph
 /// feature"); then it is loaded again without graphs. Any other failure (no memory, a bad
 /// model, a provider that does not start) is the error it is, not retried.
+/// Whether the model file holds framewise's CPU ops (conv_op.rs, narrow_conv_op.rs): their
+/// names appear in its nodes' op types.
+fn uses_own_cpu_ops(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    [crate::conv_op::OP, crate::narrow_conv_op::OP]
+        .iter()
+        .any(|op| bytes.windows(op.len()).any(|w| w == op.as_bytes()))
+}
+
 fn graphs_refused(error: &str) -> bool {
     error.contains("cannot use the CUDA Graph feature")
 }
@@ -881,6 +892,17 @@ fn graphs_refused(error: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_cpu_ops_are_found_by_their_names_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (with, without) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"));
+        std::fs::write(&with, b"\x0a\x0bNarrowConv\x12ai.framewise").unwrap();
+        std::fs::write(&without, b"\x0a\x04Conv\x12").unwrap();
+        assert!(uses_own_cpu_ops(&with));
+        assert!(!uses_own_cpu_ops(&without));
+        assert!(!uses_own_cpu_ops(&dir.path().join("missing.onnx")));
+    }
 
     #[test]
     fn only_a_refusal_of_cuda_graphs_loads_the_model_again_without() {
