@@ -116,45 +116,47 @@ fn start_workers(
     cpu_count: usize,
     id: impl Fn(usize) -> String,
 ) -> Result<Vec<Worker>> {
-    let mut ws = Vec::with_capacity(devices.len());
-    let mut i = 0;
     let make = |d: Device, name: String, n: usize| {
         let mut wcfg = cfg.clone();
         // Several pipelines encode at once: share the cores rather than each asking for all.
         wcfg.encoder.threads = shared_threads(wcfg.encoder.threads, n);
         Worker::new(wcfg, name, intra_threads(cfg.intra_threads, d, n), d)
     };
-    while i < devices.len() {
-        let d = devices[i];
-        // CPU pipelines after the first (which decided the model variant for the process)
-        // load and time their model at once, each on its own threads: one after another they
-        // held up a 2-worker job's first lease by half a second (BENCHMARKS.md, session 18).
-        if i == 1 && devices.iter().all(|&d| d == Device::Cpu) {
-            let n = devices.len();
-            let rest: Vec<_> = std::thread::scope(|s| {
-                let make = &make;
-                let started: Vec<_> = (1..n)
-                    .map(&id)
-                    .map(|name| s.spawn(move || make(Device::Cpu, name, n)))
-                    .collect();
-                started.into_iter().map(|h| h.join()).collect()
-            });
-            for w in rest {
-                let w = w.map_err(|_| anyhow!("a worker's start-up panicked"))?;
-                ws.push(w?);
-            }
-            break;
+    let Some(&d) = devices.first() else {
+        return Ok(Vec::new());
+    };
+    // The first pipeline alone: it decides the model variant for the process.
+    let first = match make(d, id(0), devices.len()) {
+        Ok(w) => w,
+        Err(e) if d != Device::Cpu && cfg.device == "auto" => {
+            tracing::warn!(device = %d, error = %e, "the GPU could not be used; running on the CPU");
+            devices = vec![Device::Cpu; cpu_count];
+            make(Device::Cpu, id(0), devices.len())?
         }
-        match make(d, id(i), devices.len()) {
-            Ok(w) => ws.push(w),
-            Err(e) if d != Device::Cpu && cfg.device == "auto" && ws.is_empty() => {
-                tracing::warn!(device = %d, error = %e, "the GPU could not be used; running on the CPU");
-                devices = vec![Device::Cpu; cpu_count];
-                continue;
-            }
-            Err(e) => return Err(e.into()),
+        Err(e) => return Err(e.into()),
+    };
+    let n = devices.len();
+    let mut ws = Vec::with_capacity(n + 1);
+    ws.push(first);
+    if devices.iter().all(|&d| d == Device::Cpu) {
+        // CPU pipelines after the first load and time their model at once, each on its own
+        // threads: one after another they held up a 2-worker job's first lease by half a
+        // second (BENCHMARKS.md, session 18).
+        let rest: Vec<_> = std::thread::scope(|s| {
+            let make = &make;
+            let started: Vec<_> = (1..n)
+                .map(&id)
+                .map(|name| s.spawn(move || make(Device::Cpu, name, n)))
+                .collect();
+            started.into_iter().map(|h| h.join()).collect()
+        });
+        for w in rest {
+            ws.push(w.map_err(|_| anyhow!("a worker's start-up panicked"))??);
         }
-        i += 1;
+    } else {
+        for (i, &d) in devices.iter().enumerate().skip(1) {
+            ws.push(make(d, id(i), n)?);
+        }
     }
     // The media lane probes and assembles beside the pipelines (numbered after them, so the
     // autoscaler counts it as this worker's).

@@ -14,7 +14,7 @@
 //! Output: Y f32 [N, M, H', W'], H' = H + top + bottom - K + 1 (W' alike), NCHW:
 //! Y[n, m, y, x] = scale[m] * sum(W[m, c, i, j] * Xpad[n, y + i, x + j, c]) + shift[m].
 
-use crate::cpu_op::{constant, kernel};
+use crate::cpu_op::{constant, four_dims, kernel, padded_out, square_weights, CpuConv};
 use crate::norm_op::{read_pads, reflect, Pads};
 use crate::op_threads::Out;
 use ort::operator::{
@@ -62,23 +62,7 @@ impl PixelConv {
         shift: &[f32],
         pads: Pads,
     ) -> Result<Self, String> {
-        let &[m, c, kh, kw] = dims else {
-            return Err(format!(
-                "weights W have shape {dims:?}; expected [M, C, K, K]"
-            ));
-        };
-        if m < 1 || c < 1 || kh < 1 || kh != kw {
-            return Err(format!(
-                "weights W have shape {dims:?}; expected a square kernel and no empty dimension"
-            ));
-        }
-        let (m, c, k) = (m as usize, c as usize, kh as usize);
-        if w.len() != m * c * k * k {
-            return Err(format!(
-                "weights W hold {} values for shape {dims:?}",
-                w.len()
-            ));
-        }
+        let [m, c, k] = square_weights(dims, w.len())?;
         if scale.len() != m || shift.len() != m {
             return Err(format!(
                 "scale and shift have {} and {} values; W has {m} output channels",
@@ -121,43 +105,22 @@ impl PixelConv {
             shift: shift.to_vec(),
         })
     }
+}
+
+impl CpuConv for PixelConv {
+    type X = u8;
+    type Scratch = i16;
 
     /// Y's shape for X's ([N, H, W, C]), checked against the weights and pads.
-    pub fn out_shape(&self, x: &[i64]) -> Result<[usize; 4], String> {
-        let &[n, h, w, c] = x else {
-            return Err(format!("input X has shape {x:?}; expected [N, H, W, C]"));
-        };
-        if [n, h, w, c].iter().any(|&d| d < 1) {
-            return Err(format!("input X has shape {x:?}: an empty dimension"));
-        }
-        let (n, h, w, c) = (n as usize, h as usize, w as usize, c as usize);
-        if c != self.c {
-            return Err(format!(
-                "input X has {c} channels; the weights take {}",
-                self.c
-            ));
-        }
-        let p = self.pads;
-        if p.top.max(p.bottom) >= h || p.left.max(p.right) >= w {
-            return Err(format!(
-                "pads {p:?} reflect beyond X's {h}x{w} frame (at most {} and {})",
-                h - 1,
-                w - 1
-            ));
-        }
-        let (ph, pw) = (h + p.top + p.bottom, w + p.left + p.right);
-        if ph < self.k || pw < self.k {
-            return Err(format!(
-                "the padded {ph}x{pw} frame is smaller than the {0}x{0} kernel",
-                self.k
-            ));
-        }
-        Ok([n, self.m, ph - self.k + 1, pw - self.k + 1])
+    fn out_shape(&self, x: &[i64]) -> Result<[usize; 4], String> {
+        let [n, h, w, c] = four_dims(x, "[N, H, W, C]")?;
+        let [oh, ow] = padded_out([h, w], c, self.c, self.k, self.pads)?;
+        Ok([n, self.m, oh, ow])
     }
 
     /// Runs the convolution on X (`x_dims` [N, H, W, C]) into Y (`out_shape`). `planes` is
     /// scratch, kept between runs.
-    pub fn run(&self, x: &[u8], x_dims: [usize; 4], y: &mut [f32], planes: &mut Vec<i16>) {
+    fn run(&self, x: &[u8], x_dims: [usize; 4], y: &mut [f32], planes: &mut Vec<i16>) {
         let [n, h, w, c] = x_dims;
         let p = self.pads;
         let (ph, pw) = (h + p.top + p.bottom, w + p.left + p.right);
@@ -185,7 +148,9 @@ impl PixelConv {
             });
         }
     }
+}
 
+impl PixelConv {
     /// The sums with plain integer arithmetic (CPUs without AVX-512 VNNI, and the reference).
     fn rows_portable(&self, planes: &[i16], g: Geo, y: Out, band: Range<usize>) {
         let (k, Geo { ph, rw, oh, ow }) = (self.k, g);
@@ -358,10 +323,6 @@ pub fn quantize_weights(w: &[f32], m: usize) -> (Vec<i16>, Vec<f32>) {
     (q, steps)
 }
 
-fn err(e: impl std::fmt::Display) -> ort::Error {
-    ort::Error::new(format!("{OP}: {e}"))
-}
-
 struct OnCpu;
 
 impl Operator for OnCpu {
@@ -387,25 +348,12 @@ impl Operator for OnCpu {
 
     fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
         let pads = read_pads(k, 4, OP)?;
-        let w = constant(k, OP, 1, "weights W")?;
-        let (dims, wv) = w.try_extract_tensor::<i16>()?;
-        let dims: Vec<i64> = dims.iter().copied().collect();
-        let scale = constant(k, OP, 2, "scale")?;
-        let shift = constant(k, OP, 3, "shift")?;
-        let conv = PixelConv::new(
-            wv,
-            &dims,
-            scale.try_extract_tensor::<f32>()?.1,
-            shift.try_extract_tensor::<f32>()?.1,
-            pads,
-        )
-        .map_err(err)?;
-        let at = conv.clone();
-        Ok(kernel::<u8, i16>(
-            OP,
-            move |x| at.out_shape(x),
-            move |x, d, y, planes| conv.run(x, d, y, planes),
-        ))
+        let (dims, w) = constant::<i16>(k, OP, 1, "weights W")?;
+        let (_, scale) = constant::<f32>(k, OP, 2, "scale")?;
+        let (_, shift) = constant::<f32>(k, OP, 3, "shift")?;
+        let conv = PixelConv::new(&w, &dims, &scale, &shift, pads)
+            .map_err(|e| ort::Error::new(format!("{OP}: {e}")))?;
+        Ok(kernel(OP, conv))
     }
 }
 

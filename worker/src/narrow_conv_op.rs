@@ -11,7 +11,7 @@
 //! upsampled that many times (nearest, ONNX Resize's asymmetric floor), then padded.
 //! Output: Y f32 [N, M, H·u + top + bottom - K + 1, W·u + left + right - K + 1].
 
-use crate::cpu_op::{constant, kernel};
+use crate::cpu_op::{constant, four_dims, kernel, padded_out, square_weights, CpuConv};
 use crate::norm_op::{read_pads, reflect, Pads};
 use crate::op_threads::Out;
 use ort::operator::{
@@ -43,6 +43,8 @@ pub struct NarrowConv {
     upsample: usize,
     /// [M, C, K, K].
     w: Vec<f32>,
+    /// The weights as each pass of at most `MAX_PASS` output channels reads them.
+    packed: Vec<Vec<f32>>,
     bias: Vec<f32>,
 }
 
@@ -55,23 +57,7 @@ impl NarrowConv {
         pads: Pads,
         upsample: usize,
     ) -> Result<Self, String> {
-        let &[m, c, kh, kw] = dims else {
-            return Err(format!(
-                "weights W have shape {dims:?}; expected [M, C, K, K]"
-            ));
-        };
-        if m < 1 || c < 1 || kh < 1 || kh != kw {
-            return Err(format!(
-                "weights W have shape {dims:?}; expected a square kernel and no empty dimension"
-            ));
-        }
-        let (m, c, k) = (m as usize, c as usize, kh as usize);
-        if w.len() != m * c * k * k {
-            return Err(format!(
-                "weights W hold {} values for shape {dims:?}",
-                w.len()
-            ));
-        }
+        let [m, c, k] = square_weights(dims, w.len())?;
         if !bias.is_empty() && bias.len() != m {
             return Err(format!(
                 "bias B has {} values; W has {m} output channels",
@@ -81,6 +67,16 @@ impl NarrowConv {
         if !(1..=2).contains(&upsample) {
             return Err(format!("attribute upsample is {upsample}; expected 1 or 2"));
         }
+        // Each pass's weights tap by tap, its P output channels at a time: [C][K][K][P].
+        let packed = (0..m)
+            .step_by(MAX_PASS)
+            .map(|o0| {
+                let p = (m - o0).min(MAX_PASS);
+                (0..c * k * k)
+                    .flat_map(|t| (o0..o0 + p).map(move |o| w[o * c * k * k + t]))
+                    .collect()
+            })
+            .collect();
         Ok(Self {
             m,
             c,
@@ -88,6 +84,7 @@ impl NarrowConv {
             pads,
             upsample,
             w: w.to_vec(),
+            packed,
             bias: if bias.is_empty() {
                 vec![0.0; m]
             } else {
@@ -95,42 +92,22 @@ impl NarrowConv {
             },
         })
     }
+}
 
-    /// Y's shape for X's ([N, C, H, W]), checked.
-    pub fn out_shape(&self, x: &[i64]) -> Result<[usize; 4], String> {
-        let &[n, c, h, w] = x else {
-            return Err(format!("input X has shape {x:?}; expected [N, C, H, W]"));
-        };
-        if [n, c, h, w].iter().any(|&d| d < 1) {
-            return Err(format!("input X has shape {x:?}: an empty dimension"));
-        }
-        let (n, c, h, w) = (n as usize, c as usize, h as usize, w as usize);
-        if c != self.c {
-            return Err(format!(
-                "input X has {c} channels; the weights take {}",
-                self.c
-            ));
-        }
-        let (uh, uw, p) = (h * self.upsample, w * self.upsample, self.pads);
-        if p.top.max(p.bottom) >= uh || p.left.max(p.right) >= uw {
-            return Err(format!(
-                "pads {p:?} reflect beyond the {uh}x{uw} planes (at most {} and {})",
-                uh - 1,
-                uw - 1
-            ));
-        }
-        let (ph, pw) = (uh + p.top + p.bottom, uw + p.left + p.right);
-        if ph < self.k || pw < self.k {
-            return Err(format!(
-                "the padded {ph}x{pw} planes are smaller than the {0}x{0} kernel",
-                self.k
-            ));
-        }
-        Ok([n, self.m, ph - self.k + 1, pw - self.k + 1])
+impl CpuConv for NarrowConv {
+    type X = f32;
+    type Scratch = f32;
+
+    /// Y's shape for X's ([N, C, H, W]), checked (H and W after the upsampling).
+    fn out_shape(&self, x: &[i64]) -> Result<[usize; 4], String> {
+        let [n, c, h, w] = four_dims(x, "[N, C, H, W]")?;
+        let u = self.upsample;
+        let [oh, ow] = padded_out([h * u, w * u], c, self.c, self.k, self.pads)?;
+        Ok([n, self.m, oh, ow])
     }
 
     /// Runs on X (`x_dims` [N, C, H, W]) into Y (`out_shape`); `planes` is scratch.
-    pub fn run(&self, x: &[f32], x_dims: [usize; 4], y: &mut [f32], planes: &mut Vec<f32>) {
+    fn run(&self, x: &[f32], x_dims: [usize; 4], y: &mut [f32], planes: &mut Vec<f32>) {
         let [n, c, h, w] = x_dims;
         let (u, p) = (self.upsample, self.pads);
         let (ph, pw) = (h * u + p.top + p.bottom, w * u + p.left + p.right);
@@ -178,7 +155,9 @@ impl NarrowConv {
             });
         }
     }
+}
 
+impl NarrowConv {
     /// Output channels o0.. (at most `count`) with plain arithmetic, in the vector path's order
     /// (rounded apart from its fused multiply-adds: within 1e-4 of the definition in the tests).
     fn pass_portable(&self, planes: &[f32], y: Out, g: Geometry, count: usize, band: Range<usize>) {
@@ -222,13 +201,8 @@ impl NarrowConv {
         let (k, c) = (self.k, self.c);
         assert!(planes.len() >= c * g.ph * g.rw && y.len() >= (g.o0 + P) * g.oh * g.ow);
         assert!(g.o0 + P <= self.m && g.oh + k - 1 <= g.ph && g.ow + k - 1 + LANES <= g.rw);
-        // The weights tap by tap, P at a time: [C][K][K][P].
-        let mut taps = vec![0f32; c * k * k * P];
-        for (t, chunk) in taps.chunks_exact_mut(P).enumerate() {
-            for (j, v) in chunk.iter_mut().enumerate() {
-                *v = self.w[(g.o0 + j) * c * k * k + t];
-            }
-        }
+        let taps = &self.packed[g.o0 / MAX_PASS];
+        assert!(taps.len() == c * k * k * P);
         let (pp, tp) = (planes.as_ptr(), taps.as_ptr());
         let yp = y.ptr();
         for r in band {
@@ -286,10 +260,6 @@ pub fn avx512_available() -> bool {
     }
 }
 
-fn err(e: impl std::fmt::Display) -> ort::Error {
-    ort::Error::new(format!("{OP}: {e}"))
-}
-
 struct OnCpu;
 
 impl Operator for OnCpu {
@@ -315,18 +285,11 @@ impl Operator for OnCpu {
     fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
         let pads = read_pads(k, 3, OP)?;
         let upsample = k.get::<i64>("upsample").unwrap_or(1).max(0) as usize;
-        let w = constant(k, OP, 1, "weights W")?;
-        let (dims, wv) = w.try_extract_tensor::<f32>()?;
-        let dims: Vec<i64> = dims.iter().copied().collect();
-        let b = constant(k, OP, 2, "bias B")?;
-        let conv = NarrowConv::new(wv, &dims, b.try_extract_tensor::<f32>()?.1, pads, upsample)
-            .map_err(err)?;
-        let at = conv.clone();
-        Ok(kernel::<f32, f32>(
-            OP,
-            move |x| at.out_shape(x),
-            move |x, d, y, planes| conv.run(x, d, y, planes),
-        ))
+        let (dims, w) = constant::<f32>(k, OP, 1, "weights W")?;
+        let (_, bias) = constant::<f32>(k, OP, 2, "bias B")?;
+        let conv = NarrowConv::new(&w, &dims, &bias, pads, upsample)
+            .map_err(|e| ort::Error::new(format!("{OP}: {e}")))?;
+        Ok(kernel(OP, conv))
     }
 }
 

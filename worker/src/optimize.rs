@@ -197,12 +197,9 @@ pub fn optimize_model(
         // Its normalisation as framewise's op too, which writes the next convolution's
         // padded input in one pass: ONNX Runtime's ops after the first convolution (five
         // passes over its 32 full-size channels) were a sixth of the model's CPU time.
+        // (With norm_op every normalisation is fused already.)
         if report.int_first_conv && !r.norm_op {
-            let head = fuse_norm_affine_where(g, |op| op == crate::conv_op::OP);
-            report.norm_ops.fused += head.fused;
-            report.norm_ops.with_relu += head.with_relu;
-            report.norm_ops.with_style_mix += head.with_style_mix;
-            report.norm_ops.with_pad += head.with_pad;
+            report.norm_ops = fuse_norm_affine_where(g, |op| op == crate::conv_op::OP);
         }
     }
     if r.narrow_convs {
@@ -1174,29 +1171,42 @@ fn space_to_depth_site(g: &GraphProto, ix: &Index, ci: usize) -> Option<SpaceToD
 /// SPACE_TO_DEPTH_MAX_CHANNELS input channels, constant weights (`space_to_depth_tensors`
 /// then skips those not stored as initializers).
 fn wide_narrow_conv(ix: &Index, c: &NodeProto) -> Option<usize> {
-    if c.op_type() != "Conv" || !c.domain().is_empty() || c.input.len() < 2 {
+    if !is_plain_conv(c) || !has_constant_bias(ix, c) {
         return None;
     }
-    let ones = |name: &str| attr_ints(c, name).is_none_or(|v| v.iter().all(|&d| d == 1));
     let k = match attr_ints(c, "kernel_shape").as_deref() {
         Some(&[a, b]) if a == b && a >= 5 && a % 2 == 1 => a as usize,
         _ => return None,
     };
-    let unpadded = attr_ints(c, "pads").is_none_or(|v| v.iter().all(|&d| d == 0))
-        && attr(c, "auto_pad")
-            .and_then(|a| a.s.as_deref())
-            .is_none_or(|s| s == b"NOTSET");
-    let initializer = |name: &str| ix.constants.get(name);
-    let narrow = initializer(&c.input[1]).is_some_and(|w| {
+    let narrow = ix.constants.get(c.input[1].as_str()).is_some_and(|w| {
         matches!(w.dims.as_slice(), &[_, i, a, b]
             if i as usize <= SPACE_TO_DEPTH_MAX_CHANNELS && a as usize == k && b as usize == k)
     });
-    let bias_ok = c
-        .input
+    narrow.then_some(k)
+}
+
+/// An ONNX Conv that only slides its kernel: stride and dilation 1, one group, no padding of
+/// its own (framewise's ops take those, with the reflect Pad before it, if any).
+fn is_plain_conv(c: &NodeProto) -> bool {
+    let ones = |name: &str| attr_ints(c, name).is_none_or(|v| v.iter().all(|&d| d == 1));
+    let unpadded = attr_ints(c, "pads").is_none_or(|v| v.iter().all(|&d| d == 0))
+        && attr(c, "auto_pad")
+            .and_then(|a| a.s.as_deref())
+            .is_none_or(|s| s == b"NOTSET" || s == b"VALID");
+    c.op_type() == "Conv"
+        && c.domain().is_empty()
+        && c.input.len() >= 2
+        && ones("strides")
+        && ones("dilations")
+        && attr_int(c, "group").unwrap_or(1) == 1
+        && unpadded
+}
+
+/// Whether the convolution's bias, if it has one, is a constant.
+fn has_constant_bias(ix: &Index, c: &NodeProto) -> bool {
+    c.input
         .get(2)
-        .is_none_or(|b| b.is_empty() || initializer(b).is_some());
-    let plain = ones("strides") && ones("dilations") && attr_int(c, "group").unwrap_or(1) == 1;
-    (plain && unpadded && narrow && bias_ok).then_some(k)
+        .is_none_or(|b| b.is_empty() || ix.constants.contains_key(b.as_str()))
 }
 
 /// The fused normalisation that reads convolution `c`'s output through scalar Mul / Add / Sub
@@ -1643,27 +1653,13 @@ pub fn narrow_convs(g: &mut GraphProto) -> usize {
         let ix = Index::new(g);
         for (ci, c) in g.node.iter().enumerate() {
             let Some(f) = (|| {
-                if c.op_type() != "Conv" || !c.domain().is_empty() || c.input.len() < 2 {
+                if !is_plain_conv(c) || !has_constant_bias(&ix, c) {
                     return None;
                 }
-                let ones = |a: &str| attr_ints(c, a).is_none_or(|v| v.iter().all(|&x| x == 1));
-                let zero_pads = attr_ints(c, "pads").is_none_or(|p| p.iter().all(|&v| v == 0));
-                let auto = attr(c, "auto_pad")
-                    .and_then(|a| a.s.as_deref())
-                    .is_some_and(|m| m != b"NOTSET" && m != b"VALID");
-                let plain = ones("strides")
-                    && ones("dilations")
-                    && attr_int(c, "group").unwrap_or(1) == 1
-                    && zero_pads
-                    && !auto;
                 let w = ix.constants.get(c.input[1].as_str())?;
                 let narrow = matches!(w.dims[..], [m, _, kh, kw]
                     if (1..=crate::narrow_conv_op::MAX_PASS as i64).contains(&m) && kh == kw && kh > 1);
-                let bias_ok = c
-                    .input
-                    .get(2)
-                    .is_none_or(|b| b.is_empty() || ix.constants.contains_key(b.as_str()));
-                if !plain || !narrow || !bias_ok || tensor_f32(w).is_none() {
+                if !narrow || tensor_f32(w).is_none() {
                     return None;
                 }
                 let pad = ix
@@ -1739,8 +1735,7 @@ pub fn pixels_int_conv(g: &mut GraphProto, io: &ImageIo) -> bool {
         .produced_by(g, &nchw, "Transpose")
         .is_some_and(|t| is_transpose(&g.node[t], &[0, 3, 1, 2]) && g.node[t].input[0] == name);
     let c = &g.node[conv];
-    let ones = |a: &str| attr_ints(c, a).is_none_or(|v| v.iter().all(|&x| x == 1));
-    let plain = ones("strides") && ones("dilations") && attr_int(c, "group").unwrap_or(1) == 1;
+    let plain = is_plain_conv(c);
     let Some(w) = ix.constants.get(c.input[1].as_str()) else {
         return false;
     };
